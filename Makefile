@@ -1,0 +1,45 @@
+# Quick start: `make demo` and `make test` (each sets up .venv first, idempotently).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+NN_STAMP := $(VENV)/.installed-nn
+
+.PHONY: install install-nn demo test test-fast docs bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[xtb,openmm,test,docs]"
+	touch $(STAMP)
+
+# Neural potentials for the force-source integration tests and examples.
+# SchNetPack 2.2.0 declares Python>=3.12 but works on 3.11: its dependencies first, then itself.
+install-nn: $(NN_STAMP)
+
+$(NN_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[nn]"
+	$(PIP) install -q --no-deps --ignore-requires-python schnetpack==2.2.0
+	touch $(NN_STAMP)
+
+demo: install
+	$(VENV)/bin/ase-drift demo
+
+test: install install-nn
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
+
+docs: install
+	$(VENV)/bin/mkdocs build --strict -q -d site
+
+bench: install
+	$(PY) benchmarks/speed.py
+
+clean:
+	rm -rf demo_out site .pytest_cache

@@ -1,0 +1,25 @@
+"""ase_drift: one-step Boltzmann conformer sampling for ASE with force-guided drifting models.
+
+>>> from ase_drift import Conformations, DriftSampler, train
+>>> sampler = train(Conformations.read("train.extxyz"), temperature_K=500, field="fk")
+>>> atoms_list = sampler.sample(atoms, n=1000, seed=0)
+"""
+
+__version__ = "0.1.0"
+
+from .checkpoint import CheckpointError
+from .data import Conformations
+from .drift import DengDrift, DriftField, GaussianDrift, Positives, make_field
+from .features import Cartesian, PairwiseDistances, Representation
+from .forces import (CalculatorForces, ForceResult, ForceSource, LabelForces, LabelingError,
+                     OpenMMCalculator, OpenMMForces)
+from .sampler import DriftSampler, Sampler
+from .training import TrainConfig, Trainer, train
+
+__all__ = [
+    "__version__",
+    "CalculatorForces", "Cartesian", "CheckpointError", "Conformations", "DengDrift",
+    "DriftField", "DriftSampler", "ForceResult", "ForceSource", "GaussianDrift", "LabelForces",
+    "LabelingError", "OpenMMCalculator", "OpenMMForces", "PairwiseDistances", "Positives",
+    "Representation", "Sampler", "TrainConfig", "Trainer", "make_field", "train",
+]

@@ -1,0 +1,181 @@
+"""``ase-drift``: a thin command-line layer over the library.
+
+    ase-drift train DATA --temperature 500 --field fk --space distance -o MODEL.pt
+    ase-drift sample MODEL.pt -n 1000 -o samples.extxyz
+    ase-drift evaluate samples.extxyz REFERENCE [--json] [--plot DIR]
+    ase-drift demo
+    ase-drift data [NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .drift import FIELDS
+
+
+def _read_data(path: str, temperature_K: float | None, energy_unit: str):
+    """A data file, or the training set of a named data set."""
+    from .data import Conformations
+    from .datasets import DATASETS, load
+
+    if path in DATASETS:
+        data = load(path)[0]
+        return data if temperature_K is None else data.with_temperature(temperature_K)
+    return Conformations.read(path, temperature_K=temperature_K, energy_unit=energy_unit)
+
+
+def _read_reference(path: str):
+    """A reference file, or the reference of a named data set (with its run labels)."""
+    from .datasets import DATASETS, load, reference_runs
+    from .io import read_positions
+
+    if path in DATASETS:
+        return load(path)[1], reference_runs(path)
+    return read_positions(path), None
+
+
+def cmd_train(args) -> int:
+    from .training import train
+
+    data = _read_data(args.data, args.temperature, args.energy_unit)
+    if args.frames is not None:
+        data = data.head(args.frames)
+    options = {k: v for k, v in (("omega", args.omega), ("beta", args.beta)) if v is not None}
+    if args.bandwidths:
+        options["bandwidths"] = tuple(args.bandwidths)
+    reference = _read_reference(args.reference)[0].positions if args.reference else None
+    start = time.perf_counter()
+    sampler = train(data, temperature_K=args.temperature, field=args.field, space=args.space,
+                    steps=args.steps, seed=args.seed, checkpoint=args.checkpoint,
+                    resume=args.resume, reference=reference, **options)
+    path = sampler.save(args.output)
+    print(f"trained {sampler!r} in {time.perf_counter() - start:.1f} s -> {path}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .io import write_positions
+    from .sampler import DriftSampler
+
+    sampler = DriftSampler.load(args.model)
+    start = time.perf_counter()
+    positions = sampler.sample_positions(args.n, seed=args.seed)
+    elapsed = time.perf_counter() - start
+    write_positions(args.output, sampler.numbers, positions)
+    print(f"sampled {args.n} conformations in {elapsed:.3f} s -> {args.output}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .io import read_positions
+    from .metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
+
+    samples = read_positions(args.samples)
+    reference, runs = _read_reference(args.reference)
+    if not np.array_equal(samples.numbers, reference.numbers):
+        raise SystemExit("samples and reference differ in species or atom order")
+    rows = {"samples": evaluate(samples.positions, reference.positions, reference.numbers),
+            "noise floor (reference half vs half)": noise_floor(
+                reference.positions, reference.numbers, groups=runs)}
+    if args.json:
+        print(json.dumps({name: report.as_dict() for name, report in rows.items()}, indent=2))
+    else:
+        print(markdown_table(rows))
+    if args.plot:
+        Path(args.plot).mkdir(parents=True, exist_ok=True)
+        plot = plot_distance_histograms(Path(args.plot) / "distance_histograms.png",
+                                        reference.numbers, reference.positions,
+                                        {"samples": samples.positions})
+        print(f"plot -> {plot}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out, steps=args.steps, seed=args.seed)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .datasets import DATASETS, load
+
+    if args.name is None:
+        for name, dataset in sorted(DATASETS.items()):
+            print(f"{name}\n    {dataset.description}")
+        return 0
+    train_set, reference = load(args.name)
+    print(f"{args.name}: training set {train_set!r}\n    reference {reference!r}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ase-drift", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"ase_drift {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a one-step drift sampler")
+    p.add_argument("data", help="ase.io-readable file with energies/forces, an npz (z, R, F, E), "
+                                "or a bundled data set name")
+    p.add_argument("--temperature", type=float, help="K (default: from the file's metadata)")
+    p.add_argument("--field", choices=FIELDS, default="fk")
+    p.add_argument("--space", choices=("cartesian", "distance"), default="distance")
+    p.add_argument("--omega", type=float, help="Force-Interpolated weight ω")
+    p.add_argument("--beta", type=float, help="Force-Aligned Kernel strength β")
+    p.add_argument("--bandwidths", type=float, nargs="+",
+                   help="kernel bandwidths as multiples of the median distance (default 0.25)")
+    p.add_argument("--steps", type=int, default=20000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, help="use only the first N frames")
+    p.add_argument("--energy-unit", default="eV", help="unit of the file's energies (eV, kcal/mol, kJ/mol)")
+    p.add_argument("--checkpoint", help="resumable training checkpoint, written every 1000 steps")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--reference", help="reference file or data set name for periodic evaluation")
+    p.add_argument("-o", "--output", required=True)
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("sample", help="draw conformations from a trained model")
+    p.add_argument("model")
+    p.add_argument("-n", type=int, required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help=".extxyz, .xyz, .traj, .pdb or .dcd")
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="distance-histogram, stability and bond metrics")
+    p.add_argument("samples")
+    p.add_argument("reference", help="reference file or bundled data set name")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="directory for histogram plots")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="train, sample and evaluate on the bundled ethanol data")
+    p.add_argument("--out", default="demo_out")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("data", help="list or load the reference data sets")
+    p.add_argument("name", nargs="?")
+    p.set_defaults(run=cmd_data)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        print(f"ase-drift {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Representations: feature maps φ of molecular coordinates and their exact feature-space forces.
+
+A representation is a pair of pure maps on *normalised* coordinates (Å divided by the data's
+global standard deviation σ):
+
+- ``features(coords)``: φ(R) ``[B, D]`` from ``[B, A, 3]``, differentiable (the generator's
+  gradient flows through it, paper Eq. 30);
+- ``feature_scores(coords, scores)``: the Boltzmann score ∇_φ log π ``[N, D]`` from the Cartesian
+  score F/kT ``[N, A, 3]`` (paper Eq. 31), computed once per data set.
+
+:class:`Cartesian` is the identity on centred coordinates (frames are Kabsch-aligned beforehand by
+:func:`align_frames`); :class:`PairwiseDistances` maps to the M = A(A−1)/2 interatomic distances,
+invariant under rotations and translations, with the analytic Jacobian of paper Eq. 27.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+
+@runtime_checkable
+class Representation(Protocol):
+    """Feature map φ and its feature-space score; see the module docstring."""
+
+    name: str
+
+    def features(self, coords: Tensor) -> Tensor: ...
+
+    def feature_scores(self, coords: Tensor, scores: Tensor) -> Tensor: ...
+
+
+def center(coords: Tensor) -> Tensor:
+    """Subtract each frame's centroid ``[B, A, 3]``."""
+    return coords - coords.mean(dim=-2, keepdim=True)
+
+
+class Cartesian:
+    """φ(R) = centred coordinates, flattened ``[B, 3A]``.
+
+    Frames are centred and Kabsch-aligned to one reference before training (DESIGN.md), so the
+    kernel compares conformations rather than orientations.
+    """
+
+    name = "cartesian"
+
+    def features(self, coords: Tensor) -> Tensor:
+        return center(coords).flatten(1)  # [B, 3A]
+
+    def feature_scores(self, coords: Tensor, scores: Tensor) -> Tensor:
+        # An isolated molecule's forces sum to zero; centring removes round-off drift.
+        return center(scores).flatten(1)  # [N, 3A]
+
+
+class PairwiseDistances:
+    """φ(R) = (‖r_a − r_b‖)_{a<b} ``[B, M]`` (paper Eq. 26), pairs in ``numpy.triu_indices`` order."""
+
+    name = "distance"
+
+    def __init__(self, n_atoms: int):
+        if n_atoms < 2:
+            raise ValueError("pairwise distances need at least 2 atoms")
+        i, j = np.triu_indices(n_atoms, k=1)
+        self.n_atoms = n_atoms
+        self.pair_i = torch.as_tensor(i)
+        self.pair_j = torch.as_tensor(j)
+
+    def features(self, coords: Tensor) -> Tensor:
+        diff = coords[:, self.pair_i] - coords[:, self.pair_j]  # [B, M, 3]
+        # The tiny offset keeps the gradient finite if two generated atoms coincide.
+        return (diff.square().sum(-1) + 1e-12).sqrt()  # [B, M]
+
+    def jacobian(self, coords: Tensor) -> Tensor:
+        """J = ∂φ/∂R ``[B, M, 3A]``: row ab holds +u_ab at atom a, −u_ab at atom b (Eq. 27)."""
+        batch, n_atoms, _ = coords.shape
+        diff = coords[:, self.pair_i] - coords[:, self.pair_j]  # [B, M, 3]
+        unit = diff / diff.norm(dim=-1, keepdim=True)  # [B, M, 3]
+        n_pairs = len(self.pair_i)
+        jac = coords.new_zeros(batch, n_pairs, n_atoms, 3)
+        rows = torch.arange(n_pairs)
+        jac[:, rows, self.pair_i] = unit
+        jac[:, rows, self.pair_j] = -unit
+        return jac.reshape(batch, n_pairs, 3 * n_atoms)
+
+    def feature_scores(self, coords: Tensor, scores: Tensor, chunk: int = 4096) -> Tensor:
+        """Exact feature-space score F_φ = J G⁺ F with G = JᵀJ (paper Eq. 31).
+
+        The minimum-norm solution of Jᵀ F_φ = F; G (3A×3A, rank 3A−6) is pseudo-inverted by a
+        batched eigendecomposition, dropping the rigid-motion zero modes.
+        """
+        out = []
+        for start in range(0, len(coords), chunk):
+            jac = self.jacobian(coords[start:start + chunk])  # [N, M, 3A]
+            gram = jac.transpose(1, 2) @ jac  # [N, 3A, 3A]
+            eigval, eigvec = torch.linalg.eigh(gram)
+            cutoff = eigval[:, -1:] * 1e-6  # relative to the stiffest mode
+            inv = torch.where(eigval > cutoff, 1 / eigval, torch.zeros_like(eigval))
+            flat = scores[start:start + chunk].flatten(1)  # [N, 3A]
+            solved = eigvec @ (inv * (eigvec.transpose(1, 2) @ flat[..., None])[..., 0])[..., None]
+            out.append((jac @ solved)[..., 0])  # [N, M]
+        return torch.cat(out)
+
+
+def make_representation(space: str, n_atoms: int) -> Representation:
+    """'cartesian' or 'distance'."""
+    if space == "cartesian":
+        return Cartesian()
+    if space == "distance":
+        return PairwiseDistances(n_atoms)
+    raise ValueError(f"unknown space {space!r}; use 'cartesian' or 'distance'")
+
+
+def kabsch_rotations(positions: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Proper rotations ``[N, 3, 3]`` that best superimpose centred ``positions`` ``[N, A, 3]``
+    onto the centred ``reference`` ``[A, 3]`` (Kabsch): aligned = positions @ rot."""
+    cov = np.einsum("nai,aj->nij", positions, reference)  # [N, 3, 3]
+    u, _, vt = np.linalg.svd(cov)
+    sign = np.sign(np.linalg.det(u @ vt))  # reflect the last axis where needed
+    u[:, :, -1] *= sign[:, None]
+    return u @ vt
+
+
+def align_frames(positions: np.ndarray, reference: np.ndarray,
+                 forces: np.ndarray | None = None):
+    """Centre every frame and rotate it onto ``reference``; forces rotate with their frame.
+
+    Returns ``(aligned positions [N, A, 3], aligned forces or None)``.
+    """
+    centred = positions - positions.mean(axis=1, keepdims=True)
+    ref = reference - reference.mean(axis=0)
+    rot = kabsch_rotations(centred, ref)
+    aligned = centred @ rot
+    return aligned, None if forces is None else forces @ rot

@@ -1,0 +1,371 @@
+"""Force sources: energies and forces for batches of frames, from stored labels or any engine.
+
+Contract: a :class:`ForceSource` maps atomic numbers ``[A]`` and positions ``[B, A, 3]`` (or a
+single frame ``[A, 3]``, read as B = 1) to a :class:`ForceResult` of potential energies ``[B]``
+and forces ``[B, A, 3]``. It either returns finite labels for every frame or raises — a
+:class:`LabelingError` when an engine fails or returns NaN/inf — and never fills in zeros.
+Units: positions in Å, energies in eV, forces in eV/Å at the boundary; OpenMM's nm and kJ/mol
+are converted via units.py only.
+
+Sources:
+
+- :class:`LabelForces` serves labels already stored in a :class:`~ase_drift.data.Conformations`.
+- :class:`CalculatorForces` wraps any ASE calculator (tblite, SchNetPack, MACE, EMT, ...).
+- :class:`OpenMMForces` evaluates an ``openmm.System``; :class:`OpenMMCalculator` exposes the
+  same as an ASE calculator.
+
+:func:`label` runs a source over many frames in batches, optionally through a resumable HDF5
+cache that is updated after every batch.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+from ase.calculators.calculator import Calculator, all_changes
+
+from . import units
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .data import Conformations
+
+#: Positions are matched to stored frames after rounding to this many Å (:class:`LabelForces`).
+POSITION_MATCH_ANGSTROM = 1e-6
+#: Largest allowed difference between an OpenMM particle mass and ASE's atomic mass, in amu.
+MASS_TOLERANCE_AMU = 0.01
+#: The units written into a cache file's attributes.
+CACHE_UNITS = "positions Å, energies eV, forces eV/Å"
+
+
+class ForceResult(NamedTuple):
+    """Labels of a batch of frames."""
+
+    energies: np.ndarray  # [B] eV
+    forces: np.ndarray  # [B, A, 3] eV/Å
+
+
+@runtime_checkable
+class ForceSource(Protocol):
+    """Anything that labels frames of one molecule with energies (eV) and forces (eV/Å)."""
+
+    def compute(self, numbers: np.ndarray, positions: np.ndarray) -> ForceResult:
+        """Labels for ``positions`` ``[B, A, 3]`` (or ``[A, 3]``) in Å of atoms ``numbers`` ``[A]``."""
+        ...
+
+
+class LabelingError(RuntimeError):
+    """A force engine failed on a frame, or returned a non-finite energy or force."""
+
+
+def _as_batch(numbers, positions) -> tuple[np.ndarray, np.ndarray]:
+    """Atomic numbers ``[A]`` and positions ``[B, A, 3]`` (a single ``[A, 3]`` frame -> B = 1)."""
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim == 2:
+        positions = positions[None]
+    if positions.ndim != 3 or positions.shape[1:] != (len(numbers), 3):
+        raise ValueError(f"positions must have shape [B, {len(numbers)}, 3] (or "
+                         f"[{len(numbers)}, 3]) for {len(numbers)} atoms, got {positions.shape}")
+    return numbers, positions
+
+
+# ---------------------------------------------------------------------- stored labels
+class LabelForces:
+    """Serve the stored energies and forces of ``conformations`` for frames it contains.
+
+    A requested frame is found by its positions rounded to 1e-6 Å; a frame without a stored
+    label raises KeyError. Useful to pass stored labels wherever a :class:`ForceSource` is
+    expected (the drift code asks for forces of positive samples, which are stored frames).
+    """
+
+    def __init__(self, conformations: Conformations):
+        conformations.require("forces", "energies", why="LabelForces serves stored labels")
+        self.conformations = conformations
+        self._frame_of_key = {key: k for k, key in enumerate(self._keys(conformations.positions))}
+
+    @staticmethod
+    def _keys(positions: np.ndarray) -> list[bytes]:
+        """One hashable key per frame of ``positions`` ``[B, A, 3]`` Å (integer multiples of 1e-6 Å)."""
+        grid = np.rint(positions / POSITION_MATCH_ANGSTROM).astype(np.int64)  # [B, A, 3]
+        return [frame.tobytes() for frame in grid]
+
+    def compute(self, numbers: np.ndarray, positions: np.ndarray) -> ForceResult:
+        numbers, positions = _as_batch(numbers, positions)
+        if not np.array_equal(numbers, self.conformations.numbers):
+            raise ValueError(f"atomic numbers {numbers.tolist()} differ from the stored "
+                             f"molecule's {self.conformations.numbers.tolist()}")
+        frames = []
+        for k, key in enumerate(self._keys(positions)):
+            if key not in self._frame_of_key:
+                raise KeyError(f"frame {k} of the batch has no stored label in "
+                               f"{self.conformations!r} (positions are matched to "
+                               f"{POSITION_MATCH_ANGSTROM:g} Å)")
+            frames.append(self._frame_of_key[key])
+        return ForceResult(self.conformations.energies[frames], self.conformations.forces[frames])
+
+
+# ---------------------------------------------------------------------- ASE calculators
+class CalculatorForces:
+    """Any ASE calculator as a :class:`ForceSource`.
+
+    One ``ase.Atoms`` (no cell, no periodicity) carries ``calc`` and gets each frame's positions
+    in turn, so the calculator is never re-created and may reuse state between frames (e.g.
+    tblite's wavefunction guess). Calls with other atomic numbers rebuild only the Atoms.
+
+    Args:
+        calc: an ASE calculator returning energy (eV) and forces (eV/Å).
+        check_finite: raise :class:`LabelingError` on NaN/inf energies or forces.
+    """
+
+    def __init__(self, calc: Calculator, check_finite: bool = True):
+        self.calc = calc
+        self.check_finite = check_finite
+        self._atoms = None
+
+    def _atoms_for(self, numbers: np.ndarray):
+        from ase import Atoms
+
+        if self._atoms is None or not np.array_equal(self._atoms.numbers, numbers):
+            self._atoms = Atoms(numbers=numbers, positions=np.zeros((len(numbers), 3)))
+            self._atoms.calc = self.calc
+        return self._atoms
+
+    def compute(self, numbers: np.ndarray, positions: np.ndarray) -> ForceResult:
+        numbers, positions = _as_batch(numbers, positions)
+        atoms = self._atoms_for(numbers)
+        energies = np.empty(len(positions))  # [B] eV
+        forces = np.empty(positions.shape)  # [B, A, 3] eV/Å
+        for k, frame in enumerate(positions):
+            atoms.positions = frame
+            try:
+                energies[k] = atoms.get_potential_energy()
+                forces[k] = atoms.get_forces()
+            except Exception as err:
+                raise LabelingError(f"frame {k} of the batch: {type(self.calc).__name__} "
+                                    f"raised {type(err).__name__}: {err}") from err
+            if self.check_finite and not (np.isfinite(energies[k])
+                                          and np.isfinite(forces[k]).all()):
+                raise LabelingError(f"frame {k} of the batch: {type(self.calc).__name__} returned "
+                                    f"a non-finite energy ({energies[k]}) or forces")
+        return ForceResult(energies, forces)
+
+
+# ---------------------------------------------------------------------- OpenMM
+class OpenMMForces:
+    """An ``openmm.System`` as a :class:`ForceSource` (positions Å in, eV and eV/Å out).
+
+    One ``openmm.Context`` (with a dummy ``VerletIntegrator``) is created on the first call and
+    reused for every frame. Positions are sent as nm; the box is the System's default. Each call
+    checks that the System has one particle per atom and, unless ``check_masses`` is False
+    (e.g. hydrogen mass repartitioning) or the System has no masses, that the particle masses
+    match ASE's atomic masses of ``numbers`` within 0.01 amu — this catches a wrong atom order.
+
+    Args:
+        system: the ``openmm.System``.
+        platform: OpenMM platform name ('Reference' is fastest for small molecules).
+        properties: platform properties, e.g. ``{"Threads": "1"}`` for 'CPU'.
+        check_masses: compare particle masses with the atomic numbers.
+    """
+
+    def __init__(self, system, platform: str = "Reference", properties: dict | None = None,
+                 check_masses: bool = True):
+        from openmm import unit
+
+        self.system = system
+        self.platform = platform
+        self.properties = dict(properties or {})
+        self.check_masses = check_masses
+        self.masses_amu = np.array([system.getParticleMass(i).value_in_unit(unit.dalton)
+                                    for i in range(system.getNumParticles())])  # [A]
+        self._context = None
+
+    def validate(self, numbers: np.ndarray) -> None:
+        """Raise ValueError unless the System's particles are the atoms ``numbers`` in order."""
+        from ase.data import atomic_masses, chemical_symbols
+
+        if len(numbers) != len(self.masses_amu):
+            raise ValueError(f"the OpenMM System has {len(self.masses_amu)} particles but "
+                             f"{len(numbers)} atoms were given")
+        if not self.check_masses or not self.masses_amu.any():
+            return
+        expected = atomic_masses[numbers]  # [A] amu
+        wrong = np.flatnonzero(np.abs(self.masses_amu - expected) > MASS_TOLERANCE_AMU)
+        if len(wrong):
+            atom = wrong[0]
+            raise ValueError(
+                f"atom {atom} is {chemical_symbols[numbers[atom]]} ({expected[atom]:.3f} amu) but "
+                f"OpenMM particle {atom} has mass {self.masses_amu[atom]:.3f} amu: wrong atom "
+                f"order or species ({len(wrong)} mismatching atoms; pass check_masses=False if "
+                f"the masses were repartitioned on purpose)")
+
+    def _get_context(self):
+        if self._context is None:
+            import openmm
+
+            platform = openmm.Platform.getPlatformByName(self.platform)
+            self._context = openmm.Context(self.system, openmm.VerletIntegrator(1.0), platform,
+                                           self.properties)
+        return self._context
+
+    def compute(self, numbers: np.ndarray, positions: np.ndarray) -> ForceResult:
+        from openmm import unit
+
+        numbers, positions = _as_batch(numbers, positions)
+        self.validate(numbers)
+        context = self._get_context()
+        energy_unit = unit.kilojoule_per_mole
+        force_unit = unit.kilojoule_per_mole / unit.nanometer
+        positions_nm = units.angstrom_to_nm(positions)  # [B, A, 3] nm
+        energies_kj = np.empty(len(positions))  # [B] kJ/mol
+        forces_kj_nm = np.empty(positions.shape)  # [B, A, 3] kJ/mol/nm
+        for k, frame in enumerate(positions_nm):
+            context.setPositions(frame)
+            state = context.getState(getEnergy=True, getForces=True)
+            energies_kj[k] = state.getPotentialEnergy().value_in_unit(energy_unit)
+            forces_kj_nm[k] = state.getForces(asNumpy=True).value_in_unit(force_unit)
+        energies = units.kj_per_mol_to_ev(energies_kj)  # [B] eV
+        forces = units.kj_per_mol_nm_to_ev_per_angstrom(forces_kj_nm)  # [B, A, 3] eV/Å
+        bad = np.flatnonzero(~(np.isfinite(energies) & np.isfinite(forces).all(axis=(1, 2))))
+        if len(bad):
+            raise LabelingError(f"frame {bad[0]} of the batch: OpenMM returned a non-finite "
+                                f"energy ({energies[bad[0]]}) or forces")
+        return ForceResult(energies, forces)
+
+
+class OpenMMCalculator(Calculator):
+    """ASE calculator backed by :class:`OpenMMForces`: energy in eV, forces in eV/Å.
+
+    Lets an ``openmm.System`` serve anywhere ASE expects a calculator (MD, optimisers, ...).
+    The Atoms' cell and periodicity are not sent to OpenMM; the System's default box applies.
+    """
+
+    implemented_properties: ClassVar[list[str]] = ["energy", "forces"]
+
+    def __init__(self, system, platform: str = "Reference", **kwargs):
+        super().__init__(**kwargs)
+        self.source = OpenMMForces(system, platform=platform)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        result = self.source.compute(self.atoms.numbers, self.atoms.positions)
+        self.results["energy"] = float(result.energies[0])
+        self.results["forces"] = result.forces[0]
+
+
+# ---------------------------------------------------------------------- batched labelling
+def label(source: ForceSource, numbers: np.ndarray, positions: np.ndarray,
+          cache: str | Path | None = None, batch_size: int = 64,
+          progress: bool = True) -> ForceResult:
+    """Energies ``[N]`` (eV) and forces ``[N, A, 3]`` (eV/Å) of every frame of ``positions`` (Å).
+
+    Frames go to ``source`` in batches of ``batch_size``. With ``cache`` (an ``.h5`` path) the
+    labels are written and flushed after every batch together with a ``done`` mask, so an
+    interrupted run loses at most one batch and a rerun computes only the missing frames. The
+    file holds datasets ``positions``, ``energies``, ``forces``, ``done`` and attributes
+    ``numbers``, ``n_frames``, ``units``; it must belong to the same atoms and positions (within
+    1e-6 Å), else ValueError. A new file is created atomically (``.tmp`` + rename).
+
+    When a batch raises :class:`LabelingError`, its frames are computed one by one: those before
+    the failing frame are stored, then the error is re-raised naming the failing frame's index.
+    """
+    from tqdm.auto import tqdm
+
+    numbers, positions = _as_batch(numbers, positions)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    with closing(_LabelStore(numbers, positions, cache)) as store:
+        pending = np.flatnonzero(~store.done)
+        with tqdm(total=len(positions), initial=len(positions) - len(pending), unit="frame",
+                  desc="labelling", disable=not progress) as bar:
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start:start + batch_size]
+                try:
+                    store.write(batch, source.compute(numbers, positions[batch]))
+                except LabelingError:
+                    _label_one_by_one(source, numbers, positions, batch, store)
+                bar.update(len(batch))
+        return ForceResult(store.energies.copy(), store.forces.copy())
+
+
+def _label_one_by_one(source: ForceSource, numbers: np.ndarray, positions: np.ndarray,
+                      batch: np.ndarray, store: _LabelStore) -> None:
+    """Label and store the frames of a failed ``batch`` one at a time; raise at the failing one."""
+    for frame in batch:
+        try:
+            result = source.compute(numbers, positions[frame])
+        except LabelingError as err:
+            raise LabelingError(f"labelling failed at frame {frame} (of {len(positions)}), "
+                                f"computed alone: {err}. {store.resume_hint()}") from err
+        store.write(np.array([frame]), result)
+
+
+class _LabelStore:
+    """Energies, forces and done mask of all frames in memory, mirrored to an HDF5 cache."""
+
+    def __init__(self, numbers: np.ndarray, positions: np.ndarray, cache: str | Path | None):
+        self.path = None if cache is None else os.fspath(cache)
+        self._file = None if self.path is None else _open_cache(self.path, numbers, positions)
+        if self._file is None:
+            self.energies = np.full(len(positions), np.nan)  # [N] eV
+            self.forces = np.full(positions.shape, np.nan)  # [N, A, 3] eV/Å
+            self.done = np.zeros(len(positions), dtype=bool)  # [N]
+        else:
+            self.energies = self._file["energies"][:]
+            self.forces = self._file["forces"][:]
+            self.done = self._file["done"][:]
+
+    def write(self, frames: np.ndarray, result: ForceResult) -> None:
+        """Store the labels of ``frames`` (increasing indices); flush the cache file."""
+        self.energies[frames] = result.energies
+        self.forces[frames] = result.forces
+        self.done[frames] = True
+        if self._file is not None:
+            self._file["energies"][frames] = result.energies
+            self._file["forces"][frames] = result.forces
+            self._file["done"][frames] = True
+            self._file.flush()
+
+    def resume_hint(self) -> str:
+        if self.path is None:
+            return "Pass cache=... to keep labelled frames and resume on rerun."
+        return (f"The {np.count_nonzero(self.done)} frames labelled so far are stored in "
+                f"{self.path}; rerunning with the same cache resumes from there.")
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _open_cache(path: str, numbers: np.ndarray, positions: np.ndarray):
+    """Open (or atomically create) the HDF5 label cache of these atoms and positions."""
+    import h5py
+
+    if not os.path.exists(path):
+        with h5py.File(path + ".tmp", "w") as new:
+            new.attrs["numbers"] = numbers
+            new.attrs["n_frames"] = len(positions)
+            new.attrs["units"] = CACHE_UNITS
+            new["positions"] = positions
+            new["energies"] = np.full(len(positions), np.nan)
+            new["forces"] = np.full(positions.shape, np.nan)
+            new["done"] = np.zeros(len(positions), dtype=bool)
+        os.replace(path + ".tmp", path)
+    cache = h5py.File(path, "r+")
+    stored_numbers = np.asarray(cache.attrs["numbers"])
+    stored_positions = cache["positions"]
+    problem = None
+    if not np.array_equal(stored_numbers, numbers):
+        problem = f"atomic numbers {stored_numbers.tolist()}, not {numbers.tolist()}"
+    elif stored_positions.shape != positions.shape:
+        problem = f"positions of shape {stored_positions.shape}, not {positions.shape}"
+    elif not np.allclose(stored_positions[:], positions, rtol=0.0, atol=1e-6):
+        problem = "other positions (they differ by more than 1e-6 Å)"
+    if problem is not None:
+        cache.close()
+        raise ValueError(f"the label cache {path} belongs to other data: it holds {problem}. "
+                         f"Use another cache path for these frames, or delete the file.")
+    return cache

@@ -1,0 +1,39 @@
+"""Kernel logits and bandwidth heuristics: pure tensor functions.
+
+A kernel enters the drifting field only through its *logits* ℓ(x, y) = log k(x, y): the
+normalised weights are softmaxes of logits (paper Eqs. 6–7), so working in log space is exact
+and never underflows. Shapes: queries ``x`` ``[B, D]``, keys ``y`` ``[N, D]``, logits ``[B, N]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def squared_distances(x: Tensor, y: Tensor) -> Tensor:
+    """‖x_b − y_n‖² ``[B, N]`` (clamped at 0 against round-off)."""
+    cross = x @ y.T  # [B, N]
+    return ((x * x).sum(-1)[:, None] + (y * y).sum(-1)[None, :] - 2 * cross).clamp_min(0)
+
+
+def gaussian_logits(x: Tensor, y: Tensor, tau: float | Tensor) -> Tensor:
+    """Gaussian kernel logits ℓ(x, y) = −‖x − y‖² / (2τ²) ``[B, N]`` (paper Thm 3.1)."""
+    return -squared_distances(x, y) / (2 * tau**2)
+
+
+def laplacian_logits(x: Tensor, y: Tensor, tau: float | Tensor) -> Tensor:
+    """Laplacian kernel logits ℓ(x, y) = −‖x − y‖ / τ ``[B, N]`` (paper Eq. 8)."""
+    return -squared_distances(x, y).sqrt() / tau
+
+
+def median_distance(x: Tensor, y: Tensor) -> Tensor:
+    """Median of ‖x_b − y_n‖ over all pairs: the median-heuristic bandwidth (no gradient)."""
+    with torch.no_grad():
+        return squared_distances(x, y).median().sqrt()
+
+
+def exclude_self(logits: Tensor) -> Tensor:
+    """Set the diagonal of square ``[B, B]`` logits to −∞, so a sample never repels itself."""
+    eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    return logits.masked_fill(eye, float("-inf"))

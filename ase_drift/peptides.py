@@ -1,0 +1,111 @@
+"""Peptide analysis with mdtraj: backbone dihedrals, chirality, Ramachandran references.
+
+Positions are ``[n, A, 3]`` in Å (converted to mdtraj's nm via :mod:`ase_drift.units`); angles
+are in radians; free energies in kT.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import units
+from .metrics import block_bootstrap, free_energy_difference, ramachandran_histogram
+
+
+def topology_from_pdb(pdb_text: str):
+    """An mdtraj topology from PDB text (as stored with the peptide data sets)."""
+    import tempfile
+
+    import mdtraj
+
+    with tempfile.NamedTemporaryFile("w", suffix=".pdb") as handle:
+        handle.write(pdb_text)
+        handle.flush()
+        return mdtraj.load_pdb(handle.name).topology
+
+
+def trajectory(positions: np.ndarray, topology):
+    import mdtraj
+
+    return mdtraj.Trajectory(units.angstrom_to_nm(positions), topology)
+
+
+def backbone_dihedrals(positions: np.ndarray, topology) -> tuple[np.ndarray, np.ndarray]:
+    """(φ, ψ) ``[n]`` of the first residue that has both (alanine dipeptide: ALA)."""
+    import mdtraj
+
+    traj = trajectory(positions, topology)
+    _, phi = mdtraj.compute_phi(traj)
+    _, psi = mdtraj.compute_psi(traj)
+    return phi[:, 0], psi[:, 0]
+
+
+def alpha_carbon_chirality(positions: np.ndarray, topology) -> np.ndarray:
+    """Sign of the improper (N, C, CB) volume about each α-carbon ``[n, n_chiral]``.
+
+    L-amino acids give one sign throughout a correct trajectory; a flipped sign is a mirror-image
+    (D) centre, which pairwise-distance models cannot tell apart from the right one.
+    """
+    centres = []
+    for residue in topology.residues:
+        names = {atom.name: atom.index for atom in residue.atoms}
+        if {"CA", "N", "C", "CB"} <= names.keys():
+            centres.append([names["CA"], names["N"], names["C"], names["CB"]])
+    if not centres:
+        raise ValueError("the topology has no chiral α-carbon (CA with N, C, CB)")
+    idx = np.array(centres)  # [n_chiral, 4]
+    ca = positions[:, idx[:, 0]]
+    vectors = [positions[:, idx[:, k]] - ca for k in (1, 2, 3)]  # each [n, n_chiral, 3]
+    volume = np.einsum("nci,nci->nc", vectors[0], np.cross(vectors[1], vectors[2]))
+    return np.sign(volume)
+
+
+def mirrored_fraction(positions: np.ndarray, reference_positions: np.ndarray, topology) -> float:
+    """Fraction of samples with any α-carbon of the opposite handedness to the reference's."""
+    expected = np.sign(alpha_carbon_chirality(reference_positions, topology).mean(axis=0))
+    return float((alpha_carbon_chirality(positions, topology) != expected).any(axis=1).mean())
+
+
+@dataclass(frozen=True)
+class RamachandranReference:
+    """Reference free-energy surface F(φ, ψ) = −log p in kT (64×64 by default), with
+    block-bootstrap standard errors, and ΔF = F(φ > 0) − F(φ < 0) with its error."""
+
+    free_energy: np.ndarray  # [bins, bins], NaN where empty, min 0
+    free_energy_error: np.ndarray  # [bins, bins]
+    delta_f: float
+    delta_f_error: float
+    n_frames: int
+
+
+def ramachandran_reference(phi: np.ndarray, psi: np.ndarray, bins: int = 64,
+                           n_blocks: int = 20, n_boot: int = 200, seed: int = 0
+                           ) -> RamachandranReference:
+    """Free-energy surface and ΔF of a time series of (φ, ψ), errors by block bootstrap."""
+    series = np.stack([phi, psi], axis=1)  # [n, 2]
+
+    def surface(s):
+        hist = ramachandran_histogram(s[:, 0], s[:, 1], bins)
+        with np.errstate(divide="ignore"):
+            return -np.log(hist)
+
+    free_energy = surface(series)
+    free_energy -= np.min(free_energy)
+    rng = np.random.default_rng(seed)
+    blocks = np.array_split(series, n_blocks)
+    replicates = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, n_blocks, n_blocks)
+        replicates.append(surface(np.concatenate([blocks[k] for k in pick])))
+    replicates = np.array(replicates)
+    replicates[~np.isfinite(replicates)] = np.nan
+    replicates -= np.nanmin(replicates, axis=(1, 2), keepdims=True)
+    with np.errstate(invalid="ignore"):
+        error = np.nanstd(replicates, axis=0, ddof=1)
+    delta_f, delta_f_error = block_bootstrap(lambda s: free_energy_difference(s[:, 0]), series,
+                                             n_blocks=n_blocks, n_boot=n_boot, seed=seed)
+    free_energy[~np.isfinite(free_energy)] = np.nan
+    return RamachandranReference(free_energy, error, delta_f, delta_f_error, len(series))

@@ -1,0 +1,422 @@
+"""Training: :class:`TrainConfig`, :class:`Trainer` (the loop, its hooks, checkpoints) and
+:func:`train`, the one-call entry point.
+
+One step (paper Algorithms 1–2): draw noise z ``[B, noise_dim]``, generate normalised coordinates
+G(z) ``[B, A, 3]``, map them to features x = φ(G(z)) ``[B, D]``, draw a minibatch of positives,
+evaluate the drift V = field(x, positives) without gradient, and minimise
+mean_b ‖x_b − stopgrad(x_b + V_b)‖² (Eq. 9 / Eq. 30). Coordinates are divided by the data's
+global standard deviation σ; forces enter as the score σ·F/kT of the normalised coordinates.
+
+Hooks are plain callables ``hook(trainer)`` attached with an interval, as ASE's
+``dyn.attach(fn, interval)``: :class:`ProgressBar`, :class:`Checkpointer`, :class:`Evaluator`.
+A checkpoint holds everything needed to resume bit for bit: weights, optimiser and schedule
+state, the random generator's state, the step and the history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import units
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data import Conformations
+from .drift import DriftField, Positives, make_field
+from .features import Representation, align_frames, make_representation
+from .kernels import exclude_self, gaussian_logits
+from .models import GeneratorConfig, MLPGenerator
+from .sampler import DriftSampler
+
+__all__ = ["TrainConfig", "Trainer", "train", "ProgressBar", "Checkpointer", "Evaluator"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (defaults: the paper's ethanol setup, DESIGN.md).
+
+    ``field`` is one of 'drift', 'fi', 'fk', 'fi+fk', 'deng' (see :func:`ase_drift.drift.make_field`)
+    or 'custom' when a field object is passed to the trainer. ``temperature_K`` None means: take
+    it from the data.
+    """
+
+    field: str = "fk"
+    space: str = "distance"
+    omega: float | None = None
+    beta: float | None = None
+    alignment: str = "auto"
+    density_correction: bool = False
+    bandwidths: tuple[float, ...] = (0.25,)
+    temperature_K: float | None = None
+    steps: int = 20000
+    batch_size: int = 256
+    n_positives: int = 512
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    noise_dim: int = 64
+    hidden: int = 512
+    depth: int = 6
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self):
+        object.__setattr__(self, "bandwidths", tuple(float(b) for b in self.bandwidths))
+        for name in ("steps", "batch_size", "n_positives", "depth", "hidden", "noise_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+class TrainingData(NamedTuple):
+    """Positives prepared once per data set (normalised units)."""
+
+    features: Tensor  # [N, D]
+    scores: Tensor | None  # [N, D]  σ·F_φ/kT
+    reduced_energies: Tensor | None  # [N]  E/kT
+    log_density: Tensor | None  # [N]
+    scale: float  # σ in Å
+
+
+def kde_log_density(features: Tensor, chunk: int = 2048) -> Tensor:
+    """Leave-one-out Gaussian kernel density estimate log p̂(y_i) ``[N]`` (up to a constant),
+    bandwidth = median nearest-neighbour distance."""
+    n = len(features)
+    nearest = features.new_empty(n)
+    for start in range(0, n, chunk):
+        logits = gaussian_logits(features[start:start + chunk], features, 1.0)
+        logits[:, start:start + chunk] = exclude_self(logits[:, start:start + chunk])
+        nearest[start:start + chunk] = (-2 * logits.max(-1).values).sqrt()
+    bandwidth = nearest.median()
+    out = features.new_empty(n)
+    for start in range(0, n, chunk):
+        logits = gaussian_logits(features[start:start + chunk], features, bandwidth)
+        logits[:, start:start + chunk] = exclude_self(logits[:, start:start + chunk])
+        out[start:start + chunk] = torch.logsumexp(logits, -1)
+    return out - math.log(n - 1)
+
+
+def prepare_data(data: Conformations, representation: Representation, temperature_K: float,
+                 with_scores: bool, with_energies: bool, with_density: bool) -> TrainingData:
+    """Centre (and in Cartesian space Kabsch-align) frames, normalise by σ, build features and
+    feature-space scores (paper Eq. 31) once."""
+    forces = data.forces if with_scores else None
+    if representation.name == "cartesian":
+        positions, forces = align_frames(data.positions, data.positions[0], forces)
+    else:
+        positions = data.positions - data.positions.mean(axis=1, keepdims=True)
+    scale = float(positions.std())
+    coords = torch.as_tensor(positions / scale, dtype=torch.float32)  # [N, A, 3]
+    features = representation.features(coords)
+    scores = None
+    if forces is not None:
+        cart_scores = torch.as_tensor(units.reduced_forces(forces, temperature_K) * scale,
+                                      dtype=torch.float32)  # [N, A, 3]
+        scores = representation.feature_scores(coords, cart_scores)
+    energies = None
+    if with_energies and data.energies is not None:
+        reduced = data.energies / units.kT(temperature_K)
+        energies = torch.as_tensor(reduced - reduced.mean(), dtype=torch.float32)
+    density = kde_log_density(features) if with_density else None
+    return TrainingData(features, scores, energies, density, scale)
+
+
+def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Learning-rate factor: linear warm-up, then cosine decay to zero."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+class Trainer:
+    """Holds the state of a run and calls the pure drift functions.
+
+    Args:
+        data: training conformations (the positives).
+        config: a :class:`TrainConfig`.
+        field: optional custom drift field ``field(x, positives) -> V``; by default the field
+            named in ``config``.
+        forces: optional :class:`~ase_drift.forces.ForceSource` that labels every training
+            frame (energies and forces), cached in ``label_cache`` when given.
+    """
+
+    def __init__(self, data: Conformations, config: TrainConfig = TrainConfig(),
+                 field: DriftField | None = None, forces=None,
+                 label_cache: str | Path | None = None):
+        temperature = config.temperature_K or data.temperature_K
+        if temperature is None:
+            raise ValueError("the temperature is unknown: pass temperature_K (the data file "
+                             "carries none)")
+        if config.temperature_K is None:
+            config = TrainConfig.from_dict(dict(config.as_dict(), temperature_K=temperature))
+        if field is None:
+            field = make_field(config.field, config.space, omega=config.omega, beta=config.beta,
+                               bandwidths=config.bandwidths, alignment=config.alignment,
+                               density_correction=config.density_correction)
+        elif config.field != "custom":
+            config = TrainConfig.from_dict(dict(config.as_dict(), field="custom"))
+        if forces is not None:
+            data = data.with_labels(forces, cache=label_cache)
+        needs_scores = getattr(field, "needs_scores", data.forces is not None)
+        needs_energies = getattr(field, "needs_energies", False)
+        uses_auto_alignment = getattr(field, "beta", 0) > 0 and getattr(field, "alignment", "") == "auto"
+        if uses_auto_alignment and data.energies is None:
+            needs_scores = True
+        why = f"field {config.field!r}"
+        if needs_scores:
+            data.require("forces", why=why)
+        if needs_energies:
+            data.require("energies", why=why)
+
+        self.config = config
+        self.field = field
+        self.data = data
+        self.representation = make_representation(config.space, data.n_atoms)
+        self.prepared = prepare_data(
+            data, self.representation, temperature, with_scores=needs_scores,
+            with_energies=needs_energies or uses_auto_alignment,
+            with_density=config.density_correction)
+        # Seeded weight initialisation (sampling uses self.rng); fork_rng restores the caller's
+        # global RNG afterwards (no global state, DESIGN.md).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.model = MLPGenerator(GeneratorConfig(data.n_atoms, config.noise_dim,
+                                                      config.hidden, config.depth))
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(config.warmup_steps, config.steps))
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self.step_count = 0
+        self.history: dict[str, list[float]] = {"step": [], "loss": [], "drift_norm": []}
+        self.hooks: list[tuple[Callable[[Trainer], None], int]] = []
+
+    # ------------------------------------------------------------------ hooks
+    def attach(self, hook: Callable[[Trainer], None], interval: int = 1) -> Trainer:
+        """Call ``hook(trainer)`` every ``interval`` steps (and once at the end of :meth:`run`)."""
+        self.hooks.append((hook, interval))
+        return self
+
+    # ------------------------------------------------------------------ loop
+    def positives(self) -> Positives:
+        prepared = self.prepared
+        n = len(prepared.features)
+        index = torch.randperm(n, generator=self.rng)[: self.config.n_positives]
+        pick = (lambda t: None if t is None else t[index])
+        return Positives(prepared.features[index], pick(prepared.scores),
+                         pick(prepared.reduced_energies), pick(prepared.log_density))
+
+    def step(self) -> tuple[float, float]:
+        """One optimisation step; returns (loss, mean ‖V‖)."""
+        self.model.train()
+        noise = self.model.noise(self.config.batch_size, self.rng)
+        x = self.representation.features(self.model(noise))  # [B, D]
+        positives = self.positives()
+        with torch.no_grad():
+            drift = self.field(x.detach(), positives)  # [B, D]
+        loss = (x - (x.detach() + drift)).square().sum(-1).mean()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.schedule.step()
+        self.step_count += 1
+        drift_norm = drift.norm(dim=-1).mean().item()
+        if self.step_count % self.config.log_every == 0:
+            self.history["step"].append(self.step_count)
+            self.history["loss"].append(loss.item())
+            self.history["drift_norm"].append(drift_norm)
+        return loss.item(), drift_norm
+
+    def run(self, steps: int | None = None) -> DriftSampler:
+        """Train until ``config.steps`` (or ``steps`` more); returns the sampler."""
+        target = self.config.steps if steps is None else self.step_count + steps
+        target = min(target, self.config.steps)
+        while self.step_count < target:
+            self.step()
+            for hook, interval in self.hooks:
+                if self.step_count % interval == 0:
+                    hook(self)
+        for hook, interval in self.hooks:
+            if self.step_count % interval and hasattr(hook, "close"):
+                hook(self)
+            if hasattr(hook, "close"):
+                hook.close()
+        return self.sampler()
+
+    # ------------------------------------------------------------------ outputs
+    def metadata(self) -> dict:
+        from . import __version__
+
+        data = self.data
+        digest = hashlib.sha256(np.ascontiguousarray(data.positions).tobytes()).hexdigest()
+        return {
+            "numbers": data.numbers.tolist(),
+            "symbols": "".join(data.symbols),
+            "temperature_K": float(self.config.temperature_K),
+            "units": {"positions": "Å", "energies": "eV", "forces": "eV/Å", "temperature": "K"},
+            "scale_angstrom": self.prepared.scale,
+            "normalization": "frames centred" + (", Kabsch-aligned to frame 0" if
+                                                 self.config.space == "cartesian" else "")
+                             + "; coordinates divided by scale_angstrom",
+            "space": self.config.space,
+            "field": self.config.field,
+            "field_repr": repr(self.field),
+            "step": self.step_count,
+            "training_data": {
+                "formula": data.formula,
+                "n_frames": len(data),
+                "labels": [k for k in ("forces", "energies") if getattr(data, k) is not None],
+                "positions_sha256": digest,
+            },
+            "ase_drift_version": __version__,
+        }
+
+    def stored_config(self) -> dict:
+        return {"generator": self.model.config.as_dict(), "train": self.config.as_dict()}
+
+    def sampler(self) -> DriftSampler:
+        import copy
+
+        return DriftSampler(copy.deepcopy(self.model), self.data.numbers, self.prepared.scale,
+                            self.stored_config(), self.metadata())
+
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": self.rng.get_state(),
+            "step": self.step_count,
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        metadata = dict(self.metadata(), kind="drift-trainer")
+        return save_checkpoint(path, self.stored_config(), self.state_dict(), metadata)
+
+    def load_checkpoint(self, path: str | Path) -> Trainer:
+        """Restore a checkpoint written by :meth:`save_checkpoint` for the same data and config."""
+        payload = load_checkpoint(path, kind="drift-trainer")
+        stored = TrainConfig.from_dict(payload["config"]["train"])
+        if stored != self.config:
+            diff = {k: (v, getattr(self.config, k)) for k, v in stored.as_dict().items()
+                    if getattr(self.config, k) != v}
+            raise CheckpointError(f"{path} was written with another configuration "
+                                  f"(checkpoint vs now: {diff})")
+        meta = payload["metadata"]
+        if meta["training_data"]["positions_sha256"] != self.metadata()["training_data"][
+                "positions_sha256"]:
+            raise CheckpointError(f"{path} was trained on other data than given now")
+        state = payload["state_dict"]
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.rng.set_state(state["rng"])
+        self.step_count = int(state["step"])
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        return self
+
+
+# ----------------------------------------------------------------------------- hooks
+@dataclass
+class ProgressBar:
+    """tqdm progress with the running loss."""
+
+    total: int
+    desc: str = "training"
+    _bar: object = field(default=None, repr=False)
+
+    def __call__(self, trainer: Trainer) -> None:
+        from tqdm.auto import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, initial=trainer.step_count, desc=self.desc,
+                             unit="step", mininterval=0.5)
+        self._bar.update(trainer.step_count - self._bar.n)
+        if trainer.history["loss"] and trainer.step_count % 50 == 0:
+            self._bar.set_postfix(loss=f"{trainer.history['loss'][-1]:.3g}", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+@dataclass
+class Checkpointer:
+    """Write a resumable checkpoint (atomically) to ``path``."""
+
+    path: str | Path
+
+    def __call__(self, trainer: Trainer) -> None:
+        trainer.save_checkpoint(self.path)
+
+
+@dataclass
+class Evaluator:
+    """Sample ``n_samples`` conformations with a fixed seed and record distance-histogram TVD and
+    bond stability against ``reference`` positions ``[N, A, 3]`` in the trainer's history."""
+
+    reference: np.ndarray
+    n_samples: int = 2000
+    seed: int = 12345
+
+    def __call__(self, trainer: Trainer) -> None:
+        from .metrics import evaluate
+
+        positions = trainer.sampler().sample_positions(self.n_samples, seed=self.seed)
+        report = evaluate(positions, self.reference, trainer.data.numbers)
+        history = trainer.history
+        for key, value in (("eval_step", trainer.step_count), ("tvd", report.tvd),
+                           ("bond_stability", report.bond_stability)):
+            history.setdefault(key, []).append(float(value))
+
+
+# ----------------------------------------------------------------------------- entry point
+def train(data: Conformations, temperature_K: float | None = None, field: str | DriftField = "fk",
+          space: str = "distance", steps: int = 20000, seed: int = 0, *, forces=None,
+          label_cache: str | Path | None = None, checkpoint: str | Path | None = None,
+          checkpoint_every: int = 1000, resume: bool = False, reference: np.ndarray | None = None,
+          eval_every: int = 1000, progress: bool = True, **options) -> DriftSampler:
+    """Train a one-step drift sampler on ``data``; returns a :class:`DriftSampler`.
+
+    Args:
+        data: training conformations (positions; forces/energies as the field needs).
+        temperature_K: target temperature (default: the data's).
+        field: 'drift', 'fi', 'fk', 'fi+fk', 'deng', or a custom field callable.
+        space: 'cartesian' or 'distance'.
+        forces: a ForceSource labelling the training frames (cached in ``label_cache``).
+        checkpoint: path of a resumable training checkpoint, written every
+            ``checkpoint_every`` steps; with ``resume=True`` training continues from it.
+        reference: positions ``[N, A, 3]`` to evaluate TVD against every ``eval_every`` steps.
+        options: further :class:`TrainConfig` fields (omega, beta, bandwidths, batch_size, ...).
+    """
+    custom = not isinstance(field, str)
+    config = TrainConfig(field="custom" if custom else field, space=space, steps=steps, seed=seed,
+                         temperature_K=temperature_K, **options)
+    trainer = Trainer(data, config, field=field if custom else None, forces=forces,
+                      label_cache=label_cache)
+    if checkpoint is not None and resume and Path(checkpoint).exists():
+        trainer.load_checkpoint(checkpoint)
+    if progress:
+        trainer.attach(ProgressBar(config.steps), 1)
+    if reference is not None:
+        trainer.attach(Evaluator(np.asarray(reference)), eval_every)
+    if checkpoint is not None:
+        trainer.attach(Checkpointer(checkpoint), checkpoint_every)
+    return trainer.run()

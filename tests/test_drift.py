@@ -1,0 +1,326 @@
+"""Drifting fields: the identities of DESIGN.md, "The maths".
+
+x generated, y_i positives, w_i = softmax_i ℓ(x, y_i), V⁺(x) = Σ_i w_i (y_i − x).
+
+- Antisymmetry: V_{p,q}(x) = V⁺_p(x) − V⁺_q(x) = −V_{q,p}(x), and V_{p,p} = 0.
+- Equilibrium: V ≈ 0 when generated and data samples come from the same distribution.
+- Drifting Score Identity (Gaussian kernel, population limit):
+  E_p[k(x,y)(y − x)] / E_p[k] = τ² E_p[k(x,y) ∇log p(y)] / E_p[k].
+- FI: V⁺_ω = Σ_i w_i [(1−ω)(y_i − x) + ω τ² s_i]; ω = 1 is the score side of the identity.
+- FK: the force form s_i·(y_i − x) matches the energy form −E(y_i)/kT to first order.
+"""
+
+import math
+
+import pytest
+import torch
+
+from ase_drift.drift import (
+    DengDrift,
+    GaussianDrift,
+    Positives,
+    attraction,
+    deng_drift,
+    energy_alignment,
+    force_alignment,
+    force_interpolated_attraction,
+    force_scale_ratio,
+    kernel_mean,
+    make_field,
+    repulsion,
+    standard_drift,
+    standardize,
+)
+from ase_drift.kernels import exclude_self, gaussian_logits, median_distance
+from ase_drift.testing import (
+    assert_drift_vanishes_at_equilibrium,
+    assert_fk_force_form_matches_energy_form,
+)
+from ase_drift.training import kde_log_density
+
+F64 = torch.float64
+
+
+def correlated_gaussian(dim=3, seed=0):
+    """Mean μ, covariance Σ = AAᵀ + 0.3 I (correlated, well conditioned), and a sampler."""
+    gen = torch.Generator().manual_seed(seed)
+    mean = torch.randn(dim, generator=gen, dtype=F64)
+    factor = torch.randn(dim, dim, generator=gen, dtype=F64) / math.sqrt(dim)
+    cov = factor @ factor.T + 0.3 * torch.eye(dim, dtype=F64)
+    chol = torch.linalg.cholesky(cov)
+
+    def sample(n, generator):
+        return mean + torch.randn(n, dim, generator=generator, dtype=F64) @ chol.T
+
+    def score(y):  # ∇log p(y) = −Σ⁻¹(y − μ)
+        return -torch.linalg.solve(cov, (y - mean).T).T
+
+    return mean, cov, sample, score
+
+
+def cloud(n, dim=4, seed=0, shift=0.0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, dim, generator=gen, dtype=F64) + shift
+
+
+# ----------------------------------------------------------------------------- standard drift
+def test_attraction_is_kernel_weighted_displacement():
+    """V⁺(x) = Σ_i w_i (y_i − x); with one positive, V⁺ = y − x."""
+    x, y = cloud(5), cloud(8, seed=1)
+    logits = gaussian_logits(x, y, 0.8)
+    w = torch.softmax(logits, -1)
+    expected = (w[..., None] * (y[None] - x[:, None])).sum(1)
+    torch.testing.assert_close(attraction(x, y, logits), expected)
+    torch.testing.assert_close(attraction(x, y[:1], gaussian_logits(x, y[:1], 0.8)), y[:1] - x)
+
+
+def test_drift_between_two_sets_is_antisymmetric_and_zero_for_equal_sets():
+    """V_{p,q}(x) = V⁺_p(x) − V⁺_q(x) = −V_{q,p}(x); V_{p,p} ≡ 0 exactly."""
+    x, yp, yq = cloud(6), cloud(20, seed=1), cloud(30, seed=2, shift=0.5)
+    tau = 1.1
+
+    def v(a, b):
+        return (attraction(x, a, gaussian_logits(x, a, tau))
+                - attraction(x, b, gaussian_logits(x, b, tau)))
+
+    torch.testing.assert_close(v(yp, yq), -v(yq, yp), rtol=0, atol=0)
+    assert v(yp, yq).abs().max() > 0.1
+    assert v(yp, yp).abs().max() == 0
+    # the same set in another order is the same distribution: zero up to round-off
+    assert v(yp, yp.flip(0)).abs().max() < 1e-14
+
+
+def test_standard_drift_is_attraction_minus_repulsion_without_self():
+    """V = Σ_i w_i (y_i − x) − Σ_{j≠x} u_j (x_j − x); a sample never repels itself."""
+    x, y = cloud(7), cloud(9, seed=1)
+    tau = 0.9
+    u = torch.softmax(exclude_self(gaussian_logits(x, x, tau)), -1)
+    assert u.diagonal().abs().max() == 0
+    rep = (u[..., None] * (x[None] - x[:, None])).sum(1)
+    torch.testing.assert_close(repulsion(x, gaussian_logits(x, x, tau)), rep)
+    torch.testing.assert_close(standard_drift(x, y, tau),
+                               attraction(x, y, gaussian_logits(x, y, tau)) - rep)
+
+
+def test_standard_drift_vanishes_at_equilibrium():
+    """Independent samples (1024 each) of one correlated 3-D Gaussian: RMS ‖V‖ is below 1/10
+    of its value when the data are shifted by 2 std (measured ≈ 0.064 at τ = 1)."""
+    _, _, sample, _ = correlated_gaussian()
+    field = lambda x, pos: standard_drift(x, pos.features, 1.0)
+    assert assert_drift_vanishes_at_equilibrium(field, sample, max_ratio=0.1) < 0.1
+
+
+def deng_single(x, pos):
+    """The unnormalised Deng drift at 0.2 × the mean distance (DengDrift rescales every drift
+    to unit RMS, so its norm cannot vanish at equilibrium by construction)."""
+    return deng_drift(x, pos.features, 0.2 * torch.cdist(x, pos.features).mean())
+
+
+@pytest.mark.parametrize("field", [GaussianDrift(), GaussianDrift(bandwidths=(0.1, 0.25, 1.0)),
+                                   GaussianDrift(omega=1.0), deng_single],
+                         ids=["gauss", "multi-bandwidth", "fi-omega1", "deng"])
+def test_fields_vanish_at_equilibrium(field):
+    """The library's fields (scores ∇log p = −Σ⁻¹(y − μ) for FI): RMS ‖V‖ at equilibrium
+    ≤ 1/4 of that for data shifted by 2 std (measured 0.07–0.16; the rest is sampling noise)."""
+    _, _, sample, score = correlated_gaussian()
+    assert assert_drift_vanishes_at_equilibrium(field, sample, score=score) < 0.25
+
+
+def test_equilibrium_check_catches_a_biased_field():
+    _, _, sample, _ = correlated_gaussian()
+    biased = lambda x, pos: GaussianDrift()(x, pos) + 0.3
+    with pytest.raises(AssertionError, match="does not vanish"):
+        assert_drift_vanishes_at_equilibrium(biased, sample, n=256)
+
+
+# ----------------------------------------------------------------------------- score identity
+def test_drifting_score_identity_monte_carlo():
+    """E_p[k(x,y)(y−x)]/E_p[k] = τ² E_p[k ∇log p(y)]/E_p[k] on a correlated 3-D Gaussian
+    (250k samples; within 3 % relative). Both sides also equal the closed form m − x with
+    m = (Σ⁻¹ + I/τ²)⁻¹(Σ⁻¹μ + x/τ²), the mean of the Gaussian k·p."""
+    mean, cov, sample, score = correlated_gaussian()
+    gen = torch.Generator().manual_seed(7)
+    y = sample(250_000, gen)
+    scores = score(y)
+    x = mean + torch.tensor([[1.5, 0.0, 0.0], [0.0, -1.2, 0.8], [-1.0, 1.0, 1.0]], dtype=F64)
+    tau = 0.8
+    logits = gaussian_logits(x, y, tau)
+    lhs = attraction(x, y, logits)  # Σ w_i (y_i − x)
+    rhs = tau**2 * kernel_mean(logits, scores)  # τ² Σ w_i ∇log p(y_i)
+    precision = torch.linalg.inv(cov) + torch.eye(3, dtype=F64) / tau**2
+    posterior_mean = torch.linalg.solve(precision, (torch.linalg.solve(cov, mean) + x / tau**2).T).T
+    exact = posterior_mean - x
+    rel = lambda a, b: ((a - b).norm(dim=-1) / b.norm(dim=-1)).max().item()
+    assert rel(lhs, rhs) < 0.03
+    assert rel(lhs, exact) < 0.03
+    assert rel(rhs, exact) < 0.03
+
+
+def test_fi_interpolates_between_data_and_score_terms():
+    """ω = 0: V⁺; ω = 1: τ²·kernel mean of the scores; linear in ω in between; ρ divides the
+    force term only."""
+    x, y, s = cloud(5), cloud(12, seed=1), cloud(12, seed=2)
+    tau = 0.7
+    logits = gaussian_logits(x, y, tau)
+    data = attraction(x, y, logits)
+    force = tau**2 * kernel_mean(logits, s)
+    fi = lambda omega, rho=1.0: force_interpolated_attraction(x, y, s, logits, tau, omega, rho)
+    torch.testing.assert_close(fi(0.0), data)
+    torch.testing.assert_close(fi(1.0), force)
+    torch.testing.assert_close(fi(0.3), 0.7 * data + 0.3 * force)
+    torch.testing.assert_close(fi(1.0, 4.0), force / 4.0)
+
+
+def test_force_scale_ratio():
+    """ρ = median‖τ² s_i‖ / median‖y_i − x‖."""
+    x, y, s = cloud(5), cloud(12, seed=1), 3 * cloud(12, seed=2)
+    tau = 0.6
+    expected = (tau**2 * s).norm(dim=-1).median() / median_distance(x, y)
+    torch.testing.assert_close(force_scale_ratio(x, y, s, tau), expected)
+
+
+# ----------------------------------------------------------------------------- FK
+def quadratic_potential(dim=4, seed=3):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(dim, dim, generator=gen, dtype=F64)
+    hessian = a @ a.T + 0.5 * torch.eye(dim, dtype=F64)
+    center = torch.randn(dim, generator=gen, dtype=F64)
+    return hessian, center
+
+
+def test_fk_force_form_matches_energy_form_on_quadratic():
+    """−E(y_i)/kT = s_i·(y_i − x) − E(x)/kT + ½(y_i − x)ᵀK(y_i − x)/kT exactly, s = F/kT;
+    the FK weights of both forms agree to first order in the spread."""
+    hessian, center = quadratic_potential()
+    x, y = cloud(6, seed=4), cloud(40, seed=5)
+    err = assert_fk_force_form_matches_energy_form(x, y, hessian, center, kT=0.7)
+    assert err < 1e-10
+
+
+def test_fk_check_catches_a_sign_error():
+    """a_i = s_i·(x − y_i) (wrong sign) or s = −F/kT fails both the identity and the order."""
+    hessian, center = quadratic_potential()
+    x, y = cloud(6, seed=4), cloud(40, seed=5)
+    flipped = lambda x, y, s: force_alignment(x, y, -s)
+    with pytest.raises(AssertionError, match="sign"):
+        assert_fk_force_form_matches_energy_form(x, y, hessian, center,
+                                                 drift_alignment=flipped)
+
+
+def test_force_alignment_formula():
+    """a_i(x) = s_i·(y_i − x) ``[B, N]``; energy_alignment = −(E − Ē)/kT."""
+    x, y, s = cloud(5), cloud(12, seed=1), cloud(12, seed=2)
+    expected = ((y[None] - x[:, None]) * s[None]).sum(-1)
+    torch.testing.assert_close(force_alignment(x, y, s), expected)
+    e = torch.tensor([1.0, 2.0, 6.0], dtype=F64)
+    torch.testing.assert_close(energy_alignment(e), torch.tensor([2.0, 1.0, -3.0], dtype=F64))
+
+
+def test_fk_energy_form_reweights_positives_by_boltzmann_factor():
+    """FK with β and the energy form: attraction weights ∝ k(x, y_i)·exp(−β E_i/kT)."""
+    x, y = cloud(5), cloud(12, seed=1)
+    energies = cloud(12, dim=1, seed=2)[:, 0]
+    field = GaussianDrift(beta=0.8, alignment="energy")
+    drift = field(x, Positives(y, reduced_energies=energies))
+    tau = 0.25 * median_distance(x, y)
+    w = torch.exp(gaussian_logits(x, y, tau) - 0.8 * energies[None])
+    w = w / w.sum(-1, keepdim=True)
+    expected = w @ y - x - repulsion(x, gaussian_logits(x, x, tau))
+    torch.testing.assert_close(drift, expected)
+
+
+def test_standardize_gives_zero_mean_unit_std():
+    a = 5 * cloud(4, dim=30, seed=1) + 2
+    z = standardize(a)
+    torch.testing.assert_close(z.mean(-1), torch.zeros(4, dtype=F64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(z.std(-1), torch.ones(4, dtype=F64))
+    assert torch.isfinite(standardize(torch.ones(3, 5))).all()  # constant rows stay finite
+
+
+# ----------------------------------------------------------------------------- field objects
+def test_bandwidth_drifts_are_summed():
+    """Several bandwidths: the drifts at each τ = factor·median add up."""
+    x, y = cloud(6), cloud(15, seed=1)
+    pos = Positives(y)
+    torch.testing.assert_close(GaussianDrift(bandwidths=(0.25, 0.5))(x, pos),
+                               GaussianDrift(bandwidths=(0.25,))(x, pos)
+                               + GaussianDrift(bandwidths=(0.5,))(x, pos))
+    tau = 0.25 * median_distance(x, y)
+    torch.testing.assert_close(GaussianDrift()(x, pos), standard_drift(x, y, tau))
+
+
+def test_make_field_defaults_and_rejections():
+    assert make_field("drift", "cartesian") == GaussianDrift()
+    assert make_field("fi", "cartesian").omega == 0.5
+    fi = make_field("fi", "distance")
+    assert fi.omega == 0.1 and fi.normalize_force_scale and fi.standardize_alignment
+    fk = make_field("fk", "distance")
+    assert fk.beta == 0.5 and fk.omega == 0.0
+    both = make_field("fi+fk", "cartesian", omega=0.2, beta=1.0)
+    assert (both.omega, both.beta) == (0.2, 1.0)
+    assert isinstance(make_field("deng", "distance"), DengDrift)
+    with pytest.raises(ValueError, match="omega applies to 'fi' and 'fi\\+fk', not 'fk'"):
+        make_field("fk", "distance", omega=0.5)
+    with pytest.raises(ValueError, match="beta applies"):
+        make_field("fi", "distance", beta=0.5)
+    with pytest.raises(ValueError, match="unknown field 'score'"):
+        make_field("score", "distance")
+
+
+@pytest.mark.parametrize(("kwargs", "missing"), [
+    ({"omega": 0.5}, "forces"),
+    ({"beta": 0.5, "alignment": "force"}, "forces"),
+    ({"beta": 0.5}, "forces"),  # 'auto' falls back to the force form without energies
+    ({"beta": 0.5, "alignment": "energy"}, "energies"),
+    ({"beta": 0.5, "alignment": "energy", "density_correction": True}, "density"),
+])
+def test_gaussian_drift_raises_when_labels_are_missing(kwargs, missing):
+    x, y = cloud(4), cloud(8, seed=1)
+    energies = torch.zeros(8, dtype=F64) if kwargs.get("density_correction") else None
+    with pytest.raises(ValueError, match=f"needs .*{missing}.* but the data has none"):
+        GaussianDrift(**kwargs)(x, Positives(y, reduced_energies=energies))
+
+
+@pytest.mark.parametrize("kwargs", [{"omega": 1.5}, {"beta": -1.0}, {"alignment": "exact"},
+                                    {"bandwidths": ()}, {"bandwidths": (0.0,)}])
+def test_gaussian_drift_validates_parameters(kwargs):
+    with pytest.raises(ValueError):
+        GaussianDrift(**kwargs)
+
+
+def test_deng_drift_is_finite_with_unit_rms_per_temperature():
+    """Each temperature's drift is rescaled to unit RMS; the field is their sum."""
+    x, y = cloud(32, seed=1), cloud(48, seed=2, shift=0.7)
+    x[1] = x[0]  # coincident generated samples must not produce NaN
+    field = DengDrift()
+    drift = field(x, Positives(y))
+    assert torch.isfinite(drift).all()
+    scale = torch.cdist(x, y).mean()
+    total = torch.zeros_like(x)
+    for temperature in field.temperatures:
+        v = deng_drift(x, y, temperature * scale)
+        assert torch.isfinite(v).all() and v.abs().max() > 0
+        unit = v / v.square().sum(-1).mean().sqrt()
+        assert unit.square().sum(-1).mean().sqrt().item() == pytest.approx(1.0, rel=1e-12)
+        total = total + unit
+    torch.testing.assert_close(drift, total)
+
+
+def test_deng_drift_points_toward_the_data():
+    """Generated cloud shifted by −2 on every axis: the mean drift points along +(1, 1, 1, 1)."""
+    x, y = cloud(64, seed=1, shift=-2.0), cloud(64, seed=2)
+    v = DengDrift()(x, Positives(y)).mean(0)
+    cosine = v.sum() / (2 * v.norm())
+    assert cosine > 0.95
+
+
+def test_kde_log_density_is_higher_in_dense_regions():
+    """Leave-one-out KDE: a tight cluster scores a higher log p̂ than a diffuse one."""
+    gen = torch.Generator().manual_seed(0)
+    dense = 0.1 * torch.randn(300, 2, generator=gen)
+    sparse = 5.0 + torch.randn(100, 2, generator=gen)
+    log_p = kde_log_density(torch.cat([dense, sparse]))
+    assert log_p.shape == (400,) and torch.isfinite(log_p).all()
+    assert kde_log_density(torch.cat([dense, sparse]).double()).dtype == F64  # follows input
+    assert log_p[:300].mean() > log_p[300:].mean() + 2.0
+    assert log_p[:300].median() > log_p[300:].max()

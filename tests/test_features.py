@@ -1,0 +1,211 @@
+"""Representations: φ(R), its Jacobian J = ∂φ/∂R and the exact feature-space force.
+
+PairwiseDistances φ(R) = (‖r_a − r_b‖)_{a<b}; row ab of J holds +u_ab at atom a and −u_ab at
+atom b with u_ab = (r_a − r_b)/d_ab. The feature force F_φ = J G⁺ F (G = JᵀJ) is the minimum-norm
+solution of Jᵀ F_φ = F, so Jᵀ F_φ = F exactly when F has no rigid-motion component. Cartesian
+φ is the centred coordinates; frames are Kabsch-aligned, forces rotating with their frame.
+"""
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from scipy.spatial.transform import Rotation
+
+from ase_drift.features import (
+    Cartesian,
+    PairwiseDistances,
+    align_frames,
+    kabsch_rotations,
+    make_representation,
+)
+from ase_drift.testing import (
+    assert_feature_force_consistent,
+    assert_invariant,
+    assert_jacobian,
+    remove_rigid_motions,
+)
+
+
+def ethanol(n_frames=4, noise=0.05, seed=0, dtype=torch.float64):
+    """Ethanol (ase.build) with thermal-like noise, ``[n_frames, 9, 3]`` Å."""
+    base = torch.as_tensor(molecule("CH3CH2OH").positions, dtype=dtype)
+    gen = torch.Generator().manual_seed(seed)
+    return base + noise * torch.randn(n_frames, *base.shape, generator=gen, dtype=dtype)
+
+
+def random_geometry(n_atoms=12, n_frames=3, seed=1, dtype=torch.float64):
+    """Random non-degenerate geometries ``[n_frames, n_atoms, 3]`` of a few Å."""
+    gen = torch.Generator().manual_seed(seed)
+    return 2.0 * torch.randn(n_frames, n_atoms, 3, generator=gen, dtype=dtype)
+
+
+def random_forces(coords, seed=2):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(coords.shape, generator=gen, dtype=coords.dtype)
+
+
+# ----------------------------------------------------------------------------- φ and J
+def test_distance_features_are_pair_distances_in_triu_order():
+    coords = random_geometry(5, 2)
+    phi = PairwiseDistances(5).features(coords)
+    i, j = np.triu_indices(5, k=1)
+    expected = (coords[:, i] - coords[:, j]).norm(dim=-1)
+    torch.testing.assert_close(phi, expected, rtol=1e-12, atol=1e-12)
+    assert phi.shape == (2, 10)
+
+
+@pytest.mark.parametrize("make", [ethanol, random_geometry])
+def test_distance_jacobian_float64(make):
+    """J analytic = autograd = central differences, to 1e-8 in float64."""
+    coords = make()
+    err = assert_jacobian(PairwiseDistances(coords.shape[1]), coords)
+    assert err < 1e-8
+
+
+def test_distance_jacobian_float32():
+    coords = ethanol(dtype=torch.float32)
+    assert assert_jacobian(PairwiseDistances(9), coords) < 1e-4
+
+
+def test_distance_jacobian_rows_are_unit_vectors():
+    """Row ab = (+u_ab at a, −u_ab at b): norm √2, entries at other atoms zero."""
+    coords = random_geometry(6, 2)
+    jac = PairwiseDistances(6).jacobian(coords)  # [B, M, 3A]
+    torch.testing.assert_close(jac.norm(dim=-1), torch.full((2, 15), 2**0.5, dtype=coords.dtype))
+    torch.testing.assert_close(jac.reshape(2, 15, 6, 3).sum(2), torch.zeros(2, 15, 3,
+                                                                            dtype=coords.dtype))
+
+
+def test_cartesian_jacobian_by_autograd():
+    """Cartesian has no analytic Jacobian; autograd vs finite differences (centring matrix)."""
+    assert assert_jacobian(Cartesian(), ethanol()) < 1e-8
+
+
+def test_assert_jacobian_catches_a_wrong_jacobian():
+    class WrongSign(PairwiseDistances):
+        def jacobian(self, coords):
+            return -super().jacobian(coords)
+
+    with pytest.raises(AssertionError, match="autograd"):
+        assert_jacobian(WrongSign(9), ethanol())
+
+
+# ----------------------------------------------------------------------------- invariance
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_distances_invariant_under_rotation_and_translation(seed):
+    coords = random_geometry(12, 3, seed=seed)
+    assert assert_invariant(PairwiseDistances(12), coords, seed=seed) < 1e-12
+
+
+def test_cartesian_is_translation_invariant_but_not_rotation_invariant():
+    coords = ethanol()
+    assert assert_invariant(Cartesian(), coords, rotate=False) < 1e-12
+    with pytest.raises(AssertionError, match="rotation"):
+        assert_invariant(Cartesian(), coords)
+
+
+def test_cartesian_features_are_centred():
+    """φ(R) = R − mean over atoms: every frame's features sum to zero per axis."""
+    coords = ethanol() + 3.0
+    phi = Cartesian().features(coords).reshape(coords.shape)
+    assert phi.sum(dim=1).abs().max() < 1e-12
+    torch.testing.assert_close(phi, coords - coords.mean(1, keepdim=True))
+    scores = Cartesian().feature_scores(coords, random_forces(coords)).reshape(coords.shape)
+    assert scores.sum(dim=1).abs().max() < 1e-12
+
+
+# ----------------------------------------------------------------------------- feature force
+@pytest.mark.parametrize("make", [ethanol, random_geometry], ids=["ethanol", "random12"])
+def test_feature_force_reproduces_cartesian_force(make):
+    """Jᵀ F_φ = F for F without net force and torque (isolated molecule), float64."""
+    coords = make()
+    forces = remove_rigid_motions(coords, random_forces(coords))
+    assert assert_feature_force_consistent(PairwiseDistances(coords.shape[1]), coords,
+                                           forces) < 1e-8
+
+
+def test_feature_force_float32_ethanol():
+    """The training dtype: still reproduces F to 1e-4 of max|F|."""
+    coords = ethanol(64, dtype=torch.float32)
+    forces = remove_rigid_motions(coords, random_forces(coords))
+    assert assert_feature_force_consistent(PairwiseDistances(9), coords, forces) < 1e-4
+
+
+def test_cartesian_feature_force_is_the_force():
+    coords = ethanol()
+    forces = remove_rigid_motions(coords, random_forces(coords))
+    assert assert_feature_force_consistent(Cartesian(), coords, forces) < 1e-12
+
+
+def test_feature_force_is_the_minimum_norm_solution():
+    """F_φ = J G⁺ F lies in the column space of J (orthogonal to ker Jᵀ) and, for a rigid
+    motion's force (a pure torque), vanishes: such a force has no feature-space component."""
+    coords = random_geometry(12, 2)
+    rep = PairwiseDistances(12)
+    forces = random_forces(coords)
+    rigid_part = forces - remove_rigid_motions(coords, forces)
+    assert rep.feature_scores(coords, rigid_part).abs().max() < 1e-8
+    f_phi = rep.feature_scores(coords, remove_rigid_motions(coords, forces))
+    jac = rep.jacobian(coords)
+    projector = jac @ torch.linalg.pinv(jac)  # onto range(J)
+    torch.testing.assert_close((projector @ f_phi[..., None])[..., 0], f_phi)
+
+
+def test_remove_rigid_motions_is_a_projection():
+    """No net force, no net torque about the centroid; idempotent; numpy in, numpy out."""
+    coords = random_geometry(8, 2)
+    clean = remove_rigid_motions(coords, random_forces(coords))
+    rel = coords - coords.mean(1, keepdim=True)
+    assert clean.sum(1).abs().max() < 1e-12
+    assert torch.linalg.cross(rel, clean, dim=-1).sum(1).abs().max() < 1e-12
+    torch.testing.assert_close(remove_rigid_motions(coords, clean), clean)
+    as_numpy = remove_rigid_motions(coords.numpy(), random_forces(coords).numpy())
+    assert isinstance(as_numpy, np.ndarray)
+    np.testing.assert_allclose(as_numpy, clean.numpy(), atol=1e-12)
+
+
+def test_feature_force_check_refuses_forces_with_net_torque():
+    coords = ethanol()
+    with pytest.raises(ValueError, match="rigid-motion"):
+        assert_feature_force_consistent(PairwiseDistances(9), coords, random_forces(coords))
+
+
+# ----------------------------------------------------------------------------- Kabsch
+def test_align_frames_recovers_a_known_rotation_and_rotates_forces():
+    """Frames = reference·Qᵀ + t: alignment returns the centred reference, forces F·Qᵀ → F."""
+    ref = molecule("CH3CH2OH").positions
+    ref_c = ref - ref.mean(0)
+    rng = np.random.default_rng(0)
+    rotations = Rotation.random(5, random_state=rng).as_matrix()  # [5, 3, 3]
+    shifts = rng.normal(size=(5, 1, 3)) * 4
+    positions = np.einsum("aj,nij->nai", ref, rotations) + shifts  # r·Qᵀ
+    forces_ref = remove_rigid_motions(ref, rng.normal(size=ref.shape))
+    forces = np.einsum("aj,nij->nai", forces_ref, rotations)
+    aligned, aligned_forces = align_frames(positions, ref, forces)
+    np.testing.assert_allclose(aligned, np.broadcast_to(ref_c, aligned.shape), atol=1e-10)
+    np.testing.assert_allclose(aligned_forces, np.broadcast_to(forces_ref, forces.shape),
+                               atol=1e-10)
+    rot = kabsch_rotations(positions - positions.mean(1, keepdims=True), ref_c)
+    np.testing.assert_allclose(rot, rotations, atol=1e-10)  # aligned = (ref·Qᵀ)·Q = ref
+    _, none = align_frames(positions, ref)
+    assert none is None
+
+
+def test_kabsch_returns_proper_rotations_for_mirror_images():
+    """A mirror image cannot be reached by a rotation: det(rot) = +1 always."""
+    ref = molecule("CH3CH2OH").positions
+    ref = ref - ref.mean(0)
+    mirrored = ref * np.array([1.0, 1.0, -1.0])
+    rot = kabsch_rotations(np.stack([mirrored, ref]), ref)
+    np.testing.assert_allclose(np.linalg.det(rot), [1.0, 1.0], atol=1e-12)
+    np.testing.assert_allclose(rot[1], np.eye(3), atol=1e-12)
+
+
+def test_make_representation():
+    assert isinstance(make_representation("cartesian", 9), Cartesian)
+    assert isinstance(make_representation("distance", 9), PairwiseDistances)
+    with pytest.raises(ValueError, match="unknown space"):
+        make_representation("internal", 9)
+    with pytest.raises(ValueError, match="at least 2 atoms"):
+        PairwiseDistances(1)

@@ -1,0 +1,295 @@
+"""Training, samplers and checkpoints: reproducible, resumable bit for bit, strict on bad input,
+and able to learn a known distribution.
+
+The synthetic molecule is a water-like triatomic O–H–H whose internal coordinates are drawn
+exactly from a known distribution: both O–H bonds d ~ N(1.0 Å, (0.08 Å)²), the H–O–H angle
+θ ~ N(104.5°, (10°)²). Forces are −∇E of the harmonic potential
+E = ½k_r Σ(d − r₀)² + ½k_θ(θ − θ₀)² with k_r = kT/σ_d², k_θ = kT/σ_θ² (so the distribution is the
+Boltzmann distribution of E in the internal coordinates d₁, d₂, θ at T = 300 K).
+"""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from ase_drift import units
+from ase_drift.checkpoint import CheckpointError, load_checkpoint
+from ase_drift.data import Conformations
+from ase_drift.forces import ForceResult
+from ase_drift.sampler import DriftSampler, Sampler
+from ase_drift.testing import assert_force_source_consistent
+from ase_drift.training import Checkpointer, TrainConfig, Trainer
+
+TEMPERATURE_K = 300.0
+R0, SIGMA_R = 1.0, 0.08  # Å
+THETA0, SIGMA_THETA = np.deg2rad(104.5), np.deg2rad(10.0)  # rad
+
+
+class HarmonicTriatomic:
+    """ForceSource for E = ½k_r[(d₁ − r₀)² + (d₂ − r₀)²] + ½k_θ(θ − θ₀)² (atoms O, H, H;
+    d₁ = |r₁ − r₀|, d₂ = |r₂ − r₀|, θ the angle at atom 0); forces by autograd in float64."""
+
+    def __init__(self, temperature_K=TEMPERATURE_K):
+        kT = units.kT(temperature_K)
+        self.k_r, self.k_theta = kT / SIGMA_R**2, kT / SIGMA_THETA**2
+
+    def energy(self, positions):
+        a, b = positions[:, 1] - positions[:, 0], positions[:, 2] - positions[:, 0]
+        d1, d2 = a.norm(dim=-1), b.norm(dim=-1)
+        theta = torch.acos((a * b).sum(-1) / (d1 * d2))
+        return (0.5 * self.k_r * ((d1 - R0) ** 2 + (d2 - R0) ** 2)
+                + 0.5 * self.k_theta * (theta - THETA0) ** 2)
+
+    def compute(self, numbers, positions):
+        pos = torch.as_tensor(np.asarray(positions, dtype=np.float64).reshape(-1, 3, 3))
+        pos.requires_grad_(True)
+        energy = self.energy(pos)
+        (grad,) = torch.autograd.grad(energy.sum(), pos)
+        return ForceResult(energy.detach().numpy(), -grad.numpy())
+
+
+def triatomic_positions(n, seed=0):
+    """Frames ``[n, 3, 3]`` Å with (d₁, d₂, θ) drawn exactly; random orientation not needed
+    (the distance space is invariant)."""
+    rng = np.random.default_rng(seed)
+    d1, d2 = rng.normal(R0, SIGMA_R, n), rng.normal(R0, SIGMA_R, n)
+    theta = rng.normal(THETA0, SIGMA_THETA, n)
+    positions = np.zeros((n, 3, 3))
+    positions[:, 1, 0] = d1
+    positions[:, 2, 0] = d2 * np.cos(theta)
+    positions[:, 2, 1] = d2 * np.sin(theta)
+    return positions
+
+
+def triatomic_data(n=2000, seed=0, labels=True, temperature_K=TEMPERATURE_K):
+    positions = triatomic_positions(n, seed)
+    if not labels:
+        return Conformations([8, 1, 1], positions, temperature_K=temperature_K)
+    result = HarmonicTriatomic().compute([8, 1, 1], positions)
+    return Conformations([8, 1, 1], positions, result.forces, result.energies, temperature_K)
+
+
+def pair_distances(positions):
+    """d(O–H₁), d(O–H₂), d(H₁–H₂) ``[n, 3]``."""
+    p = np.asarray(positions, dtype=np.float64)
+    return np.stack([np.linalg.norm(p[:, i] - p[:, j], axis=-1)
+                     for i, j in ((0, 1), (0, 2), (1, 2))], axis=1)
+
+
+def small_config(**changes):
+    """A tiny, fast configuration (MLP 2×64)."""
+    values = {"field": "drift", "space": "distance", "hidden": 64, "depth": 2, "noise_dim": 16,
+              "steps": 10, "batch_size": 64, "n_positives": 128, "warmup_steps": 5,
+              "learning_rate": 3e-3, "seed": 0}
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return triatomic_data(400)
+
+
+@pytest.fixture(scope="module")
+def sampler(data):
+    return Trainer(data, small_config()).run()
+
+
+def params(module):
+    return [p.detach().clone() for p in module.parameters()]
+
+
+# ----------------------------------------------------------------------------- the synthetic data
+def test_synthetic_force_source_forces_are_minus_energy_gradient():
+    """The harmonic source used below obeys F = −∇E (central differences, h = 1e-5 Å)."""
+    err = assert_force_source_consistent(HarmonicTriatomic(), [8, 1, 1],
+                                         triatomic_positions(3, seed=5), h=1e-5, atol=1e-6)
+    assert err < 1e-6
+
+
+# ----------------------------------------------------------------------------- (a) save / load
+def test_sampler_save_load_round_trip_gives_identical_samples(tmp_path, sampler):
+    path = sampler.save(tmp_path / "model.pt")
+    loaded = DriftSampler.load(path)
+    assert isinstance(loaded, Sampler)
+    np.testing.assert_array_equal(loaded.sample_positions(50, seed=3),
+                                  sampler.sample_positions(50, seed=3))
+    np.testing.assert_array_equal(loaded.numbers, [8, 1, 1])
+    assert loaded.scale == sampler.scale
+    assert loaded.temperature_K == TEMPERATURE_K
+    assert loaded.metadata == sampler.metadata
+    assert loaded.config == sampler.config
+    # a seed fixes the samples; different seeds give different samples
+    assert not np.array_equal(sampler.sample_positions(5, seed=3),
+                              sampler.sample_positions(5, seed=4))
+
+
+def test_sample_positions_are_centred_angstrom_float32(sampler):
+    positions = sampler.sample_positions(20, seed=0)
+    assert positions.shape == (20, 3, 3) and positions.dtype == np.float32
+    assert np.abs(positions.mean(axis=1)).max() < 1e-5
+    assert sampler.sample_positions(0, seed=0).shape == (0, 3, 3)
+    with pytest.raises(ValueError, match="non-negative"):
+        sampler.sample_positions(-1)
+
+
+def test_trainer_is_seeded_without_touching_the_global_rng(data):
+    """Same seed, same initial weights; building a Trainer leaves torch's global RNG alone
+    (DESIGN.md: no global state)."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = Trainer(data, small_config(seed=5))
+    torch.testing.assert_close(torch.rand(3), expected, rtol=0, atol=0)
+    second = Trainer(data, small_config(seed=5))
+    for a, b in zip(params(first.model), params(second.model), strict=True):
+        assert torch.equal(a, b)
+    other = Trainer(data, small_config(seed=6))
+    assert not torch.equal(params(first.model)[0], params(other.model)[0])
+
+
+# ----------------------------------------------------------------------------- (b) resume
+@pytest.mark.parametrize("field, space", [("drift", "distance"), ("fi+fk", "cartesian")])
+def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, data, field, space):
+    """N steps in one go == N/2 steps, checkpoint, fresh Trainer, load, N/2 more steps:
+    weights, optimiser state, history and random state all identical (torch.equal)."""
+    n = 16
+    config = small_config(field=field, space=space, steps=n)
+    straight = Trainer(data, config)
+    straight.run()
+
+    path = tmp_path / "run.ckpt"
+    interrupted = Trainer(data, config).attach(Checkpointer(path), n // 2)
+    interrupted.run(steps=n // 2)  # then the process "dies"
+    assert load_checkpoint(path)["state_dict"]["step"] == n // 2
+
+    resumed = Trainer(data, config).load_checkpoint(path)
+    assert resumed.step_count == n // 2
+    resumed.run()
+    assert resumed.step_count == straight.step_count == n
+    for a, b in zip(params(straight.model), params(resumed.model), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.history == straight.history
+    assert torch.equal(resumed.rng.get_state(), straight.rng.get_state())
+    opt_a, opt_b = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    for key in opt_a:
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(opt_a[key][name], opt_b[key][name])
+    assert straight.schedule.get_last_lr() == resumed.schedule.get_last_lr()
+
+
+def test_trainer_checkpoint_loads_as_sampler(tmp_path, data):
+    trainer = Trainer(data, small_config(steps=4))
+    trainer.run()
+    trainer.save_checkpoint(tmp_path / "t.ckpt")
+    loaded = DriftSampler.load(tmp_path / "t.ckpt")
+    np.testing.assert_array_equal(loaded.sample_positions(8, seed=1),
+                                  trainer.sampler().sample_positions(8, seed=1))
+
+
+# ----------------------------------------------------------------------------- (c) bad inputs
+def test_missing_temperature_raises():
+    data = triatomic_data(50, temperature_K=None)
+    with pytest.raises(ValueError, match="temperature is unknown"):
+        Trainer(data, small_config())
+    assert Trainer(data, small_config(temperature_K=450.0)).config.temperature_K == 450.0
+
+
+@pytest.mark.parametrize("field", ["fi", "fk", "fi+fk"])
+def test_force_fields_on_unlabelled_data_raise_mentioning_forces(field):
+    data = triatomic_data(50, labels=False)
+    with pytest.raises(ValueError, match=re.escape(f"has no forces (field '{field}')")):
+        Trainer(data, small_config(field=field))
+
+
+def test_fk_energy_form_needs_energies():
+    labelled = triatomic_data(50)
+    no_energies = Conformations(labelled.numbers, labelled.positions, labelled.forces,
+                                temperature_K=TEMPERATURE_K)
+    with pytest.raises(ValueError, match="has no energies"):
+        Trainer(no_energies, small_config(field="fk", alignment="energy"))
+    Trainer(no_energies, small_config(field="fk"))  # 'auto' uses the force form
+
+
+def test_truncated_checkpoint_raises_checkpoint_error(tmp_path, data):
+    trainer = Trainer(data, small_config(steps=2))
+    trainer.run()
+    path = trainer.save_checkpoint(tmp_path / "good.ckpt")
+    size = path.stat().st_size
+    with open(path, "r+b") as handle:
+        handle.truncate(size // 2)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        Trainer(data, small_config(steps=2)).load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        DriftSampler.load(path)
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        DriftSampler.load(tmp_path / "missing.ckpt")
+
+
+def test_checkpoint_with_other_config_or_data_raises(tmp_path, data):
+    trainer = Trainer(data, small_config(steps=2))
+    trainer.run()
+    path = trainer.save_checkpoint(tmp_path / "run.ckpt")
+    with pytest.raises(CheckpointError, match="another configuration.*learning_rate"):
+        Trainer(data, small_config(steps=2, learning_rate=1e-4)).load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="other data"):
+        Trainer(triatomic_data(400, seed=9), small_config(steps=2)).load_checkpoint(path)
+    sampler_file = trainer.sampler().save(tmp_path / "sampler.pt")
+    with pytest.raises(CheckpointError, match="not a 'drift-trainer'"):
+        Trainer(data, small_config(steps=2)).load_checkpoint(sampler_file)
+
+
+def test_sampler_rejects_template_with_wrong_species_or_order(sampler):
+    with pytest.raises(ValueError, match="template atom 0 is H, but the model's atom 0 is O"):
+        sampler.sample(Atoms("HOH", positions=np.zeros((3, 3))), 2)
+    with pytest.raises(ValueError, match="template has 4 atoms"):
+        sampler.sample(Atoms("OHHH", positions=np.zeros((4, 3))), 2)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        TrainConfig(steps=0)
+    config = TrainConfig(bandwidths=[0.1, 0.2])
+    assert config.bandwidths == (0.1, 0.2)
+    assert TrainConfig.from_dict(dict(config.as_dict(), unknown=1)) == config
+
+
+# ----------------------------------------------------------------------------- (d) sample(atoms)
+def test_sample_returns_template_copies_without_calculator(sampler):
+    template = Atoms("OH2", positions=[[5.0, 5.0, 5.0], [6.0, 5.0, 5.0], [5.0, 6.0, 5.0]],
+                     cell=[10, 10, 10], pbc=True, info={"name": "water"})
+    template.calc = SinglePointCalculator(template, energy=-1.0, forces=np.ones((3, 3)))
+    frames = sampler.sample(template, 7, seed=2)
+    assert len(frames) == 7
+    expected = sampler.sample_positions(7, seed=2) + template.positions.mean(axis=0)
+    for atoms, positions in zip(frames, expected, strict=True):
+        assert atoms.get_chemical_symbols() == ["O", "H", "H"]
+        assert atoms.calc is None
+        np.testing.assert_allclose(atoms.positions, positions, atol=1e-6)
+        assert atoms.info["name"] == "water" and atoms.pbc.all()
+        np.testing.assert_array_equal(atoms.cell.array, template.cell.array)
+    assert template.calc is not None and template.positions[0, 0] == 5.0  # untouched
+    frames[0].positions += 1.0
+    assert not np.allclose(frames[0].positions, frames[1].positions)  # independent copies
+
+
+# ----------------------------------------------------------------------------- (e) end to end
+def test_end_to_end_learns_bond_lengths_and_spread():
+    """Seeded 300-step run (MLP 2×64, batch 128, 256 positives, field 'drift', distance space)
+    on 2000 exactly sampled frames: the generated mean O–H and H–H distances match the data
+    within 0.05 Å and their standard deviations within 30 %. (Measured: means within 0.003 Å,
+    spreads within 5 %.)"""
+    data = triatomic_data(2000)
+    config = small_config(steps=300, batch_size=128, n_positives=256, learning_rate=1e-2,
+                          warmup_steps=20, noise_dim=64)
+    sampler = Trainer(data, config).run()
+    generated = pair_distances(sampler.sample_positions(4000, seed=1))
+    reference = pair_distances(data.positions)
+    np.testing.assert_allclose(generated.mean(0), reference.mean(0), atol=0.05)
+    np.testing.assert_allclose(generated.std(0), reference.std(0), rtol=0.3)
+    assert np.isfinite(generated).all()
+
