@@ -220,13 +220,16 @@ FIELDS = ("drift", "fi", "fk", "fi+fk", "deng")
 
 def make_field(name: str, space: str, omega: float | None = None, beta: float | None = None,
                bandwidths: tuple[float, ...] = (0.25,), alignment: str = "auto",
-               density_correction: bool = False) -> DriftField:
+               density_correction: bool = False,
+               standardize_alignment: bool | None = None,
+               normalize_force_scale: bool | None = None) -> DriftField:
     """The named field with the paper's defaults for ``space`` ('cartesian' or 'distance').
 
     'drift' standard drifting; 'fi' Force-Interpolated (ω, default 0.5 Cartesian / 0.1
     distance); 'fk' Force-Aligned Kernel (β, default 0.5); 'fi+fk' both; 'deng' the original
     multi-temperature Laplacian field. In distance space the FI force term is scale-normalised
-    (Eq. 34) and the FK alignment standardised (Eq. 36).
+    (Eq. 34) and the FK alignment standardised (Eq. 36), unless ``normalize_force_scale`` or
+    ``standardize_alignment`` say otherwise.
     """
     if name not in FIELDS:
         raise ValueError(f"unknown field {name!r}; use one of {FIELDS}")
@@ -243,8 +246,10 @@ def make_field(name: str, space: str, omega: float | None = None, beta: float | 
         omega=(omega if omega is not None else (0.1 if in_features else 0.5)) if use_fi else 0.0,
         beta=(beta if beta is not None else 0.5) if use_fk else 0.0,
         alignment=alignment,
-        standardize_alignment=in_features,
-        normalize_force_scale=in_features,
+        standardize_alignment=in_features if standardize_alignment is None
+        else standardize_alignment,
+        normalize_force_scale=in_features if normalize_force_scale is None
+        else normalize_force_scale,
         density_correction=density_correction,
         bandwidths=tuple(bandwidths),
     )

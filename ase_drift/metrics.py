@@ -242,7 +242,8 @@ def evaluate(
     * Stability = fraction of frames with every |d_ab − d̄_ref,ab| ≤ 0.5 Å.
     * Bonds: ``bonds`` (pair indices) or, by default, :func:`covalent_bonds` of the reference.
       Bond MAE = mean over bonds |mean_gen d − d̄_ref| (Å); bond stability = fraction of frames
-      with every bond within 0.5 Å of d̄_ref. With no bonds, bond MAE is NaN.
+      with every bond within 0.5 Å of d̄_ref. With no bonds, bond MAE is NaN and bond
+      stability 1.
     * Per-type TVD: the TVD above restricted to the pairs of one type ("C-H"), same bins.
     * Energy W1 = W1 of E/kT against the reference's E/kT, when ``energies`` (eV, one per frame)
       and ``reference_energies`` are given; needs ``temperature_K``.
@@ -525,22 +526,29 @@ def plot_distance_histograms(path, numbers, reference_positions, samples: dict, 
 
 
 def plot_training_curve(path, history: dict[str, list[float]]):
-    """One panel per logged quantity against ``history["step"]`` (or the entry index).
-
-    Every list has one entry per logged step; NaN marks a quantity not evaluated at that step
-    and is skipped. Quantities whose name contains "loss" get a log-scale y axis.
-    Writes a PNG and returns its path.
+    """One panel per logged quantity of a training history (as :class:`~ase_drift.Trainer`
+    records it): quantities as long as ``history["step"]`` are drawn against it, those as long as
+    ``history["eval_step"]`` (periodic evaluations) against that. NaN entries are skipped;
+    quantities whose name contains "loss" get a log-scale y axis. Writes a PNG, returns its path.
     """
     from matplotlib.figure import Figure
 
-    series = {key: np.asarray(v, dtype=float) for key, v in history.items() if key != "step"}
-    n_entries = len(next(iter(series.values())))
-    steps = np.asarray(history.get("step", np.arange(n_entries)), dtype=float)
+    axes_keys = [key for key in ("step", "eval_step") if key in history]
+    if not axes_keys:
+        raise ValueError("history needs a 'step' (or 'eval_step') list")
+    xs = {key: np.asarray(history[key], dtype=float) for key in axes_keys}
+    series = {}
+    for key, values in history.items():
+        if key in xs:
+            continue
+        values = np.asarray(values, dtype=float)
+        x_key = next((k for k in axes_keys if len(xs[k]) == len(values)), None)
+        if x_key is None:
+            raise ValueError(f"history[{key!r}] has {len(values)} entries, matching no step list")
+        series[key] = (xs[x_key], values)
     fig = Figure(figsize=(6, 2.2 * len(series)), layout="constrained")
     axes = fig.subplots(len(series), 1, sharex=True, squeeze=False)[:, 0]
-    for ax, (key, values) in zip(axes, series.items()):
-        if values.shape != steps.shape:
-            raise ValueError(f"history[{key!r}] has {len(values)} entries for {len(steps)} steps")
+    for ax, (key, (steps, values)) in zip(axes, series.items()):
         logged = np.isfinite(values)
         ax.plot(steps[logged], values[logged], marker="." if logged.sum() < 50 else None)
         ax.set_ylabel(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -23,7 +24,13 @@ class GeneratorConfig:
 
 
 class MLPGenerator(nn.Module):
-    """One network evaluation per conformation: an MLP with SiLU activations."""
+    """One network evaluation per conformation: an MLP with SiLU activations plus an affine
+    skip path, G(z) = b + W z + MLP(z).
+
+    :meth:`initialize_from_data` sets b and W to the data's mean and principal axes, so training
+    starts from the Gaussian fit of the data instead of a point; the MLP then learns the
+    non-Gaussian part. Both paths are trained.
+    """
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
@@ -35,9 +42,30 @@ class MLPGenerator(nn.Module):
             width = config.hidden
         layers.append(nn.Linear(width, 3 * config.n_atoms))
         self.net = nn.Sequential(*layers)
+        self.skip = nn.Linear(config.noise_dim, 3 * config.n_atoms)
+        nn.init.zeros_(self.skip.weight)
+        nn.init.zeros_(self.skip.bias)
 
     def forward(self, noise: Tensor) -> Tensor:
-        return self.net(noise).view(len(noise), self.config.n_atoms, 3)  # [B, A, 3]
+        out = self.skip(noise) + self.net(noise)
+        return out.view(len(noise), self.config.n_atoms, 3)  # [B, A, 3]
+
+    @torch.no_grad()
+    def initialize_from_data(self, coords: Tensor, mlp_scale: float = 0.1) -> None:
+        """Affine path ← mean and principal axes of aligned ``coords`` ``[N, A, 3]`` (the first
+        min(noise_dim, 3A) components, scaled by their standard deviations); the MLP's last layer
+        is shrunk by ``mlp_scale`` so it starts as a small correction."""
+        flat = coords.flatten(1)  # [N, 3A]
+        mean = flat.mean(0)
+        _, singular, axes = torch.linalg.svd((flat - mean) / math.sqrt(len(flat)),
+                                             full_matrices=False)
+        k = min(self.config.noise_dim, len(singular))
+        self.skip.bias.copy_(mean)
+        self.skip.weight.zero_()
+        self.skip.weight[:, :k] = (axes[:k].T * singular[:k]).to(self.skip.weight)
+        last = self.net[-1]
+        last.weight.mul_(mlp_scale)
+        last.bias.mul_(mlp_scale)
 
     def noise(self, n: int, generator: torch.Generator, dtype=torch.float32) -> Tensor:
         """Standard normal noise ``[n, noise_dim]`` drawn from ``generator``."""

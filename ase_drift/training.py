@@ -52,6 +52,8 @@ class TrainConfig:
     beta: float | None = None
     alignment: str = "auto"
     density_correction: bool = False
+    standardize_alignment: bool | None = None
+    normalize_force_scale: bool | None = None
     bandwidths: tuple[float, ...] = (0.25,)
     temperature_K: float | None = None
     steps: int = 20000
@@ -83,6 +85,7 @@ class TrainConfig:
 class TrainingData(NamedTuple):
     """Positives prepared once per data set (normalised units)."""
 
+    aligned_coords: Tensor  # [N, A, 3]  centred, Kabsch-aligned, /σ (initialises the generator)
     features: Tensor  # [N, D]
     scores: Tensor | None  # [N, D]  σ·F_φ/kT
     reduced_energies: Tensor | None  # [N]  E/kT
@@ -113,12 +116,14 @@ def prepare_data(data: Conformations, representation: Representation, temperatur
     """Centre (and in Cartesian space Kabsch-align) frames, normalise by σ, build features and
     feature-space scores (paper Eq. 31) once."""
     forces = data.forces if with_scores else None
+    aligned, aligned_forces = align_frames(data.positions, data.positions[0], forces)
     if representation.name == "cartesian":
-        positions, forces = align_frames(data.positions, data.positions[0], forces)
-    else:
+        positions, forces = aligned, aligned_forces
+    else:  # distances need no alignment, and forces stay in their own frame
         positions = data.positions - data.positions.mean(axis=1, keepdims=True)
     scale = float(positions.std())
     coords = torch.as_tensor(positions / scale, dtype=torch.float32)  # [N, A, 3]
+    aligned_coords = torch.as_tensor(aligned / scale, dtype=torch.float32)
     features = representation.features(coords)
     scores = None
     if forces is not None:
@@ -130,7 +135,7 @@ def prepare_data(data: Conformations, representation: Representation, temperatur
         reduced = data.energies / units.kT(temperature_K)
         energies = torch.as_tensor(reduced - reduced.mean(), dtype=torch.float32)
     density = kde_log_density(features) if with_density else None
-    return TrainingData(features, scores, energies, density, scale)
+    return TrainingData(aligned_coords, features, scores, energies, density, scale)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -169,7 +174,9 @@ class Trainer:
         if field is None:
             field = make_field(config.field, config.space, omega=config.omega, beta=config.beta,
                                bandwidths=config.bandwidths, alignment=config.alignment,
-                               density_correction=config.density_correction)
+                               density_correction=config.density_correction,
+                               standardize_alignment=config.standardize_alignment,
+                               normalize_force_scale=config.normalize_force_scale)
         elif config.field != "custom":
             config = TrainConfig.from_dict(dict(config.as_dict(), field="custom"))
         if forces is not None:
@@ -199,7 +206,9 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = MLPGenerator(GeneratorConfig(data.n_atoms, config.noise_dim,
                                                       config.hidden, config.depth))
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate)
+        self.model.initialize_from_data(self.prepared.aligned_coords)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
+                                          fused=True)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, warmup_cosine(config.warmup_steps, config.steps))
         self.rng = torch.Generator().manual_seed(config.seed)
@@ -253,7 +262,7 @@ class Trainer:
                 if self.step_count % interval == 0:
                     hook(self)
         for hook, interval in self.hooks:
-            if self.step_count % interval and hasattr(hook, "close"):
+            if self.step_count % interval:  # every hook sees the final state once
                 hook(self)
             if hasattr(hook, "close"):
                 hook.close()

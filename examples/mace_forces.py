@@ -26,6 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import mace  # noqa: F401  (before e3nn, as MACE requires)
 import numpy as np
@@ -53,6 +54,14 @@ LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "reference_energy"}
                                         arrays_keys={"forces": "reference_forces"})
 
 
+class Errors(NamedTuple):
+    """Mean absolute errors of a potential on labelled frames."""
+
+    energy_mae: float  # eV
+    force_mae: float  # eV/Å, per component
+    zero_force_mae: float  # eV/Å, mean |F| of the labels: the error of predicting zero forces
+
+
 @dataclass
 class RunSummary:
     """What :func:`main` built and measured (energies eV, forces eV/Å)."""
@@ -60,10 +69,8 @@ class RunSummary:
     calculator: MACECalculator
     fit_set: Conformations  # labelled frames the potential was fitted on (the drift positives)
     held_out: Conformations  # labelled reference frames never seen in fitting
-    force_mae_fit: float  # eV/Å, on fit_set
-    force_mae_held_out: float  # eV/Å, on held_out
-    zero_force_mae_held_out: float  # eV/Å, mean |F| of held_out: the score of predicting zeros
-    energy_mae_held_out: float  # eV
+    fit_errors: Errors  # of the calculator on fit_set
+    held_out_errors: Errors  # of the calculator on held_out
     label_cache: Path
     sampler: DriftSampler
     report: DistanceReport
@@ -71,7 +78,8 @@ class RunSummary:
 
 # ----------------------------------------------------------------------------- the potential
 def frame_graphs(data: Conformations, z_table: AtomicNumberTable) -> list[mace_data.AtomicData]:
-    """One MACE graph per labelled frame (edges within r_max; energy eV, forces eV/Å)."""
+    """One MACE graph per labelled frame (edges within r_max; energy eV, forces eV/Å), in
+    torch's default dtype (float32)."""
     data.require("energies", "forces", why="fitting a potential")
     graphs = []
     for k in range(len(data)):
@@ -132,11 +140,12 @@ def fit(model: modules.ScaleShiftMACE, loader: DataLoader, epochs: int, learning
     model.eval()
 
 
-def errors(calc, data: Conformations) -> tuple[float, float]:
-    """(energy MAE in eV, force MAE in eV/Å per component) of ``calc`` on labelled ``data``."""
+def errors(calc, data: Conformations) -> Errors:
+    """Energy and force errors of the ASE calculator ``calc`` on labelled ``data``."""
     predicted = CalculatorForces(calc).compute(data.numbers, data.positions)
-    return (float(np.abs(predicted.energies - data.energies).mean()),
-            float(np.abs(predicted.forces - data.forces).mean()))
+    return Errors(float(np.abs(predicted.energies - data.energies).mean()),
+                  float(np.abs(predicted.forces - data.forces).mean()),
+                  float(np.abs(data.forces).mean()))
 
 
 def file_digest(path: Path) -> str:
@@ -190,16 +199,19 @@ def main(argv=None) -> RunSummary:
     torch.save(model.double(), model_path)
     print(f"fitted MACE in {time.perf_counter() - start:.1f} s -> {model_path}")
 
-    calc = MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
-    _, force_mae_fit = errors(calc, fit_set)
-    energy_mae, force_mae = errors(calc, held_out)
-    zero_force_mae = float(np.abs(held_out.forces).mean())
-    print(f"force MAE: {force_mae:.4f} eV/Å on {len(held_out)} held-out reference frames "
-          f"(predicting zero: {zero_force_mae:.4f}; on the fit set: {force_mae_fit:.4f}); "
-          f"energy MAE {1000 * energy_mae:.1f} meV")
+    calc = MACECalculator(model_paths=model_path, device="cpu", default_dtype="float64")
+    fit_errors, held_out_errors = errors(calc, fit_set), errors(calc, held_out)
+    print("| MACE MAE | energy (meV) | forces (eV/Å) | predicting zero forces (eV/Å) |\n"
+          "|---|---|---|---|")
+    for what, err in ((f"fit set ({len(fit_set)} training frames)", fit_errors),
+                      (f"held-out reference ({len(held_out)} frames)", held_out_errors)):
+        print(f"| {what} | {1000 * err.energy_mae:.1f} | {err.force_mae:.4f} | "
+              f"{err.zero_force_mae:.4f} |")
 
     positions_only = Conformations(fit_set.numbers, fit_set.positions,
                                    temperature_K=TEMPERATURE_K)
+    # The cache recognises frames by their positions only: naming it after the model file
+    # keeps a refitted potential from being served the labels of the previous one.
     label_cache = args.out / f"labels-mace-{file_digest(model_path)}.h5"
     start = time.perf_counter()
     sampler = ase_drift.train(positions_only, temperature_K=TEMPERATURE_K, field="fk",
@@ -218,8 +230,8 @@ def main(argv=None) -> RunSummary:
         "reference noise floor (half vs half)": noise_floor(reference.positions,
                                                             reference.numbers),
     }))
-    return RunSummary(calc, fit_set, held_out, force_mae_fit, force_mae, zero_force_mae,
-                      energy_mae, label_cache, sampler, report)
+    return RunSummary(calc, fit_set, held_out, fit_errors, held_out_errors, label_cache, sampler,
+                      report)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@
     python examples/schnetpack_forces.py --frames 64 --epochs 2 --drift-steps 5 --hidden 16
 
 Units are ASE's throughout: Å, eV, eV/Å, K. ``SpkCalculator`` assumes kcal/mol unless told
-otherwise, so the units are always passed explicitly.
+otherwise, so the units are always passed explicitly. The model is trained in float32; the
+calculator evaluates it in float64.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import schnetpack as spk
@@ -47,6 +49,14 @@ REFERENCE_ENERGY = "reference_energy"
 REFERENCE_FORCES = "reference_forces"
 
 
+class Errors(NamedTuple):
+    """Mean absolute errors of a potential on labelled frames."""
+
+    energy_mae: float  # eV
+    force_mae: float  # eV/Å, per component
+    zero_force_mae: float  # eV/Å, mean |F| of the labels: the error of predicting zero forces
+
+
 @dataclass
 class RunSummary:
     """What :func:`main` built and measured (energies eV, forces eV/Å)."""
@@ -54,10 +64,8 @@ class RunSummary:
     calculator: SpkCalculator
     fit_set: Conformations  # labelled frames the potential was fitted on (the drift positives)
     held_out: Conformations  # labelled reference frames never seen in fitting
-    force_mae_fit: float  # eV/Å, on fit_set
-    force_mae_held_out: float  # eV/Å, on held_out
-    zero_force_mae_held_out: float  # eV/Å, mean |F| of held_out: the score of predicting zeros
-    energy_mae_held_out: float  # eV
+    fit_errors: Errors  # of the calculator on fit_set
+    held_out_errors: Errors  # of the calculator on held_out
     label_cache: Path
     sampler: DriftSampler
     report: DistanceReport
@@ -140,11 +148,12 @@ def fit(model: spk.model.NeuralNetworkPotential, loader: spk.data.AtomsLoader, e
     model.eval()
 
 
-def errors(calc, data: Conformations) -> tuple[float, float]:
-    """(energy MAE in eV, force MAE in eV/Å per component) of ``calc`` on labelled ``data``."""
+def errors(calc, data: Conformations) -> Errors:
+    """Energy and force errors of the ASE calculator ``calc`` on labelled ``data``."""
     predicted = CalculatorForces(calc).compute(data.numbers, data.positions)
-    return (float(np.abs(predicted.energies - data.energies).mean()),
-            float(np.abs(predicted.forces - data.forces).mean()))
+    return Errors(float(np.abs(predicted.energies - data.energies).mean()),
+                  float(np.abs(predicted.forces - data.forces).mean()),
+                  float(np.abs(data.forces).mean()))
 
 
 def file_digest(path: Path) -> str:
@@ -200,15 +209,18 @@ def main(argv=None) -> RunSummary:
                          neighbor_list=trn.ASENeighborList(cutoff=CUTOFF_ANGSTROM),
                          energy_key=properties.energy, force_key=properties.forces,
                          energy_unit="eV", position_unit="Ang", dtype=torch.float64)
-    _, force_mae_fit = errors(calc, fit_set)
-    energy_mae, force_mae = errors(calc, held_out)
-    zero_force_mae = float(np.abs(held_out.forces).mean())
-    print(f"force MAE: {force_mae:.4f} eV/Å on {len(held_out)} held-out reference frames "
-          f"(predicting zero: {zero_force_mae:.4f}; on the fit set: {force_mae_fit:.4f}); "
-          f"energy MAE {1000 * energy_mae:.1f} meV")
+    fit_errors, held_out_errors = errors(calc, fit_set), errors(calc, held_out)
+    print("| PaiNN MAE | energy (meV) | forces (eV/Å) | predicting zero forces (eV/Å) |\n"
+          "|---|---|---|---|")
+    for what, err in ((f"fit set ({len(fit_set)} training frames)", fit_errors),
+                      (f"held-out reference ({len(held_out)} frames)", held_out_errors)):
+        print(f"| {what} | {1000 * err.energy_mae:.1f} | {err.force_mae:.4f} | "
+              f"{err.zero_force_mae:.4f} |")
 
     positions_only = Conformations(fit_set.numbers, fit_set.positions,
                                    temperature_K=TEMPERATURE_K)
+    # The cache recognises frames by their positions only: naming it after the model file
+    # keeps a refitted potential from being served the labels of the previous one.
     label_cache = args.out / f"labels-painn-{file_digest(model_path)}.h5"
     start = time.perf_counter()
     sampler = ase_drift.train(positions_only, temperature_K=TEMPERATURE_K, field="fk",
@@ -227,8 +239,8 @@ def main(argv=None) -> RunSummary:
         "reference noise floor (half vs half)": noise_floor(reference.positions,
                                                             reference.numbers),
     }))
-    return RunSummary(calc, fit_set, held_out, force_mae_fit, force_mae, zero_force_mae,
-                      energy_mae, label_cache, sampler, report)
+    return RunSummary(calc, fit_set, held_out, fit_errors, held_out_errors, label_cache, sampler,
+                      report)
 
 
 if __name__ == "__main__":

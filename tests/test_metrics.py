@@ -261,7 +261,8 @@ def test_plots_write_png(tmp_path):
         ),
         metrics.plot_training_curve(
             tmp_path / "t.png",
-            {"step": [0, 1, 2], "loss": [1.0, 0.5, 0.2], "tvd": [np.nan, 0.3, 0.1]},
+            {"step": [0, 1, 2], "loss": [1.0, 0.5, 0.2], "drift_norm": [np.nan, 0.3, 0.1],
+             "eval_step": [1, 2], "tvd": [0.3, 0.1]},
         ),
         metrics.plot_ramachandran(tmp_path / "r.png", {"ref": tuple(angles), "gen": tuple(angles)}),
     ]

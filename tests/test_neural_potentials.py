@@ -103,9 +103,9 @@ def test_calculator_forces_agrees_with_direct_calls(run):
 
 
 def test_training_beats_predicting_zero_forces(run):
-    zero_force_mae = np.abs(run.fit_set.forces).mean()  # eV/Å
-    assert run.force_mae_fit < 0.95 * zero_force_mae
-    assert np.isfinite([run.force_mae_held_out, run.energy_mae_held_out]).all()
+    assert run.fit_errors.zero_force_mae == pytest.approx(np.abs(run.fit_set.forces).mean())
+    assert run.fit_errors.force_mae < 0.95 * run.fit_errors.zero_force_mae
+    assert np.isfinite(run.held_out_errors).all()
 
 
 def test_drift_sampler_trains_on_cached_calculator_labels(run):

@@ -21,52 +21,15 @@ from ase_drift.checkpoint import CheckpointError, load_checkpoint
 from ase_drift.data import Conformations
 from ase_drift.forces import ForceResult
 from ase_drift.sampler import DriftSampler, Sampler
-from ase_drift.testing import assert_force_source_consistent
+from ase_drift.testing import (R0, SIGMA_R, SIGMA_THETA, THETA0, HarmonicTriatomic,
+                               assert_force_source_consistent, triatomic_positions)
 from ase_drift.training import Checkpointer, TrainConfig, Trainer
 
 TEMPERATURE_K = 300.0
-R0, SIGMA_R = 1.0, 0.08  # Å
-THETA0, SIGMA_THETA = np.deg2rad(104.5), np.deg2rad(10.0)  # rad
-
-
-class HarmonicTriatomic:
-    """ForceSource for E = ½k_r[(d₁ − r₀)² + (d₂ − r₀)²] + ½k_θ(θ − θ₀)² (atoms O, H, H;
-    d₁ = |r₁ − r₀|, d₂ = |r₂ − r₀|, θ the angle at atom 0); forces by autograd in float64."""
-
-    def __init__(self, temperature_K=TEMPERATURE_K):
-        kT = units.kT(temperature_K)
-        self.k_r, self.k_theta = kT / SIGMA_R**2, kT / SIGMA_THETA**2
-
-    def energy(self, positions):
-        a, b = positions[:, 1] - positions[:, 0], positions[:, 2] - positions[:, 0]
-        d1, d2 = a.norm(dim=-1), b.norm(dim=-1)
-        theta = torch.acos((a * b).sum(-1) / (d1 * d2))
-        return (0.5 * self.k_r * ((d1 - R0) ** 2 + (d2 - R0) ** 2)
-                + 0.5 * self.k_theta * (theta - THETA0) ** 2)
-
-    def compute(self, numbers, positions):
-        pos = torch.as_tensor(np.asarray(positions, dtype=np.float64).reshape(-1, 3, 3))
-        pos.requires_grad_(True)
-        energy = self.energy(pos)
-        (grad,) = torch.autograd.grad(energy.sum(), pos)
-        return ForceResult(energy.detach().numpy(), -grad.numpy())
-
-
-def triatomic_positions(n, seed=0):
-    """Frames ``[n, 3, 3]`` Å with (d₁, d₂, θ) drawn exactly; random orientation not needed
-    (the distance space is invariant)."""
-    rng = np.random.default_rng(seed)
-    d1, d2 = rng.normal(R0, SIGMA_R, n), rng.normal(R0, SIGMA_R, n)
-    theta = rng.normal(THETA0, SIGMA_THETA, n)
-    positions = np.zeros((n, 3, 3))
-    positions[:, 1, 0] = d1
-    positions[:, 2, 0] = d2 * np.cos(theta)
-    positions[:, 2, 1] = d2 * np.sin(theta)
-    return positions
 
 
 def triatomic_data(n=2000, seed=0, labels=True, temperature_K=TEMPERATURE_K):
-    positions = triatomic_positions(n, seed)
+    positions = triatomic_positions(n, seed=seed)
     if not labels:
         return Conformations([8, 1, 1], positions, temperature_K=temperature_K)
     result = HarmonicTriatomic().compute([8, 1, 1], positions)

@@ -1,0 +1,65 @@
+"""Reference Ramachandran surface and basin free energy of an alanine dipeptide data set.
+
+    python benchmarks/alanine_reference.py [--dataset NAME | --file NPZ] [--docs]
+
+Prints ΔF = F(φ > 0) − F(φ < 0) in kT with its block-bootstrap error (blocks of whole runs'
+segments), the training set's basin populations, the integrated autocorrelation time of φ, and
+plots the free-energy surfaces of the reference and the biased training set.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ase_drift.datasets import _npz_pair, data_path
+from ase_drift.metrics import integrated_autocorrelation_time, plot_ramachandran
+from ase_drift.peptides import backbone_dihedrals, ramachandran_reference, topology_from_pdb
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="alanine-dipeptide-amber99sbildn-300K-small")
+    parser.add_argument("--file", type=Path, help="an npz written by ase_drift.datasets.alanine")
+    parser.add_argument("--docs", action="store_true", help="write into docs/forces-and-data.md")
+    args = parser.parse_args()
+    path = args.file or data_path(args.dataset)
+    train_set, reference = _npz_pair(path)
+    with np.load(path) as npz:
+        topology = topology_from_pdb(str(npz["pdb"]))
+        runs = npz["reference_run"]
+    phi, psi = backbone_dihedrals(reference.positions, topology)
+    train_phi, train_psi = backbone_dihedrals(train_set.positions, topology)
+    ref = ramachandran_reference(phi, psi)
+    tau = max(integrated_autocorrelation_time(np.cos(phi[runs == k])) for k in np.unique(runs))
+    lines = [
+        f"Data: `{path.name}`, {len(reference):,} reference frames from {len(np.unique(runs))} "
+        f"runs, {len(train_set):,} training frames.",
+        "",
+        "| quantity | value |", "|---|---|",
+        f"| reference P(φ > 0) | {np.mean(phi > 0):.5f} |",
+        f"| reference ΔF = F(φ > 0) − F(φ < 0) | {ref.delta_f:.2f} ± {ref.delta_f_error:.2f} kT |",
+        f"| training set P(φ > 0) | {np.mean(train_phi > 0):.5f} |",
+        f"| slowest τ_int of cos φ (reference frames) | {tau:.1f} |",
+        f"| median block-bootstrap error of F over populated bins | "
+        f"{np.nanmedian(ref.free_energy_error):.2f} kT |",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    image = ROOT / "docs" / "img" / "ala2_reference.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    plot_ramachandran(image, {"reference": (phi, psi), "biased training set": (train_phi, train_psi)})
+    if args.docs:
+        doc = ROOT / "docs" / "forces-and-data.md"
+        before, rest = doc.read_text().split("<!-- ala2:start -->")
+        _, after = rest.split("<!-- ala2:end -->")
+        doc.write_text(f"{before}<!-- ala2:start -->\n{text}\n\n"
+                       f"![Ramachandran](img/ala2_reference.png)\n<!-- ala2:end -->{after}")
+
+
+if __name__ == "__main__":
+    main()
