@@ -19,7 +19,8 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .kernels import exclude_self, gaussian_logits, laplacian_logits, median_distance
+from .kernels import (exclude_self, gaussian_logits, laplacian_logits, median_distance,
+                      median_from_squared, squared_distances)
 
 
 class Positives(NamedTuple):
@@ -179,17 +180,19 @@ class GaussianDrift:
         if self.omega > 0:
             _require(positives.scores, "forces", "Force-Interpolated drifting (omega > 0)")
         extra = self.alignment_logits(x, positives) if self.beta > 0 else 0.0
-        median = median_distance(x, y)
+        to_positives = squared_distances(x, y)  # [B, N], shared by every bandwidth
+        to_negatives = squared_distances(x, x)  # [B, B]
+        median = median_from_squared(to_positives)  # median-heuristic bandwidth
         drift = torch.zeros_like(x)
         for factor in self.bandwidths:
             tau = factor * median
-            logits = gaussian_logits(x, y, tau) + extra
+            logits = -to_positives / (2 * tau**2) + extra  # Gaussian logits (Thm 3.1)
             scale = 1.0
             if self.omega > 0 and self.normalize_force_scale:
                 scale = force_scale_ratio(x, y, positives.scores, tau)
             drift = drift + force_interpolated_attraction(
                 x, y, positives.scores, logits, tau, self.omega, scale)
-            drift = drift - repulsion(x, gaussian_logits(x, x, tau))
+            drift = drift - repulsion(x, -to_negatives / (2 * tau**2))
         return drift
 
 
@@ -225,11 +228,14 @@ def make_field(name: str, space: str, omega: float | None = None, beta: float | 
                normalize_force_scale: bool | None = None) -> DriftField:
     """The named field with the paper's defaults for ``space`` ('cartesian' or 'distance').
 
-    'drift' standard drifting; 'fi' Force-Interpolated (ω, default 0.5 Cartesian / 0.1
+    'drift' standard drifting; 'fi' Force-Interpolated (ω, default 0.02 Cartesian / 0.1
     distance); 'fk' Force-Aligned Kernel (β, default 0.5); 'fi+fk' both; 'deng' the original
-    multi-temperature Laplacian field. In distance space the FI force term is scale-normalised
-    (Eq. 34) and the FK alignment standardised (Eq. 36), unless ``normalize_force_scale`` or
-    ``standardize_alignment`` say otherwise.
+    multi-temperature Laplacian field. In distance space the FK alignment is standardised
+    (Eq. 36) unless ``standardize_alignment`` says otherwise. The FI force term is used as the
+    Drifting Force Identity gives it, τ²F_φ/kT with the exact feature force; the paper's
+    scale normalisation by ρ (Eq. 34) is available as ``normalize_force_scale=True`` but breaks
+    the identity's balance (it shrinks a cold harmonic test system instead of widening it, see
+    tests/test_debiasing.py and docs/maths.md), so it is off by default.
     """
     if name not in FIELDS:
         raise ValueError(f"unknown field {name!r}; use one of {FIELDS}")
@@ -243,13 +249,12 @@ def make_field(name: str, space: str, omega: float | None = None, beta: float | 
     if beta is not None and not use_fk:
         raise ValueError(f"beta applies to 'fk' and 'fi+fk', not {name!r}")
     return GaussianDrift(
-        omega=(omega if omega is not None else (0.1 if in_features else 0.5)) if use_fi else 0.0,
+        omega=(omega if omega is not None else (0.1 if in_features else 0.02)) if use_fi else 0.0,
         beta=(beta if beta is not None else 0.5) if use_fk else 0.0,
         alignment=alignment,
         standardize_alignment=in_features if standardize_alignment is None
         else standardize_alignment,
-        normalize_force_scale=in_features if normalize_force_scale is None
-        else normalize_force_scale,
+        normalize_force_scale=bool(normalize_force_scale),
         density_correction=density_correction,
         bandwidths=tuple(bandwidths),
     )

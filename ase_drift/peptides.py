@@ -72,7 +72,8 @@ def mirrored_fraction(positions: np.ndarray, reference_positions: np.ndarray, to
 @dataclass(frozen=True)
 class RamachandranReference:
     """Reference free-energy surface F(φ, ψ) = −log p in kT (64×64 by default), with
-    block-bootstrap standard errors, and ΔF = F(φ > 0) − F(φ < 0) with its error."""
+    block-bootstrap standard errors, and ΔF = F(φ > 0) − F(φ < 0) with its error (NaN when a
+    basin is empty in the data or in a bootstrap replicate: the data cannot resolve it)."""
 
     free_energy: np.ndarray  # [bins, bins], NaN where empty, min 0
     free_energy_error: np.ndarray  # [bins, bins]
@@ -105,7 +106,11 @@ def ramachandran_reference(phi: np.ndarray, psi: np.ndarray, bins: int = 64,
     replicates -= np.nanmin(replicates, axis=(1, 2), keepdims=True)
     with np.errstate(invalid="ignore"):
         error = np.nanstd(replicates, axis=0, ddof=1)
-    delta_f, delta_f_error = block_bootstrap(lambda s: free_energy_difference(s[:, 0]), series,
-                                             n_blocks=n_blocks, n_boot=n_boot, seed=seed)
+    try:
+        delta_f, delta_f_error = block_bootstrap(lambda s: free_energy_difference(s[:, 0]),
+                                                 series, n_blocks=n_blocks, n_boot=n_boot,
+                                                 seed=seed)
+    except ValueError:  # a basin is empty in the data or in a replicate: ΔF is not resolved
+        delta_f, delta_f_error = float("nan"), float("nan")
     free_energy[~np.isfinite(free_energy)] = np.nan
     return RamachandranReference(free_energy, error, delta_f, delta_f_error, len(series))

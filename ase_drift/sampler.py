@@ -147,7 +147,7 @@ class DriftSampler(TemplateSampler):
 
     @torch.inference_mode()
     def sample_positions(self, n: int, seed: int | None = None,
-                         batch_size: int = 65536) -> np.ndarray:
+                         batch_size: int = 8192) -> np.ndarray:
         """``n`` conformations ``[n, A, 3]`` in Å, centred at the origin (float32)."""
         if n < 0:
             raise ValueError(f"n must be non-negative, got {n}")

@@ -43,20 +43,29 @@ class Row:
 
 ROWS = [
     Row("Drifting (Cartesian)", "drift", {"field": "drift", "space": "cartesian"}, True),
-    Row("FI ω=0.5 (Cartesian)", "drift", {"field": "fi", "space": "cartesian", "omega": 0.5}, True),
+    Row("FI ω=0.02 (Cartesian)", "drift", {"field": "fi", "space": "cartesian", "omega": 0.02},
+        True),
+    Row("FI ω=0.1 (Cartesian)", "drift", {"field": "fi", "space": "cartesian", "omega": 0.1}),
     Row("FK β=0.5 (Cartesian)", "drift", {"field": "fk", "space": "cartesian", "beta": 0.5}),
     Row("FI+FK (Cartesian)", "drift", {"field": "fi+fk", "space": "cartesian"}),
     Row("Drifting (distance)", "drift", {"field": "drift", "space": "distance"}, True),
-    Row("FI ω=0.1 (distance)", "drift", {"field": "fi", "space": "distance", "omega": 0.1}, True),
-    Row("FI ω=0.3 (distance)", "drift", {"field": "fi", "space": "distance", "omega": 0.3}),
+    Row("FI ω=0.1 (distance, exact force term)", "drift",
+        {"field": "fi", "space": "distance", "omega": 0.1}, True),
+    Row("FI ω=0.1 (distance, ρ-normalised, Eq. 34)", "drift",
+        {"field": "fi", "space": "distance", "omega": 0.1, "normalize_force_scale": True}, True),
+    Row("FI ω=0.3 (distance, exact force term)", "drift",
+        {"field": "fi", "space": "distance", "omega": 0.3}),
     Row("FK β=0.25 (distance)", "drift", {"field": "fk", "space": "distance", "beta": 0.25}),
     Row("FK β=0.5 (distance)", "drift", {"field": "fk", "space": "distance", "beta": 0.5}, True),
     Row("FK β=1 (distance)", "drift", {"field": "fk", "space": "distance", "beta": 1.0}),
     Row("FK force form β=0.5 (distance)", "drift",
         {"field": "fk", "space": "distance", "beta": 0.5, "alignment": "force"}, True),
+    Row("FK energy β=1, unstandardised (distance)", "drift",
+        {"field": "fk", "space": "distance", "beta": 1.0, "alignment": "energy",
+         "standardize_alignment": False}),
     Row("FK energy β=1 + density correction (distance)", "drift",
         {"field": "fk", "space": "distance", "beta": 1.0, "alignment": "energy",
-         "density_correction": True}, True),
+         "standardize_alignment": False, "density_correction": True}, True),
     Row("FI+FK (distance)", "drift", {"field": "fi+fk", "space": "distance"}),
     Row("Deng field (distance)", "drift", {"field": "deng", "space": "distance"}, True),
     Row("DSM (Cartesian, PC 2,000 NFE)", "dsm", {}, True),
@@ -194,7 +203,7 @@ def main():
         write_docs(table, note, "ethanol-quick" if quick else "ethanol")
         best = {name: np.load(_samples_path(row, seeds[0])) for row in rows
                 for name in [row.name] if _samples_path(row, seeds[0]).exists()
-                and row.name in ("FK β=0.5 (distance)", "FI ω=0.5 (Cartesian)",
+                and row.name in ("FK β=0.5 (distance)", "FI ω=0.02 (Cartesian)",
                                  "DSM (Cartesian, PC 2,000 NFE)", "Drifting (distance)")}
         best["training set"] = train_set.positions
         plot_distance_histograms(ROOT / "docs" / "img" / "ethanol_histograms.png",

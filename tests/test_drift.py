@@ -251,9 +251,10 @@ def test_bandwidth_drifts_are_summed():
 
 def test_make_field_defaults_and_rejections():
     assert make_field("drift", "cartesian") == GaussianDrift()
-    assert make_field("fi", "cartesian").omega == 0.5
+    assert make_field("fi", "cartesian").omega == 0.02
     fi = make_field("fi", "distance")
-    assert fi.omega == 0.1 and fi.normalize_force_scale and fi.standardize_alignment
+    assert fi.omega == 0.1 and not fi.normalize_force_scale and fi.standardize_alignment
+    assert make_field("fi", "distance", normalize_force_scale=True).normalize_force_scale
     fk = make_field("fk", "distance")
     assert fk.beta == 0.5 and fk.omega == 0.0
     both = make_field("fi+fk", "cartesian", omega=0.2, beta=1.0)

@@ -1,0 +1,77 @@
+"""Bundled reference data: shapes, units, provenance, and deterministic regeneration."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ase_drift.datasets import available, load, reference_runs, topology_pdb
+from ase_drift.metrics import evaluate, noise_floor
+from ase_drift.peptides import (alpha_carbon_chirality, backbone_dihedrals,
+                                ramachandran_reference, topology_from_pdb)
+
+
+def test_ethanol_bundle_is_labelled_in_ase_units():
+    train, reference = load("ethanol-gfn2-500K")
+    assert len(train) == 3000 and len(reference) == 10_000
+    assert train.symbols == ["C", "C", "O", "H", "H", "H", "H", "H", "H"]  # MD17 order
+    assert train.temperature_K == reference.temperature_K == 500.0
+    # GFN2-xTB total energies of ethanol are ≈ −309.6 eV (−11.38 Hartree); eV/Å forces ~ 1
+    assert reference.energies.mean() == pytest.approx(-309.59, abs=0.05)
+    assert 0.5 < np.sqrt((reference.forces ** 2).mean()) < 2.0
+    assert set(np.unique(reference_runs("ethanol-gfn2-500K"))) == {0, 1}
+
+
+def test_ethanol_training_set_is_biased_beyond_the_noise_floor():
+    train, reference = load("ethanol-gfn2-500K")
+    bias = evaluate(train.positions, reference.positions, reference.numbers).tvd
+    floor = noise_floor(reference.positions, reference.numbers,
+                        groups=reference_runs("ethanol-gfn2-500K")).tvd
+    assert bias > 5 * floor
+
+
+def test_alanine_subset_has_topology_and_stays_left_handed():
+    name = "alanine-dipeptide-amber99sbildn-300K-small"
+    train, reference = load(name)
+    topology = topology_from_pdb(topology_pdb(name))
+    assert topology.n_atoms == train.n_atoms == 22
+    phi, psi = backbone_dihedrals(reference.positions, topology)
+    assert np.all(np.abs(phi) <= np.pi) and np.mean(phi < 0) > 0.9
+    train_phi, _ = backbone_dihedrals(train.positions, topology)
+    assert np.all(train_phi < 0)  # the biased run stays in the starting basin
+    assert np.all(alpha_carbon_chirality(reference.positions, topology) == 1)
+    surface = ramachandran_reference(phi, psi, n_boot=20)
+    assert np.nanmin(surface.free_energy) == 0
+    # the φ > 0 basin is too rare for the bundled 40 ns: ΔF is either large or unresolved
+    assert np.isnan(surface.delta_f) or surface.delta_f > 3
+
+
+def test_registry_lists_every_set():
+    assert {"ethanol-gfn2-500K", "alanine-dipeptide-amber99sbildn-300K",
+            "alanine-dipeptide-amber99sbildn-300K-small"} <= set(available())
+    with pytest.raises(KeyError, match="unknown data set"):
+        load("no-such-set")
+
+
+def test_ethanol_generation_is_deterministic_from_its_seed():
+    pytest.importorskip("tblite")
+    from ase_drift.datasets import ethanol
+
+    tiny = replace(ethanol.EthanolProtocol(), n_train=5, n_reference_runs=1,
+                   equilibration_ps=0.002, production_ps=0.004, reference_stride_fs=1.0)
+    first, second = ethanol.generate(tiny, processes=1), ethanol.generate(tiny, processes=1)
+    for key in ("train_R", "train_F", "reference_R", "reference_E"):
+        np.testing.assert_array_equal(first[key], second[key])
+    assert first["reference_R"].shape == (4, 9, 3)
+
+
+def test_alanine_generation_is_deterministic_from_its_seed():
+    pytest.importorskip("openmmtools")
+    from ase_drift.datasets import alanine
+
+    tiny = replace(alanine.AlanineProtocol(), train_ps=0.002, train_stride_ps=0.001, n_runs=1,
+                   run_ns=0.000003, equilibration_ps=0.001, stride_ps=0.001)
+    first, second = alanine.generate(tiny, processes=1), alanine.generate(tiny, processes=1)
+    for key in ("train_R", "train_F", "reference_R", "reference_E"):
+        np.testing.assert_array_equal(first[key], second[key])
+    assert first["train_R"].shape == (2, 22, 3)
