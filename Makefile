@@ -36,7 +36,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 docs: install
-	$(VENV)/bin/mkdocs build --strict -q -d site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site
 
 bench: install
 	$(PY) benchmarks/speed.py

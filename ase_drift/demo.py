@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 DEMO_DATASET = "ethanol-gfn2-500K"
-DEMO_STEPS = 8000
+DEMO_STEPS = 10000
 
 
 def run_demo(out_dir: str | Path = "demo_out", steps: int | None = None, seed: int = 0) -> dict:
