@@ -2,7 +2,7 @@
 
     ase-drift train DATA --temperature 500 --field fk --space distance -o MODEL.pt
     ase-drift sample MODEL.pt -n 1000 -o samples.extxyz
-    ase-drift evaluate samples.extxyz REFERENCE [--json] [--plot DIR]
+    ase-drift evaluate samples.extxyz REFERENCE [--json] [--plot DIR [--model MODEL.pt]]
     ase-drift demo
     ase-drift data [NAME]
 """
@@ -76,7 +76,8 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .io import read_positions
-    from .metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
+    from .metrics import (evaluate, markdown_table, noise_floor, plot_distance_histograms,
+                          plot_training_curve)
 
     samples = read_positions(args.samples)
     reference, runs = _read_reference(args.reference)
@@ -90,11 +91,17 @@ def cmd_evaluate(args) -> int:
     else:
         print(markdown_table(rows))
     if args.plot:
-        Path(args.plot).mkdir(parents=True, exist_ok=True)
-        plot = plot_distance_histograms(Path(args.plot) / "distance_histograms.png",
-                                        reference.numbers, reference.positions,
-                                        {"samples": samples.positions})
-        print(f"plot -> {plot}", file=sys.stderr)
+        out = Path(args.plot)
+        out.mkdir(parents=True, exist_ok=True)
+        plots = [plot_distance_histograms(out / "distance_histograms.png", reference.numbers,
+                                          reference.positions, {"samples": samples.positions})]
+        if args.model:
+            from .sampler import DriftSampler
+
+            history = DriftSampler.load(args.model).metadata.get("history")
+            if history and history.get("step"):
+                plots.append(plot_training_curve(out / "training_curve.png", history))
+        print("plots -> " + ", ".join(map(str, plots)), file=sys.stderr)
     return 0
 
 
@@ -153,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("samples")
     p.add_argument("reference", help="reference file or bundled data set name")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--plot", help="directory for histogram plots")
+    p.add_argument("--plot", help="directory for plots (distance histograms per pair type)")
+    p.add_argument("--model", help="the model file, to also plot its training curves")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("demo", help="train, sample and evaluate on the bundled ethanol data")

@@ -294,6 +294,7 @@ class Trainer:
                 "positions_sha256": digest,
             },
             "ase_drift_version": __version__,
+            "history": {k: list(v) for k, v in self.history.items()},
         }
 
     def stored_config(self) -> dict:

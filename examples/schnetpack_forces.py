@@ -10,6 +10,9 @@
    ``CalculatorForces`` and a resumable label cache; sample 1,000 conformers and compare them
    with the reference.
 
+Steps 2 and 3 (and the command-line options other than the model's) are shared with
+``mace_forces.py`` and live in ``potential_drift.py`` next to this file.
+
     python examples/schnetpack_forces.py                    # a few minutes on 2 cores
     python examples/schnetpack_forces.py --frames 64 --epochs 2 --drift-steps 5 --hidden 16
 
@@ -21,54 +24,34 @@ calculator evaluates it in float64.
 from __future__ import annotations
 
 import argparse
-import hashlib
+import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-import numpy as np
 import schnetpack as spk
 import schnetpack.transform as trn
 import torch
 from schnetpack import properties
 from schnetpack.interfaces import SpkCalculator
 
-import ase_drift
-from ase_drift import CalculatorForces, Conformations, DriftSampler
-from ase_drift.datasets import load
-from ase_drift.io import write_positions
-from ase_drift.metrics import DistanceReport, evaluate, markdown_table, noise_floor
+from ase_drift import Conformations
 
-DATASET = "ethanol-gfn2-500K"
-TEMPERATURE_K = 500.0
+# The shared steps, next to this file: running it as a script puts its directory on sys.path,
+# importing it by file path (as the tests and benchmarks do) does not.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from potential_drift import (
+    RunSummary,
+    common_arguments,
+    drift_with_potential,
+    prepare,
+    report_errors,
+)
+
 CUTOFF_ANGSTROM = 5.0
 #: Batch keys of the reference labels. SchNetPack models write their outputs into the input
 #: dict under "energy"/"forces", so labels stored under those keys would be overwritten.
 REFERENCE_ENERGY = "reference_energy"
 REFERENCE_FORCES = "reference_forces"
-
-
-class Errors(NamedTuple):
-    """Mean absolute errors of a potential on labelled frames."""
-
-    energy_mae: float  # eV
-    force_mae: float  # eV/Å, per component
-    zero_force_mae: float  # eV/Å, mean |F| of the labels: the error of predicting zero forces
-
-
-@dataclass
-class RunSummary:
-    """What :func:`main` built and measured (energies eV, forces eV/Å)."""
-
-    calculator: SpkCalculator
-    fit_set: Conformations  # labelled frames the potential was fitted on (the drift positives)
-    held_out: Conformations  # labelled reference frames never seen in fitting
-    fit_errors: Errors  # of the calculator on fit_set
-    held_out_errors: Errors  # of the calculator on held_out
-    label_cache: Path
-    sampler: DriftSampler
-    report: DistanceReport
 
 
 # ----------------------------------------------------------------------------- the potential
@@ -148,52 +131,20 @@ def fit(model: spk.model.NeuralNetworkPotential, loader: spk.data.AtomsLoader, e
     model.eval()
 
 
-def errors(calc, data: Conformations) -> Errors:
-    """Energy and force errors of the ASE calculator ``calc`` on labelled ``data``."""
-    predicted = CalculatorForces(calc).compute(data.numbers, data.positions)
-    return Errors(float(np.abs(predicted.energies - data.energies).mean()),
-                  float(np.abs(predicted.forces - data.forces).mean()),
-                  float(np.abs(data.forces).mean()))
-
-
-def file_digest(path: Path) -> str:
-    """First 12 hex digits of the SHA-256 of a file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
 # ----------------------------------------------------------------------------- the run
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=3000,
-                        help="training-set frames to fit on and to train the sampler on "
-                             "(a seeded random subset; default: all 3,000)")
-    parser.add_argument("--held-out", type=int, default=500,
-                        help="reference frames to measure the force error on")
+    common_arguments(parser, default_out=Path("examples_out/schnetpack"))
     parser.add_argument("--hidden", type=int, default=32, help="PaiNN n_atom_basis")
     parser.add_argument("--interactions", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
-    parser.add_argument("--energy-weight", type=float, default=0.1,
-                        help="weight of the energy term (eV⁻²·(eV/Å)²) in the loss")
-    parser.add_argument("--drift-steps", type=int, default=4000)
-    parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path("examples_out/schnetpack"))
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> RunSummary:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    train_set, reference = load(DATASET)
-    rng = np.random.default_rng(args.seed)
-    fit_set = train_set[np.sort(rng.permutation(len(train_set))[:args.frames])]
-    held_out = reference[np.sort(rng.permutation(len(reference))[:args.held_out])]
-    print(f"fit set {fit_set!r}\nheld out {held_out!r}")
+    train_set, reference, fit_set, held_out = prepare(args)
 
     start = time.perf_counter()
     model = build_painn(args.hidden, args.interactions,
@@ -209,36 +160,9 @@ def main(argv=None) -> RunSummary:
                          neighbor_list=trn.ASENeighborList(cutoff=CUTOFF_ANGSTROM),
                          energy_key=properties.energy, force_key=properties.forces,
                          energy_unit="eV", position_unit="Ang", dtype=torch.float64)
-    fit_errors, held_out_errors = errors(calc, fit_set), errors(calc, held_out)
-    print("| PaiNN MAE | energy (meV) | forces (eV/Å) | predicting zero forces (eV/Å) |\n"
-          "|---|---|---|---|")
-    for what, err in ((f"fit set ({len(fit_set)} training frames)", fit_errors),
-                      (f"held-out reference ({len(held_out)} frames)", held_out_errors)):
-        print(f"| {what} | {1000 * err.energy_mae:.1f} | {err.force_mae:.4f} | "
-              f"{err.zero_force_mae:.4f} |")
-
-    positions_only = Conformations(fit_set.numbers, fit_set.positions,
-                                   temperature_K=TEMPERATURE_K)
-    # The cache recognises frames by their positions only: naming it after the model file
-    # keeps a refitted potential from being served the labels of the previous one.
-    label_cache = args.out / f"labels-painn-{file_digest(model_path)}.h5"
-    start = time.perf_counter()
-    sampler = ase_drift.train(positions_only, temperature_K=TEMPERATURE_K, field="fk",
-                              space="distance", steps=args.drift_steps, seed=args.seed,
-                              forces=CalculatorForces(calc), label_cache=label_cache)
-    sampler.save(args.out / "sampler.pt")
-    print(f"labelled and trained the sampler in {time.perf_counter() - start:.1f} s")
-
-    samples = sampler.sample_positions(args.samples, seed=args.seed)
-    write_positions(args.out / "samples.extxyz", fit_set.numbers, samples)
-    report = evaluate(samples, reference.positions, reference.numbers)
-    print(markdown_table({
-        "training set (biased)": evaluate(train_set.positions, reference.positions,
-                                          reference.numbers),
-        f"FK-distance, PaiNN forces, {args.samples} samples": report,
-        "reference noise floor (half vs half)": noise_floor(reference.positions,
-                                                            reference.numbers),
-    }))
+    fit_errors, held_out_errors = report_errors("PaiNN", calc, fit_set, held_out)
+    label_cache, sampler, report = drift_with_potential("PaiNN", calc, model_path, fit_set,
+                                                        train_set, reference, args)
     return RunSummary(calc, fit_set, held_out, fit_errors, held_out_errors, label_cache, sampler,
                       report)
 

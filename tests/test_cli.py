@@ -27,7 +27,7 @@ def labelled_file(tmp_path):
 def test_train_sample_evaluate(labelled_file, tmp_path, capsys):
     model = tmp_path / "model.pt"
     assert main(["train", str(labelled_file), "--field", "fi", "--space", "cartesian",
-                 "--steps", "3", "-o", str(model)]) == 0
+                 "--steps", "20", "-o", str(model)]) == 0
     for suffix in (".extxyz", ".traj", ".pdb", ".dcd"):
         out = tmp_path / f"samples{suffix}"
         assert main(["sample", str(model), "-n", "5", "-o", str(out)]) == 0
@@ -36,11 +36,12 @@ def test_train_sample_evaluate(labelled_file, tmp_path, capsys):
         assert frames.symbols == molecule("CH3CH2OH").get_chemical_symbols()
     capsys.readouterr()
     assert main(["evaluate", str(tmp_path / "samples.extxyz"), str(labelled_file), "--json",
-                 "--plot", str(tmp_path / "plots")]) == 0
+                 "--plot", str(tmp_path / "plots"), "--model", str(model)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert set(report) == {"samples", "noise floor (reference half vs half)"}
     assert 0 <= report["samples"]["tvd"] <= 1
-    assert (tmp_path / "plots" / "distance_histograms.png").stat().st_size > 0
+    for plot in ("distance_histograms.png", "training_curve.png"):
+        assert (tmp_path / "plots" / plot).stat().st_size > 0
 
 
 def test_temperature_taken_from_file_or_required(labelled_file, tmp_path, capsys):
