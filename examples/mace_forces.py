@@ -1,15 +1,18 @@
 """A MACE potential as the force source of a drift sampler (ethanol, 500 K).
 
+What is not about the package's own potential (the measuring and sampling of steps 2 and 3, the
+training loop, the options other than the model's) is shared with ``schnetpack_forces.py`` and
+lives in ``potential_drift.py`` next to this file.
+
 1. Fit a small ``ScaleShiftMACE`` (built in code: a few channels of 0e + 1o, r_max 5 Å,
    2 interactions, correlation 2) to the GFN2-xTB labels of the bundled ethanol training set with
    a plain PyTorch loop over MACE's own data pipeline (``config_from_atoms``,
    ``AtomicData.from_config``, MACE's ``DataLoader``), and save it with ``torch.save``.
 2. Load it into MACE's ASE calculator (``MACECalculator``, float64) and measure its force error
    on held-out frames of the equilibrium reference.
-3. Strip the labels off the training frames and train a Force-Aligned-Kernel drift sampler in
-   distance space whose energies and forces come from the calculator, through
-   ``CalculatorForces`` and a resumable label cache; sample 1,000 conformers and compare them
-   with the reference.
+3. Train a Force-Aligned-Kernel drift sampler in distance space on the training frames stripped
+   of their labels, every label from the calculator (``CalculatorForces``, a resumable label
+   cache); sample 1,000 conformers and compare them with the reference.
 
     python examples/mace_forces.py                    # a few minutes on 2 cores
     python examples/mace_forces.py --frames 64 --epochs 2 --drift-steps 5 --hidden 8
@@ -21,12 +24,10 @@ The model is trained in float32 and stored in float64, the precision the calcula
 from __future__ import annotations
 
 import argparse
-import hashlib
+import sys
 import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import mace  # noqa: F401  (before e3nn, as MACE requires)
 import numpy as np
@@ -39,41 +40,18 @@ from mace.calculators import MACECalculator
 from mace.tools import AtomicNumberTable
 from mace.tools.torch_geometric.dataloader import DataLoader
 
-import ase_drift
-from ase_drift import CalculatorForces, Conformations, DriftSampler
-from ase_drift.datasets import load
-from ase_drift.io import write_positions
-from ase_drift.metrics import DistanceReport, evaluate, markdown_table, noise_floor
+from ase_drift import Conformations
 
-DATASET = "ethanol-gfn2-500K"
-TEMPERATURE_K = 500.0
+# The shared steps, next to this file: running it as a script puts its directory on sys.path,
+# importing it by file path (as the tests and benchmarks do) does not.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import potential_drift
+
 R_MAX_ANGSTROM = 5.0
 #: Where the labels travel on the ase.Atoms handed to ``config_from_atoms``; MACE's
 #: ``KeySpecification`` maps them to its "energy" and "forces" fields (it maps nothing by default).
 LABEL_KEYS = mace_data.KeySpecification(info_keys={"energy": "reference_energy"},
                                         arrays_keys={"forces": "reference_forces"})
-
-
-class Errors(NamedTuple):
-    """Mean absolute errors of a potential on labelled frames."""
-
-    energy_mae: float  # eV
-    force_mae: float  # eV/Å, per component
-    zero_force_mae: float  # eV/Å, mean |F| of the labels: the error of predicting zero forces
-
-
-@dataclass
-class RunSummary:
-    """What :func:`main` built and measured (energies eV, forces eV/Å)."""
-
-    calculator: MACECalculator
-    fit_set: Conformations  # labelled frames the potential was fitted on (the drift positives)
-    held_out: Conformations  # labelled reference frames never seen in fitting
-    fit_errors: Errors  # of the calculator on fit_set
-    held_out_errors: Errors  # of the calculator on held_out
-    label_cache: Path
-    sampler: DriftSampler
-    report: DistanceReport
 
 
 # ----------------------------------------------------------------------------- the potential
@@ -118,74 +96,30 @@ def build_mace(channels: int, z_table: AtomicNumberTable, mean_energy_per_atom: 
 
 def fit(model: modules.ScaleShiftMACE, loader: DataLoader, epochs: int, learning_rate: float,
         energy_weight: float) -> None:
-    """Adam with a cosine learning-rate decay on
+    """Fit ``model`` (Adam, cosine learning-rate decay: ``potential_drift.fit_loop``) on
     ``energy_weight · mean (ΔE)² [eV²] + mean (ΔF)² [(eV/Å)², per component]``."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
-    model.train()
-    for epoch in range(epochs):
-        start, total, seen = time.perf_counter(), 0.0, 0
-        for batch in loader:
-            prediction = model(batch.to_dict(), training=True)  # differentiable forces
-            loss = (energy_weight * (prediction["energy"] - batch.energy).square().mean()
-                    + (prediction["forces"] - batch.forces).square().mean())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * batch.num_graphs
-            seen += batch.num_graphs
-        print(f"epoch {epoch + 1}/{epochs}: loss {total / seen:.4f} "
-              f"({time.perf_counter() - start:.1f} s)")
-    model.eval()
+    def batch_loss(batch) -> tuple[torch.Tensor, int]:
+        prediction = model(batch.to_dict(), training=True)  # differentiable forces
+        loss = (energy_weight * (prediction["energy"] - batch.energy).square().mean()
+                + (prediction["forces"] - batch.forces).square().mean())
+        return loss, batch.num_graphs
 
-
-def errors(calc, data: Conformations) -> Errors:
-    """Energy and force errors of the ASE calculator ``calc`` on labelled ``data``."""
-    predicted = CalculatorForces(calc).compute(data.numbers, data.positions)
-    return Errors(float(np.abs(predicted.energies - data.energies).mean()),
-                  float(np.abs(predicted.forces - data.forces).mean()),
-                  float(np.abs(data.forces).mean()))
-
-
-def file_digest(path: Path) -> str:
-    """First 12 hex digits of the SHA-256 of a file."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    potential_drift.fit_loop(model, loader, epochs, learning_rate, batch_loss)
 
 
 # ----------------------------------------------------------------------------- the run
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=3000,
-                        help="training-set frames to fit on and to train the sampler on "
-                             "(a seeded random subset; default: all 3,000)")
-    parser.add_argument("--held-out", type=int, default=500,
-                        help="reference frames to measure the force error on")
+    potential_drift.common_arguments(parser, Path("examples_out/mace"), epochs=4,
+                                     learning_rate=5e-3)
     parser.add_argument("--hidden", type=int, default=16,
                         help="channels per irrep of the hidden features (Nx0e + Nx1o)")
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=5e-3)
-    parser.add_argument("--energy-weight", type=float, default=0.1,
-                        help="weight of the energy term (eV⁻²·(eV/Å)²) in the loss")
-    parser.add_argument("--drift-steps", type=int, default=4000)
-    parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", type=Path, default=Path("examples_out/mace"))
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> RunSummary:
+def main(argv=None) -> potential_drift.RunSummary:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    train_set, reference = load(DATASET)
-    rng = np.random.default_rng(args.seed)
-    fit_set = train_set[np.sort(rng.permutation(len(train_set))[:args.frames])]
-    held_out = reference[np.sort(rng.permutation(len(reference))[:args.held_out])]
-    print(f"fit set {fit_set!r}\nheld out {held_out!r}")
+    train_set, reference, fit_set, held_out = potential_drift.prepare(args)
 
     start = time.perf_counter()
     z_table = AtomicNumberTable(sorted(set(fit_set.numbers.tolist())))
@@ -200,38 +134,8 @@ def main(argv=None) -> RunSummary:
     print(f"fitted MACE in {time.perf_counter() - start:.1f} s -> {model_path}")
 
     calc = MACECalculator(model_paths=model_path, device="cpu", default_dtype="float64")
-    fit_errors, held_out_errors = errors(calc, fit_set), errors(calc, held_out)
-    print("| MACE MAE | energy (meV) | forces (eV/Å) | predicting zero forces (eV/Å) |\n"
-          "|---|---|---|---|")
-    for what, err in ((f"fit set ({len(fit_set)} training frames)", fit_errors),
-                      (f"held-out reference ({len(held_out)} frames)", held_out_errors)):
-        print(f"| {what} | {1000 * err.energy_mae:.1f} | {err.force_mae:.4f} | "
-              f"{err.zero_force_mae:.4f} |")
-
-    positions_only = Conformations(fit_set.numbers, fit_set.positions,
-                                   temperature_K=TEMPERATURE_K)
-    # The cache recognises frames by their positions only: naming it after the model file
-    # keeps a refitted potential from being served the labels of the previous one.
-    label_cache = args.out / f"labels-mace-{file_digest(model_path)}.h5"
-    start = time.perf_counter()
-    sampler = ase_drift.train(positions_only, temperature_K=TEMPERATURE_K, field="fk",
-                              space="distance", steps=args.drift_steps, seed=args.seed,
-                              forces=CalculatorForces(calc), label_cache=label_cache)
-    sampler.save(args.out / "sampler.pt")
-    print(f"labelled and trained the sampler in {time.perf_counter() - start:.1f} s")
-
-    samples = sampler.sample_positions(args.samples, seed=args.seed)
-    write_positions(args.out / "samples.extxyz", fit_set.numbers, samples)
-    report = evaluate(samples, reference.positions, reference.numbers)
-    print(markdown_table({
-        "training set (biased)": evaluate(train_set.positions, reference.positions,
-                                          reference.numbers),
-        f"FK-distance, MACE forces, {args.samples} samples": report,
-        "reference noise floor (half vs half)": noise_floor(reference.positions,
-                                                            reference.numbers),
-    }))
-    return RunSummary(calc, fit_set, held_out, fit_errors, held_out_errors, label_cache, sampler,
-                      report)
+    return potential_drift.measure_and_drift("MACE", calc, model_path, train_set, reference,
+                                             fit_set, held_out, args)
 
 
 if __name__ == "__main__":

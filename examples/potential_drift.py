@@ -7,11 +7,14 @@ load their potential. Everything around that lives here:
 - :func:`common_arguments`: the command-line options both examples take;
 - :func:`prepare`: torch threads, the output directory, the bundled data set and the seeded
   split into the frames to fit on and the held-out reference frames;
-- :func:`report_errors`: the potential's errors on both, printed as a markdown table;
+- :func:`fit_loop`: the training loop (Adam, cosine learning-rate decay) around the example's loss;
+- :func:`report_errors`: the potential's errors on the fit set and the held-out frames,
+  printed as a markdown table;
 - :func:`drift_with_potential`: strip the labels off the fit set, train a Force-Aligned-Kernel
   drift sampler in distance space whose energies and forces come from the calculator (through
   ``CalculatorForces`` and a label cache named after the model file), sample, write the samples
-  and print the evaluation table against the reference.
+  and print the evaluation table against the reference;
+- :func:`measure_and_drift`: both of the above, gathered in a :class:`RunSummary`.
 
 Units are ASE's throughout: Å, eV, eV/Å, K. This module is imported from the examples'
 directory: running an example as a script puts it on ``sys.path``, and each example adds it
@@ -23,9 +26,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -76,16 +80,20 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
-def common_arguments(parser: argparse.ArgumentParser, default_out: Path) -> None:
-    """Add the options every example takes: the data split, the batch size and energy weight of
-    the fit, the drift sampler's steps and samples, the seed, torch threads and the output
-    directory (default ``default_out``). The model's own options are the example's."""
+def common_arguments(parser: argparse.ArgumentParser, default_out: Path, *, epochs: int,
+                     learning_rate: float) -> None:
+    """Add the options every example takes: the data split, the fit (``--epochs`` and
+    ``--learning-rate`` with the example's defaults, batch size, energy weight), the drift
+    sampler's steps and samples, the seed, torch threads and the output directory (default
+    ``default_out``). The options of the model itself are the example's."""
     parser.add_argument("--frames", type=int, default=3000,
                         help="training-set frames to fit on and to train the sampler on "
                              "(a seeded random subset; default: all 3,000)")
     parser.add_argument("--held-out", type=int, default=500,
                         help="reference frames to measure the force error on")
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--energy-weight", type=float, default=0.1,
                         help="weight of the energy term (eV⁻²·(eV/Å)²) in the loss")
     parser.add_argument("--drift-steps", type=int, default=4000)
@@ -112,6 +120,33 @@ def prepare(args: argparse.Namespace
     held_out = reference[np.sort(rng.permutation(len(reference))[:args.held_out])]
     print(f"fit set {fit_set!r}\nheld out {held_out!r}")
     return train_set, reference, fit_set, held_out
+
+
+def fit_loop(model: torch.nn.Module, loader: Collection[Any], epochs: int, learning_rate: float,
+             batch_loss: Callable[[Any], tuple[torch.Tensor, int]]) -> None:
+    """Minimise ``batch_loss`` over ``epochs`` passes of ``loader`` with Adam and a cosine
+    learning-rate decay (to zero after the last batch), printing the mean loss of each epoch.
+
+    ``batch_loss(batch)`` returns the loss of one batch and the number of frames in it. The
+    model is in training mode while fitting (potentials build their differentiable forces only
+    then) and in evaluation mode after.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
+    model.train()
+    for epoch in range(epochs):
+        start, total, seen = time.perf_counter(), 0.0, 0
+        for batch in loader:
+            loss, frames = batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += loss.item() * frames
+            seen += frames
+        print(f"epoch {epoch + 1}/{epochs}: loss {total / seen:.4f} "
+              f"({time.perf_counter() - start:.1f} s)")
+    model.eval()
 
 
 def report_errors(name: str, calc: Calculator, fit_set: Conformations,
@@ -165,3 +200,15 @@ def drift_with_potential(name: str, calc: Calculator, model_path: Path, fit_set:
                                                             reference.numbers),
     }))
     return label_cache, sampler, report
+
+
+def measure_and_drift(name: str, calc: Calculator, model_path: Path, train_set: Conformations,
+                      reference: Conformations, fit_set: Conformations, held_out: Conformations,
+                      args: argparse.Namespace) -> RunSummary:
+    """:func:`report_errors`, then :func:`drift_with_potential`, for the potential ``name``
+    saved at ``model_path`` and loaded into ``calc``; the data as :func:`prepare` returns it."""
+    fit_errors, held_out_errors = report_errors(name, calc, fit_set, held_out)
+    label_cache, sampler, report = drift_with_potential(name, calc, model_path, fit_set,
+                                                        train_set, reference, args)
+    return RunSummary(calc, fit_set, held_out, fit_errors, held_out_errors, label_cache, sampler,
+                      report)

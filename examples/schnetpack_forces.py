@@ -1,17 +1,17 @@
 """A SchNetPack PaiNN potential as the force source of a drift sampler (ethanol, 500 K).
 
+What is not about the package's own potential (the measuring and sampling of steps 2 and 3, the
+training loop, the options other than the model's) is shared with ``mace_forces.py`` and lives
+in ``potential_drift.py`` next to this file.
+
 1. Fit a small PaiNN (energy and forces, ``spk.atomistic.Forces``) to the GFN2-xTB labels of the
    bundled ethanol training set with a plain PyTorch loop, and save it the way SchNetPack saves
    models (the whole module, ``torch.save(model, path)``).
 2. Load it into SchNetPack's ASE calculator (``SpkCalculator``) and measure its force error on
    held-out frames of the equilibrium reference.
-3. Strip the labels off the training frames and train a Force-Aligned-Kernel drift sampler in
-   distance space whose energies and forces come from the calculator, through
-   ``CalculatorForces`` and a resumable label cache; sample 1,000 conformers and compare them
-   with the reference.
-
-Steps 2 and 3 (and the command-line options other than the model's) are shared with
-``mace_forces.py`` and live in ``potential_drift.py`` next to this file.
+3. Train a Force-Aligned-Kernel drift sampler in distance space on the training frames stripped
+   of their labels, every label from the calculator (``CalculatorForces``, a resumable label
+   cache); sample 1,000 conformers and compare them with the reference.
 
     python examples/schnetpack_forces.py                    # a few minutes on 2 cores
     python examples/schnetpack_forces.py --frames 64 --epochs 2 --drift-steps 5 --hidden 16
@@ -39,13 +39,7 @@ from ase_drift import Conformations
 # The shared steps, next to this file: running it as a script puts its directory on sys.path,
 # importing it by file path (as the tests and benchmarks do) does not.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from potential_drift import (
-    RunSummary,
-    common_arguments,
-    drift_with_potential,
-    prepare,
-    report_errors,
-)
+import potential_drift
 
 CUTOFF_ANGSTROM = 5.0
 #: Batch keys of the reference labels. SchNetPack models write their outputs into the input
@@ -108,43 +102,31 @@ def frame_inputs(data: Conformations) -> list[dict[str, torch.Tensor]]:
 
 def fit(model: spk.model.NeuralNetworkPotential, loader: spk.data.AtomsLoader, epochs: int,
         learning_rate: float, energy_weight: float) -> None:
-    """Adam with a cosine learning-rate decay on
+    """Fit ``model`` (Adam, cosine learning-rate decay: ``potential_drift.fit_loop``) on
     ``energy_weight · mean (ΔE)² [eV²] + mean (ΔF)² [(eV/Å)², per component]``."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
-    model.train()  # Forces builds a differentiable graph only in training mode
-    for epoch in range(epochs):
-        start, total, seen = time.perf_counter(), 0.0, 0
-        for batch in loader:
-            prediction = model(batch)
-            loss = (energy_weight * (prediction[properties.energy]
-                                     - batch[REFERENCE_ENERGY]).square().mean()
-                    + (prediction[properties.forces] - batch[REFERENCE_FORCES]).square().mean())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * len(batch[REFERENCE_ENERGY])
-            seen += len(batch[REFERENCE_ENERGY])
-        print(f"epoch {epoch + 1}/{epochs}: loss {total / seen:.4f} "
-              f"({time.perf_counter() - start:.1f} s)")
-    model.eval()
+    def batch_loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        prediction = model(batch)  # Forces builds a differentiable graph only in training mode
+        loss = (energy_weight * (prediction[properties.energy]
+                                 - batch[REFERENCE_ENERGY]).square().mean()
+                + (prediction[properties.forces] - batch[REFERENCE_FORCES]).square().mean())
+        return loss, len(batch[REFERENCE_ENERGY])
+
+    potential_drift.fit_loop(model, loader, epochs, learning_rate, batch_loss)
 
 
 # ----------------------------------------------------------------------------- the run
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    common_arguments(parser, default_out=Path("examples_out/schnetpack"))
+    potential_drift.common_arguments(parser, Path("examples_out/schnetpack"), epochs=10,
+                                     learning_rate=1e-3)
     parser.add_argument("--hidden", type=int, default=32, help="PaiNN n_atom_basis")
     parser.add_argument("--interactions", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> RunSummary:
+def main(argv=None) -> potential_drift.RunSummary:
     args = parse_args(argv)
-    train_set, reference, fit_set, held_out = prepare(args)
+    train_set, reference, fit_set, held_out = potential_drift.prepare(args)
 
     start = time.perf_counter()
     model = build_painn(args.hidden, args.interactions,
@@ -160,11 +142,8 @@ def main(argv=None) -> RunSummary:
                          neighbor_list=trn.ASENeighborList(cutoff=CUTOFF_ANGSTROM),
                          energy_key=properties.energy, force_key=properties.forces,
                          energy_unit="eV", position_unit="Ang", dtype=torch.float64)
-    fit_errors, held_out_errors = report_errors("PaiNN", calc, fit_set, held_out)
-    label_cache, sampler, report = drift_with_potential("PaiNN", calc, model_path, fit_set,
-                                                        train_set, reference, args)
-    return RunSummary(calc, fit_set, held_out, fit_errors, held_out_errors, label_cache, sampler,
-                      report)
+    return potential_drift.measure_and_drift("PaiNN", calc, model_path, train_set, reference,
+                                             fit_set, held_out, args)
 
 
 if __name__ == "__main__":
