@@ -11,15 +11,40 @@ from .checkpoint import CheckpointError
 from .data import Conformations
 from .drift import DengDrift, DriftField, GaussianDrift, Positives, make_field
 from .features import Cartesian, PairwiseDistances, Representation
-from .forces import (CalculatorForces, ForceResult, ForceSource, LabelForces, LabelingError,
-                     OpenMMCalculator, OpenMMForces)
+from .forces import (
+                     CalculatorForces,
+                     ForceResult,
+                     ForceSource,
+                     LabelForces,
+                     LabelingError,
+                     OpenMMCalculator,
+                     OpenMMForces,
+)
 from .sampler import DriftSampler, Sampler
 from .training import TrainConfig, Trainer, train
 
 __all__ = [
-    "__version__",
-    "CalculatorForces", "Cartesian", "CheckpointError", "Conformations", "DengDrift",
-    "DriftField", "DriftSampler", "ForceResult", "ForceSource", "GaussianDrift", "LabelForces",
-    "LabelingError", "OpenMMCalculator", "OpenMMForces", "PairwiseDistances", "Positives",
-    "Representation", "Sampler", "TrainConfig", "Trainer", "make_field", "train",
+                     "CalculatorForces",
+                     "Cartesian",
+                     "CheckpointError",
+                     "Conformations",
+                     "DengDrift",
+                     "DriftField",
+                     "DriftSampler",
+                     "ForceResult",
+                     "ForceSource",
+                     "GaussianDrift",
+                     "LabelForces",
+                     "LabelingError",
+                     "OpenMMCalculator",
+                     "OpenMMForces",
+                     "PairwiseDistances",
+                     "Positives",
+                     "Representation",
+                     "Sampler",
+                     "TrainConfig",
+                     "Trainer",
+                     "__version__",
+                     "make_field",
+                     "train",
 ]

@@ -76,8 +76,13 @@ def cmd_sample(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .io import read_positions
-    from .metrics import (evaluate, markdown_table, noise_floor, plot_distance_histograms,
-                          plot_training_curve)
+    from .metrics import (
+        evaluate,
+        markdown_table,
+        noise_floor,
+        plot_distance_histograms,
+        plot_training_curve,
+    )
 
     samples = read_positions(args.samples)
     reference, runs = _read_reference(args.reference)

@@ -104,7 +104,7 @@ class Conformations:
     def __getitem__(self, index) -> Conformations:
         """Frames selected by an int, slice, index array or boolean mask."""
         if isinstance(index, (int, np.integer)):
-            index = [int(index)]
+            index = [index]
         return replace(
             self,
             positions=self.positions[index],
@@ -143,7 +143,7 @@ class Conformations:
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must lie in (0, 1), got {fraction}")
         order = np.random.default_rng(seed).permutation(len(self))
-        cut = int(round(fraction * len(self)))
+        cut = round(fraction * len(self))
         return self[np.sort(order[:cut])], self[np.sort(order[cut:])]
 
     @staticmethod

@@ -20,8 +20,7 @@ DEMO_STEPS = 10000
 def run_demo(out_dir: str | Path = "demo_out", steps: int | None = None, seed: int = 0) -> dict:
     from .datasets import load
     from .io import write_positions
-    from .metrics import (evaluate, markdown_table, plot_distance_histograms,
-                          plot_training_curve)
+    from .metrics import evaluate, markdown_table, plot_distance_histograms, plot_training_curve
     from .training import Evaluator, ProgressBar, TrainConfig, Trainer
 
     out = Path(out_dir)

@@ -19,8 +19,14 @@ from typing import NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from .kernels import (exclude_self, gaussian_logits, laplacian_logits, median_distance,
-                      median_from_squared, squared_distances)
+from .kernels import (
+    exclude_self,
+    gaussian_logits,
+    laplacian_logits,
+    median_distance,
+    median_from_squared,
+    squared_distances,
+)
 
 
 class Positives(NamedTuple):

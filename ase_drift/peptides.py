@@ -6,7 +6,6 @@ are in radians; free energies in kT.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from .kernels import exclude_self, gaussian_logits
 from .models import GeneratorConfig, MLPGenerator
 from .sampler import DriftSampler
 
-__all__ = ["TrainConfig", "Trainer", "train", "ProgressBar", "Checkpointer", "Evaluator"]
+__all__ = ["Checkpointer", "Evaluator", "ProgressBar", "TrainConfig", "Trainer", "train"]
 
 
 @dataclass(frozen=True)
@@ -181,10 +182,12 @@ class Trainer:
             config = TrainConfig.from_dict(dict(config.as_dict(), field="custom"))
         if forces is not None:
             data = data.with_labels(forces, cache=label_cache)
+        # A field declares the labels it needs; a custom field gets whatever the data has.
         needs_scores = getattr(field, "needs_scores", data.forces is not None)
-        needs_energies = getattr(field, "needs_energies", False)
-        uses_auto_alignment = getattr(field, "beta", 0) > 0 and getattr(field, "alignment", "") == "auto"
-        if uses_auto_alignment and data.energies is None:
+        needs_energies = getattr(field, "needs_energies", data.energies is not None)
+        uses_auto_alignment = (getattr(field, "beta", 0) > 0
+                               and getattr(field, "alignment", "") == "auto")
+        if uses_auto_alignment and data.energies is None:  # FK's force form then
             needs_scores = True
         why = f"field {config.field!r}"
         if needs_scores:

@@ -37,16 +37,16 @@ def main():
     ref = ramachandran_reference(phi, psi)
     tau = max(integrated_autocorrelation_time(np.cos(phi[runs == k])) for k in np.unique(runs))
     lines = [
-        f"Data: `{path.name}`, {len(reference):,} reference frames from {len(np.unique(runs))} "
-        f"runs, {len(train_set):,} training frames.",
+        (f"Data: `{path.name}`, {len(reference):,} reference frames from "
+         f"{len(np.unique(runs))} runs, {len(train_set):,} training frames."),
         "",
         "| quantity | value |", "|---|---|",
         f"| reference P(φ > 0) | {np.mean(phi > 0):.5f} |",
         f"| reference ΔF = F(φ > 0) − F(φ < 0) | {ref.delta_f:.2f} ± {ref.delta_f_error:.2f} kT |",
         f"| training set P(φ > 0) | {np.mean(train_phi > 0):.5f} |",
         f"| slowest τ_int of cos φ (reference frames) | {tau:.1f} |",
-        f"| median block-bootstrap error of F over populated bins | "
-        f"{np.nanmedian(ref.free_energy_error):.2f} kT |",
+        (f"| median block-bootstrap error of F over populated bins | "
+         f"{np.nanmedian(ref.free_energy_error):.2f} kT |"),
     ]
     text = "\n".join(lines)
     print(text)

@@ -114,7 +114,7 @@ def _samples_path(row: Row, seed: int) -> Path:
 def baseline_rows(train_set, reference) -> dict:
     """The training set itself and the noise floor (reference run 0 vs run 1)."""
     numbers = reference.numbers
-    kw = dict(reference_energies=reference.energies, temperature_K=reference.temperature_K)
+    kw = {"reference_energies": reference.energies, "temperature_K": reference.temperature_K}
     train = evaluate(train_set.positions, reference.positions, numbers,
                      energies=train_set.energies, **kw)
     runs = reference_runs(DATASET)
@@ -129,7 +129,7 @@ def summary_table(results: dict) -> str:
             "1,000 samples (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, runs in results.items():
-        def stat(get):
+        def stat(get, runs=runs):
             values = np.array([get(r) for r in runs if get(r) is not None], dtype=float)
             if values.size == 0 or np.isnan(values).all():
                 return "—"

@@ -44,7 +44,7 @@ def tblite(data, workdir):
 def openmm_amber(data, workdir):
     if data.n_atoms != 22:
         return None  # amber99sb-ildn has no ethanol
-    import openmm.app as app
+    from openmm import app
 
     from ase_drift.datasets.alanine import make_system
 
@@ -115,7 +115,7 @@ def main():
     with tempfile.TemporaryDirectory() as workdir:
         for engine, build in ENGINES.items():
             rates = []
-            for name, frames in data.items():
+            for frames in data.values():
                 try:
                     source = build(frames, workdir)
                 except ImportError:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 from ase_drift.datasets import load
@@ -36,7 +35,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    train_set, reference = load("ethanol-gfn2-500K")
+    train_set, _ = load("ethanol-gfn2-500K")
     rows = []
 
     for space, field in (("distance", "fk"), ("cartesian", "fi"), ("distance", "drift")):
@@ -44,7 +43,7 @@ def main():
         for _ in range(20):  # warm-up
             trainer.step()
 
-        def steps():
+        def steps(trainer=trainer):
             for _ in range(args.steps):
                 trainer.step()
 

@@ -7,8 +7,12 @@ import pytest
 
 from ase_drift.datasets import available, load, reference_runs, topology_pdb
 from ase_drift.metrics import evaluate, noise_floor
-from ase_drift.peptides import (alpha_carbon_chirality, backbone_dihedrals,
-                                ramachandran_reference, topology_from_pdb)
+from ase_drift.peptides import (
+    alpha_carbon_chirality,
+    backbone_dihedrals,
+    ramachandran_reference,
+    topology_from_pdb,
+)
 
 
 def test_ethanol_bundle_is_labelled_in_ase_units():

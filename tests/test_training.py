@@ -16,13 +16,14 @@ import torch
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from ase_drift import units
 from ase_drift.checkpoint import CheckpointError, load_checkpoint
 from ase_drift.data import Conformations
-from ase_drift.forces import ForceResult
 from ase_drift.sampler import DriftSampler, Sampler
-from ase_drift.testing import (R0, SIGMA_R, SIGMA_THETA, THETA0, HarmonicTriatomic,
-                               assert_force_source_consistent, triatomic_positions)
+from ase_drift.testing import (
+    HarmonicTriatomic,
+    assert_force_source_consistent,
+    triatomic_positions,
+)
 from ase_drift.training import Checkpointer, TrainConfig, Trainer
 
 TEMPERATURE_K = 300.0

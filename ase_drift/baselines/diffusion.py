@@ -15,6 +15,7 @@ target −ε/σ of denoising score matching is replaced by the Boltzmann score o
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -64,7 +65,7 @@ class ScoreTransformer(nn.Module):
 
     def __init__(self, numbers, config: DiffusionConfig):
         super().__init__()
-        species = sorted(set(int(z) for z in numbers))
+        species = sorted({int(z) for z in numbers})
         self.register_buffer("species_index",
                              torch.tensor([species.index(int(z)) for z in numbers]))
         self.register_buffer("atom_index", torch.arange(len(numbers)))
@@ -145,7 +146,7 @@ class DiffusionSampler(TemplateSampler):
         shape = (n, len(self.numbers), 3)
         x = cfg.sigma_max * centred_noise(shape)
         sigmas = sigma_at(torch.linspace(1, 0, cfg.sampler_steps + 1), cfg)
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        for sigma, sigma_next in itertools.pairwise(sigmas):
             level = sigma.expand(n)
             # corrector: one Langevin step at this level (signal-to-noise ratio `snr`)
             score = self.model(x, level)

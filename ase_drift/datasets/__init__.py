@@ -14,12 +14,11 @@ the data set's temperature.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Callable
-
-import os
 
 import numpy as np
 

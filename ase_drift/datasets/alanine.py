@@ -43,7 +43,7 @@ def starting_structure():
     """(topology, positions in nm) of openmmtools' alanine dipeptide."""
     from importlib import resources
 
-    import openmm.app as app
+    from openmm import app
 
     path = resources.files("openmmtools") / "data" / "alanine-dipeptide-gbsa" / "alanine-dipeptide.pdb"
     pdb = app.PDBFile(str(path))
@@ -52,7 +52,7 @@ def starting_structure():
 
 def make_system(topology):
     """amber99sb-ildn in vacuum: no cutoff, no constraints."""
-    import openmm.app as app
+    from openmm import app
 
     forcefield = app.ForceField("amber99sbildn.xml")
     return forcefield.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=None,
@@ -110,8 +110,8 @@ def minimised_start():
 def pdb_text(topology, positions_nm) -> str:
     import io
 
-    import openmm.app as app
     import openmm.unit as u
+    from openmm import app
 
     buffer = io.StringIO()
     app.PDBFile.writeFile(topology, positions_nm * u.nanometer, buffer)
