@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 NN_STAMP := $(VENV)/.installed-nn
 
-.PHONY: install install-nn demo test test-fast docs bench clean
+.PHONY: install install-nn demo test test-fast lint docs bench clean
 
 install: $(STAMP)
 
@@ -34,6 +34,9 @@ test: install install-nn
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+lint: install
+	$(VENV)/bin/ruff check ase_drift tests benchmarks examples
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site
