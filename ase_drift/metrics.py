@@ -459,10 +459,17 @@ def pmf_rmse(
     return rmse if temperature_K is None else rmse * kT(temperature_K)
 
 
+#: Upper φ edge (rad) of the αL/C7ax basin; beyond it lies the β region wrapped across ±π.
+ALPHA_L_MAX_PHI = 2.2
+
+
 def basin_masks_phi(phi) -> tuple[np.ndarray, np.ndarray]:
-    """The two φ basins of a peptide, (φ < 0, φ > 0): C7eq/β/αR versus αL/C7ax."""
+    """The two φ basins of a peptide: (C7eq/β/αR, αL/C7ax) = (not B, B) with
+    B = 0 < φ < 2.2 rad. The β basin extends past φ = −π and reappears at φ ≈ +π, so a plain
+    φ > 0 split would count wrapped β frames as αL."""
     phi = _wrapped(phi)
-    return phi < 0, phi > 0
+    right = (phi > 0) & (phi < ALPHA_L_MAX_PHI)
+    return ~right, right
 
 
 def free_energy_difference(phi, mask_a=None, mask_b=None) -> float:

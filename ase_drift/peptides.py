@@ -71,7 +71,8 @@ def mirrored_fraction(positions: np.ndarray, reference_positions: np.ndarray, to
 @dataclass(frozen=True)
 class RamachandranReference:
     """Reference free-energy surface F(φ, ψ) = −log p in kT (64×64 by default), with
-    block-bootstrap standard errors, and ΔF = F(φ > 0) − F(φ < 0) with its error (NaN when a
+    block-bootstrap standard errors, and ΔF = F(αL/C7ax) − F(C7eq/β/αR) with its error, the
+    basins split by :func:`~ase_drift.metrics.basin_masks_phi` (0 < φ < 2.2 rad) (NaN when a
     basin is empty in the data or in a bootstrap replicate: the data cannot resolve it)."""
 
     free_energy: np.ndarray  # [bins, bins], NaN where empty, min 0

@@ -2,7 +2,7 @@
 
     python benchmarks/alanine_reference.py [--dataset NAME | --file NPZ] [--docs]
 
-Prints ΔF = F(φ > 0) − F(φ < 0) in kT with its block-bootstrap error (blocks of whole runs'
+Prints ΔF = F(αL/C7ax) − F(C7eq/β/αR) in kT with its block-bootstrap error (blocks of whole runs'
 segments), the training set's basin populations, the integrated autocorrelation time of φ, and
 plots the free-energy surfaces of the reference and the biased training set.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ase_drift.datasets import _npz_pair, data_path
-from ase_drift.metrics import integrated_autocorrelation_time, plot_ramachandran
+from ase_drift.metrics import basin_masks_phi, integrated_autocorrelation_time, plot_ramachandran
 from ase_drift.peptides import backbone_dihedrals, ramachandran_reference, topology_from_pdb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,9 +41,10 @@ def main():
          f"{len(np.unique(runs))} runs, {len(train_set):,} training frames."),
         "",
         "| quantity | value |", "|---|---|",
-        f"| reference P(φ > 0) | {np.mean(phi > 0):.5f} |",
-        f"| reference ΔF = F(φ > 0) − F(φ < 0) | {ref.delta_f:.2f} ± {ref.delta_f_error:.2f} kT |",
-        f"| training set P(φ > 0) | {np.mean(train_phi > 0):.5f} |",
+        f"| reference P(αL/C7ax: 0 < φ < 2.2) | {np.mean(basin_masks_phi(phi)[1]):.5f} |",
+        f"| reference ΔF = F(αL/C7ax) − F(C7eq/β/αR) | {ref.delta_f:.2f} ± "
+        f"{ref.delta_f_error:.2f} kT |",
+        f"| training set P(αL/C7ax) | {np.mean(basin_masks_phi(train_phi)[1]):.5f} |",
         f"| slowest τ_int of cos φ (reference frames) | {tau:.1f} |",
         (f"| median block-bootstrap error of F over populated bins | "
          f"{np.nanmedian(ref.free_energy_error):.2f} kT |"),

@@ -241,10 +241,17 @@ def test_pmf_rmse_of_a_known_reweighting():
 
 def test_free_energy_difference_of_a_two_to_one_split():
     rng = np.random.default_rng(0)
-    phi = np.concatenate([rng.uniform(-3, -0.1, 2000), rng.uniform(0.1, 3, 1000)])
+    phi = np.concatenate([rng.uniform(-3, -0.1, 2000), rng.uniform(0.1, 2.1, 1000)])
     assert metrics.free_energy_difference(phi) == pytest.approx(np.log(2))
     a, b = metrics.basin_masks_phi(phi)
     assert metrics.free_energy_difference(phi, b, a) == pytest.approx(-np.log(2))
+
+
+def test_wrapped_beta_frames_are_not_counted_as_alpha_l():
+    """β-region frames near φ = −π reappear at φ ≈ +π after wrapping; they stay in basin A."""
+    left, right = metrics.basin_masks_phi(np.array([-1.4, 3.1, -3.1, 1.0]))
+    assert left.tolist() == [True, True, True, False]
+    assert right.tolist() == [False, False, False, True]
 
 
 # --------------------------------------------------------------------------- plots
