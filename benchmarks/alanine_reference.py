@@ -42,8 +42,8 @@ def main():
         "",
         "| quantity | value |", "|---|---|",
         f"| reference P(αL/C7ax: 0 < φ < 2.2) | {np.mean(basin_masks_phi(phi)[1]):.5f} |",
-        f"| reference ΔF = F(αL/C7ax) − F(C7eq/β/αR) | {ref.delta_f:.2f} ± "
-        f"{ref.delta_f_error:.2f} kT |",
+        (f"| reference ΔF = F(αL/C7ax) − F(C7eq/β/αR) | {ref.delta_f:.2f} ± "
+         f"{ref.delta_f_error:.2f} kT |"),
         f"| training set P(αL/C7ax) | {np.mean(basin_masks_phi(train_phi)[1]):.5f} |",
         f"| slowest τ_int of cos φ (reference frames) | {tau:.1f} |",
         (f"| median block-bootstrap error of F over populated bins | "
