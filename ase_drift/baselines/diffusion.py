@@ -61,7 +61,8 @@ class DiffusionConfig:
 
 class ScoreTransformer(nn.Module):
     """s_θ(x, σ) ``[B, A, 3]``: a Transformer encoder over atom tokens built from coordinates,
-    element embeddings and a Fourier embedding of log σ; the output is divided by σ."""
+    element embeddings and a Fourier embedding of log σ; the output is centred over atoms and
+    divided by σ."""
 
     def __init__(self, numbers, config: DiffusionConfig):
         super().__init__()
@@ -86,7 +87,9 @@ class ScoreTransformer(nn.Module):
         noise = self.noise(torch.cat([log_sigma.sin(), log_sigma.cos()], -1))  # [B, d]
         tokens = (self.coords(x) + self.element(self.species_index)
                   + self.position(self.atom_index) + noise[:, None])  # [B, A, d]
-        return self.out(self.encoder(tokens)) / sigma[:, None, None]
+        score = self.out(self.encoder(tokens))  # [B, A, 3]
+        # The diffusion lives in the centred subspace (molecules have no preferred position).
+        return (score - score.mean(1, keepdim=True)) / sigma[:, None, None]
 
 
 def sigma_at(t: Tensor, config: DiffusionConfig) -> Tensor:
@@ -194,8 +197,9 @@ def train_diffusion(data: Conformations, config: DiffusionConfig = DiffusionConf
     if uses_forces:
         scores_all = torch.as_tensor(units.reduced_forces(forces, temperature) * scale,
                                      dtype=torch.float32)
-    torch.manual_seed(config.seed)
-    model = ScoreTransformer(data.numbers, config)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
+        torch.manual_seed(config.seed)
+        model = ScoreTransformer(data.numbers, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps))))
