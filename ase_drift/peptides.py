@@ -6,6 +6,7 @@ are in radians; free energies in kT.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,7 +105,8 @@ def ramachandran_reference(phi: np.ndarray, psi: np.ndarray, bins: int = 64,
     replicates = np.array(replicates)
     replicates[~np.isfinite(replicates)] = np.nan
     replicates -= np.nanmin(replicates, axis=(1, 2), keepdims=True)
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():  # bins populated in < 2 replicates have no error: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         error = np.nanstd(replicates, axis=0, ddof=1)
     try:
         delta_f, delta_f_error = block_bootstrap(lambda s: free_energy_difference(s[:, 0]),
