@@ -117,14 +117,18 @@ def prepare_data(data: Conformations, representation: Representation, temperatur
     """Centre (and in Cartesian space Kabsch-align) frames, normalise by σ, build features and
     feature-space scores (paper Eq. 31) once."""
     forces = data.forces if with_scores else None
-    aligned, aligned_forces = align_frames(data.positions, data.positions[0], forces)
-    if representation.name == "cartesian":
+    cartesian = representation.name == "cartesian"
+    # Forces rotate with their frame in Cartesian space; distances need neither.
+    aligned, aligned_forces = align_frames(data.positions, data.positions[0],
+                                           forces if cartesian else None)
+    if cartesian:
         positions, forces = aligned, aligned_forces
-    else:  # distances need no alignment, and forces stay in their own frame
+    else:
         positions = data.positions - data.positions.mean(axis=1, keepdims=True)
-    scale = float(positions.std())
+    scale = float(positions.std())  # the same for aligned and merely centred frames
     coords = torch.as_tensor(positions / scale, dtype=torch.float32)  # [N, A, 3]
-    aligned_coords = torch.as_tensor(aligned / scale, dtype=torch.float32)
+    aligned_coords = coords if cartesian else torch.as_tensor(aligned / scale,
+                                                              dtype=torch.float32)
     features = representation.features(coords)
     scores = None
     if forces is not None:
@@ -198,6 +202,9 @@ class Trainer:
         self.config = config
         self.field = field
         self.data = data
+        # Identifies the training data in checkpoints; hashed once, not at every evaluation.
+        self.data_digest = hashlib.sha256(
+            np.ascontiguousarray(data.positions).tobytes()).hexdigest()
         self.representation = make_representation(config.space, data.n_atoms)
         self.prepared = prepare_data(
             data, self.representation, temperature, with_scores=needs_scores,
@@ -276,7 +283,6 @@ class Trainer:
         from . import __version__
 
         data = self.data
-        digest = hashlib.sha256(np.ascontiguousarray(data.positions).tobytes()).hexdigest()
         return {
             "numbers": data.numbers.tolist(),
             "symbols": "".join(data.symbols),
@@ -294,7 +300,7 @@ class Trainer:
                 "formula": data.formula,
                 "n_frames": len(data),
                 "labels": [k for k in ("forces", "energies") if getattr(data, k) is not None],
-                "positions_sha256": digest,
+                "positions_sha256": self.data_digest,
             },
             "ase_drift_version": __version__,
             "history": {k: list(v) for k, v in self.history.items()},
@@ -333,8 +339,7 @@ class Trainer:
             raise CheckpointError(f"{path} was written with another configuration "
                                   f"(checkpoint vs now: {diff})")
         meta = payload["metadata"]
-        if meta["training_data"]["positions_sha256"] != self.metadata()["training_data"][
-                "positions_sha256"]:
+        if meta["training_data"]["positions_sha256"] != self.data_digest:
             raise CheckpointError(f"{path} was trained on other data than given now")
         state = payload["state_dict"]
         self.model.load_state_dict(state["model"])

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ase_drift.datasets import _npz_pair, data_path
+from ase_drift.datasets import data_path, load_npz
 from ase_drift.metrics import basin_masks_phi, integrated_autocorrelation_time, plot_ramachandran
 from ase_drift.peptides import backbone_dihedrals, ramachandran_reference, topology_from_pdb
 
@@ -28,7 +28,7 @@ def main():
     parser.add_argument("--docs", action="store_true", help="write into docs/forces-and-data.md")
     args = parser.parse_args()
     path = args.file or data_path(args.dataset)
-    train_set, reference = _npz_pair(path)
+    train_set, reference = load_npz(path)
     with np.load(path) as npz:
         topology = topology_from_pdb(str(npz["pdb"]))
         runs = npz["reference_run"]

@@ -47,7 +47,8 @@ def cache_dir() -> Path:
     return Path(base) / "ase_drift"
 
 
-def _npz_pair(path: Path) -> tuple[Conformations, Conformations]:
+def load_npz(path: str | Path) -> tuple[Conformations, Conformations]:
+    """``(training set, reference)`` from a file written by a data set's generation script."""
     with np.load(path, allow_pickle=False) as npz:
         temperature = float(npz["temperature_K"])
         labels = (lambda prefix: [npz[f"{prefix}_{k}"] if f"{prefix}_{k}" in npz.files else None
@@ -121,4 +122,4 @@ def available() -> list[str]:
 
 def load(name: str) -> tuple[Conformations, Conformations]:
     """``(training set, reference)`` of the named data set."""
-    return _npz_pair(data_path(name))
+    return load_npz(data_path(name))
