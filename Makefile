@@ -41,8 +41,13 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -q -d site
 
+# Every benchmark in its quick form, from scratch (results in bench_out/, tables into docs/).
 bench: install
+	rm -rf bench_out
 	$(PY) benchmarks/speed.py
+	$(PY) benchmarks/speed_vs.py --quick
+	$(PY) benchmarks/ethanol.py --quick --results bench_out/ethanol-quick.json
+	$(PY) benchmarks/alanine.py --quick --results bench_out/alanine-quick.json
 
 clean:
-	rm -rf demo_out site .pytest_cache
+	rm -rf demo_out bench_out site .pytest_cache

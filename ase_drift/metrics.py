@@ -472,6 +472,25 @@ def basin_masks_phi(phi) -> tuple[np.ndarray, np.ndarray]:
     return ~right, right
 
 
+#: ψ (rad) of the barrier between C7eq/αR (below) and C5/β (above) on the φ < 0 side, with ψ
+#: below −1.5 rad counted as above π (the β basin wraps across ψ = ±π).
+C5_MIN_PSI = 1.8
+_PSI_WRAP = -1.5
+
+
+def basin_masks_psi(phi, psi) -> tuple[np.ndarray, np.ndarray]:
+    """The two ψ basins of the φ < 0 region: (C7eq/αR, C5/β) masks ``[n]``.
+
+    C5/β is ψ ≥ 1.8 rad, ψ read in [−1.5, 2π − 1.5) so that β frames across ψ = ±π stay
+    together; frames of the αL/C7ax basin (:func:`basin_masks_phi`) belong to neither.
+    """
+    _, alpha_l = basin_masks_phi(phi)
+    psi = _wrapped(psi)
+    psi = np.where(psi < _PSI_WRAP, psi + 2 * np.pi, psi)
+    c5 = (psi >= C5_MIN_PSI) & ~alpha_l
+    return ~c5 & ~alpha_l, c5
+
+
 def free_energy_difference(phi, mask_a=None, mask_b=None) -> float:
     """ΔF = F(b) − F(a) = −log(P(b)/P(a)) in kT, P = fraction of the samples in each basin.
 

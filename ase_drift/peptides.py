@@ -116,3 +116,19 @@ def ramachandran_reference(phi: np.ndarray, psi: np.ndarray, bins: int = 64,
         delta_f, delta_f_error = float("nan"), float("nan")
     free_energy[~np.isfinite(free_energy)] = np.nan
     return RamachandranReference(free_energy, error, delta_f, delta_f_error, len(series))
+
+
+def restore_chirality(positions: np.ndarray, reference_positions: np.ndarray,
+                      topology) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror every sample whose α-carbons all have the wrong handedness.
+
+    Pairwise distances cannot tell a molecule from its mirror image, so a distance-space model
+    may emit D-enantiomers; reflecting one (x → −x) keeps every distance and restores L. Samples
+    with only some centres flipped cannot be fixed by a reflection and are left as they are
+    (:func:`mirrored_fraction` still counts them). Returns ``(positions [n, A, 3], mirrored [n])``.
+    """
+    expected = np.sign(alpha_carbon_chirality(reference_positions, topology).mean(axis=0))
+    mirrored = (alpha_carbon_chirality(positions, topology) != expected).all(axis=1)  # [n]
+    fixed = np.array(positions, copy=True)
+    fixed[mirrored, :, 0] *= -1.0
+    return fixed, mirrored

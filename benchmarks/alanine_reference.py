@@ -13,12 +13,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, write_section
 
 from ase_drift.datasets import data_path, load_npz
 from ase_drift.metrics import basin_masks_phi, integrated_autocorrelation_time, plot_ramachandran
 from ase_drift.peptides import backbone_dihedrals, ramachandran_reference, topology_from_pdb
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main():
@@ -55,11 +54,8 @@ def main():
     image.parent.mkdir(parents=True, exist_ok=True)
     plot_ramachandran(image, {"reference": (phi, psi), "biased training set": (train_phi, train_psi)})
     if args.docs:
-        doc = ROOT / "docs" / "forces-and-data.md"
-        before, rest = doc.read_text().split("<!-- ala2:start -->")
-        _, after = rest.split("<!-- ala2:end -->")
-        doc.write_text(f"{before}<!-- ala2:start -->\n{text}\n\n"
-                       f"![Ramachandran](img/ala2_reference.png)\n<!-- ala2:end -->{after}")
+        write_section("forces-and-data.md", "ala2",
+                      f"{text}\n\n![Ramachandran](img/ala2_reference.png)")
 
 
 if __name__ == "__main__":

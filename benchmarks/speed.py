@@ -9,23 +9,13 @@ generated, 512 positives). Prints a markdown table; targets from the core issue 
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from common import best_of
 
 from ase_drift.datasets import load
 from ase_drift.features import PairwiseDistances
 from ase_drift.training import TrainConfig, Trainer
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    """Shortest wall time of ``repeats`` calls (s)."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main():

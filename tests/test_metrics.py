@@ -254,6 +254,16 @@ def test_wrapped_beta_frames_are_not_counted_as_alpha_l():
     assert right.tolist() == [False, False, False, True]
 
 
+def test_psi_basins_split_c7eq_from_c5_across_the_psi_wrap():
+    """C7eq (ψ ≈ 1.2) and αR (ψ ≈ −0.7) on one side, C5/β (ψ ≈ 2.7 and ψ ≈ −3.0, the same
+    basin across ±π) on the other; αL/C7ax frames (φ ≈ 1.0) belong to neither."""
+    phi = np.array([-1.4, -1.2, -2.6, -2.6, 1.0])
+    psi = np.array([1.2, -0.7, 2.7, -3.0, -1.0])
+    c7eq, c5 = metrics.basin_masks_psi(phi, psi)
+    assert c7eq.tolist() == [True, True, False, False, False]
+    assert c5.tolist() == [False, False, True, True, False]
+
+
 # --------------------------------------------------------------------------- plots
 
 

@@ -1,0 +1,229 @@
+"""Alanine dipeptide (amber99sb-ildn, vacuum, 300 K): drift samplers against long MD.
+
+    python benchmarks/alanine.py --quick                  # bundled subset, 2,000 steps
+    python benchmarks/alanine.py --extra-reference a.npz  # + more reference runs, 4,000 steps
+
+Trains FK and FI drift samplers in distance and Cartesian space on (a) the biased 1 ns training
+set and (b) an unbiased subset: 2,000 frames spread evenly over the reference runs, labelled here
+with the same OpenMM force field (:class:`~ase_drift.forces.OpenMMForces`) and left out of the
+reference they are scored against. Each sampler draws 20,000 conformers, scored by:
+
+- Ramachandran Jensen–Shannon divergence (64 × 64 bins, nats) and PMF RMSE in kT over the bins
+  holding ≥ 10 frames in both sets;
+- ΔF = F(C5/β) − F(C7eq/αR) in kT (the basins the reference resolves; block-bootstrap error),
+  and the αL/C7ax population;
+- bond stability and energy W1 (E/kT, amber energies of the samples);
+- the fraction of mirror-image (D) samples, before and after :func:`restore_chirality` (a
+  reflection; the scores above are after it).
+
+``--extra-reference`` appends the reference runs of more files written by
+``python -m ase_drift.datasets.alanine`` with the same protocol (other seeds). Every result is
+stored in ``--results`` as soon as it is computed; an interrupted run resumes. Writes a markdown
+table into ``docs/benchmarks.md`` and Ramachandran plots into ``docs/img``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from common import ROOT, write_section
+
+from ase_drift.data import Conformations
+from ase_drift.datasets import data_path, load_npz
+from ase_drift.datasets.alanine import make_system, starting_structure
+from ase_drift.forces import OpenMMForces
+from ase_drift.metrics import (
+    basin_masks_phi,
+    basin_masks_psi,
+    block_bootstrap,
+    evaluate,
+    free_energy_difference,
+    js_divergence,
+    plot_ramachandran,
+    pmf_rmse,
+    ramachandran_histogram,
+)
+from ase_drift.peptides import (
+    backbone_dihedrals,
+    mirrored_fraction,
+    restore_chirality,
+    topology_from_pdb,
+)
+from ase_drift.training import ProgressBar, TrainConfig, Trainer
+
+DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
+SAMPLERS = [("FK", "fk", "distance"), ("FI", "fi", "distance"),
+            ("FK", "fk", "cartesian"), ("FI", "fi", "cartesian")]
+N_SAMPLES = 20_000
+N_UNBIASED = 2_000
+MIN_COUNT = 10
+
+
+def load_reference(paths: list[Path]) -> tuple[Conformations, Conformations, np.ndarray, str]:
+    """(biased training set, reference, run label per reference frame, PDB text); the reference
+    runs of every file, the training set and topology of the first."""
+    train_set, reference = load_npz(paths[0])
+    references, runs = [reference], [np.load(paths[0])["reference_run"]]
+    pdb = str(np.load(paths[0])["pdb"])
+    for path in paths[1:]:
+        _, more = load_npz(path)
+        if not np.array_equal(more.numbers, reference.numbers) or \
+                more.temperature_K != reference.temperature_K:
+            raise ValueError(f"{path}: not the same molecule and temperature as {paths[0]}")
+        references.append(more)
+        runs.append(np.load(path)["reference_run"] + runs[-1].max() + 1)
+    return train_set, Conformations.concatenate(references), np.concatenate(runs), pdb
+
+
+def basin_delta_f(phi, psi) -> float:
+    """ΔF = F(C5/β) − F(C7eq/αR) in kT."""
+    return free_energy_difference(phi, *basin_masks_psi(phi, psi))
+
+
+def scores(positions, reference: Conformations, ref_angles, topology, energies) -> dict:
+    """Every column of the table for one sample set (positions already chirality-restored)."""
+    phi, psi = backbone_dihedrals(positions, topology)
+    ref_phi, ref_psi = ref_angles
+    stride = max(1, len(reference) // 50_000)  # distance metrics on ≤ 50,000 reference frames
+    report = evaluate(positions, reference.positions[::stride], reference.numbers,
+                      energies=energies, reference_energies=reference.energies[::stride],
+                      temperature_K=reference.temperature_K)
+    return {
+        "js": js_divergence(ramachandran_histogram(phi, psi), ramachandran_histogram(ref_phi,
+                                                                                      ref_psi)),
+        "pmf_rmse": pmf_rmse(np.stack([phi, psi], 1), np.stack([ref_phi, ref_psi], 1),
+                             min_count=MIN_COUNT),
+        "delta_f": basin_delta_f(phi, psi),
+        "p_alpha_l": float(basin_masks_phi(phi)[1].mean()),
+        "bond_stability": report.bond_stability,
+        "tvd": report.tvd,
+        "energy_w1": report.energy_w1,
+    }
+
+
+def train_and_score(train_set: Conformations, field: str, space: str, steps: int, seed: int,
+                    reference, ref_angles, topology, forces: OpenMMForces, desc: str) -> tuple:
+    start = time.perf_counter()
+    trainer = Trainer(train_set, TrainConfig(field=field, space=space, steps=steps, seed=seed))
+    trainer.attach(ProgressBar(steps, desc=desc), 1)
+    sampler = trainer.run()
+    train_s = time.perf_counter() - start
+    raw = sampler.sample_positions(N_SAMPLES, seed=seed)
+    mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
+    positions, _ = restore_chirality(raw, reference.positions[:1000], topology)
+    energies = forces.compute(reference.numbers, positions).energies
+    result = scores(positions, reference, ref_angles, topology, energies)
+    return dict(result, mirrored=mirrored, train_s=train_s), positions
+
+
+def fmt(value, digits=3) -> str:
+    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+
+
+def table(results: dict, reference_delta_f: tuple[float, float]) -> str:
+    head = ["method", "trained on", "JS (nats)", "PMF RMSE (kT)", "ΔF C5−C7eq (kT)", "P(αL)",
+            "Bond Stab", "TVD", "E W1 (kT)", "D-enantiomers", "train (s)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
+             (f"| long MD reference | — | — | — | {reference_delta_f[0]:.2f} ± "
+              f"{reference_delta_f[1]:.2f} | — | — | — | — | — | — |")]
+    for key, r in results.items():
+        name, data = key.split("|")[:2]
+        lines.append("| " + " | ".join([
+            name, data, fmt(r["js"]), fmt(r["pmf_rmse"], 2), fmt(r["delta_f"], 2),
+            fmt(r["p_alpha_l"], 4), fmt(r["bond_stability"]), fmt(r["tvd"]),
+            fmt(r["energy_w1"], 2), fmt(r.get("mirrored")), fmt(r.get("train_s"), 0)]) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--data", type=Path, help="npz of ase_drift.datasets.alanine "
+                        f"(default: the bundled {DATASET})")
+    parser.add_argument("--extra-reference", type=Path, nargs="*", default=[])
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path)
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args()
+    steps = args.steps or (2000 if args.quick else 4000)
+    paths = [args.data or data_path(DATASET)] + list(args.extra_reference)
+    train_set, reference, runs, pdb = load_reference(paths)
+    topology = topology_from_pdb(pdb)
+    forces = OpenMMForces(make_system(starting_structure()[0]))
+
+    # Unbiased subset: evenly spread over all runs, held out of the reference.
+    picked = np.linspace(0, len(reference) - 1, N_UNBIASED).round().astype(int)
+    held_out = np.setdiff1d(np.arange(len(reference)), picked)
+    unbiased = reference[picked].with_labels(forces, progress=False)
+    reference, runs = reference[held_out], runs[held_out]
+    ref_angles = backbone_dihedrals(reference.positions, topology)
+    series = np.stack(ref_angles, axis=1)  # [R, 2] in time order, run after run
+    reference_delta_f = block_bootstrap(lambda s: basin_delta_f(s[:, 0], s[:, 1]), series)
+
+    results_path = args.results or ROOT / "benchmarks" / "results" / (
+        f"alanine-{'quick' if args.quick else 'full'}.json")
+    stored = json.loads(results_path.read_text()) if results_path.exists() else {}
+    baselines = {}
+    for label, data in (("biased 1 ns", train_set), ("unbiased subset", unbiased)):
+        baselines[f"training set|{label}"] = scores(data.positions, reference, ref_angles,
+                                                    topology, data.energies)
+    halves = np.isin(runs, np.unique(runs)[::2])
+    half_angles = (ref_angles[0][~halves], ref_angles[1][~halves])
+    baselines["noise floor: even vs odd runs|—"] = scores(
+        reference.positions[halves], reference[~halves], half_angles, topology,
+        reference.energies[halves])
+
+    samples = {}
+    started = time.perf_counter()
+    for label, data in (("biased 1 ns", train_set), ("unbiased subset", unbiased)):
+        for name, field, space in SAMPLERS:
+            key = f"{name} ({space})|{label}|steps={steps}|seed={args.seed}"
+            sample_file = results_path.parent / "samples" / (
+                "ala2_" + "".join(c if c.isalnum() else "_" for c in key) + ".npy")
+            if key not in stored or not sample_file.exists():
+                stored[key], positions = train_and_score(
+                    data, field, space, steps, args.seed, reference, ref_angles, topology,
+                    forces, desc=f"{name} {space}, {label}")
+                sample_file.parent.mkdir(parents=True, exist_ok=True)
+                np.save(sample_file, positions)
+                tmp = results_path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(stored, indent=1))
+                os.replace(tmp, results_path)
+            samples[key] = np.load(sample_file)
+    elapsed = time.perf_counter() - started
+
+    rows = dict(baselines, **{k: v for k, v in stored.items() if k in samples})
+    text = table(rows, reference_delta_f)
+    options = (" --quick" if args.quick else "") + (f" --data {args.data.name}" if args.data
+                                                    else "")
+    options += "".join(f" --extra-reference {path.name}" for path in args.extra_reference)
+    note = (f"Run: `python benchmarks/alanine.py{options}` — "
+            f"{len(reference):,} held-out reference frames from {len(np.unique(runs))} runs "
+            f"({len(train_set):,} biased training frames, {N_UNBIASED:,} unbiased), {steps:,} "
+            f"steps, seed {args.seed}, {N_SAMPLES:,} samples per sampler; computed for "
+            f"{elapsed / 60:.0f} min.")
+    print(note + "\n\n" + text)
+    if args.no_docs:
+        return
+    marker = "alanine-quick" if args.quick else "alanine"
+    for label in ("biased 1 ns", "unbiased subset"):
+        panels = {"reference MD": ref_angles}
+        source = train_set if label.startswith("biased") else unbiased
+        panels[f"training set ({label})"] = backbone_dihedrals(source.positions, topology)
+        for key, positions in samples.items():
+            if key.split("|")[1] == label:
+                panels[key.split("|")[0]] = backbone_dihedrals(positions, topology)
+        slug = label.split()[0]
+        plot_ramachandran(ROOT / "docs" / "img" / f"{marker}_{slug}.png", panels)
+    figures = "\n".join(f"![Ramachandran, trained on the {label} set](img/{marker}_{label}.png)"
+                        for label in ("biased", "unbiased"))
+    write_section("benchmarks.md", marker, f"{note}\n\n{text}\n\n{figures}")
+
+if __name__ == "__main__":
+    main()

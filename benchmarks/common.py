@@ -1,0 +1,34 @@
+"""Helpers shared by the benchmark scripts: timing, and writing generated sections into docs."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_section(page: str, marker: str, text: str) -> None:
+    """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in
+    ``docs/<page>`` with ``text`` (atomically)."""
+    path = ROOT / "docs" / page
+    start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+    content = path.read_text()
+    if start not in content or end not in content:
+        raise ValueError(f"{path} has no {start} … {end} section")
+    before, rest = content.split(start)
+    _, after = rest.split(end)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(f"{before}{start}\n{text}\n{end}{after}")
+    os.replace(tmp, path)
+
+
+def best_of(fn, repeats: int = 3) -> float:
+    """Shortest wall time of ``repeats`` calls of ``fn()`` (s)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

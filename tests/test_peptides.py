@@ -1,0 +1,42 @@
+"""Peptide analysis: chirality of α-carbons and its repair by reflection."""
+
+import numpy as np
+
+from ase_drift.datasets import load, topology_pdb
+from ase_drift.metrics import pair_distances
+from ase_drift.peptides import (
+    alpha_carbon_chirality,
+    backbone_dihedrals,
+    mirrored_fraction,
+    restore_chirality,
+    topology_from_pdb,
+)
+
+NAME = "alanine-dipeptide-amber99sbildn-300K-small"
+
+
+def test_a_reflection_flips_chirality_and_the_dihedrals_but_no_distance():
+    _, reference = load(NAME)
+    topology = topology_from_pdb(topology_pdb(NAME))
+    frames = reference.positions[:50].astype(float)
+    mirrored = frames * np.array([-1.0, 1.0, 1.0])
+    np.testing.assert_allclose(pair_distances(mirrored), pair_distances(frames), atol=1e-6)
+    assert np.all(alpha_carbon_chirality(mirrored, topology) == -1)
+    phi, psi = backbone_dihedrals(frames, topology)
+    mirror_phi, mirror_psi = backbone_dihedrals(mirrored, topology)
+    np.testing.assert_allclose(mirror_phi, -phi, atol=1e-5)  # D-Ala: (φ, ψ) → (−φ, −ψ)
+    np.testing.assert_allclose(mirror_psi, -psi, atol=1e-5)
+
+
+def test_restore_chirality_reflects_exactly_the_mirrored_samples():
+    _, reference = load(NAME)
+    topology = topology_from_pdb(topology_pdb(NAME))
+    frames = reference.positions[:40].astype(float)
+    samples = frames.copy()
+    samples[::4] *= np.array([-1.0, 1.0, 1.0])  # every 4th sample is the D-enantiomer
+    assert mirrored_fraction(samples, reference.positions, topology) == 0.25
+    fixed, was_mirrored = restore_chirality(samples, reference.positions, topology)
+    assert was_mirrored.tolist() == [k % 4 == 0 for k in range(40)]
+    assert mirrored_fraction(fixed, reference.positions, topology) == 0.0
+    np.testing.assert_allclose(pair_distances(fixed), pair_distances(frames), atol=1e-6)
+    np.testing.assert_array_equal(fixed[1::4], frames[1::4])  # the L samples are untouched
