@@ -585,10 +585,11 @@ def plot_training_curve(path, history: dict[str, list[float]]):
     return Path(path)
 
 
-def plot_ramachandran(path, panels: dict[str, tuple], bins: int = 64):
+def plot_ramachandran(path, panels: dict[str, tuple], bins: int = 64, columns: int = 4):
     """Free energy −log p(φ, ψ) (kT, minimum shifted to 0) per named (φ, ψ) set in radians.
 
-    All panels share one colour scale; empty bins are blank. Writes a PNG and returns its path.
+    All panels share one colour scale, ``columns`` to a row; empty bins are blank. Writes a PNG
+    and returns its path.
     """
     from matplotlib.figure import Figure
 
@@ -598,8 +599,12 @@ def plot_ramachandran(path, panels: dict[str, tuple], bins: int = 64):
             f = -np.log(ramachandran_histogram(phi, psi, bins))  # [bins, bins]
         free_energies[name] = np.where(np.isfinite(f), f - f.min(), np.nan)
     vmax = max(np.nanmax(f) for f in free_energies.values())
-    fig = Figure(figsize=(3.6 * len(panels) + 1, 3.4), layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    columns = min(columns, len(panels))
+    rows = -(-len(panels) // columns)
+    fig = Figure(figsize=(3.6 * columns + 1, 3.4 * rows), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
     ticks = [-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi]
     labels = ["−π", "−π/2", "0", "π/2", "π"]
     for ax, (name, f) in zip(axes, free_energies.items()):
@@ -609,6 +614,6 @@ def plot_ramachandran(path, panels: dict[str, tuple], bins: int = 64):
         ax.set(title=name, xlabel="φ", ylabel="ψ", xticks=ticks, yticks=ticks)
         ax.set_xticklabels(labels)
         ax.set_yticklabels(labels)
-    fig.colorbar(image, ax=list(axes), label="free energy (kT)")
+    fig.colorbar(image, ax=list(axes[:len(panels)]), label="free energy (kT)")
     fig.savefig(path, dpi=110)
     return Path(path)

@@ -1,12 +1,14 @@
 """Alanine dipeptide (amber99sb-ildn, vacuum, 300 K): drift samplers against long MD.
 
-    python benchmarks/alanine.py --quick                  # bundled subset, 2,000 steps
+    python benchmarks/alanine.py --quick                  # bundled subset, 3 samplers, 2,000 steps
     python benchmarks/alanine.py --extra-reference a.npz  # + more reference runs, 4,000 steps
+    python benchmarks/alanine.py --steps 20000 --samplers "Drifting (distance)" --no-docs
 
-Trains FK and FI drift samplers in distance and Cartesian space on (a) the biased 1 ns training
-set and (b) an unbiased subset: 2,000 frames spread evenly over the reference runs, labelled here
-with the same OpenMM force field (:class:`~ase_drift.forces.OpenMMForces`) and left out of the
-reference they are scored against. Each sampler draws 20,000 conformers, scored by:
+Trains FK, FI and plain drift samplers in distance and Cartesian space on (a) the biased 1 ns
+training set and (b) an unbiased subset: 2,000 frames spread evenly over the reference runs,
+labelled here with the same OpenMM force field (:class:`~ase_drift.forces.OpenMMForces`) and
+left out of the reference they are scored against. Each sampler draws 20,000 conformers, scored
+by:
 
 - Ramachandran Jensen–Shannon divergence (64 × 64 bins, nats) and PMF RMSE in kT over the bins
   holding ≥ 10 frames in both sets;
@@ -34,9 +36,12 @@ import numpy as np
 from common import ROOT, write_section
 
 from ase_drift.data import Conformations
-from ase_drift.datasets import data_path, load_npz
+from ase_drift.datasets import data_path, load, load_npz
 from ase_drift.datasets.alanine import make_system, starting_structure
+from ase_drift.drift import force_scale_ratio
+from ase_drift.features import make_representation
 from ase_drift.forces import OpenMMForces
+from ase_drift.kernels import median_distance
 from ase_drift.metrics import (
     basin_masks_phi,
     basin_masks_psi,
@@ -54,13 +59,25 @@ from ase_drift.peptides import (
     restore_chirality,
     topology_from_pdb,
 )
-from ase_drift.training import ProgressBar, TrainConfig, Trainer
+from ase_drift.training import ProgressBar, TrainConfig, Trainer, prepare_data
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
-SAMPLERS = [("FK", "fk", "distance"), ("FI", "fi", "distance"),
-            ("FK", "fk", "cartesian"), ("FI", "fi", "cartesian")]
+# (row name, field, space, TrainConfig options); plain drifting is the control without forces.
+# The FI defaults (ω = 0.1 distance, 0.02 Cartesian) are tuned on ethanol, where the force term's
+# typical size relative to the data term, ρ = median‖τ² s‖ / median‖y − x‖ (Eq. 33), is 3.5–5;
+# on alanine dipeptide ρ is 64–90 and the force term swamps the data term. The smaller ω restore
+# ethanol's ω·ρ at a fixed ω, which keeps the Drifting Force Identity intact (unlike dividing by
+# ρ at every step, Eq. 34).
+SAMPLERS = [("FK β=0.5", "fk", "distance", {}), ("FI ω=0.1", "fi", "distance", {}),
+            ("FK β=0.5", "fk", "cartesian", {}), ("FI ω=0.02", "fi", "cartesian", {}),
+            ("FI ω=0.005", "fi", "distance", {"omega": 0.005}),
+            ("FI ω=0.001", "fi", "cartesian", {"omega": 0.001}),
+            ("Drifting", "drift", "distance", {}), ("Drifting", "drift", "cartesian", {}),
+            ("FK β=0.5, τ = (0.05, 0.1, 0.25) × median", "fk", "distance",
+             {"bandwidths": (0.05, 0.1, 0.25)})]
+QUICK_SAMPLERS = ("Drifting (distance)", "FK β=0.5 (distance)", "FI ω=0.005 (distance)")
 N_SAMPLES = 20_000
-N_UNBIASED = 2_000
+N_TRAIN = 2_000  # frames in each training set (the bundled biased set has 2,000 too)
 MIN_COUNT = 10
 
 
@@ -80,6 +97,17 @@ def load_reference(paths: list[Path]) -> tuple[Conformations, Conformations, np.
     return train_set, Conformations.concatenate(references), np.concatenate(runs), pdb
 
 
+def force_term_ratio(data: Conformations, space: str, bandwidth: float = 0.25) -> float:
+    """ρ of Eq. 33 with the training set's even frames as generated samples and its odd frames as
+    positives: how large FI's force term τ² s is against the data term y − x before training."""
+    representation = make_representation(space, len(data.numbers))
+    prepared = prepare_data(data, representation, data.temperature_K, with_scores=True,
+                            with_energies=False, with_density=False)
+    x, y = prepared.features[::2], prepared.features[1::2]
+    tau = bandwidth * median_distance(x, y)
+    return float(force_scale_ratio(x, y, prepared.scores[1::2], tau))
+
+
 def basin_delta_f(phi, psi) -> float:
     """ΔF = F(C5/β) − F(C7eq/αR) in kT."""
     return free_energy_difference(phi, *basin_masks_psi(phi, psi))
@@ -93,9 +121,13 @@ def scores(positions, reference: Conformations, ref_angles, topology, energies) 
     report = evaluate(positions, reference.positions[::stride], reference.numbers,
                       energies=energies, reference_energies=reference.energies[::stride],
                       temperature_K=reference.temperature_K)
+    reference_histogram = ramachandran_histogram(ref_phi, ref_psi)
+    # JS grows with sampling noise: at the training sets' size it compares like with like.
+    few = np.linspace(0, len(phi) - 1, min(len(phi), N_TRAIN)).round().astype(int)
     return {
-        "js": js_divergence(ramachandran_histogram(phi, psi), ramachandran_histogram(ref_phi,
-                                                                                      ref_psi)),
+        "js": js_divergence(ramachandran_histogram(phi, psi), reference_histogram),
+        "js_2000": js_divergence(ramachandran_histogram(phi[few], psi[few]),
+                                 reference_histogram),
         "pmf_rmse": pmf_rmse(np.stack([phi, psi], 1), np.stack([ref_phi, ref_psi], 1),
                              min_count=MIN_COUNT),
         "delta_f": basin_delta_f(phi, psi),
@@ -106,14 +138,14 @@ def scores(positions, reference: Conformations, ref_angles, topology, energies) 
     }
 
 
-def train_and_score(train_set: Conformations, field: str, space: str, steps: int, seed: int,
-                    reference, ref_angles, topology, forces: OpenMMForces, desc: str) -> tuple:
+def train_and_score(train_set: Conformations, config: TrainConfig, reference, ref_angles,
+                    topology, forces: OpenMMForces, desc: str) -> tuple:
     start = time.perf_counter()
-    trainer = Trainer(train_set, TrainConfig(field=field, space=space, steps=steps, seed=seed))
-    trainer.attach(ProgressBar(steps, desc=desc), 1)
+    trainer = Trainer(train_set, config)
+    trainer.attach(ProgressBar(config.steps, desc=desc), 1)
     sampler = trainer.run()
     train_s = time.perf_counter() - start
-    raw = sampler.sample_positions(N_SAMPLES, seed=seed)
+    raw = sampler.sample_positions(N_SAMPLES, seed=config.seed)
     mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
     positions, _ = restore_chirality(raw, reference.positions[:1000], topology)
     energies = forces.compute(reference.numbers, positions).energies
@@ -126,16 +158,17 @@ def fmt(value, digits=3) -> str:
 
 
 def table(results: dict, reference_delta_f: tuple[float, float]) -> str:
-    head = ["method", "trained on", "JS (nats)", "PMF RMSE (kT)", "ΔF C5−C7eq (kT)", "P(αL)",
-            "Bond Stab", "TVD", "E W1 (kT)", "D-enantiomers", "train (s)"]
+    head = ["method", "trained on", "JS (nats)", "JS, 2,000 frames", "PMF RMSE (kT)",
+            "ΔF C5−C7eq (kT)", "P(αL)", "Bond Stab", "TVD", "E W1 (kT)", "D-enantiomers",
+            "train (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             (f"| long MD reference | — | — | — | {reference_delta_f[0]:.2f} ± "
+             (f"| long MD reference | — | — | — | — | {reference_delta_f[0]:.2f} ± "
               f"{reference_delta_f[1]:.2f} | — | — | — | — | — | — |")]
     for key, r in results.items():
         name, data = key.split("|")[:2]
         lines.append("| " + " | ".join([
-            name, data, fmt(r["js"]), fmt(r["pmf_rmse"], 2), fmt(r["delta_f"], 2),
-            fmt(r["p_alpha_l"], 4), fmt(r["bond_stability"]), fmt(r["tvd"]),
+            name, data, fmt(r["js"]), fmt(r.get("js_2000")), fmt(r["pmf_rmse"], 2),
+            fmt(r["delta_f"], 2), fmt(r["p_alpha_l"], 4), fmt(r["bond_stability"]), fmt(r["tvd"]),
             fmt(r["energy_w1"], 2), fmt(r.get("mirrored")), fmt(r.get("train_s"), 0)]) + " |")
     return "\n".join(lines)
 
@@ -148,17 +181,23 @@ def main():
     parser.add_argument("--extra-reference", type=Path, nargs="*", default=[])
     parser.add_argument("--steps", type=int)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samplers", nargs="+",
+                        help="run only the samplers whose 'name (space)' contains one of these")
     parser.add_argument("--results", type=Path)
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     steps = args.steps or (2000 if args.quick else 4000)
+    if args.samplers:
+        samplers = [s for s in SAMPLERS if any(t in f"{s[0]} ({s[2]})" for t in args.samplers)]
+    else:
+        samplers = [s for s in SAMPLERS if f"{s[0]} ({s[2]})" in QUICK_SAMPLERS or not args.quick]
     paths = [args.data or data_path(DATASET)] + list(args.extra_reference)
     train_set, reference, runs, pdb = load_reference(paths)
     topology = topology_from_pdb(pdb)
     forces = OpenMMForces(make_system(starting_structure()[0]))
 
     # Unbiased subset: evenly spread over all runs, held out of the reference.
-    picked = np.linspace(0, len(reference) - 1, N_UNBIASED).round().astype(int)
+    picked = np.linspace(0, len(reference) - 1, N_TRAIN).round().astype(int)
     held_out = np.setdiff1d(np.arange(len(reference)), picked)
     unbiased = reference[picked].with_labels(forces, progress=False)
     reference, runs = reference[held_out], runs[held_out]
@@ -182,14 +221,16 @@ def main():
     samples = {}
     started = time.perf_counter()
     for label, data in (("biased 1 ns", train_set), ("unbiased subset", unbiased)):
-        for name, field, space in SAMPLERS:
+        for name, field, space, options in samplers:
             key = f"{name} ({space})|{label}|steps={steps}|seed={args.seed}"
             sample_file = results_path.parent / "samples" / (
                 "ala2_" + "".join(c if c.isalnum() else "_" for c in key) + ".npy")
             if key not in stored or not sample_file.exists():
+                config = TrainConfig(field=field, space=space, steps=steps, seed=args.seed,
+                                     **options)
                 stored[key], positions = train_and_score(
-                    data, field, space, steps, args.seed, reference, ref_angles, topology,
-                    forces, desc=f"{name} {space}, {label}")
+                    data, config, reference, ref_angles, topology, forces,
+                    desc=f"{name} {space}, {label}")
                 sample_file.parent.mkdir(parents=True, exist_ok=True)
                 np.save(sample_file, positions)
                 tmp = results_path.with_suffix(".tmp")
@@ -198,16 +239,25 @@ def main():
             samples[key] = np.load(sample_file)
     elapsed = time.perf_counter() - started
 
-    rows = dict(baselines, **{k: v for k, v in stored.items() if k in samples})
+    rows = {}  # each training set, then what was trained on it, then the noise floor
+    for label in ("biased 1 ns", "unbiased subset"):
+        rows[f"training set|{label}"] = baselines.pop(f"training set|{label}")
+        rows.update({key: stored[key] for key in samples if key.split("|")[1] == label})
+    rows.update(baselines)
     text = table(rows, reference_delta_f)
     options = (" --quick" if args.quick else "") + (f" --data {args.data.name}" if args.data
                                                     else "")
     options += "".join(f" --extra-reference {path.name}" for path in args.extra_reference)
     note = (f"Run: `python benchmarks/alanine.py{options}` — "
             f"{len(reference):,} held-out reference frames from {len(np.unique(runs))} runs "
-            f"({len(train_set):,} biased training frames, {N_UNBIASED:,} unbiased), {steps:,} "
-            f"steps, seed {args.seed}, {N_SAMPLES:,} samples per sampler; computed for "
-            f"{elapsed / 60:.0f} min.")
+            f"({len(train_set):,} biased training frames, {N_TRAIN:,} unbiased), {steps:,} "
+            f"steps, seed {args.seed}, {N_SAMPLES:,} samples per sampler; this invocation "
+            f"computed for {elapsed / 60:.0f} min (rows already stored were reused).")
+    ethanol = load("ethanol-gfn2-500K")[0]
+    note += " FI's force-to-data ratio ρ (Eq. 33) before training, distance / Cartesian: " + \
+        ", ".join(f"{what} {force_term_ratio(d, 'distance'):.1f} / "
+                  f"{force_term_ratio(d, 'cartesian'):.1f}"
+                  for what, d in (("this training set", train_set), ("bundled ethanol", ethanol)))
     print(note + "\n\n" + text)
     if args.no_docs:
         return
@@ -224,6 +274,7 @@ def main():
     figures = "\n".join(f"![Ramachandran, trained on the {label} set](img/{marker}_{label}.png)"
                         for label in ("biased", "unbiased"))
     write_section("benchmarks.md", marker, f"{note}\n\n{text}\n\n{figures}")
+
 
 if __name__ == "__main__":
     main()

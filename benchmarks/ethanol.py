@@ -27,7 +27,7 @@ from ase_drift.baselines import DiffusionConfig, train_diffusion
 from ase_drift.datasets import load, reference_runs
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, noise_floor, plot_distance_histograms
-from ase_drift.training import TrainConfig, Trainer
+from ase_drift.training import ProgressBar, TrainConfig, Trainer
 
 DATASET = "ethanol-gfn2-500K"
 COLUMNS = ("mae", "tvd", "w2", "stability", "bond_mae", "bond_stability", "energy_w1",
@@ -83,6 +83,9 @@ ROWS = [
     Row("DSM (Cartesian, PC 2,000 NFE)", "dsm", {}, True),
     Row("DSM + force targets (Cartesian)", "dsm", {"force_sigma": 0.05}),
 ]
+# Rows whose seed-0 distance histograms are drawn beside the training set's and the reference's.
+PLOTTED = ("Drifting (distance)", "FI ω=0.02 (Cartesian)", "FK β=0.5 (distance)",
+           "DSM (Cartesian, PC 2,000 NFE)")
 
 
 def gfn2_energies(positions: np.ndarray, numbers) -> np.ndarray:
@@ -93,12 +96,11 @@ def gfn2_energies(positions: np.ndarray, numbers) -> np.ndarray:
 
 
 def run_row(row: Row, seed: int, steps: int, dsm_steps: int, sampler_steps: int,
-            train_set, reference) -> dict:
+            train_set, reference, samples_path: Path) -> dict:
+    """Train, draw 1,000 samples (saved to ``samples_path``) and score them."""
     start = time.perf_counter()
     if row.kind == "drift":
         trainer = Trainer(train_set, TrainConfig(steps=steps, seed=seed, **row.options))
-        from ase_drift.training import ProgressBar
-
         trainer.attach(ProgressBar(steps, desc=f"{row.name} seed {seed}"), 1)
         sampler = trainer.run()
     else:
@@ -112,15 +114,9 @@ def run_row(row: Row, seed: int, steps: int, dsm_steps: int, sampler_steps: int,
     energies = gfn2_energies(samples, reference.numbers)
     report = evaluate(samples, reference.positions, reference.numbers, energies=energies,
                       reference_energies=reference.energies, temperature_K=reference.temperature_K)
-    np.save(_samples_path(row, seed), samples)
+    samples_path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(samples_path, samples)
     return dict(report.as_dict(), train_s=train_s, sample_1000_s=sample_s)
-
-
-def _samples_path(row: Row, seed: int) -> Path:
-    folder = ROOT / "benchmarks" / "results" / "samples"
-    folder.mkdir(parents=True, exist_ok=True)
-    slug = "".join(c if c.isalnum() else "_" for c in row.name)
-    return folder / f"{slug}_seed{seed}.npy"
 
 
 def baseline_rows(train_set, reference) -> dict:
@@ -164,8 +160,8 @@ def main():
     parser.add_argument("--steps", type=int)
     parser.add_argument("--dsm-steps", type=int)
     parser.add_argument("--rows", nargs="+",
-                        help="run the rows whose names contain one of these (any row, also "
-                             "with --quick)")
+                        help="run these rows: a full row name, or text that selects every "
+                             "row containing it (any row, also with --quick)")
     parser.add_argument("--results", type=Path)
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
@@ -182,44 +178,70 @@ def main():
     train_set, reference = load(DATASET)
     runs = reference_runs(DATASET)
     run0, run1 = reference[runs == 0], reference[runs == 1]
-    rows = [r for r in ROWS if any(s in r.name for s in args.rows)] if args.rows else \
-        [r for r in ROWS if r.quick or not quick]
-    started = time.perf_counter()
+    if args.rows:  # a full row name selects that row, any other text every row containing it
+        names = {r.name for r in ROWS}
+        rows = [r for r in ROWS if any(r.name == s or (s not in names and s in r.name)
+                                       for s in args.rows)]
+    else:
+        rows = [r for r in ROWS if r.quick or not quick]
+
+    def result_key(row: Row, seed: int) -> str:
+        return f"{row.name}|seed={seed}|steps={steps if row.kind == 'drift' else dsm_steps}"
+
+    def samples_path(row: Row, seed: int) -> Path:
+        slug = "".join(c if c.isalnum() else "_" for c in result_key(row, seed))
+        return results_path.parent / "samples" / f"ethanol_{slug}.npy"
+
+    started, computed = time.perf_counter(), 0
     for row in rows:
         for seed in seeds:
-            key = f"{row.name}|seed={seed}|steps={steps if row.kind == 'drift' else dsm_steps}"
+            key = result_key(row, seed)
             if key in stored:
                 continue
             data, target = (run0, run1) if row.unbiased else (train_set, reference)
-            stored[key] = run_row(row, seed, steps, dsm_steps, sampler_steps, data, target)
+            stored[key] = run_row(row, seed, steps, dsm_steps, sampler_steps, data, target,
+                                  samples_path(row, seed))
+            computed += 1
             tmp = results_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(stored, indent=1))
             os.replace(tmp, results_path)
     elapsed = time.perf_counter() - started
 
     results = baseline_rows(train_set, reference)
-    for row in ROWS:  # every row with stored results, not only this invocation's
-        runs = [v for k, v in stored.items() if k.split("|")[0] == row.name]
+    for row in ROWS:  # every row with stored results at these step counts, any seed
+        prefix, steps_tag = result_key(row, 0).split("|seed=0|")
+        runs = [v for k, v in stored.items()
+                if k.startswith(prefix + "|seed=") and k.endswith("|" + steps_tag)]
         if runs:
             results[row.name] = runs
     table = summary_table(results)
     print(table)
-    note = (f"`python benchmarks/ethanol.py{' --quick' if quick else ''}`: {steps:,} drift "
-            f"steps, DSM {dsm_steps:,} steps with a {sampler_steps:,}-level predictor–corrector "
-            f"sampler; mean ± std over the seeds in the second column (several invocations "
-            f"with `--seeds`/`--rows` accumulate in `benchmarks/results/{results_path.name}`; "
-            f"the last computed for {elapsed / 60:.0f} min).")
-    if not args.no_docs:
-        write_section("benchmarks.md", "ethanol-quick" if quick else "ethanol",
-                      f"{note}\n\n{table}")
-        best = {name: np.load(_samples_path(row, seeds[0])) for row in ROWS
-                for name in [row.name] if _samples_path(row, seeds[0]).exists()
-                and row.name in ("FK β=0.5 (distance)", "FI ω=0.02 (Cartesian)",
-                                 "DSM (Cartesian, PC 2,000 NFE)", "Drifting (distance)")}
-        best["training set"] = train_set.positions
-        plot_distance_histograms(ROOT / "docs" / "img" / "ethanol_histograms.png",
-                                 reference.numbers, reference.positions, best)
-
+    command = "python benchmarks/ethanol.py" + (" --quick" if quick else "") + (
+        f" --steps {args.steps}" if args.steps else "") + (
+        f" --dsm-steps {args.dsm_steps}" if args.dsm_steps else "")
+    shown = results_path.resolve()
+    shown = shown.relative_to(ROOT) if shown.is_relative_to(ROOT) else shown
+    note = (f"`{command}`: {steps:,} drift steps, DSM {dsm_steps:,} steps with a "
+            f"{sampler_steps:,}-level predictor–corrector sampler; mean ± std over the seeds in "
+            f"the second column (the runs of every invocation, any `--seeds`/`--rows`, "
+            f"accumulate in `{shown}`; this one trained {computed} new runs in "
+            f"{elapsed / 60:.0f} min).")
+    if args.no_docs:
+        return
+    marker = "ethanol-quick" if quick else "ethanol"
+    plotted = [row for row in ROWS if row.name in PLOTTED]
+    figure_path = ROOT / "docs" / "img" / f"{marker}_histograms.png"
+    if all(samples_path(row, seeds[0]).exists() for row in plotted):
+        shown_samples = {row.name: np.load(samples_path(row, seeds[0])) for row in plotted}
+        shown_samples["training set"] = train_set.positions
+        plot_distance_histograms(figure_path, reference.numbers, reference.positions,
+                                 shown_samples)
+    else:  # samples are not kept in git: a fresh clone rewrites the table, not the figure
+        print(f"kept {figure_path.name}: seed {seeds[0]} samples of {', '.join(PLOTTED)} "
+              f"are not all in {samples_path(plotted[0], seeds[0]).parent}")
+    figure = (f"![distance histograms per pair type: seed {seeds[0]} of four samplers, the "
+              f"training set and the reference](img/{marker}_histograms.png)")
+    write_section("benchmarks.md", marker, f"{note}\n\n{table}\n\n{figure}")
 
 if __name__ == "__main__":
     main()

@@ -268,6 +268,8 @@ def test_psi_basins_split_c7eq_from_c5_across_the_psi_wrap():
 
 
 def test_plots_write_png(tmp_path):
+    from matplotlib.image import imread
+
     numbers, reference = ethanol_frames(100, seed=0)
     _, generated = ethanol_frames(100, seed=1, jitter=0.05)
     rng = np.random.default_rng(0)
@@ -285,3 +287,8 @@ def test_plots_write_png(tmp_path):
     ]
     for path in paths:
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 1000
+    # Five panels two to a row: a grid of three rows, taller than wide.
+    grid = metrics.plot_ramachandran(tmp_path / "g.png", {str(k): tuple(angles) for k in range(5)},
+                                     columns=2)
+    height, width = imread(grid).shape[:2]
+    assert height > width
