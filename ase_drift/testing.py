@@ -25,7 +25,11 @@ Identities checked (DESIGN.md, "The maths"):
   from the same distribution, compared with a shifted distribution.
 
 A toy molecule with a known Boltzmann distribution, for end-to-end checks of samplers and
-fields: :class:`HarmonicTriatomic` (a ForceSource) and :func:`triatomic_positions`.
+fields: :class:`HarmonicTriatomic` (a ForceSource) with an exact Boltzmann sampler
+(:func:`boltzmann_triatomic_positions`) and closed-form marginals, and
+:func:`biased_triatomic_positions` for deliberately biased data sets;
+:func:`metropolis` runs independent Metropolis chains on any energy, for references of systems
+without a closed form.
 """
 
 from __future__ import annotations
@@ -48,10 +52,13 @@ __all__ = [
     "assert_force_source_consistent",
     "assert_invariant",
     "assert_jacobian",
+    "biased_triatomic_positions",
+    "boltzmann_triatomic_positions",
     "default_atol",
     "feature_jacobian",
+    "metropolis",
     "remove_rigid_motions",
-    "triatomic_positions",
+    "triatomic_internal_coordinates",
 ]
 
 R0, SIGMA_R = 1.0, 0.08  # Å: bond length and its thermal spread in HarmonicTriatomic
@@ -399,13 +406,29 @@ def assert_drift_vanishes_at_equilibrium(field, sample: Callable, score: Callabl
 
 class HarmonicTriatomic:
     """ForceSource for E = ½k_r[(d₁ − r₀)² + (d₂ − r₀)²] + ½k_θ(θ − θ₀)² (atoms O, H, H;
-    d₁ = |r₁ − r₀|, d₂ = |r₂ − r₀|, θ the angle at atom 0); forces by autograd in float64."""
+    d₁ = |r₁ − r₀|, d₂ = |r₂ − r₀|, θ the angle at atom 0); forces by autograd in float64.
+
+    The force constants are k_r = kT₀/σ_r², k_θ = kT₀/σ_θ² with T₀ = ``temperature_K``
+    (:data:`SIGMA_R`, :data:`SIGMA_THETA`), so at T₀ the Boltzmann factor exp(−E/kT) is a
+    product of Gaussians of widths σ_r and σ_θ in (d₁, d₂, θ). The Boltzmann distribution in
+    *Cartesian* coordinates also carries the volume element d³r₁ d³r₂ = d₁²d₂² sinθ
+    dd₁ dd₂ dθ dΩ dφ, so its internal coordinates are independent with
+
+        p(d) ∝ d² exp(−k_r(d − r₀)²/2kT)  (d > 0),    p(θ) ∝ sinθ exp(−k_θ(θ − θ₀)²/2kT)  (0 < θ < π)
+
+    (mean bond 1.0128 Å at 300 K, not r₀ = 1 Å). :meth:`sample` draws exactly from it,
+    :meth:`bond_cdf` and :meth:`angle_cdf` are its marginals in closed form.
+    """
+
+    numbers = (8, 1, 1)
 
     def __init__(self, temperature_K: float = 300.0):
+        self.temperature_K = float(temperature_K)
         kT = units.kT(temperature_K)
         self.k_r, self.k_theta = kT / SIGMA_R**2, kT / SIGMA_THETA**2
 
     def energy(self, positions):
+        """E ``[B]`` in eV of positions ``[B, 3, 3]`` Å (a torch tensor)."""
         a, b = positions[:, 1] - positions[:, 0], positions[:, 2] - positions[:, 0]
         d1, d2 = a.norm(dim=-1), b.norm(dim=-1)
         theta = torch.acos((a * b).sum(-1) / (d1 * d2))
@@ -419,16 +442,179 @@ class HarmonicTriatomic:
         (grad,) = torch.autograd.grad(energy.sum(), pos)
         return ForceResult(energy.detach().numpy(), -grad.numpy())
 
+    # ------------------------------------------------------------ the exact Boltzmann distribution
+    def widths(self, temperature_K: float | None = None) -> tuple[float, float]:
+        """(√(kT/k_r) Å, √(kT/k_θ) rad): the widths of the Gaussian factors of exp(−E/kT)
+        (not the standard deviations of d and θ, which the Jacobian shifts)."""
+        temperature_K = self.temperature_K if temperature_K is None else temperature_K
+        kT = units.kT(temperature_K)
+        return float(np.sqrt(kT / self.k_r)), float(np.sqrt(kT / self.k_theta))
 
-def triatomic_positions(n, sigma_r=SIGMA_R, sigma_theta=SIGMA_THETA, seed=0):
-    """Frames ``[n, 3, 3]`` Å (atoms O, H, H in a plane) with d₁, d₂ ~ N(r₀, σ_r²) and
-    θ ~ N(θ₀, σ_θ²) drawn exactly: the Boltzmann distribution of :class:`HarmonicTriatomic`
-    in its internal coordinates for the default σ's; other σ's give a biased data set."""
-    rng = np.random.default_rng(seed)
-    d1, d2 = rng.normal(R0, sigma_r, n), rng.normal(R0, sigma_r, n)
-    theta = rng.normal(THETA0, sigma_theta, n)
-    positions = np.zeros((n, 3, 3))
+    def bond_cdf(self, d, temperature_K: float | None = None):
+        """CDF of one bond length d (Å) under the Boltzmann distribution, in closed form:
+        with z = (d − r₀)/σ, ∫(r₀ + σz)²φ(z)dz = (r₀² + σ²)Φ(z) − σφ(z)(2r₀ + σz)."""
+        from scipy.stats import norm
+
+        sigma = self.widths(temperature_K)[0]
+
+        def primitive(z):
+            return (R0**2 + sigma**2) * norm.cdf(z) - sigma * norm.pdf(z) * (2 * R0 + sigma * z)
+
+        z = (np.clip(np.asarray(d, dtype=np.float64), 0.0, None) - R0) / sigma
+        low, high = primitive(-R0 / sigma), R0**2 + sigma**2
+        return (primitive(z) - low) / (high - low)
+
+    def bond_pdf(self, d, temperature_K: float | None = None):
+        """Density of one bond length d (Å) under the Boltzmann distribution (Å⁻¹)."""
+        from scipy.stats import norm
+
+        sigma = self.widths(temperature_K)[0]
+        d = np.asarray(d, dtype=np.float64)
+        z0 = -R0 / sigma
+        normaliser = (R0**2 + sigma**2) * norm.sf(z0) + sigma * R0 * norm.pdf(z0)
+        return np.where(d > 0, d**2 * norm.pdf(d, R0, sigma), 0.0) / normaliser
+
+    def _angle_primitive(self, theta, sigma):
+        """∫_{−∞}^θ sinθ' N(θ'; θ₀, σ²) dθ' = Im[exp(iθ₀ − σ²/2) Φ((θ − θ₀)/σ − iσ)], with the
+        complex normal CDF Φ(w) = ½ erfc(−w/√2)."""
+        from scipy.special import erfc
+
+        w = (np.asarray(theta, dtype=np.float64) - THETA0) / sigma - 1j * sigma
+        return (np.exp(1j * THETA0 - sigma**2 / 2) * 0.5 * erfc(-w / np.sqrt(2))).imag
+
+    def angle_cdf(self, theta, temperature_K: float | None = None):
+        """CDF of the angle θ (rad) under the Boltzmann distribution, in closed form."""
+        sigma = self.widths(temperature_K)[1]
+        theta = np.clip(np.asarray(theta, dtype=np.float64), 0.0, np.pi)
+        low, high = self._angle_primitive(0.0, sigma), self._angle_primitive(np.pi, sigma)
+        return (self._angle_primitive(theta, sigma) - low) / (high - low)
+
+    def angle_pdf(self, theta, temperature_K: float | None = None):
+        """Density of the angle θ (rad) under the Boltzmann distribution (rad⁻¹)."""
+        from scipy.stats import norm
+
+        sigma = self.widths(temperature_K)[1]
+        theta = np.asarray(theta, dtype=np.float64)
+        normaliser = self._angle_primitive(np.pi, sigma) - self._angle_primitive(0.0, sigma)
+        inside = (theta > 0) & (theta < np.pi)
+        return np.where(inside, np.sin(theta) * norm.pdf(theta, THETA0, sigma), 0.0) / normaliser
+
+    def sample(self, n: int, seed: int = 0, temperature_K: float | None = None,
+               rotate: bool = False) -> np.ndarray:
+        """``n`` frames ``[n, 3, 3]`` Å drawn exactly from the Boltzmann distribution at
+        ``temperature_K`` (default: the source's), by rejection sampling of each internal
+        coordinate (no approximation; only the random stream is finite):
+
+        - bonds: propose d ~ N(r₀ + 2σ²/d*, σ²), accept with (d/d*)² exp(2 − 2d/d*) for d > 0,
+          where d* = (r₀ + √(r₀² + 8σ²))/2 is the mode of p(d). The ratio of target to proposal
+          is ∝ d² exp(−2d/d*), whose maximum over d > 0 is at d*, so the acceptance probability
+          is ≤ 1 with equality at d* (acceptance rate ≈ 99 % at 300 K).
+        - angle: propose θ ~ N(θ₀, σ_θ²), accept with sin θ for 0 < θ < π (≈ 96 %).
+
+        Frames are built with atom 0 at the origin, atom 1 on +x and atom 2 in the xy plane
+        (y > 0); ``rotate`` applies a uniform random rotation about atom 0 to each frame
+        (a sample of the orientations too; distances and angles do not change).
+        """
+        rng = np.random.default_rng(seed)
+        sigma_r, sigma_theta = self.widths(temperature_K)
+        mode = (R0 + np.sqrt(R0**2 + 8 * sigma_r**2)) / 2
+
+        def accept_bond(d):
+            ratio = (d / mode) ** 2 * np.exp(2 - 2 * d / mode)
+            return (d > 0) & (rng.random(len(d)) < ratio)
+
+        def accept_angle(theta):
+            return (theta > 0) & (theta < np.pi) & (rng.random(len(theta)) < np.sin(theta))
+
+        d1 = _rejection_sample(rng, n, R0 + 2 * sigma_r**2 / mode, sigma_r, accept_bond)
+        d2 = _rejection_sample(rng, n, R0 + 2 * sigma_r**2 / mode, sigma_r, accept_bond)
+        theta = _rejection_sample(rng, n, THETA0, sigma_theta, accept_angle)
+        positions = _triatomic_frames(d1, d2, theta)
+        if rotate:
+            from scipy.spatial.transform import Rotation
+
+            matrices = Rotation.random(n, random_state=rng).as_matrix()  # [n, 3, 3]
+            positions = positions @ matrices.transpose(0, 2, 1)
+        return positions
+
+
+def _rejection_sample(rng, n: int, mean: float, sigma: float, accept: Callable) -> np.ndarray:
+    """``n`` draws from N(mean, σ²) proposals kept where ``accept(draws)`` is True."""
+    kept, total = [], 0
+    while total < n:
+        proposal = rng.normal(mean, sigma, 2 * (n - total) + 16)
+        good = proposal[accept(proposal)]
+        kept.append(good)
+        total += len(good)
+    return np.concatenate(kept)[:n]
+
+
+def _triatomic_frames(d1, d2, theta) -> np.ndarray:
+    """Frames ``[n, 3, 3]``: atom 0 at the origin, atom 1 at (d₁, 0, 0), atom 2 at angle θ."""
+    positions = np.zeros((len(d1), 3, 3))
     positions[:, 1, 0] = d1
     positions[:, 2, 0] = d2 * np.cos(theta)
     positions[:, 2, 1] = d2 * np.sin(theta)
     return positions
+
+
+def triatomic_internal_coordinates(positions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(d₁ ``[n]`` Å, d₂ ``[n]`` Å, θ ``[n]`` rad) of triatomic frames ``[n, 3, 3]``."""
+    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3, 3)
+    a, b = positions[:, 1] - positions[:, 0], positions[:, 2] - positions[:, 0]
+    d1, d2 = np.linalg.norm(a, axis=-1), np.linalg.norm(b, axis=-1)
+    cosine = np.clip((a * b).sum(-1) / (d1 * d2), -1.0, 1.0)
+    return d1, d2, np.arccos(cosine)
+
+
+def boltzmann_triatomic_positions(n: int, seed: int = 0, temperature_K: float = 300.0,
+                                  rotate: bool = False) -> np.ndarray:
+    """``n`` frames ``[n, 3, 3]`` Å drawn exactly from the Boltzmann distribution of
+    :class:`HarmonicTriatomic` (300 K force constants) at ``temperature_K``: see
+    :meth:`HarmonicTriatomic.sample`."""
+    return HarmonicTriatomic().sample(n, seed=seed, temperature_K=temperature_K, rotate=rotate)
+
+
+def biased_triatomic_positions(n: int, sigma_r: float, sigma_theta: float,
+                               seed: int = 0) -> np.ndarray:
+    """A *biased* data set of :class:`HarmonicTriatomic` frames ``[n, 3, 3]`` Å: d₁, d₂ ~
+    N(r₀, σ_r²) and θ ~ N(θ₀, σ_θ²), atoms in the xy plane as in
+    :meth:`HarmonicTriatomic.sample`.
+
+    This is *not* the Boltzmann distribution for any σ: it lacks the Jacobian d₁²d₂² sin θ
+    (with the 300 K widths :data:`SIGMA_R`, :data:`SIGMA_THETA` its mean bond is 1.000 Å
+    where Boltzmann's is 1.0128 Å). Narrower σ's give the cold data sets debiasing must
+    correct; use :func:`boltzmann_triatomic_positions` for the exact distribution.
+    """
+    rng = np.random.default_rng(seed)
+    d1, d2 = rng.normal(R0, sigma_r, n), rng.normal(R0, sigma_r, n)
+    theta = rng.normal(THETA0, sigma_theta, n)
+    return _triatomic_frames(d1, d2, theta)
+
+
+def metropolis(energy: Callable[[Tensor], Tensor], start, temperature_K: float, steps: int,
+               step_size: float, seed: int = 0) -> tuple[Tensor, float]:
+    """Random-walk Metropolis in Cartesian coordinates for many independent chains.
+
+    ``start`` ``[C, A, 3]`` Å holds one starting frame per chain; ``energy(positions)`` maps
+    ``[C, A, 3]`` (float64 tensor) to ``[C]`` eV. Each step moves every coordinate of every
+    chain by N(0, ``step_size``²) Å and accepts with min(1, exp(−ΔE/kT)) (a NaN energy is
+    rejected). Chains never interact, so their final frames are independent draws of the
+    distribution after ``steps`` steps: with ``steps`` many times the slowest autocorrelation
+    time they are independent Boltzmann samples, and the error of an average over them is the
+    plain standard error. Returns the final frames ``[C, A, 3]`` and the acceptance rate.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.as_tensor(np.asarray(start, dtype=np.float64)).clone()
+    beta = 1.0 / units.kT(temperature_K)
+    e = energy(x)
+    accepted = 0
+    for _ in range(steps):
+        proposal = x + step_size * torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        e_new = energy(proposal)
+        log_u = torch.log(torch.rand(len(x), generator=gen, dtype=x.dtype))
+        move = log_u < -beta * (e_new - e)  # False for NaN
+        x = torch.where(move[:, None, None], proposal, x)
+        e = torch.where(move, e_new, e)
+        accepted += int(move.sum())
+    return x, accepted / (steps * len(x))

@@ -1,26 +1,45 @@
 """Force labels move the sampler from biased data toward the Boltzmann distribution.
 
-Data: the harmonic triatomic of :mod:`ase_drift.testing` drawn *cold* (bond spread σ = 0.05 Å,
-angle spread 6°) while its Boltzmann distribution at 300 K has σ = 0.08 Å and 10°; the forces
-are those of the true potential. Plain drifting reproduces the cold data; Force-Interpolated
-drifting (Definition 3.1) with ω = 0.5 must widen the bonds most of the way to 0.08 Å, in
-Cartesian space and in distance space with the exact feature-space force (no ρ rescaling,
-so the Drifting Force Identity holds). Seeded; tolerances leave room for a few hundred steps.
+Data: the harmonic triatomic of :mod:`ase_drift.testing` drawn *cold* and without the
+Cartesian Jacobian (:func:`~ase_drift.testing.biased_triatomic_positions`: bonds
+N(1 Å, (0.05 Å)²), angle spread 6°), while its exact Boltzmann distribution at 300 K has bonds of
+mean 1.0127 Å and spread 0.0795 Å (the closed-form marginal d²·N(d; 1 Å, (0.08 Å)²)); the
+forces are those of the true potential. Plain drifting reproduces the cold data;
+Force-Interpolated drifting (Definition 3.1) with ω = 0.5 must widen the bonds most of the way
+to Boltzmann's, in Cartesian space and in distance space with the exact feature-space force (no
+ρ rescaling, so the Drifting Force Identity holds), and its mean bond must lie between the
+data's and Boltzmann's, so a method that debiases fully passes too. Seeded; tolerances leave
+room for a few hundred steps.
 """
 
 import numpy as np
 import pytest
+from scipy.integrate import quad
 
 from ase_drift.data import Conformations
-from ase_drift.testing import SIGMA_R, HarmonicTriatomic, triatomic_positions
+from ase_drift.testing import HarmonicTriatomic, biased_triatomic_positions
 from ase_drift.training import TrainConfig, Trainer
 
 COLD_SIGMA_R = 0.05  # Å
+DATA_MEAN_BOND = 1.0  # Å, the mean of the biased data's bonds
+
+
+def boltzmann_bond_moments():
+    """Mean and standard deviation (Å) of a bond under the exact Boltzmann distribution at
+    300 K (1.0127 Å and 0.0795 Å), by quadrature of the closed-form marginal."""
+    pdf = HarmonicTriatomic().bond_pdf
+    mean = quad(lambda d: d * pdf(d), 0.0, 3.0)[0]
+    second = quad(lambda d: d * d * pdf(d), 0.0, 3.0)[0]
+    return mean, np.sqrt(second - mean**2)
+
+
+BOLTZMANN_MEAN_BOND, BOLTZMANN_SPREAD = boltzmann_bond_moments()
 
 
 @pytest.fixture(scope="module")
 def cold_data():
-    positions = triatomic_positions(3000, sigma_r=COLD_SIGMA_R, sigma_theta=np.deg2rad(6.0))
+    positions = biased_triatomic_positions(3000, sigma_r=COLD_SIGMA_R,
+                                           sigma_theta=np.deg2rad(6.0))
     labels = HarmonicTriatomic().compute([8, 1, 1], positions)
     return Conformations([8, 1, 1], positions, labels.forces, labels.energies, 300.0)
 
@@ -41,15 +60,16 @@ def trained_spread(data, **options):
 def test_plain_drifting_reproduces_the_biased_data(cold_data):
     spread, mean = trained_spread(cold_data, field="drift", space="cartesian")
     assert spread == pytest.approx(COLD_SIGMA_R, rel=0.12)
-    assert mean == pytest.approx(1.0, abs=0.01)
+    assert mean == pytest.approx(DATA_MEAN_BOND, abs=0.01)
 
 
 @pytest.mark.parametrize("space", ["cartesian", "distance"])
 def test_force_interpolation_debiases_toward_boltzmann(cold_data, space):
     spread, mean = trained_spread(cold_data, field="fi", space=space, omega=0.5)
-    # equilibrium lies between the data (0.05) and Boltzmann (0.08), close to the latter
-    assert 0.065 < spread < SIGMA_R * 1.1
-    assert mean == pytest.approx(1.0, abs=0.01)
+    # equilibrium lies between the data (0.05) and Boltzmann (0.0795), close to the latter
+    assert 0.065 < spread < BOLTZMANN_SPREAD * 1.1
+    # between the data's mean bond (1.0) and Boltzmann's (1.0127), with 0.01 Å to spare
+    assert DATA_MEAN_BOND - 0.01 < mean < BOLTZMANN_MEAN_BOND + 0.01
 
 
 def test_scale_normalised_feature_force_breaks_the_identity(cold_data):

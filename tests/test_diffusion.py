@@ -8,7 +8,7 @@ from ase_drift.baselines import DiffusionConfig, DiffusionSampler, train_diffusi
 from ase_drift.baselines.diffusion import dsm_loss, sigma_at
 from ase_drift.data import Conformations
 from ase_drift.sampler import Sampler
-from ase_drift.testing import HarmonicTriatomic, triatomic_positions
+from ase_drift.testing import HarmonicTriatomic, boltzmann_triatomic_positions
 
 TINY = DiffusionConfig(d_model=16, n_layers=1, n_heads=2, steps=30, batch_size=32,
                        sampler_steps=5)
@@ -16,7 +16,7 @@ TINY = DiffusionConfig(d_model=16, n_layers=1, n_heads=2, steps=30, batch_size=3
 
 @pytest.fixture(scope="module")
 def data():
-    positions = triatomic_positions(200)
+    positions = boltzmann_triatomic_positions(200)
     labels = HarmonicTriatomic().compute([8, 1, 1], positions)
     return Conformations([8, 1, 1], positions, labels.forces, labels.energies, 300.0)
 

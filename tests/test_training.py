@@ -1,11 +1,10 @@
 """Training, samplers and checkpoints: reproducible, resumable bit for bit, strict on bad input,
 and able to learn a known distribution.
 
-The synthetic molecule is a water-like triatomic O–H–H whose internal coordinates are drawn
-exactly from a known distribution: both O–H bonds d ~ N(1.0 Å, (0.08 Å)²), the H–O–H angle
-θ ~ N(104.5°, (10°)²). Forces are −∇E of the harmonic potential
-E = ½k_r Σ(d − r₀)² + ½k_θ(θ − θ₀)² with k_r = kT/σ_d², k_θ = kT/σ_θ² (so the distribution is the
-Boltzmann distribution of E in the internal coordinates d₁, d₂, θ at T = 300 K).
+The synthetic molecule is a water-like triatomic O–H–H drawn exactly from the Boltzmann
+distribution of the harmonic potential E = ½k_r Σ(d − r₀)² + ½k_θ(θ − θ₀)² at T = 300 K
+(r₀ = 1 Å, θ₀ = 104.5°, k_r = kT/(0.08 Å)², k_θ = kT/(10°)²; with the Cartesian Jacobian
+d₁²d₂² sin θ, see :func:`ase_drift.testing.boltzmann_triatomic_positions`). Forces are −∇E.
 """
 
 import re
@@ -22,7 +21,7 @@ from ase_drift.sampler import DriftSampler, Sampler
 from ase_drift.testing import (
     HarmonicTriatomic,
     assert_force_source_consistent,
-    triatomic_positions,
+    boltzmann_triatomic_positions,
 )
 from ase_drift.training import Checkpointer, TrainConfig, Trainer
 
@@ -30,7 +29,7 @@ TEMPERATURE_K = 300.0
 
 
 def triatomic_data(n=2000, seed=0, labels=True, temperature_K=TEMPERATURE_K):
-    positions = triatomic_positions(n, seed=seed)
+    positions = boltzmann_triatomic_positions(n, seed=seed)
     if not labels:
         return Conformations([8, 1, 1], positions, temperature_K=temperature_K)
     result = HarmonicTriatomic().compute([8, 1, 1], positions)
@@ -71,7 +70,8 @@ def params(module):
 def test_synthetic_force_source_forces_are_minus_energy_gradient():
     """The harmonic source used below obeys F = −∇E (central differences, h = 1e-5 Å)."""
     err = assert_force_source_consistent(HarmonicTriatomic(), [8, 1, 1],
-                                         triatomic_positions(3, seed=5), h=1e-5, atol=1e-6)
+                                         boltzmann_triatomic_positions(3, seed=5), h=1e-5,
+                                         atol=1e-6)
     assert err < 1e-6
 
 
