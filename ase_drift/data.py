@@ -5,22 +5,24 @@ A :class:`Conformations` holds frames of one molecule in ASE units: positions ``
 temperature in K at which the frames are meant to be Boltzmann samples. Readers accept anything
 ``ase.io.read`` reads (extxyz, traj, db, ...), MD17-style npz files and mdtraj trajectories.
 A missing label is ``None``, never zeros; code that needs it raises through
-:meth:`Conformations.require`.
+:meth:`Conformations.require`. This module knows nothing about force sources: frames are
+labelled by :func:`ase_drift.forces.label`, which returns new Conformations.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import units
 
-if TYPE_CHECKING:  # pragma: no cover
-    from .forces import ForceSource
-
+#: Names of the labels a :class:`Conformations` may carry (its attributes, the arguments of
+#: :meth:`Conformations.require`, the datasets of a label cache).
+FORCES = "forces"
+ENERGIES = "energies"
+LABELS = (FORCES, ENERGIES)
 #: Keys of an info dict or npz that carry the temperature in K, in order of preference.
 TEMPERATURE_KEYS = ("temperature_K", "temperature", "T")
 
@@ -61,7 +63,7 @@ class Conformations:
             if not np.isfinite(forces).all():
                 bad = np.flatnonzero(~np.isfinite(forces).all(axis=(1, 2)))
                 raise ValueError(f"forces are NaN or infinite in frame(s) {bad[:10].tolist()}")
-            object.__setattr__(self, "forces", forces)
+            object.__setattr__(self, FORCES, forces)
         if self.energies is not None:
             energies = np.asarray(self.energies, dtype=np.float64).reshape(-1)
             if len(energies) != len(positions):
@@ -69,7 +71,7 @@ class Conformations:
             if not np.isfinite(energies).all():
                 bad = np.flatnonzero(~np.isfinite(energies))
                 raise ValueError(f"energies are NaN or infinite in frame(s) {bad[:10].tolist()}")
-            object.__setattr__(self, "energies", energies)
+            object.__setattr__(self, ENERGIES, energies)
         if self.temperature_K is not None:
             temperature = float(self.temperature_K)
             if not temperature > 0:
@@ -97,7 +99,7 @@ class Conformations:
         return Symbols(self.numbers).get_chemical_formula()
 
     def __repr__(self) -> str:
-        labels = [name for name in ("forces", "energies") if getattr(self, name) is not None]
+        labels = [name for name in LABELS if getattr(self, name) is not None]
         return (f"Conformations({self.formula}, {len(self)} frames, "
                 f"labels={labels or 'none'}, temperature_K={self.temperature_K})")
 
@@ -118,7 +120,7 @@ class Conformations:
         if missing:
             reason = f" ({why})" if why else ""
             hint = (" Attach them, or label the frames with "
-                    "data.with_labels(ForceSource) (see ase_drift.forces).")
+                    "ase_drift.forces.label(data, ForceSource).")
             raise ValueError(f"{self!r} has no {' or '.join(missing)}{reason}.{hint}")
         return self
 
@@ -157,21 +159,8 @@ class Conformations:
             arrays = [getattr(p, name) for p in parts]
             return None if any(a is None for a in arrays) else np.concatenate(arrays)
 
-        return Conformations(first.numbers, joined("positions"), joined("forces"),
-                             joined("energies"), first.temperature_K)
-
-    # ------------------------------------------------------------------ labels
-    def with_labels(self, source: ForceSource, cache: str | Path | None = None,
-                    batch_size: int = 64, progress: bool = True) -> Conformations:
-        """Label every frame with ``source`` (energies and forces), resumably cached.
-
-        Frames already in ``cache`` are not recomputed; see :func:`ase_drift.forces.label`.
-        """
-        from .forces import label
-
-        result = label(source, self.numbers, self.positions, cache=cache,
-                       batch_size=batch_size, progress=progress)
-        return replace(self, forces=result.forces, energies=result.energies)
+        return Conformations(first.numbers, joined("positions"), joined(FORCES),
+                             joined(ENERGIES), first.temperature_K)
 
     # ------------------------------------------------------------------ readers
     @classmethod

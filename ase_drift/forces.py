@@ -14,24 +14,25 @@ Sources:
 - :class:`OpenMMForces` evaluates an ``openmm.System``; :class:`OpenMMCalculator` exposes the
   same as an ASE calculator.
 
-:func:`label` runs a source over many frames in batches, optionally through a resumable HDF5
-cache that is updated after every batch.
+:func:`label` labels a :class:`~ase_drift.data.Conformations` with a source and returns the
+labelled copy; :func:`label_positions` does the same for bare positions. Both run the source
+over the frames in batches, optionally through a resumable HDF5 cache that is updated after
+every batch.
 """
 
 from __future__ import annotations
 
 import os
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, runtime_checkable
+from typing import ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from . import units
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .data import Conformations
+from .data import ENERGIES, FORCES, Conformations
 
 #: Positions are matched to stored frames after rounding to this many Å (:class:`LabelForces`).
 POSITION_MATCH_ANGSTROM = 1e-6
@@ -83,7 +84,7 @@ class LabelForces:
     """
 
     def __init__(self, conformations: Conformations):
-        conformations.require("forces", "energies", why="LabelForces serves stored labels")
+        conformations.require(FORCES, ENERGIES, why="LabelForces serves stored labels")
         self.conformations = conformations
         self._frame_of_key = {key: k for k, key in enumerate(self._keys(conformations.positions))}
 
@@ -257,15 +258,29 @@ class OpenMMCalculator(Calculator):
 
 
 # ---------------------------------------------------------------------- batched labelling
-def label(source: ForceSource, numbers: np.ndarray, positions: np.ndarray,
-          cache: str | Path | None = None, batch_size: int = 64,
-          progress: bool = True) -> ForceResult:
+def label(data: Conformations, source: ForceSource, cache: str | Path | None = None,
+          batch_size: int = 64, progress: bool = True) -> Conformations:
+    """``data`` with the energies (eV) and forces (eV/Å) of every frame computed by ``source``.
+
+    Labels already on ``data`` are replaced; the temperature is kept. Frames already in
+    ``cache`` are not recomputed: see :func:`label_positions` for batching, the cache and what
+    happens when the source fails.
+    """
+    result = label_positions(source, data.numbers, data.positions, cache=cache,
+                             batch_size=batch_size, progress=progress)
+    return replace(data, **{FORCES: result.forces, ENERGIES: result.energies})
+
+
+def label_positions(source: ForceSource, numbers: np.ndarray, positions: np.ndarray,
+                    cache: str | Path | None = None, batch_size: int = 64,
+                    progress: bool = True) -> ForceResult:
     """Energies ``[N]`` (eV) and forces ``[N, A, 3]`` (eV/Å) of every frame of ``positions`` (Å).
 
     Frames go to ``source`` in batches of ``batch_size``. With ``cache`` (an ``.h5`` path) the
     labels are written and flushed after every batch together with a ``done`` mask, so an
     interrupted run loses at most one batch and a rerun computes only the missing frames. The
-    file holds datasets ``positions``, ``energies``, ``forces``, ``done`` and attributes
+    file holds datasets ``positions``, ``energies``, ``forces`` (:data:`~ase_drift.data.ENERGIES`,
+    :data:`~ase_drift.data.FORCES`), ``done`` and attributes
     ``numbers``, ``n_frames``, ``units``; it must belong to the same atoms and positions (within
     1e-6 Å), else ValueError. A new file is created atomically (``.tmp`` + rename).
 
@@ -314,8 +329,8 @@ class _LabelStore:
             self.forces = np.full(positions.shape, np.nan)  # [N, A, 3] eV/Å
             self.done = np.zeros(len(positions), dtype=bool)  # [N]
         else:
-            self.energies = self._file["energies"][:]
-            self.forces = self._file["forces"][:]
+            self.energies = self._file[ENERGIES][:]
+            self.forces = self._file[FORCES][:]
             self.done = self._file["done"][:]
 
     def write(self, frames: np.ndarray, result: ForceResult) -> None:
@@ -324,8 +339,8 @@ class _LabelStore:
         self.forces[frames] = result.forces
         self.done[frames] = True
         if self._file is not None:
-            self._file["energies"][frames] = result.energies
-            self._file["forces"][frames] = result.forces
+            self._file[ENERGIES][frames] = result.energies
+            self._file[FORCES][frames] = result.forces
             self._file["done"][frames] = True
             self._file.flush()
 
@@ -350,8 +365,8 @@ def _open_cache(path: str, numbers: np.ndarray, positions: np.ndarray):
             new.attrs["n_frames"] = len(positions)
             new.attrs["units"] = CACHE_UNITS
             new["positions"] = positions
-            new["energies"] = np.full(len(positions), np.nan)
-            new["forces"] = np.full(positions.shape, np.nan)
+            new[ENERGIES] = np.full(len(positions), np.nan)
+            new[FORCES] = np.full(positions.shape, np.nan)
             new["done"] = np.zeros(len(positions), dtype=bool)
         os.replace(path + ".tmp", path)
     cache = h5py.File(path, "r+")

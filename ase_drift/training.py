@@ -31,6 +31,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Conformations
 from .drift import DriftField, Positives, make_field
 from .features import Representation, align_frames, make_representation
+from .forces import label
 from .kernels import exclude_self, gaussian_logits
 from .models import GeneratorConfig, MLPGenerator
 from .sampler import DriftSampler
@@ -185,7 +186,7 @@ class Trainer:
         elif config.field != "custom":
             config = TrainConfig.from_dict(dict(config.as_dict(), field="custom"))
         if forces is not None:
-            data = data.with_labels(forces, cache=label_cache)
+            data = label(data, forces, cache=label_cache)
         # A field declares the labels it needs; a custom field gets whatever the data has.
         needs_scores = getattr(field, "needs_scores", data.forces is not None)
         needs_energies = getattr(field, "needs_energies", data.energies is not None)

@@ -41,6 +41,7 @@ from ase_drift.datasets.alanine import make_system, starting_structure
 from ase_drift.drift import force_scale_ratio
 from ase_drift.features import make_representation
 from ase_drift.forces import OpenMMForces
+from ase_drift.forces import label as label_frames
 from ase_drift.kernels import median_distance
 from ase_drift.metrics import (
     basin_masks_phi,
@@ -199,7 +200,7 @@ def main():
     # Unbiased subset: evenly spread over all runs, held out of the reference.
     picked = np.linspace(0, len(reference) - 1, N_TRAIN).round().astype(int)
     held_out = np.setdiff1d(np.arange(len(reference)), picked)
-    unbiased = reference[picked].with_labels(forces, progress=False)
+    unbiased = label_frames(reference[picked], forces, progress=False)
     reference, runs = reference[held_out], runs[held_out]
     ref_angles = backbone_dihedrals(reference.positions, topology)
     series = np.stack(ref_angles, axis=1)  # [R, 2] in time order, run after run

@@ -24,6 +24,7 @@ from ase_drift.forces import (
     OpenMMCalculator,
     OpenMMForces,
     label,
+    label_positions,
 )
 
 openmm = pytest.importorskip("openmm")
@@ -183,15 +184,15 @@ def test_non_finite_energy_raises_labeling_error_and_cache_resumes(tmp_path):
     cache = tmp_path / "labels.h5"
     failing = CountingCalculator(poisoned=[positions[6]])
     with pytest.raises(LabelingError, match=r"frame 6 \(of 10\).*resumes"):
-        label(CalculatorForces(failing), numbers, positions, cache=cache, batch_size=4,
-              progress=False)
+        label_positions(CalculatorForces(failing), numbers, positions, cache=cache,
+                        batch_size=4, progress=False)
     with h5py.File(cache, "r") as stored:
         np.testing.assert_array_equal(stored["done"][:], np.arange(10) < 6)
         np.testing.assert_allclose(stored["forces"][:6], -0.7 * positions[:6])
 
     fixed = CountingCalculator()
-    result = label(CalculatorForces(fixed), numbers, positions, cache=cache, batch_size=4,
-                   progress=False)
+    result = label_positions(CalculatorForces(fixed), numbers, positions, cache=cache,
+                             batch_size=4, progress=False)
     assert fixed.calls == 4  # only frames 6..9
     np.testing.assert_allclose(result.energies, 0.35 * np.sum(positions**2, axis=(1, 2)))
     np.testing.assert_allclose(result.forces, -0.7 * positions)
@@ -211,17 +212,17 @@ def test_cache_of_other_positions_is_refused(tmp_path):
     positions = np.random.default_rng(2).normal(size=(5, 3, 3))
     numbers = np.array([8, 1, 1])
     cache = tmp_path / "labels.h5"
-    label(CalculatorForces(CountingCalculator()), numbers, positions, cache=cache,
-          progress=False)
+    label_positions(CalculatorForces(CountingCalculator()), numbers, positions, cache=cache,
+                    progress=False)
     with h5py.File(cache, "r") as stored:
         assert stored.attrs["units"] == "positions Å, energies eV, forces eV/Å"
         assert stored.attrs["n_frames"] == 5
     with pytest.raises(ValueError, match="belongs to other data.*positions"):
-        label(CalculatorForces(CountingCalculator()), numbers, positions + 1e-3, cache=cache,
-              progress=False)
+        label_positions(CalculatorForces(CountingCalculator()), numbers, positions + 1e-3,
+                        cache=cache, progress=False)
     with pytest.raises(ValueError, match="belongs to other data.*atomic numbers"):
-        label(CalculatorForces(CountingCalculator()), [8, 1, 9], positions, cache=cache,
-              progress=False)
+        label_positions(CalculatorForces(CountingCalculator()), [8, 1, 9], positions,
+                        cache=cache, progress=False)
 
 
 def test_openmm_refuses_wrong_species_order_or_count():
@@ -255,22 +256,23 @@ def test_label_forces_serves_stored_labels_and_refuses_unknown_frames():
         LabelForces(Conformations(numbers, positions, energies=energies))
 
 
-def test_with_labels_round_trip_through_cache(tmp_path):
-    """Labels via Conformations.with_labels equal the source's; the second call reads the cache."""
+def test_label_round_trip_through_cache(tmp_path):
+    """label(data, source) returns data with the source's labels (temperature kept); the second
+    call reads the cache."""
     positions = argon_cluster(5, seed=7)
     numbers = np.full(positions.shape[1], ARGON_Z)
     conformations = Conformations(numbers, positions, temperature_K=300.0)
     cache = tmp_path / "argon.h5"
 
-    labelled = conformations.with_labels(CalculatorForces(ase_lj()), cache=cache, batch_size=2,
-                                         progress=False)
+    labelled = label(conformations, CalculatorForces(ase_lj()), cache=cache, batch_size=2,
+                     progress=False)
     expected = CalculatorForces(ase_lj()).compute(numbers, positions)
     np.testing.assert_allclose(labelled.energies, expected.energies, rtol=0, atol=1e-12)
     np.testing.assert_allclose(labelled.forces, expected.forces, rtol=0, atol=1e-12)
     assert labelled.temperature_K == 300.0
 
     untouched = CountingCalculator()
-    again = conformations.with_labels(CalculatorForces(untouched), cache=cache, progress=False)
+    again = label(conformations, CalculatorForces(untouched), cache=cache, progress=False)
     assert untouched.calls == 0
     np.testing.assert_array_equal(again.forces, labelled.forces)
     served = LabelForces(again).compute(numbers, positions[::-1])

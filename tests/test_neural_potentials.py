@@ -16,7 +16,7 @@ import pytest
 import torch
 from ase import Atoms
 
-from ase_drift.forces import CalculatorForces, label
+from ase_drift.forces import CalculatorForces, label_positions
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FORCE_TOL = 1e-5  # eV/Å, where two routes to the same calculator must agree
@@ -116,8 +116,8 @@ def test_drift_sampler_trains_on_cached_calculator_labels(run):
     assert run.report.n_samples == 200 and np.isfinite(run.report.tvd)
 
     counting = CountingSource(CalculatorForces(run.calculator))
-    cached = label(counting, run.fit_set.numbers, run.fit_set.positions, cache=run.label_cache,
-                   progress=False)
+    cached = label_positions(counting, run.fit_set.numbers, run.fit_set.positions,
+                             cache=run.label_cache, progress=False)
     assert counting.frames == 0
     direct = CalculatorForces(run.calculator).compute(run.fit_set.numbers,
                                                       run.fit_set.positions[:3])
