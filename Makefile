@@ -44,10 +44,10 @@ docs: install
 # Every benchmark in its quick form, from scratch (results in bench_out/, tables into docs/).
 bench: install
 	rm -rf bench_out
-	$(PY) benchmarks/speed.py
-	$(PY) benchmarks/speed_vs.py --quick
-	$(PY) benchmarks/ethanol.py --quick --results bench_out/ethanol-quick.json
-	$(PY) benchmarks/alanine.py --quick --results bench_out/alanine-quick.json
+	$(PY) -m benchmarks.speed
+	$(PY) -m benchmarks.speed_vs --quick
+	$(PY) -m benchmarks.ethanol --quick --results bench_out/ethanol-quick.json
+	$(PY) -m benchmarks.alanine --quick --results bench_out/alanine-quick.json
 
 clean:
 	rm -rf demo_out bench_out site .pytest_cache

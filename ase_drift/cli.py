@@ -82,15 +82,19 @@ def cmd_evaluate(args) -> int:
         noise_floor,
         plot_distance_histograms,
         plot_training_curve,
+        reference_part,
     )
 
     samples = read_positions(args.samples)
     reference, runs = _read_reference(args.reference)
     if not np.array_equal(samples.numbers, reference.numbers):
         raise SystemExit("samples and reference differ in species or atom order")
+    # The floor at the samples' size (at most the frames of the reference's second part).
+    n_floor = min(len(samples.positions), int((~reference_part(len(reference.positions),
+                                                                runs)).sum()))
     rows = {"samples": evaluate(samples.positions, reference.positions, reference.numbers),
             "noise floor (reference half vs half)": noise_floor(
-                reference.positions, reference.numbers, groups=runs)}
+                reference.positions, reference.numbers, n_floor, groups=runs)}
     if args.json:
         print(json.dumps({name: report.as_dict() for name, report in rows.items()}, indent=2))
     else:

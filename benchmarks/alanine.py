@@ -1,8 +1,8 @@
 """Alanine dipeptide (amber99sb-ildn, vacuum, 300 K): drift samplers against long MD.
 
-    python benchmarks/alanine.py --quick                  # bundled subset, 3 samplers, 2,000 steps
-    python benchmarks/alanine.py --extra-reference a.npz  # + more reference runs, 4,000 steps
-    python benchmarks/alanine.py --steps 20000 --samplers "Drifting (distance)" --no-docs
+    python -m benchmarks.alanine --quick                  # bundled subset, 3 samplers, 2,000 steps
+    python -m benchmarks.alanine --extra-reference a.npz  # + more reference runs, 4,000 steps
+    python -m benchmarks.alanine --steps 20000 --samplers "Drifting (distance)" --no-docs
 
 Trains FK, FI and plain drift samplers in distance and Cartesian space on (a) the biased 1 ns
 training set and (b) an unbiased subset: 2,000 frames spread evenly over the reference runs,
@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, write_section
 
 from ase_drift.data import Conformations
 from ase_drift.datasets import data_path, load, load_npz
@@ -44,15 +43,19 @@ from ase_drift.forces import OpenMMForces
 from ase_drift.forces import label as label_frames
 from ase_drift.kernels import median_distance
 from ase_drift.metrics import (
+    Estimate,
     basin_masks_phi,
     basin_masks_psi,
     block_bootstrap,
     evaluate,
     free_energy_difference,
     js_divergence,
+    noise_floor_subsets,
     plot_ramachandran,
     pmf_rmse,
     ramachandran_histogram,
+    reference_part,
+    render_table,
 )
 from ase_drift.peptides import (
     backbone_dihedrals,
@@ -61,6 +64,7 @@ from ase_drift.peptides import (
     topology_from_pdb,
 )
 from ase_drift.training import ProgressBar, TrainConfig, Trainer, prepare_data
+from benchmarks.common import ROOT, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
 # (row name, field, space, TrainConfig options); plain drifting is the control without forces.
@@ -154,24 +158,18 @@ def train_and_score(train_set: Conformations, config: TrainConfig, reference, re
     return dict(result, mirrored=mirrored, train_s=train_s), positions
 
 
-def fmt(value, digits=3) -> str:
-    return "—" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
-
-
 def table(results: dict, reference_delta_f: tuple[float, float]) -> str:
     head = ["method", "trained on", "JS (nats)", "JS, 2,000 frames", "PMF RMSE (kT)",
             "ΔF C5−C7eq (kT)", "P(αL)", "Bond Stab", "TVD", "E W1 (kT)", "D-enantiomers",
             "train (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
-             (f"| long MD reference | — | — | — | — | {reference_delta_f[0]:.2f} ± "
-              f"{reference_delta_f[1]:.2f} | — | — | — | — | — | — |")]
+    keys = ("js", "js_2000", "pmf_rmse", "delta_f", "p_alpha_l", "bond_stability", "tvd",
+            "energy_w1", "mirrored", "train_s")
+    rows = [["long MD reference", "—", "—", "—", "—", Estimate(*reference_delta_f)] + ["—"] * 6]
     for key, r in results.items():
         name, data = key.split("|")[:2]
-        lines.append("| " + " | ".join([
-            name, data, fmt(r["js"]), fmt(r.get("js_2000")), fmt(r["pmf_rmse"], 2),
-            fmt(r["delta_f"], 2), fmt(r["p_alpha_l"], 4), fmt(r["bond_stability"]), fmt(r["tvd"]),
-            fmt(r["energy_w1"], 2), fmt(r.get("mirrored")), fmt(r.get("train_s"), 0)]) + " |")
-    return "\n".join(lines)
+        runs = r if isinstance(r, list) else [r]  # a list: the noise floor's subsets
+        rows.append([name, data] + [[run.get(k) for run in runs] for k in keys])
+    return render_table(head, rows, digits=[0, 0, 3, 3, 2, 2, 4, 3, 3, 2, 3, 0])
 
 
 def main():
@@ -213,11 +211,15 @@ def main():
     for label, data in (("biased 1 ns", train_set), ("unbiased subset", unbiased)):
         baselines[f"training set|{label}"] = scores(data.positions, reference, ref_angles,
                                                     topology, data.energies)
-    halves = np.isin(runs, np.unique(runs)[::2])
-    half_angles = (ref_angles[0][~halves], ref_angles[1][~halves])
-    baselines["noise floor: even vs odd runs|—"] = scores(
-        reference.positions[halves], reference[~halves], half_angles, topology,
-        reference.energies[halves])
+    # Noise floor at the samples' size (or all frames of the odd runs, if fewer): disjoint
+    # subsets of the odd runs, each scored against the even runs.
+    n_floor = min(N_SAMPLES, int((~reference_part(len(reference), runs)).sum()))
+    floor_reference, floor_subsets = noise_floor_subsets(len(reference), n_floor, groups=runs,
+                                                         n_repeats=3)
+    floor_angles = (ref_angles[0][floor_reference], ref_angles[1][floor_reference])
+    baselines[f"noise floor: {n_floor:,} frames of odd vs even runs|—"] = [
+        scores(reference.positions[subset], reference[floor_reference], floor_angles, topology,
+               reference.energies[subset]) for subset in floor_subsets]
 
     samples = {}
     started = time.perf_counter()
@@ -249,7 +251,7 @@ def main():
     options = (" --quick" if args.quick else "") + (f" --data {args.data.name}" if args.data
                                                     else "")
     options += "".join(f" --extra-reference {path.name}" for path in args.extra_reference)
-    note = (f"Run: `python benchmarks/alanine.py{options}` — "
+    note = (f"Run: `python -m benchmarks.alanine{options}` — "
             f"{len(reference):,} held-out reference frames from {len(np.unique(runs))} runs "
             f"({len(train_set):,} biased training frames, {N_TRAIN:,} unbiased), {steps:,} "
             f"steps, seed {args.seed}, {N_SAMPLES:,} samples per sampler; this invocation "

@@ -1,6 +1,6 @@
 """Reference Ramachandran surface and basin free energy of an alanine dipeptide data set.
 
-    python benchmarks/alanine_reference.py [--dataset NAME | --file NPZ] [--docs]
+    python -m benchmarks.alanine_reference [--dataset NAME | --file NPZ] [--docs]
 
 Prints ΔF = F(αL/C7ax) − F(C7eq/β/αR) in kT with its block-bootstrap error (blocks of whole runs'
 segments), the training set's basin populations, the integrated autocorrelation time of φ, and
@@ -13,11 +13,11 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, write_section
 
 from ase_drift.datasets import data_path, load_npz
 from ase_drift.metrics import basin_masks_phi, integrated_autocorrelation_time, plot_ramachandran
 from ase_drift.peptides import backbone_dihedrals, ramachandran_reference, topology_from_pdb
+from benchmarks.common import ROOT, write_section
 
 
 def main():

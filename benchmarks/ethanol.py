@@ -1,12 +1,13 @@
 """Accuracy of every field of the paper's Tables 3–4 on the bundled ethanol data (GFN2-xTB, 500 K).
 
-    python benchmarks/ethanol.py --quick        # < 1 hour on 2 cores: 1 seed, 4,000 steps, key rows
-    python benchmarks/ethanol.py                # the full table: 3 seeds × 20,000 steps (hours)
-    python benchmarks/ethanol.py --steps 4000 --dsm-steps 3000 --rows FK --seeds 1 2  # a part
+    python -m benchmarks.ethanol --quick        # < 1 hour on 2 cores: 1 seed, 4,000 steps, key rows
+    python -m benchmarks.ethanol                # the full table: 3 seeds × 20,000 steps (hours)
+    python -m benchmarks.ethanol --steps 4000 --dsm-steps 3000 --rows FK --seeds 1 2  # a part
 
 Every (row, seed) result is stored in ``--results`` as soon as it is computed, so an interrupted
 run resumes where it stopped. Prints a markdown table (mean ± std over seeds) whose first rows are
-the biased training set itself and the reference noise floor (run 0 vs run 1), writes it into
+the biased training set itself and the reference noise floor at the samples' size (1,000 frames
+of run 1 scored against run 0, mean ± std over 5 disjoint subsets), writes it into
 ``docs/benchmarks.md`` between the ethanol markers, and plots distance histograms per pair type.
 Energies of 1,000 generated samples come from the GFN2-xTB calculator (energy W1 in kT).
 """
@@ -21,17 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from common import ROOT, write_section
 
 from ase_drift.baselines import DiffusionConfig, train_diffusion
 from ase_drift.datasets import load, reference_runs
 from ase_drift.forces import CalculatorForces
-from ase_drift.metrics import evaluate, noise_floor, plot_distance_histograms
+from ase_drift.metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
+from benchmarks.common import ROOT, write_section
 
 DATASET = "ethanol-gfn2-500K"
-COLUMNS = ("mae", "tvd", "w2", "stability", "bond_mae", "bond_stability", "energy_w1",
-           "train_s", "sample_1000_s")
+N_SAMPLES = 1000  # generated samples scored per (row, seed), and the noise floor's sample size
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def run_row(row: Row, seed: int, steps: int, dsm_steps: int, sampler_steps: int,
         sampler = train_diffusion(train_set, config)
     train_s = time.perf_counter() - start
     start = time.perf_counter()
-    samples = sampler.sample_positions(1000, seed=seed)
+    samples = sampler.sample_positions(N_SAMPLES, seed=seed)
     sample_s = time.perf_counter() - start
     energies = gfn2_energies(samples, reference.numbers)
     report = evaluate(samples, reference.positions, reference.numbers, energies=energies,
@@ -120,37 +120,23 @@ def run_row(row: Row, seed: int, steps: int, dsm_steps: int, sampler_steps: int,
 
 
 def baseline_rows(train_set, reference) -> dict:
-    """The training set itself and the noise floor (reference run 0 vs run 1)."""
+    """The training set itself and the noise floor at the samples' size (N_SAMPLES frames of
+    reference run 1 scored against run 0, 5 disjoint subsets)."""
     numbers = reference.numbers
     kw = {"reference_energies": reference.energies, "temperature_K": reference.temperature_K}
     train = evaluate(train_set.positions, reference.positions, numbers,
                      energies=train_set.energies, **kw)
     runs = reference_runs(DATASET)
-    floor = noise_floor(reference.positions, numbers, groups=runs, **kw)
+    floor = noise_floor(reference.positions, numbers, N_SAMPLES, groups=runs, **kw)
     return {"training set (biased, 3,000 frames)": [train.as_dict()],
-            "noise floor (reference run 0 vs run 1)": [floor.as_dict()]}
+            f"noise floor ({N_SAMPLES:,} frames of reference run 1 vs run 0)":
+                [r.as_dict() for r in floor.reports]}
 
 
 def summary_table(results: dict) -> str:
-    head = ["method", "seeds", "MAE", "TVD", "W2", "Stab", "Bond MAE", "Bond Stab",
-            "TVD C-C", "TVD C-H", "TVD C-O", "TVD H-H", "TVD H-O", "E W1 (kT)", "train (s)",
-            "1,000 samples (s)"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, runs in results.items():
-        def stat(get, runs=runs):
-            values = np.array([get(r) for r in runs if get(r) is not None], dtype=float)
-            if values.size == 0 or np.isnan(values).all():
-                return "—"
-            if len(values) == 1:
-                return f"{values[0]:.3f}"
-            return f"{values.mean():.3f} ± {values.std(ddof=1):.3f}"
-
-        cells = [stat(lambda r, c=c: r.get(c)) for c in COLUMNS[:7]]
-        cells = cells[:6] + [stat(lambda r, t=t: r["per_type_tvd"].get(t))
-                             for t in ("C-C", "C-H", "C-O", "H-H", "H-O")] + cells[6:]
-        cells += [stat(lambda r: r.get("train_s")), stat(lambda r: r.get("sample_1000_s"))]
-        lines.append("| " + " | ".join([name, str(len(runs))] + cells) + " |")
-    return "\n".join(lines)
+    """Mean ± std over the stored runs of each row (the noise floor's: over its subsets)."""
+    return markdown_table(results, first="method", count="seeds",
+                          extra=[("train (s)", "train_s"), ("1,000 samples (s)", "sample_1000_s")])
 
 
 def main():
@@ -216,7 +202,7 @@ def main():
             results[row.name] = runs
     table = summary_table(results)
     print(table)
-    command = "python benchmarks/ethanol.py" + (" --quick" if quick else "") + (
+    command = "python -m benchmarks.ethanol" + (" --quick" if quick else "") + (
         f" --steps {args.steps}" if args.steps else "") + (
         f" --dsm-steps {args.dsm_steps}" if args.dsm_steps else "")
     shown = results_path.resolve()

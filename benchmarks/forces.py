@@ -1,6 +1,6 @@
 """Force-source speed: forces per second of each engine on ethanol and alanine dipeptide.
 
-    python benchmarks/forces.py [--frames 200] [--threads 1]
+    python -m benchmarks.forces [--frames 200] [--threads 1]
 
 Each engine labels ``--frames`` frames of the bundled data sets through ase_drift's force
 sources (what training with ``forces=...`` does). The neural potentials are the examples'

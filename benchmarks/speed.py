@@ -1,6 +1,6 @@
 """Speed of the core on this machine: training steps/s, sampling rates, feature-force precompute.
 
-    python benchmarks/speed.py [--steps 200] [--threads N]
+    python -m benchmarks.speed [--steps 200] [--threads N]
 
 Ethanol from the bundled GFN2-xTB data set, fp32, the paper's setup (MLP 6×512, batch 256
 generated, 512 positives). Prints a markdown table; targets from the core issue in the last column.
@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import best_of
 
 from ase_drift.datasets import load
 from ase_drift.features import PairwiseDistances
 from ase_drift.training import TrainConfig, Trainer
+from benchmarks.common import best_of
 
 
 def main():

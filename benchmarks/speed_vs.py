@@ -1,7 +1,7 @@
 """One-step drift sampling against DSM diffusion and GFN2-xTB molecular dynamics, on ethanol.
 
-    python benchmarks/speed_vs.py            # full: DSM sampled with all 2,000 evaluations
-    python benchmarks/speed_vs.py --quick    # DSM timed over 100 evaluations, scaled linearly
+    python -m benchmarks.speed_vs            # full: DSM sampled with all 2,000 evaluations
+    python -m benchmarks.speed_vs --quick    # DSM timed over 100 evaluations, scaled linearly
 
 Everything is measured in this one run on this machine (2 CPU threads, fp32):
 
@@ -25,13 +25,13 @@ from dataclasses import replace
 
 import numpy as np
 import torch
-from common import best_of, write_section
 
 from ase_drift.baselines import DiffusionConfig, DiffusionSampler, train_diffusion
 from ase_drift.datasets import data_path, load, reference_runs
 from ase_drift.datasets.ethanol import EthanolProtocol, relaxed_ethanol
 from ase_drift.metrics import integrated_autocorrelation_time, pair_distances
 from ase_drift.training import TrainConfig, Trainer
+from benchmarks.common import best_of, write_section
 
 DATASET = "ethanol-gfn2-500K"
 BENCHMARK_STEPS = {"drift": (4000, 20000), "DSM": (3000, 20000)}  # ethanol.py quick, full
@@ -177,7 +177,7 @@ def main():
                  f"{drift_train_s / (md_per_sample - drift_per_sample):,.0f} independent samples",
                  f"{BENCHMARK_STEPS['drift'][0]:,} steps of training vs MD"))
 
-    header = (f"`python benchmarks/speed_vs.py{' --quick' if args.quick else ''}` (torch "
+    header = (f"`python -m benchmarks.speed_vs{' --quick' if args.quick else ''}` (torch "
               f"{torch.__version__}, {torch.get_num_threads()} threads, ethanol):")
     table = ["| quantity | value | how |", "|---|---:|---|"]
     text = "\n".join([header, ""] + table + ["| " + " | ".join(r) + " |" for r in rows])

@@ -196,8 +196,8 @@ def drift_with_potential(name: str, calc: Calculator, model_path: Path, fit_set:
         "training set (biased)": evaluate(train_set.positions, reference.positions,
                                           reference.numbers),
         f"FK-distance, {name} forces, {args.samples} samples": report,
-        "reference noise floor (half vs half)": noise_floor(reference.positions,
-                                                            reference.numbers),
+        "reference noise floor (half vs half)": noise_floor(
+            reference.positions, reference.numbers, min(args.samples, len(reference) // 2)),
     }))
     return label_cache, sampler, report
 

@@ -1,15 +1,18 @@
-"""The metrics' definitions, checked on cases with known answers."""
+"""ase_drift.metrics.distances and .tables: the definitions, checked on constructed answers.
+
+Time series and peptide metrics: test_metrics_timeseries.py, test_metrics_peptides.py.
+"""
 
 import numpy as np
 import pytest
 from ase.build import molecule
-from scipy.signal import lfilter
 
 from ase_drift import metrics
 from ase_drift.units import kT
 
 # Ethanol in ase.build order C C O H H H H H H: the C–C, C–O, O–H and five C–H bonds.
 ETHANOL_BONDS = {(0, 1), (0, 6), (0, 7), (0, 8), (1, 2), (1, 4), (1, 5), (2, 3)}
+CH2 = [6, 1, 1]  # C, H, H: pairs C–H, C–H, H–H (M = 3)
 
 
 def ethanol_frames(n_frames, seed=0, jitter=0.02):
@@ -27,13 +30,31 @@ def diatomic_frames(bond_lengths):
     return positions
 
 
-def ar1_series(a, n, seed):
-    """x_t = a x_{t−1} + ε_t with unit Gaussian ε: integrated autocorrelation time (1+a)/(1−a)."""
-    noise = np.random.default_rng(seed).standard_normal(n)
-    return lfilter([1.0], [1.0, -a], noise)
+def ch2_frames(hh, n_frames=10, ch=1.1):
+    """C at the origin, both C–H bonds ``ch`` Å, the H–H distance ``hh`` Å, in every frame."""
+    half_angle = np.arcsin(hh / (2 * ch))
+    h = ch * np.array([np.sin(half_angle), np.cos(half_angle), 0.0])
+    frame = np.stack([np.zeros(3), h, h * [-1, 1, 1]])
+    return np.repeat(frame[None], n_frames, axis=0)
 
 
-# --------------------------------------------------------------------------- distances
+def triangle_frames(ch1, ch2, hh, n_frames=10):
+    """C at the origin, H1 at ``ch1`` Å on the x axis, H2 at ``ch2`` Å from C and ``hh`` Å from
+    H1, in every frame."""
+    cos = (ch1**2 + ch2**2 - hh**2) / (2 * ch1 * ch2)
+    frame = np.array([[0, 0, 0], [ch1, 0, 0], [ch2 * cos, ch2 * np.sqrt(1 - cos**2), 0]])
+    return np.repeat(frame[None], n_frames, axis=0)
+
+
+def stretch_bond(positions, a, b, by):
+    """Move atom a away from atom b by ``by`` Å along their bond, in every frame (a copy)."""
+    out = positions.copy()
+    direction = out[:, a] - out[:, b]
+    out[:, a] += by * direction / np.linalg.norm(direction, axis=1, keepdims=True)
+    return out
+
+
+# --------------------------------------------------------------------------- pair distances
 
 
 def test_pair_order_matches_triu():
@@ -72,7 +93,7 @@ def test_pair_types_are_sorted_symbols():
     assert types[0] == "C-C" and types[1] == "C-O"  # pairs (0, 1), (0, 2)
 
 
-# --------------------------------------------------------------------------- 1-D distances
+# --------------------------------------------------------------------------- histograms, TVD
 
 
 def test_tvd_of_disjoint_histograms_is_one():
@@ -82,16 +103,32 @@ def test_tvd_of_disjoint_histograms_is_one():
     assert metrics.histogram_tvd(x, y, bins=30, range=(0.0, 3.0)) == pytest.approx(1.0)
 
 
+def test_tvd_is_half_the_l1_distance_of_the_bin_probabilities():
+    # x: 3/4 in bin 0, 1/4 in bin 1; y: 1/4, 3/4 → ½(|3/4 − 1/4| + |1/4 − 3/4|) = 1/2.
+    x, y = [0.5, 0.5, 0.5, 1.5], [0.5, 1.5, 1.5, 1.5]
+    assert metrics.histogram_tvd(x, y, bins=2, range=(0.0, 2.0)) == pytest.approx(0.5)
+
+
 def test_outliers_count_in_the_edge_bins():
     p = metrics.normalised_histogram([0.5, 5.0], bins=2, range=(0.0, 2.0))
     np.testing.assert_allclose(p, [0.5, 0.5])
 
 
+def test_per_type_tvd_of_point_masses_in_different_bins():
+    """C–H–H with identical C–H bonds and the H–H distance moved from 1.8 to 2.0 Å (another
+    bin): TVD 1 for H–H, 0 for C–H, and 1/3 pooled (one pair in three moved)."""
+    report = metrics.evaluate(ch2_frames(2.0), ch2_frames(1.8), CH2, max_distance=3.0)
+    assert report.per_type_tvd["H-H"] == pytest.approx(1.0)
+    assert report.per_type_tvd["C-H"] == pytest.approx(0.0, abs=1e-12)
+    assert report.tvd == pytest.approx(1 / 3)
+    assert report.w1 == pytest.approx(0.2 / 3)  # a third of the mass moved by 0.2 Å
+
+
 def test_identical_sets_score_perfectly():
     numbers, positions = ethanol_frames(200)
     report = metrics.evaluate(positions, positions, numbers)
-    assert report.tvd == 0 and report.mae == 0 and report.w1 == 0 and report.w2 == 0
-    assert report.stability == 1 and report.bond_stability == 1
+    assert report.tvd == 0 and report.pair_mae == 0 and report.w1 == 0 and report.w2 == 0
+    assert report.pair_stability > 0.99 and report.bond_stability == 1
     assert report.bond_mae == pytest.approx(0.0, abs=1e-12)
     assert all(v == 0 for v in report.per_type_tvd.values())
     assert report.n_samples == 200 and report.energy_w1 is None
@@ -107,25 +144,111 @@ def test_shift_of_every_distance_by_delta_gives_w1_delta():
     assert report.w1 == pytest.approx(delta, rel=1e-6)
     assert report.w2 == pytest.approx(delta, rel=1e-3)
     assert report.bond_mae == pytest.approx(delta)
+    assert report.pair_mae == pytest.approx(delta)
 
 
-def test_mae_is_mean_absolute_bin_difference():
+def test_wasserstein_distances_are_of_the_pooled_distances():
+    """One C–H bond 0.1 Å shorter and one 0.1 Å longer: each frame's mean distance is unchanged,
+    but a third of the pooled mass moves by 0.1 Å each way: W1 = 0.2/3, W2 = (0.02/3)^½."""
+    report = metrics.evaluate(triangle_frames(1.0, 1.2, 1.8), triangle_frames(1.1, 1.1, 1.8), CH2)
+    assert report.w1 == pytest.approx(0.2 / 3)
+    assert report.w2 == pytest.approx(np.sqrt(0.02 / 3), rel=1e-3)
+    assert report.pair_mae == pytest.approx(0.2 / 3)  # sorted C–H: (1.0, 1.2) vs (1.1, 1.1)
+    assert report.bond_mae == pytest.approx(0.1)
+
+
+# --------------------------------------------------------------------------- pair MAE
+
+
+def test_pair_mae_of_one_pair_shifted_by_delta_is_delta_over_m():
     rng = np.random.default_rng(0)
-    x, y = rng.normal(1.0, 0.1, 5000), rng.normal(1.1, 0.1, 5000)
-    tvd = metrics.histogram_tvd(x, y, bins=50, range=(0.0, 2.0))
-    assert metrics.histogram_mae(x, y, bins=50, range=(0.0, 2.0)) == pytest.approx(2 * tvd / 50)
+    reference = rng.uniform(1.0, 3.0, (500, 6))  # [R, M], M = 6 pairs
+    generated = reference[::-1].copy()
+    delta = 0.3
+    generated[:, 4] += delta
+    assert metrics.pair_mae(generated, reference) == pytest.approx(delta / 6)
+    # Through evaluate: C–H–H with the H–H distance 1.8 → 2.0 Å, the C–H bonds unchanged.
+    report = metrics.evaluate(ch2_frames(2.0), ch2_frames(1.8), CH2)
+    assert report.pair_mae == pytest.approx(0.2 / 3)
+    assert report.bond_mae == pytest.approx(0.0, abs=1e-12)
 
 
-def test_stability_counts_frames_with_a_displaced_atom():
-    numbers, reference = ethanol_frames(400, seed=0)
-    _, generated = ethanol_frames(400, seed=1)
-    # Move atom 0 (C) 1 Å straight away from its bonded H 6 in every second frame:
-    # that C–H distance grows by 1 Å > 0.5 Å.
-    away = reference[0, 0] - reference[0, 6]
-    generated[::2, 0] += away / np.linalg.norm(away)
+def test_pair_mae_measures_how_far_where_tvd_saturates():
+    """Point masses moved to another bin: TVD is 1 whether the H–H distance moved 0.2 or 1 Å;
+    pair MAE is 0.2/3 and 1/3 Å."""
+    near = metrics.evaluate(ch2_frames(2.0), ch2_frames(1.8), CH2, max_distance=4.0)
+    far = metrics.evaluate(ch2_frames(2.0), ch2_frames(1.0), CH2, max_distance=4.0)
+    assert near.per_type_tvd["H-H"] == far.per_type_tvd["H-H"] == pytest.approx(1.0)
+    assert far.pair_mae == pytest.approx(5 * near.pair_mae)
+
+
+def test_pair_mae_sees_swapped_pairs_that_pooled_histograms_do_not():
+    """Exchanging the distance distributions of two pairs of different types leaves every pooled
+    statistic unchanged; pair MAE is 2|Δ|/M with Δ the difference of their means."""
+    rng = np.random.default_rng(0)
+    reference = np.stack([rng.normal(1.5, 0.05, 1000), rng.normal(2.5, 0.05, 1000)], axis=1)
+    swapped = reference[:, ::-1]
+    assert metrics.histogram_tvd(swapped, reference, bins=50, range=(0, 4)) == 0
+    difference = abs(np.diff(reference.mean(axis=0))[0])
+    types = np.array(["C-C", "C-O"], dtype=object)
+    assert metrics.pair_mae(swapped, reference, types) == pytest.approx(2 * difference / 2)
+
+
+def test_pair_mae_is_blind_to_relabelling_identical_atoms():
+    """Swapping two methyl H (a rotation of the methyl group) changes the labelled per-pair
+    means but not the distribution: pair MAE stays 0 (each frame sorted within its types)."""
+    numbers, positions = ethanol_frames(300, jitter=0.05)
+    relabelled = positions[:, [0, 1, 2, 3, 4, 5, 7, 6, 8]]  # H6 ↔ H7 (both on C0)
+    report = metrics.evaluate(relabelled, positions, numbers)
+    assert report.pair_mae == pytest.approx(0.0, abs=1e-12)
+    labelled = metrics.pair_distances(relabelled), metrics.pair_distances(positions)
+    assert metrics.pair_mae(*labelled) > 0.1  # without the sort the swap would count
+
+
+# --------------------------------------------------------------------------- stability
+
+
+def test_stability_of_an_independent_half_of_the_reference_is_near_one():
+    numbers, positions = ethanol_frames(4000, jitter=0.05)
+    report = metrics.evaluate(positions[2000:], positions[:2000], numbers)
+    assert report.pair_stability >= 0.95 and report.bond_stability == 1
+
+
+def test_stability_of_the_bundled_ethanol_reference_runs_is_near_one():
+    """Run 1 against run 0 of the bundled GFN2-xTB reference at 500 K; a fixed 0.5 Å tolerance
+    scored 0 here (thermal H–H spreads are ~0.5 Å)."""
+    from ase_drift.datasets import load, reference_runs
+
+    _, reference = load("ethanol-gfn2-500K")
+    runs = reference_runs("ethanol-gfn2-500K")
+    report = metrics.evaluate(reference.positions[runs == 1], reference.positions[runs == 0],
+                              reference.numbers)
+    assert report.pair_stability >= 0.95 and report.bond_stability == 1
+
+
+def test_stability_of_a_set_with_one_bond_stretched_by_one_angstrom_is_zero():
+    numbers, reference = ethanol_frames(2000, seed=0, jitter=0.05)
+    _, generated = ethanol_frames(2000, seed=1, jitter=0.05)
+    broken = stretch_bond(generated, 0, 6, 1.0)  # one C–H bond 1 Å longer, every frame
+    report = metrics.evaluate(broken, reference, numbers)
+    assert report.pair_stability == 0 and report.bond_stability == 0
+    # Every second frame broken: half of the frames are unstable.
+    generated[::2] = broken[::2]
     report = metrics.evaluate(generated, reference, numbers)
-    assert report.stability == pytest.approx(0.5)
+    assert report.pair_stability == pytest.approx(0.5, abs=0.02)
     assert report.bond_stability == pytest.approx(0.5)
+
+
+def test_stability_tolerance_is_four_reference_standard_deviations():
+    rng = np.random.default_rng(0)
+    reference = rng.normal(2.0, 0.1, (100_000, 1))  # one pair, σ = 0.1 Å
+    inside, outside = np.full((10, 1), 2.0 + 0.39), np.full((10, 1), 2.0 - 0.41)
+    assert metrics.pair_stability(inside, reference) == 1
+    assert metrics.pair_stability(outside, reference) == 0
+    assert metrics.STABILITY_SIGMAS == 4
+
+
+# --------------------------------------------------------------------------- energies, input
 
 
 def test_energy_w1_is_in_kT():
@@ -157,111 +280,101 @@ def test_bad_input_raises():
         metrics.evaluate(broken, positions, numbers)
 
 
-def test_noise_floor_of_iid_samples_is_small():
+# --------------------------------------------------------------------------- noise floor
+
+
+def test_noise_floor_of_two_identical_runs_is_zero():
+    numbers, run = ethanol_frames(500, jitter=0.05)
+    positions = np.concatenate([run, run[::-1]])  # run 1 holds run 0's frames
+    groups = np.repeat([0, 1], 500)
+    floor = metrics.noise_floor(positions, numbers, 500, groups=groups)
+    assert len(floor.reports) == 1 and floor.n_samples == 500 and floor.n_reference == 500
+    mean = floor.mean
+    assert mean.tvd == 0 and mean.w1 == 0 and mean.pair_mae == pytest.approx(0, abs=1e-12)
+    assert all(v == 0 for v in mean.per_type_tvd.values())
+
+
+def test_noise_floor_grows_as_the_sample_size_shrinks():
     numbers, positions = ethanol_frames(20_000, jitter=0.05)
-    report = metrics.noise_floor(positions, numbers)
-    assert report.tvd < 0.03 and report.stability == 1
-    assert report.n_samples == 10_000
+    small = metrics.noise_floor(positions, numbers, 100)
+    large = metrics.noise_floor(positions, numbers, 5000)
+    assert len(small.reports) == 5 and len(large.reports) == 2  # ⌊10,000 / 5,000⌋ subsets
+    assert small.n_samples == 100 and all(r.n_samples == 100 for r in small.reports)
+    # i.i.d. frames: histogram noise ∝ n^−½, so 50× fewer samples give a floor several × higher.
+    assert small.mean.tvd > 3 * large.mean.tvd
+    assert small.mean.pair_mae > 3 * large.mean.pair_mae
+    assert small.std.tvd > 0
 
 
-def test_noise_floor_by_groups_compares_runs():
-    numbers, positions = ethanol_frames(300)
-    groups = np.repeat([0, 1, 2], 100)
-    report = metrics.noise_floor(positions, numbers, groups=groups)
-    assert report.n_samples == 200  # runs 1 and 2 against run 0
+def test_noise_floor_scores_disjoint_subsets_of_one_part_against_the_other():
+    numbers, positions = ethanol_frames(600, jitter=0.05)
+    positions[250] *= 1.2  # the largest distance lies in run 1, outside the scored-against part
+    groups = np.repeat([0, 1, 2], 200)
+    reference, subsets = metrics.noise_floor_subsets(600, 50, groups=groups, n_repeats=3)
+    np.testing.assert_array_equal(reference, np.flatnonzero(groups != 1))  # runs 0 and 2
+    assert len(subsets) == 3 and all(len(s) == 50 for s in subsets)
+    assert all(np.all(groups[s] == 1) for s in subsets)
+    assert len(np.unique(np.concatenate(subsets))) == 150  # disjoint
+    floor = metrics.noise_floor(positions, numbers, 50, groups=groups, n_repeats=3)
+    max_distance = 1.2 * metrics.pair_distances(positions).max()
+    for report, subset in zip(floor.reports, subsets):
+        assert report == metrics.evaluate(positions[subset], positions[reference], numbers,
+                                          max_distance=max_distance)
+    assert floor.mean.tvd == pytest.approx(np.mean([r.tvd for r in floor.reports]))
+    assert floor.std.tvd == pytest.approx(np.std([r.tvd for r in floor.reports], ddof=1))
+    with pytest.raises(ValueError, match="n = 201"):
+        metrics.noise_floor(positions, numbers, 201, groups=groups)
+
+
+def test_noise_floor_of_the_bundled_ethanol_at_the_sample_size():
+    """Reference run 1 against run 0: 1,000 frames give a higher floor than 5,000, and the
+    biased training set (3,000 frames) scores far above the floor at its own size."""
+    from ase_drift.datasets import load, reference_runs
+
+    train, reference = load("ethanol-gfn2-500K")
+    runs = reference_runs("ethanol-gfn2-500K")
+    args = reference.positions, reference.numbers
+    at_1000 = metrics.noise_floor(*args, 1000, groups=runs)
+    at_5000 = metrics.noise_floor(*args, 5000, groups=runs)
+    assert 0.012 < at_1000.mean.tvd < 0.022 and at_5000.mean.tvd < at_1000.mean.tvd
+    bias = metrics.evaluate(train.positions, *args)
+    floor = metrics.noise_floor(*args, len(train), groups=runs).mean
+    assert bias.tvd > 5 * floor.tvd and bias.pair_mae > 5 * floor.pair_mae
+
+
+# --------------------------------------------------------------------------- tables
 
 
 def test_markdown_table_lists_rows_and_columns():
     numbers, positions = ethanol_frames(100)
     report = metrics.evaluate(positions, positions, numbers)
-    table = metrics.markdown_table({"drift": report, "noise floor": report})
-    assert "| drift |" in table and "| noise floor |" in table
-    assert "TVD C-H" in table and "E W1" not in table
+    floor = metrics.noise_floor(positions, numbers, 10)
+    table = metrics.markdown_table({"drift": report, "noise floor": floor}, count="n")
+    assert "| drift | 1 |" in table and "| noise floor | 5 |" in table
+    assert "Pair MAE (Å)" in table and "Pair Stab" in table and "TVD C-H" in table
+    assert "E W1" not in table and " ± " in table.splitlines()[-1]
     assert report.as_dict()["per_type_tvd"] == report.per_type_tvd
 
 
-# --------------------------------------------------------------------------- time series
+def test_table_cells_are_mean_and_std_over_seeds():
+    runs = [{"tvd": 0.1, "per_type_tvd": {}, "energy_w1": None, "train_s": 3.0},
+            {"tvd": 0.3, "per_type_tvd": {}, "energy_w1": None, "train_s": None}]
+    table = metrics.markdown_table({"FK": runs}, first="method", count="seeds",
+                                   extra=[("train (s)", "train_s")])
+    header, _, row = table.splitlines()
+    assert header.startswith("| method | seeds | Pair MAE (Å) | TVD |")
+    assert header.endswith("| train (s) |")
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:4] == ["FK", "2", "—", "0.200 ± 0.141"]  # std with ddof 1
+    assert cells[-1] == "3.000"  # a single value: no error bar
 
 
-@pytest.mark.parametrize("a", [0.5, 0.8])
-def test_autocorrelation_time_of_ar1(a):
-    x = ar1_series(a, 200_000, seed=0)
-    assert metrics.integrated_autocorrelation_time(x) == pytest.approx((1 + a) / (1 - a), rel=0.1)
-
-
-def test_autocorrelation_time_of_columns_is_the_largest():
-    x = np.stack([ar1_series(0.2, 50_000, seed=1), ar1_series(0.8, 50_000, seed=2)], axis=1)
-    assert metrics.integrated_autocorrelation_time(x) == pytest.approx(9.0, rel=0.1)
-    assert metrics.effective_sample_size(x) == pytest.approx(50_000 / 9.0, rel=0.1)
-
-
-def test_block_bootstrap_error_of_a_correlated_mean():
-    a, n = 0.8, 20_000
-    x = ar1_series(a, n, seed=3)
-    estimate, std = metrics.block_bootstrap(np.mean, x, n_blocks=50)
-    # Var(mean) = σ²τ/n with σ² = 1/(1−a²) and τ = (1+a)/(1−a).
-    expected = np.sqrt((1 + a) / (1 - a) / (1 - a**2) / n)
-    assert estimate == pytest.approx(x.mean())
-    assert std == pytest.approx(expected, rel=0.3)
-
-
-# --------------------------------------------------------------------------- peptides
-
-
-def test_ramachandran_histogram_is_a_distribution():
-    rng = np.random.default_rng(0)
-    phi, psi = rng.uniform(-np.pi, np.pi, (2, 1000))
-    hist = metrics.ramachandran_histogram(phi, psi)
-    assert hist.shape == (64, 64) and hist.sum() == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="radians"):
-        metrics.ramachandran_histogram(np.degrees(phi), psi)
-
-
-def test_js_divergence_bounds_and_symmetry():
-    rng = np.random.default_rng(0)
-    p, q = rng.random((2, 8, 8))
-    assert metrics.js_divergence(p, p) == pytest.approx(0.0, abs=1e-12)
-    assert metrics.js_divergence(p, q) == pytest.approx(metrics.js_divergence(q, p))
-    assert 0 < metrics.js_divergence(p, q) < np.log(2)
-    assert metrics.js_divergence([1, 0], [0, 1]) == pytest.approx(np.log(2))
-
-
-def test_pmf_rmse_of_a_known_reweighting():
-    # Samples at the centres of a 4×4 grid: reference 100 per bin; generated 200 in half the
-    # bins and 100 in the other half, so the centred PMFs differ by ±log(2)/2 in every bin.
-    centres = -np.pi + (np.arange(4) + 0.5) * np.pi / 2
-    grid = np.stack(np.meshgrid(centres, centres, indexing="ij"), axis=-1).reshape(-1, 2)
-    reference = np.repeat(grid, 100, axis=0)
-    generated = np.concatenate([reference, np.repeat(grid[:8], 100, axis=0)])
-    assert metrics.pmf_rmse(reference, reference, bins=4) == pytest.approx(0.0)
-    assert metrics.pmf_rmse(generated, reference, bins=4) == pytest.approx(np.log(2) / 2)
-    in_eV = metrics.pmf_rmse(generated, reference, temperature_K=300.0, bins=4)
-    assert in_eV == pytest.approx(np.log(2) / 2 * kT(300.0))
-
-
-def test_free_energy_difference_of_a_two_to_one_split():
-    rng = np.random.default_rng(0)
-    phi = np.concatenate([rng.uniform(-3, -0.1, 2000), rng.uniform(0.1, 2.1, 1000)])
-    assert metrics.free_energy_difference(phi) == pytest.approx(np.log(2))
-    a, b = metrics.basin_masks_phi(phi)
-    assert metrics.free_energy_difference(phi, b, a) == pytest.approx(-np.log(2))
-
-
-def test_wrapped_beta_frames_are_not_counted_as_alpha_l():
-    """β-region frames near φ = −π reappear at φ ≈ +π after wrapping; they stay in basin A."""
-    left, right = metrics.basin_masks_phi(np.array([-1.4, 3.1, -3.1, 1.0]))
-    assert left.tolist() == [True, True, True, False]
-    assert right.tolist() == [False, False, False, True]
-
-
-def test_psi_basins_split_c7eq_from_c5_across_the_psi_wrap():
-    """C7eq (ψ ≈ 1.2) and αR (ψ ≈ −0.7) on one side, C5/β (ψ ≈ 2.7 and ψ ≈ −3.0, the same
-    basin across ±π) on the other; αL/C7ax frames (φ ≈ 1.0) belong to neither."""
-    phi = np.array([-1.4, -1.2, -2.6, -2.6, 1.0])
-    psi = np.array([1.2, -0.7, 2.7, -3.0, -1.0])
-    c7eq, c5 = metrics.basin_masks_psi(phi, psi)
-    assert c7eq.tolist() == [True, True, False, False, False]
-    assert c5.tolist() == [False, False, True, True, False]
+def test_render_table_formats_estimates_missing_values_and_digits():
+    table = metrics.render_table(["name", "ΔF", "P", "note"],
+                                 [["ref", metrics.Estimate(1.234, 0.056), float("nan"), "x"],
+                                  ["gen", [1.0, 3.0], 0.12345, None]], digits=[0, 2, 4, 0])
+    assert table.splitlines()[2] == "| ref | 1.23 ± 0.06 | — | x |"
+    assert table.splitlines()[3] == "| gen | 2.00 ± 1.41 | 0.1235 | — |"
 
 
 # --------------------------------------------------------------------------- plots
