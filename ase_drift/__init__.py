@@ -3,6 +3,8 @@
 >>> from ase_drift import Conformations, DriftSampler, train
 >>> sampler = train(Conformations.read("train.extxyz"), temperature_K=500, field="fk")
 >>> atoms_list = sampler.sample(atoms, n=1000, seed=0)
+>>> import ase_drift
+>>> sampler = ase_drift.load("model.pt")  # a saved sampler of any kind (drift, DSM, ...)
 """
 
 __version__ = "0.1.0"
@@ -20,7 +22,7 @@ from .forces import (
                      OpenMMCalculator,
                      OpenMMForces,
 )
-from .sampler import DriftSampler, Sampler
+from .sampler import DriftSampler, Sampler, load
 from .training import TrainConfig, Trainer, train
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
                      "TrainConfig",
                      "Trainer",
                      "__version__",
+                     "load",
                      "make_field",
                      "train",
 ]

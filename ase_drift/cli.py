@@ -63,14 +63,15 @@ def cmd_train(args) -> int:
 
 def cmd_sample(args) -> int:
     from .io import write_positions
-    from .sampler import DriftSampler
+    from .sampler import load
 
-    sampler = DriftSampler.load(args.model)
+    sampler = load(args.model)  # any kind: drift, DSM, ...
     start = time.perf_counter()
     positions = sampler.sample_positions(args.n, seed=args.seed)
     elapsed = time.perf_counter() - start
     write_positions(args.output, sampler.numbers, positions)
-    print(f"sampled {args.n} conformations in {elapsed:.3f} s -> {args.output}")
+    print(f"sampled {args.n} conformations with {sampler!r} in {elapsed:.3f} s "
+          f"-> {args.output}")
     return 0
 
 
@@ -159,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("sample", help="draw conformations from a trained model")
-    p.add_argument("model")
+    p.add_argument("model", help="a saved sampler of any kind (drift, DSM, ...)")
     p.add_argument("-n", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help=".extxyz, .xyz, .traj, .pdb or .dcd")

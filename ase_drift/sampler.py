@@ -1,27 +1,84 @@
-"""Samplers: the :class:`Sampler` protocol every sampler in ase_drift shares, and
-:class:`DriftSampler`, the one-step generator trained by a drifting field.
+"""Samplers: the :class:`Sampler` protocol every sampler in ase_drift shares, the registry of
+sampler kinds behind :func:`load`, and :class:`DriftSampler`, the one-step generator trained by
+a drifting field.
 
 Every sampler draws conformations of one molecule (fixed species and order) in Å:
 ``sample_positions(n, seed)`` returns an array ``[n, A, 3]``; ``sample(atoms, n, seed)``
 returns ``ase.Atoms`` copies of a template whose species and order are checked against the
 model. Samples carry positions only: no energies or forces are invented.
+
+Every sampler file stores its kind in ``metadata["kind"]``; a sampler class registers the
+kinds it reads with :func:`register_sampler`, and :func:`load` returns the right object for
+any file.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .models import GeneratorConfig, MLPGenerator
+
+_KINDS: dict[str, type] = {}
+
+# Modules whose samplers register themselves on import; `load` imports them lazily (no import
+# cycle: they import this module). A new sampler kind outside them adds its module here.
+_KIND_MODULES = ("ase_drift.diffusion",)
+
+
+def register_sampler(kind: str, *aliases: str):
+    """Class decorator: checkpoints whose ``metadata["kind"]`` is ``kind`` (written by the
+    class's ``save``, which it sets as ``cls.kind``) or one of ``aliases`` (kinds it also
+    reads, e.g. older names) load as ``cls`` through :func:`load`.
+
+    The class implements ``from_checkpoint(payload, path)`` (``payload`` as returned by
+    :func:`~ase_drift.checkpoint.load_checkpoint`).
+    """
+
+    def decorate(cls):
+        for name in (kind, *aliases):
+            if _KINDS.get(name, cls) is not cls:
+                raise ValueError(f"sampler kind {name!r} is already registered to "
+                                 f"{_KINDS[name].__qualname__}")
+        for name in (kind, *aliases):
+            _KINDS[name] = cls
+        cls.kind = kind
+        return cls
+
+    return decorate
+
+
+def sampler_kinds() -> dict[str, type]:
+    """Every registered kind and the class it loads as (importing the built-in kinds)."""
+    for module in _KIND_MODULES:
+        importlib.import_module(module)
+    return dict(sorted(_KINDS.items()))
+
+
+def load(path: str | Path) -> Sampler:
+    """The sampler stored at ``path``, of whatever kind it is (drift, DSM, ...).
+
+    The file is read with ``torch.load(weights_only=True)``. Raises
+    :class:`~ase_drift.checkpoint.CheckpointError` for a missing, corrupt or unknown file.
+    """
+    kinds = sampler_kinds()
+    payload = load_checkpoint(path)
+    kind = payload["metadata"].get("kind")
+    if kind not in kinds:
+        raise CheckpointError(f"{path} holds a checkpoint of kind {kind!r}, which no sampler "
+                              f"reads; known kinds: "
+                              + ", ".join(f"{k} ({c.__name__})" for k, c in kinds.items()))
+    return kinds[kind].from_checkpoint(payload, path)
 
 
 @runtime_checkable
 class Sampler(Protocol):
-    """What every ase_drift sampler offers (drift, diffusion, ... see ``baselines``)."""
+    """What every ase_drift sampler offers (drift, diffusion, ... see :func:`sampler_kinds`)."""
 
     numbers: np.ndarray
 
@@ -42,13 +99,31 @@ def torch_generator(seed: int | None) -> torch.Generator:
 class TemplateSampler:
     """Shared behaviour of samplers: template checks, Atoms and mdtraj export.
 
-    Subclasses set ``numbers`` and implement ``sample_positions``.
+    Subclasses set ``numbers``, implement ``sample_positions`` and, when registered with
+    :func:`register_sampler`, ``from_checkpoint``.
     """
 
     numbers: np.ndarray
+    kind: str
 
     def sample_positions(self, n: int, seed: int | None = None) -> np.ndarray:
         raise NotImplementedError
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict, path: str | Path):
+        """The sampler from a checkpoint ``payload`` read from ``path`` (named in errors)."""
+        raise NotImplementedError
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """This class's sampler from ``path``; :func:`load` reads a file of any kind."""
+        payload = load_checkpoint(path)
+        found = payload["metadata"].get("kind")
+        if _KINDS.get(found) is not cls:
+            raise CheckpointError(f"{path} holds a {found!r} checkpoint, not a {cls.__name__} "
+                                  f"({getattr(cls, 'kind', None)!r}); ase_drift.load(path) reads "
+                                  f"every kind")
+        return cls.from_checkpoint(payload, path)
 
     def check_template(self, atoms) -> None:
         """Raise ValueError naming the first atom whose species differs from the model's."""
@@ -115,6 +190,7 @@ def _formula(numbers) -> str:
     return Symbols(numbers).get_chemical_formula()
 
 
+@register_sampler("drift-sampler", "drift-trainer")
 class DriftSampler(TemplateSampler):
     """A trained one-step generator: noise → conformation in one network evaluation.
 
@@ -124,9 +200,10 @@ class DriftSampler(TemplateSampler):
         scale: σ in Å that turns normalised coordinates into Å.
         config: the configuration dict stored with the model (generator and training).
         metadata: provenance: temperature, units, field, space, training data summary.
-    """
 
-    kind = "drift-sampler"
+    Its files have kind ``"drift-sampler"``; it also loads the current weights of a training
+    checkpoint (kind ``"drift-trainer"``).
+    """
 
     def __init__(self, generator: MLPGenerator, numbers, scale: float, config: dict,
                  metadata: dict):
@@ -165,20 +242,17 @@ class DriftSampler(TemplateSampler):
         return save_checkpoint(path, self.config, self.generator.state_dict(), metadata)
 
     @classmethod
-    def load(cls, path: str | Path) -> DriftSampler:
+    def from_checkpoint(cls, payload: dict, path: str | Path) -> DriftSampler:
         """From a sampler file or a training checkpoint (its current weights)."""
-        payload = load_checkpoint(path)
         metadata = payload["metadata"]
         state = payload["state_dict"]
         if metadata.get("kind") == "drift-trainer":
             state = state["model"]
-        elif metadata.get("kind") != cls.kind:
-            from .checkpoint import CheckpointError
-
-            raise CheckpointError(f"{path} holds a {metadata.get('kind')!r} checkpoint, "
-                                  f"not a drift sampler")
         generator = MLPGenerator(GeneratorConfig(**payload["config"]["generator"]))
-        generator.load_state_dict(state)
+        try:
+            generator.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the stored configuration") from exc
         metadata = {k: v for k, v in metadata.items() if k != "kind"}
         return cls(generator, metadata["numbers"], metadata["scale_angstrom"],
                    payload["config"], metadata)

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ase_drift.baselines import DiffusionConfig, train_diffusion
 from ase_drift.datasets import load, reference_runs
+from ase_drift.diffusion import DiffusionConfig, train_diffusion
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
 from ase_drift.training import ProgressBar, TrainConfig, Trainer

@@ -26,9 +26,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from ase_drift.baselines import DiffusionConfig, DiffusionSampler, train_diffusion
 from ase_drift.datasets import data_path, load, reference_runs
 from ase_drift.datasets.ethanol import EthanolProtocol, relaxed_ethanol
+from ase_drift.diffusion import DiffusionConfig, DiffusionSampler, train_diffusion
 from ase_drift.metrics import integrated_autocorrelation_time, pair_distances
 from ase_drift.training import TrainConfig, Trainer
 from benchmarks.common import best_of, write_section

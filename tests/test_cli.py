@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
+import ase_drift
+from ase_drift.checkpoint import CheckpointError, save_checkpoint
 from ase_drift.cli import main
 from ase_drift.data import Conformations
 from ase_drift.io import read_positions
@@ -42,6 +44,32 @@ def test_train_sample_evaluate(labelled_file, tmp_path, capsys):
     assert 0 <= report["samples"]["tvd"] <= 1
     for plot in ("distance_histograms.png", "training_curve.png"):
         assert (tmp_path / "plots" / plot).stat().st_size > 0
+
+
+def test_sample_reads_every_sampler_kind(labelled_file, tmp_path, capsys):
+    """A DSM model is sampled from the shell like a drift model (through ase_drift.load)."""
+    from ase_drift.diffusion import DiffusionConfig, DiffusionSampler, train_diffusion
+
+    tiny = DiffusionConfig(d_model=16, n_layers=1, n_heads=2, steps=5, batch_size=16,
+                           sampler_steps=4)
+    model = train_diffusion(Conformations.read(labelled_file), tiny, progress=False).save(
+        tmp_path / "dsm.pt")
+    out = tmp_path / "dsm_samples.extxyz"
+    assert main(["sample", str(model), "-n", "3", "--seed", "1", "-o", str(out)]) == 0
+    assert "DiffusionSampler" in capsys.readouterr().out
+    frames = read_positions(out)
+    assert frames.symbols == molecule("CH3CH2OH").get_chemical_symbols()
+    np.testing.assert_allclose(frames.positions,
+                               DiffusionSampler.load(model).sample_positions(3, seed=1),
+                               atol=1e-5)
+
+
+def test_sample_names_the_file_and_the_known_kinds_for_an_unknown_kind(tmp_path, capsys):
+    path = save_checkpoint(tmp_path / "odd.pt", {}, {}, {"kind": "tea-sampler"})
+    with pytest.raises(CheckpointError, match=r"odd\.pt.*'tea-sampler'.*drift-sampler.*dsm-sampler"):
+        ase_drift.load(path)
+    assert main(["sample", str(path), "-n", "1", "-o", str(tmp_path / "x.xyz")]) == 2
+    assert "tea-sampler" in capsys.readouterr().err
 
 
 def test_temperature_taken_from_file_or_required(labelled_file, tmp_path, capsys):

@@ -3,8 +3,9 @@
 The paper's comparison method: a variance-exploding SDE (Song et al. 2021) with
 σ(t) = σ_min (σ_max/σ_min)^t on centred, Kabsch-aligned coordinates normalised by their global
 standard deviation (as the drift sampler's Cartesian space), a small Transformer score network
-over atoms, and a predictor–corrector sampler (reverse-diffusion predictor + one Langevin
-corrector step per level: 1,000 levels = 2,000 network evaluations).
+over atoms, and the predictor–corrector sampler :func:`~ase_drift.diffusion.samplers.pc_sample`
+(per level a reverse-diffusion predictor, then one Langevin corrector step; a noise-free
+denoising step at σ_min: 1,000 levels = 1,999 network evaluations).
 
 Force-guided variant (``force_sigma > 0``): for noise levels σ < ``force_sigma`` the regression
 target −ε/σ of denoising score matching is replaced by the Boltzmann score of the clean sample,
@@ -15,7 +16,6 @@ target −ε/σ of denoising score matching is replaced by the Boltzmann score o
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,16 +25,18 @@ import torch
 from torch import Tensor, nn
 
 from .. import units
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, save_checkpoint
 from ..data import Conformations
 from ..features import align_frames
-from ..sampler import TemplateSampler, torch_generator
+from ..sampler import TemplateSampler, _formula, register_sampler, torch_generator
+from .samplers import pc_sample
+from .schedules import ve_sigma, ve_sigmas
 
 
 @dataclass(frozen=True)
 class DiffusionConfig:
     """Score network, noise schedule, training and sampler settings (paper's DSM: d=128, 4
-    layers, 4 heads; PC sampler with 1,000 steps)."""
+    layers, 4 heads; PC sampler with 1,000 noise levels)."""
 
     d_model: int = 128
     n_layers: int = 4
@@ -94,7 +96,7 @@ class ScoreTransformer(nn.Module):
 
 def sigma_at(t: Tensor, config: DiffusionConfig) -> Tensor:
     """σ(t) = σ_min (σ_max/σ_min)^t."""
-    return config.sigma_min * (config.sigma_max / config.sigma_min) ** t
+    return ve_sigma(t, config.sigma_min, config.sigma_max)
 
 
 def dsm_loss(model: ScoreTransformer, x0: Tensor, scores0: Tensor | None,
@@ -113,10 +115,14 @@ def dsm_loss(model: ScoreTransformer, x0: Tensor, scores0: Tensor | None,
     return (sigma[:, None, None] ** 2 * residual.square()).sum((1, 2)).mean()
 
 
+@register_sampler("dsm-sampler", "diffusion-sampler")
 class DiffusionSampler(TemplateSampler):
-    """A trained VE-SDE score model with a predictor–corrector sampler (2 evaluations/level)."""
+    """A trained VE-SDE score model sampled by predictor–corrector
+    (:func:`~ase_drift.diffusion.samplers.pc_sample`).
 
-    kind = "diffusion-sampler"
+    Its files have kind ``"dsm-sampler"`` (``"diffusion-sampler"`` before the move to
+    ``ase_drift.diffusion``; still read).
+    """
 
     def __init__(self, model: ScoreTransformer, numbers, scale: float, config: DiffusionConfig,
                  metadata: dict):
@@ -126,14 +132,22 @@ class DiffusionSampler(TemplateSampler):
         self.config = config
         self.metadata = metadata
 
+    def __repr__(self) -> str:
+        return (f"DiffusionSampler({_formula(self.numbers)}, {self.config.sampler_steps} levels, "
+                f"T={self.metadata.get('temperature_K')} K)")
+
     @property
     def network_evaluations(self) -> int:
-        return 2 * self.config.sampler_steps
+        """Score evaluations per sample batch: a predictor per level, a corrector per level
+        after the first."""
+        return 2 * self.config.sampler_steps - 1
 
     @torch.inference_mode()
     def sample_positions(self, n: int, seed: int | None = None,
                          batch_size: int = 1000) -> np.ndarray:
         """Predictor–corrector sampling of ``n`` conformations ``[n, A, 3]`` in Å."""
+        if n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
         rng = torch_generator(seed)
         return np.concatenate([self._sample_batch(min(batch_size, n - start), rng)
                                for start in range(0, n, batch_size)]) if n else \
@@ -141,25 +155,16 @@ class DiffusionSampler(TemplateSampler):
 
     def _sample_batch(self, n: int, rng: torch.Generator) -> np.ndarray:
         cfg = self.config
+        shape = (n, len(self.numbers), 3)
 
-        def centred_noise(shape):
+        def centred_noise(sigma=None, sigma_next=None) -> Tensor:
+            # the diffusion lives in the centred subspace (no preferred position)
             z = torch.randn(shape, generator=rng)
             return z - z.mean(1, keepdim=True)
 
-        shape = (n, len(self.numbers), 3)
-        x = cfg.sigma_max * centred_noise(shape)
-        sigmas = sigma_at(torch.linspace(1, 0, cfg.sampler_steps + 1), cfg)
-        for sigma, sigma_next in itertools.pairwise(sigmas):
-            level = sigma.expand(n)
-            # corrector: one Langevin step at this level (signal-to-noise ratio `snr`)
-            score = self.model(x, level)
-            noise = centred_noise(shape)
-            step = 2 * (cfg.snr * noise.flatten(1).norm(dim=-1).mean()
-                        / score.flatten(1).norm(dim=-1).mean()) ** 2
-            x = x + step * score + (2 * step).sqrt() * noise
-            # predictor: reverse-diffusion step from σ to σ_next
-            variance = sigma**2 - sigma_next**2
-            x = x + variance * self.model(x, level) + variance.sqrt() * centred_noise(shape)
+        x = pc_sample(self.model, cfg.sigma_max * centred_noise(),
+                      ve_sigmas(cfg.sampler_steps, cfg.sigma_min, cfg.sigma_max), rng,
+                      snr=cfg.snr, n_corrector=1, noise_sampler=centred_noise)
         return (x * self.scale).numpy().astype(np.float32)
 
     def save(self, path: str | Path) -> Path:
@@ -168,8 +173,7 @@ class DiffusionSampler(TemplateSampler):
                                self.model.state_dict(), metadata)
 
     @classmethod
-    def load(cls, path: str | Path) -> DiffusionSampler:
-        payload = load_checkpoint(path, kind=cls.kind)
+    def from_checkpoint(cls, payload: dict, path: str | Path) -> DiffusionSampler:
         config = DiffusionConfig.from_dict(payload["config"]["diffusion"])
         metadata = {k: v for k, v in payload["metadata"].items() if k != "kind"}
         model = ScoreTransformer(metadata["numbers"], config)
