@@ -15,8 +15,6 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase_drift.data import Conformations
 
 KCAL_MOL_EV = 0.0433641
-DATA_DIR = Path(__file__).parents[1] / ".." / "shared" / "data"
-MD17_ETHANOL = DATA_DIR / "md17_ethanol_2000.extxyz"
 
 
 def water_frames(n=10, seed=0):
@@ -206,26 +204,46 @@ def test_require_names_the_missing_label():
 
 
 # ----------------------------------------------------------------------------- real data
+def write_md17_extxyz(path, data):
+    """Write ``data`` (eV, eV/Å) as the MD17 extxyz files are distributed (SchNetPack's
+    ``ethanol_sampledata.xyz``): energies in kcal/mol in the comment line, forces in kcal/mol/Å
+    as extra columns, written by hand so the reader is tested on the format, not on ASE's
+    writer."""
+    from ase.data import chemical_symbols
+
+    lines = []
+    for positions, forces, energy in zip(data.positions, data.forces, data.energies):
+        lines.append(f"{data.n_atoms}")
+        lines.append(f"Properties=species:S:1:pos:R:3:forces:R:3 "
+                     f"energy={float(energy / KCAL_MOL_EV)!r} pbc=\"F F F\"")
+        for z, r, f in zip(data.numbers, positions, forces / KCAL_MOL_EV):
+            lines.append(f"{chemical_symbols[z]:2s} " + " ".join(f"{x:16.8f}" for x in (*r, *f)))
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
 @pytest.fixture(scope="module")
-def md17():
-    if not MD17_ETHANOL.exists():
-        pytest.skip(f"{MD17_ETHANOL} not available")
-    return Conformations.read(MD17_ETHANOL, energy_unit="kcal/mol")
+def ethanol_md17_style(tmp_path_factory):
+    """(bundled GFN2-xTB ethanol frames in eV, the same frames read back from an MD17-style
+    extxyz in kcal/mol): real data from the repository, no file outside it."""
+    from ase_drift.datasets import load
+
+    frames = load("ethanol-gfn2-500K")[1][::500]  # 20 frames of the equilibrium reference
+    path = tmp_path_factory.mktemp("md17") / "ethanol.extxyz"
+    write_md17_extxyz(path, frames)
+    return frames, Conformations.read(path, energy_unit="kcal/mol")
 
 
-def test_md17_ethanol_file(md17):
-    """MD17 ethanol (DFT): 2000 frames of C C O H H H H H H, E ≈ −97195 kcal/mol ≈ −4214.8 eV."""
-    assert len(md17) == 2000
-    assert md17.symbols == ["C", "C", "O", "H", "H", "H", "H", "H", "H"]
-    assert md17.forces is not None and md17.energies is not None
-    # first frame as written in the file, in kcal/mol and kcal/mol/Å
-    assert md17.energies[0] == pytest.approx(-97195.01189948035 * KCAL_MOL_EV, rel=1e-6)
-    assert md17.energies[0] == pytest.approx(-4214.8, abs=0.1)
-    np.testing.assert_allclose(md17.forces[0, 0],
-                               np.array([26.23068692, -14.15197537, 33.37017128]) * KCAL_MOL_EV,
-                               rtol=1e-6)
-    np.testing.assert_allclose(md17.positions[0, 0], [0.32528930, -0.20828107, -0.37292856])
-    mean_kcal = md17.energies.mean() / KCAL_MOL_EV
-    assert mean_kcal == pytest.approx(-97195, abs=50)
+def test_md17_style_extxyz_in_kcal_per_mol(ethanol_md17_style):
+    """An MD17-style extxyz (C C O H H H H H H; energy kcal/mol, forces kcal/mol/Å) reads back
+    in eV and eV/Å: GFN2-xTB ethanol E ≈ −309.6 eV ≈ −7139 kcal/mol."""
+    frames, read = ethanol_md17_style
+    assert len(read) == 20
+    assert read.symbols == ["C", "C", "O", "H", "H", "H", "H", "H", "H"]
+    assert read.forces is not None and read.energies is not None
+    assert read.energies.mean() == pytest.approx(-309.6, abs=0.1)  # eV, not kcal/mol
+    # the file holds 8 decimals (1e-8 Å); KCAL_MOL_EV holds 6 significant digits
+    np.testing.assert_allclose(read.positions, frames.positions, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(read.energies, frames.energies, rtol=1e-6)
+    np.testing.assert_allclose(read.forces, frames.forces, rtol=1e-6, atol=1e-7)
     # an isolated molecule: net force ≈ 0 compared with the typical force
-    assert np.abs(md17.forces.sum(axis=1)).max() < 0.05 * np.abs(md17.forces).mean() * 9
+    assert np.abs(read.forces.sum(axis=1)).max() < 0.05 * np.abs(read.forces).mean() * 9

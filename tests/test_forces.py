@@ -27,8 +27,6 @@ from ase_drift.forces import (
     label_positions,
 )
 
-openmm = pytest.importorskip("openmm")
-
 FORCE_TOL = 1e-5  # eV/Å, where two engines must agree
 
 ARGON_Z = 18
@@ -40,7 +38,10 @@ EPSILON_EV = EPSILON_KJ_MOL * ase_units.kJ / ase_units.mol
 
 
 def argon_system(n_atoms, masses=None):
-    """OpenMM System of ``n_atoms`` uncharged Lennard-Jones atoms, no cutoff."""
+    """OpenMM System of ``n_atoms`` uncharged Lennard-Jones atoms, no cutoff. Skips the calling
+    test when the optional ``openmm`` extra is missing (only the OpenMM tests call this: the
+    other tests of this module use ASE calculators and run everywhere)."""
+    openmm = pytest.importorskip("openmm", reason="OpenMMForces needs the optional openmm extra")
     system = openmm.System()
     nonbonded = openmm.NonbondedForce()
     nonbonded.setNonbondedMethod(openmm.NonbondedForce.NoCutoff)
