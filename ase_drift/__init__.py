@@ -11,7 +11,17 @@ __version__ = "0.1.0"
 
 from .checkpoint import CheckpointError
 from .data import Conformations
-from .drift import DengDrift, DriftField, GaussianDrift, Positives, make_field
+from .drift import (
+    DengDrift,
+    DriftField,
+    EnergyTilt,
+    ForceTilt,
+    GaussianDrift,
+    Positives,
+    field_from_spec,
+    field_spec,
+    make_field,
+)
 from .features import Cartesian, PairwiseDistances, Representation
 from .forces import (
                      CalculatorForces,
@@ -33,8 +43,10 @@ __all__ = [
                      "DengDrift",
                      "DriftField",
                      "DriftSampler",
+                     "EnergyTilt",
                      "ForceResult",
                      "ForceSource",
+                     "ForceTilt",
                      "GaussianDrift",
                      "LabelForces",
                      "LabelingError",
@@ -47,6 +59,8 @@ __all__ = [
                      "TrainConfig",
                      "Trainer",
                      "__version__",
+                     "field_from_spec",
+                     "field_spec",
                      "load",
                      "make_field",
                      "train",

@@ -6,15 +6,17 @@ negatives, with each sample excluded from its own repulsion), ``y`` ``[N, D]`` t
 ``τ`` the kernel bandwidth. Every field returns the drift V ``[B, D]``; the trainer moves the
 generator toward stopgrad(x + V) (Eq. 9).
 
-A *field* is any callable ``field(x, positives) -> V`` (see :class:`DriftField`); the objects
-here (:class:`GaussianDrift`, :class:`DengDrift`) are the training hooks of DESIGN.md and a
-user may pass their own callable with the same signature.
+A *field* is any callable ``field(x, positives) -> V`` with a ``requires`` attribute (see
+:class:`DriftField`); the objects here (:class:`GaussianDrift` composed of an attraction, logit
+tilts :class:`ForceTilt` / :class:`EnergyTilt` and a bandwidth rule, and :class:`DengDrift`) are
+the training hooks of DESIGN.md, described by a JSON spec (:func:`field_spec`) that checkpoints
+store. A user may pass their own callable with the same signature.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Protocol, runtime_checkable
+from dataclasses import dataclass, fields
+from typing import ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -40,7 +42,13 @@ class Positives(NamedTuple):
 
 @runtime_checkable
 class DriftField(Protocol):
-    """``field(x [B, D], positives) -> V [B, D]``; ``x`` carries no gradient."""
+    """``field(x [B, D], positives) -> V [B, D]``; ``x`` carries no gradient.
+
+    ``requires`` names the labels (:data:`FORCES`, :data:`ENERGIES`, :data:`DENSITY`) the
+    positives must carry; the trainer prepares exactly those.
+    """
+
+    requires: frozenset[str]
 
     def __call__(self, x: Tensor, positives: Positives) -> Tensor: ...
 
@@ -120,72 +128,115 @@ def deng_drift(x: Tensor, y: Tensor, temperature: float | Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- field objects
+# Label names a field may require of its positives (Positives fields in brackets).
+FORCES = "forces"  # scores s_i = F_φ/kT
+ENERGIES = "energies"  # reduced energies E/kT
+DENSITY = "density"  # log p̂_data(y_i), estimated by the trainer
+
+
+@dataclass(frozen=True)
+class ForceTilt:
+    """FK's force form: logits += β·a_i(x) with a_i(x) = s_i·(y_i − x) (Eq. 23), standardised
+    over the positive batch per generated sample when ``standardize`` (Eqs. 35–36, the paper's
+    FK in distance space)."""
+
+    beta: float = 0.5
+    standardize: bool = True
+
+    kind: ClassVar[str] = "force-tilt"
+
+    def __post_init__(self):
+        _check_beta(self.beta)
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({FORCES})
+
+    def __call__(self, x: Tensor, positives: Positives) -> Tensor:
+        _require(positives.scores, "forces", "the force form of FK")
+        align = force_alignment(x, positives.features, positives.scores)  # [B, N]
+        return self.beta * (standardize(align) if self.standardize else align)
+
+
+@dataclass(frozen=True)
+class EnergyTilt:
+    """FK's energy form: logits += β·a_i with a_i = −(E_i − Ē)/kT (Eq. 21), optionally minus a
+    density estimate log p̂_data(y_i).
+
+    Unstandardised, the attraction targets p_data·π^β, and with ``density_correction`` and
+    β = 1 it targets π itself (weights ∝ k·π/p̂_data: importance reweighting). Standardised
+    (``standardize``), a_i/std(a) no longer depends on x: a fixed tilt p_data·π^(β/std(E/kT)),
+    not the paper's FK; so standardisation and the density correction exclude each other.
+    """
+
+    beta: float = 1.0
+    standardize: bool = False
+    density_correction: bool = False
+
+    kind: ClassVar[str] = "energy-tilt"
+
+    def __post_init__(self):
+        _check_beta(self.beta)
+        if self.standardize and self.density_correction:
+            raise ValueError("the density correction targets π only without standardisation "
+                             "(standardize=False)")
+
+    @property
+    def requires(self) -> frozenset[str]:
+        return frozenset({ENERGIES, DENSITY} if self.density_correction else {ENERGIES})
+
+    def __call__(self, x: Tensor, positives: Positives) -> Tensor:
+        _require(positives.reduced_energies, "energies", "the energy form of FK")
+        align = energy_alignment(positives.reduced_energies)  # [N]
+        if self.density_correction:
+            _require(positives.log_density, "a data density estimate", "density_correction")
+            align = align - positives.log_density
+        if self.standardize:
+            align = standardize(align)
+        return self.beta * align[None, :]  # [1, N]
+
+
 @dataclass(frozen=True)
 class GaussianDrift:
-    """Gaussian-kernel drift with optional force guidance (the paper's FI, FK and FI+FK).
+    """Gaussian-kernel drift with optional force guidance: the paper's drifting, FI, FK, FI+FK.
+
+    A field is composed of an attraction term (data, or Force-Interpolated with weight ω), logit
+    tilts added to the attraction's kernel logits (:class:`ForceTilt`, :class:`EnergyTilt`) and a
+    bandwidth rule (multiples of the median generated–positive distance; drifts of all
+    bandwidths are summed). :attr:`requires` names the labels the positives must carry.
 
     Args:
         omega: Force-Interpolated weight ω ∈ [0, 1] (Definition 3.1); 0 disables FI.
-        beta: Force-Aligned Kernel strength β ≥ 0 (Definition 3.2); 0 disables FK.
-        alignment: 'energy' (exact, Eq. 21), 'force' (Taylor, Eq. 23), or 'auto' (energy when
-            the positives carry energies).
-        standardize_alignment: standardise a_i over the positive batch (Eq. 36); the paper's
-            choice in distance space.
-        normalize_force_scale: divide the FI force term by ρ (Eq. 34); distance space needs it.
-        density_correction: add −log p̂_data(y_i) to the alignment, so that β = 1 with energies
-            targets π itself instead of the tilted p_data·π (DESIGN.md, "What FK targets").
-        bandwidths: kernel bandwidths as multiples of the median generated–positive distance;
-            the drifts of all bandwidths are summed.
+        tilts: logit terms (Definition 3.2 and its variants).
+        bandwidths: kernel bandwidths as multiples of the median generated–positive distance.
+        normalize_force_scale: divide the FI force term by ρ (Eq. 34).
     """
 
     omega: float = 0.0
-    beta: float = 0.0
-    alignment: str = "auto"
-    standardize_alignment: bool = False
-    normalize_force_scale: bool = False
-    density_correction: bool = False
+    tilts: tuple = ()
     bandwidths: tuple[float, ...] = (0.25,)
+    normalize_force_scale: bool = False
+
+    kind: ClassVar[str] = "gaussian"
 
     def __post_init__(self):
+        object.__setattr__(self, "tilts", tuple(self.tilts))
+        object.__setattr__(self, "bandwidths", tuple(float(b) for b in self.bandwidths))
         if not 0.0 <= self.omega <= 1.0:
             raise ValueError(f"omega must lie in [0, 1], got {self.omega}")
-        if self.beta < 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
-        if self.alignment not in ("auto", "energy", "force"):
-            raise ValueError(f"alignment must be 'auto', 'energy' or 'force', got {self.alignment!r}")
         if not self.bandwidths or min(self.bandwidths) <= 0:
             raise ValueError(f"bandwidths must be positive, got {self.bandwidths}")
 
     @property
-    def needs_scores(self) -> bool:
-        return self.omega > 0 or (self.beta > 0 and self.alignment == "force")
-
-    @property
-    def needs_energies(self) -> bool:
-        return self.beta > 0 and self.alignment == "energy"
-
-    def alignment_logits(self, x: Tensor, positives: Positives) -> Tensor:
-        """β·a ``[B, N]`` (or ``[N]``) added to the attraction logits."""
-        use_energy = self.alignment == "energy" or (
-            self.alignment == "auto" and positives.reduced_energies is not None)
-        if use_energy:
-            _require(positives.reduced_energies, "energies", "the energy form of FK")
-            align = energy_alignment(positives.reduced_energies)[None, :]
-        else:
-            _require(positives.scores, "forces", "the force form of FK")
-            align = force_alignment(x, positives.features, positives.scores)
-        if self.density_correction:
-            _require(positives.log_density, "a data density estimate", "density_correction")
-            align = align - positives.log_density[None, :]
-        if self.standardize_alignment:
-            align = standardize(align)
-        return self.beta * align
+    def requires(self) -> frozenset[str]:
+        needed = {FORCES} if self.omega > 0 else set()
+        return frozenset(needed.union(*(tilt.requires for tilt in self.tilts)))
 
     def __call__(self, x: Tensor, positives: Positives) -> Tensor:
         y = positives.features
         if self.omega > 0:
             _require(positives.scores, "forces", "Force-Interpolated drifting (omega > 0)")
-        extra = self.alignment_logits(x, positives) if self.beta > 0 else 0.0
+        extra = sum((tilt(x, positives) for tilt in self.tilts), start=0.0)  # [B|1, N]
         to_positives = squared_distances(x, y)  # [B, N], shared by every bandwidth
         to_negatives = squared_distances(x, x)  # [B, B]
         median = median_from_squared(to_positives)  # median-heuristic bandwidth
@@ -210,8 +261,11 @@ class DengDrift:
 
     temperatures: tuple[float, ...] = (0.02, 0.05, 0.2)
 
-    needs_scores = False
-    needs_energies = False
+    kind: ClassVar[str] = "deng"
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __post_init__(self):
+        object.__setattr__(self, "temperatures", tuple(float(t) for t in self.temperatures))
 
     def __call__(self, x: Tensor, positives: Positives) -> Tensor:
         y = positives.features
@@ -224,46 +278,90 @@ class DengDrift:
         return drift
 
 
-FIELDS = ("drift", "fi", "fk", "fi+fk", "deng")
+# ----------------------------------------------------------------------------- specs
+_KINDS = {cls.kind: cls for cls in (GaussianDrift, DengDrift, ForceTilt, EnergyTilt)}
+
+
+def field_spec(field) -> dict:
+    """A JSON-serialisable description of a field built from this module's parts (what
+    checkpoints store); :func:`field_from_spec` rebuilds it."""
+    kind = getattr(field, "kind", None)
+    if _KINDS.get(kind) is not type(field):
+        raise TypeError(f"{type(field).__name__} is not a field of ase_drift.drift: it has no spec")
+    spec = {"kind": kind}
+    for item in fields(field):
+        value = getattr(field, item.name)
+        spec[item.name] = ([field_spec(v) for v in value] if item.name == "tilts"
+                           else list(value) if isinstance(value, tuple) else value)
+    return spec
+
+
+def field_from_spec(spec: dict):
+    """Inverse of :func:`field_spec`."""
+    spec = dict(spec)
+    kind = spec.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown field kind {kind!r}; known: {sorted(_KINDS)}")
+    if "tilts" in spec:
+        spec["tilts"] = tuple(field_from_spec(t) for t in spec["tilts"])
+    return _KINDS[kind](**spec)
+
+
+FIELDS = ("drift", "fi", "fk", "fk-energy", "fi+fk", "deng")
 
 
 def make_field(name: str, space: str, omega: float | None = None, beta: float | None = None,
-               bandwidths: tuple[float, ...] = (0.25,), alignment: str = "auto",
-               density_correction: bool = False,
-               standardize_alignment: bool | None = None,
-               normalize_force_scale: bool | None = None) -> DriftField:
+               bandwidths: tuple[float, ...] = (0.25,), density_correction: bool = False,
+               standardize: bool | None = None,
+               normalize_force_scale: bool = False) -> GaussianDrift | DengDrift:
     """The named field with the paper's defaults for ``space`` ('cartesian' or 'distance').
 
-    'drift' standard drifting; 'fi' Force-Interpolated (ω, default 0.02 Cartesian / 0.1
-    distance); 'fk' Force-Aligned Kernel (β, default 0.5); 'fi+fk' both; 'deng' the original
-    multi-temperature Laplacian field. In distance space the FK alignment is standardised
-    (Eq. 36) unless ``standardize_alignment`` says otherwise. The FI force term is used as the
-    Drifting Force Identity gives it, τ²F_φ/kT with the exact feature force; the paper's
-    scale normalisation by ρ (Eq. 34) is available as ``normalize_force_scale=True`` but breaks
-    the identity's balance (it shrinks a cold harmonic test system instead of widening it, see
-    tests/test_debiasing.py and docs/maths.md), so it is off by default.
+    - 'drift': standard drifting (Eq. 5).
+    - 'fi': Force-Interpolated attraction (ω, default 0.02 Cartesian / 0.1 distance), with the
+      force term τ²F_φ/kT as the Drifting Force Identity gives it; the paper's normalisation by
+      ρ (Eq. 34) is ``normalize_force_scale=True`` (it breaks the identity's balance, see
+      docs/maths.md).
+    - 'fk': the paper's Force-Aligned Kernel, force form a_i(x) = s_i·(y_i − x) (Eq. 23) with β
+      (default 0.5), standardised over the positive batch in distance space (Eqs. 35–36).
+    - 'fk-energy': the energy form a_i = −(E_i − Ē)/kT (Eq. 21), β default 0.5; standardised in
+      distance space unless ``density_correction`` (which needs it unstandardised: then β = 1
+      aims at π itself).
+    - 'fi+fk': FI and the force-form FK together.
+    - 'deng': the original multi-temperature Laplacian field (Deng et al. 2026).
+
+    ``standardize`` overrides the space's default standardisation of the tilt.
     """
     if name not in FIELDS:
         raise ValueError(f"unknown field {name!r}; use one of {FIELDS}")
     if name == "deng":
         return DengDrift()
-    in_features = space == "distance"
     use_fi = name in ("fi", "fi+fk")
-    use_fk = name in ("fk", "fi+fk")
+    use_fk = name in ("fk", "fk-energy", "fi+fk")
     if omega is not None and not use_fi:
         raise ValueError(f"omega applies to 'fi' and 'fi+fk', not {name!r}")
     if beta is not None and not use_fk:
-        raise ValueError(f"beta applies to 'fk' and 'fi+fk', not {name!r}")
-    return GaussianDrift(
-        omega=(omega if omega is not None else (0.1 if in_features else 0.02)) if use_fi else 0.0,
-        beta=(beta if beta is not None else 0.5) if use_fk else 0.0,
-        alignment=alignment,
-        standardize_alignment=in_features if standardize_alignment is None
-        else standardize_alignment,
-        normalize_force_scale=bool(normalize_force_scale),
-        density_correction=density_correction,
-        bandwidths=tuple(bandwidths),
-    )
+        raise ValueError(f"beta applies to 'fk', 'fk-energy' and 'fi+fk', not {name!r}")
+    if density_correction and name != "fk-energy":
+        raise ValueError(f"density_correction applies to 'fk-energy', not {name!r}")
+    in_features = space == "distance"
+    if standardize is None:
+        standardize = in_features and not density_correction
+    beta = 0.5 if beta is None else beta
+    tilts = ()
+    if name == "fk-energy":
+        tilts = (EnergyTilt(beta, standardize, density_correction),)
+    elif use_fk:
+        tilts = (ForceTilt(beta, standardize),)
+    if omega is None:
+        omega = 0.1 if in_features else 0.02
+    return GaussianDrift(omega=omega if use_fi else 0.0, tilts=tilts,
+                         bandwidths=tuple(bandwidths),
+                         normalize_force_scale=normalize_force_scale)
+
+
+def _check_beta(beta: float) -> None:
+    if beta < 0:
+        raise ValueError(f"beta must be non-negative, got {beta}")
 
 
 def _require(value, what: str, why: str) -> None:

@@ -15,11 +15,27 @@ invariant under rotations and translations, with the analytic Jacobian of paper 
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from . import units
+
+if TYPE_CHECKING:
+    from .data import Conformations
+
+
+class Prepared(NamedTuple):
+    """A data set prepared once for training, in normalised units (Å / ``scale``)."""
+
+    coords: Tensor  # [N, A, 3]  centred (Cartesian: Kabsch-aligned) frames / σ
+    aligned_coords: Tensor  # [N, A, 3]  centred, Kabsch-aligned to frame 0, / σ
+    features: Tensor  # [N, D]  φ(coords)
+    scores: Tensor | None  # [N, D]  σ·F_φ/kT, the feature-space Boltzmann score (Eq. 31)
+    reduced_energies: Tensor | None  # [N]  E/kT minus its mean
+    scale: float  # σ in Å: the global standard deviation of the centred coordinates
 
 
 @runtime_checkable
@@ -31,6 +47,35 @@ class Representation(Protocol):
     def features(self, coords: Tensor) -> Tensor: ...
 
     def feature_scores(self, coords: Tensor, scores: Tensor) -> Tensor: ...
+
+    def prepare(self, data: Conformations, temperature_K: float) -> Prepared: ...
+
+
+def _prepare(representation, data: Conformations, temperature_K: float,
+             rotate_frames: bool) -> Prepared:
+    """Centre the frames (and with ``rotate_frames`` Kabsch-align them to frame 0, rotating
+    the forces with them), divide by σ, and map positions and forces to features and
+    feature-space scores σ·F_φ/kT (Eq. 31). Forces and energies become scores and reduced
+    energies when the data carries them."""
+    aligned, aligned_forces = align_frames(data.positions, data.positions[0], data.forces)
+    if rotate_frames:
+        positions, forces = aligned, aligned_forces
+    else:
+        positions, forces = data.positions - data.positions.mean(axis=1, keepdims=True), data.forces
+    scale = float(positions.std())  # the same for aligned and merely centred frames
+    coords = torch.as_tensor(positions / scale, dtype=torch.float32)  # [N, A, 3]
+    aligned_coords = torch.as_tensor(aligned / scale, dtype=torch.float32)
+    scores = None
+    if forces is not None:
+        cart_scores = torch.as_tensor(units.reduced_forces(forces, temperature_K) * scale,
+                                      dtype=torch.float32)  # [N, A, 3]
+        scores = representation.feature_scores(coords, cart_scores)
+    energies = None
+    if data.energies is not None:
+        reduced = data.energies / units.kT(temperature_K)
+        energies = torch.as_tensor(reduced - reduced.mean(), dtype=torch.float32)
+    return Prepared(coords, aligned_coords, representation.features(coords), scores, energies,
+                    scale)
 
 
 def center(coords: Tensor) -> Tensor:
@@ -53,6 +98,10 @@ class Cartesian:
     def feature_scores(self, coords: Tensor, scores: Tensor) -> Tensor:
         # An isolated molecule's forces sum to zero; centring removes round-off drift.
         return center(scores).flatten(1)  # [N, 3A]
+
+    def prepare(self, data: Conformations, temperature_K: float) -> Prepared:
+        """Centre, Kabsch-align to frame 0 (forces rotate with their frames), normalise."""
+        return _prepare(self, data, temperature_K, rotate_frames=True)
 
 
 class PairwiseDistances:
@@ -102,6 +151,11 @@ class PairwiseDistances:
             solved = eigvec @ (inv * (eigvec.transpose(1, 2) @ flat[..., None])[..., 0])[..., None]
             out.append((jac @ solved)[..., 0])  # [N, M]
         return torch.cat(out)
+
+    def prepare(self, data: Conformations, temperature_K: float) -> Prepared:
+        """Centre and normalise; distances need no rotation (``aligned_coords`` are aligned
+        all the same, for initialising a generator)."""
+        return _prepare(self, data, temperature_K, rotate_frames=False)
 
 
 def make_representation(space: str, n_atoms: int) -> Representation:

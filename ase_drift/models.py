@@ -18,14 +18,15 @@ class GeneratorConfig:
     noise_dim: int = 64
     hidden: int = 512
     depth: int = 6
+    affine_skip: bool = True
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 class MLPGenerator(nn.Module):
-    """One network evaluation per conformation: an MLP with SiLU activations plus an affine
-    skip path, G(z) = b + W z + MLP(z).
+    """One network evaluation per conformation: an MLP with SiLU activations plus (with
+    ``affine_skip``) an affine skip path, G(z) = b + W z + MLP(z).
 
     :meth:`initialize_from_data` sets b and W to the data's mean and principal axes, so training
     starts from the Gaussian fit of the data instead of a point; the MLP then learns the
@@ -42,12 +43,13 @@ class MLPGenerator(nn.Module):
             width = config.hidden
         layers.append(nn.Linear(width, 3 * config.n_atoms))
         self.net = nn.Sequential(*layers)
-        self.skip = nn.Linear(config.noise_dim, 3 * config.n_atoms)
-        nn.init.zeros_(self.skip.weight)
-        nn.init.zeros_(self.skip.bias)
+        self.skip = nn.Linear(config.noise_dim, 3 * config.n_atoms) if config.affine_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
 
     def forward(self, noise: Tensor) -> Tensor:
-        out = self.skip(noise) + self.net(noise)
+        out = self.net(noise) if self.skip is None else self.skip(noise) + self.net(noise)
         return out.view(len(noise), self.config.n_atoms, 3)  # [B, A, 3]
 
     @torch.no_grad()
@@ -55,6 +57,8 @@ class MLPGenerator(nn.Module):
         """Affine path ← mean and principal axes of aligned ``coords`` ``[N, A, 3]`` (the first
         min(noise_dim, 3A) components, scaled by their standard deviations); the MLP's last layer
         is shrunk by ``mlp_scale`` so it starts as a small correction."""
+        if self.skip is None:
+            raise ValueError("initialize_from_data needs the affine skip path (affine_skip=True)")
         flat = coords.flatten(1)  # [N, 3A]
         mean = flat.mean(0)
         _, singular, axes = torch.linalg.svd((flat - mean) / math.sqrt(len(flat)),

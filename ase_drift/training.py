@@ -20,19 +20,16 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch import Tensor
 
-from . import units
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Conformations
-from .drift import DriftField, Positives, make_field
-from .features import Representation, align_frames, make_representation
+from .drift import DENSITY, ENERGIES, FORCES, DriftField, Positives, field_spec, make_field
+from .features import make_representation
 from .forces import label
-from .kernels import exclude_self, gaussian_logits
+from .kernels import kde_log_density
 from .models import GeneratorConfig, MLPGenerator
 from .sampler import DriftSampler
 
@@ -43,8 +40,9 @@ __all__ = ["Checkpointer", "Evaluator", "ProgressBar", "TrainConfig", "Trainer",
 class TrainConfig:
     """Everything that defines a training run (defaults: the paper's ethanol setup, DESIGN.md).
 
-    ``field`` is one of 'drift', 'fi', 'fk', 'fi+fk', 'deng' (see :func:`ase_drift.drift.make_field`)
-    or 'custom' when a field object is passed to the trainer. ``temperature_K`` None means: take
+    ``field`` is one of :data:`ase_drift.drift.FIELDS` (see :func:`ase_drift.drift.make_field`,
+    whose arguments ``omega`` … ``bandwidths`` mirror) or 'custom' when a field object is passed
+    to the trainer; the checkpoint stores the field's spec beside this config. ``temperature_K`` None means: take
     it from the data.
     """
 
@@ -52,10 +50,9 @@ class TrainConfig:
     space: str = "distance"
     omega: float | None = None
     beta: float | None = None
-    alignment: str = "auto"
     density_correction: bool = False
-    standardize_alignment: bool | None = None
-    normalize_force_scale: bool | None = None
+    standardize: bool | None = None
+    normalize_force_scale: bool = False
     bandwidths: tuple[float, ...] = (0.25,)
     temperature_K: float | None = None
     steps: int = 20000
@@ -66,6 +63,8 @@ class TrainConfig:
     noise_dim: int = 64
     hidden: int = 512
     depth: int = 6
+    affine_skip: bool = True
+    initialize_from_data: bool = True
     seed: int = 0
     log_every: int = 10
 
@@ -82,66 +81,6 @@ class TrainConfig:
     def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
-
-
-class TrainingData(NamedTuple):
-    """Positives prepared once per data set (normalised units)."""
-
-    aligned_coords: Tensor  # [N, A, 3]  centred, Kabsch-aligned, /σ (initialises the generator)
-    features: Tensor  # [N, D]
-    scores: Tensor | None  # [N, D]  σ·F_φ/kT
-    reduced_energies: Tensor | None  # [N]  E/kT
-    log_density: Tensor | None  # [N]
-    scale: float  # σ in Å
-
-
-def kde_log_density(features: Tensor, chunk: int = 2048) -> Tensor:
-    """Leave-one-out Gaussian kernel density estimate log p̂(y_i) ``[N]`` (up to a constant),
-    bandwidth = median nearest-neighbour distance."""
-    n = len(features)
-    nearest = features.new_empty(n)
-    for start in range(0, n, chunk):
-        logits = gaussian_logits(features[start:start + chunk], features, 1.0)
-        logits[:, start:start + chunk] = exclude_self(logits[:, start:start + chunk])
-        nearest[start:start + chunk] = (-2 * logits.max(-1).values).sqrt()
-    bandwidth = nearest.median()
-    out = features.new_empty(n)
-    for start in range(0, n, chunk):
-        logits = gaussian_logits(features[start:start + chunk], features, bandwidth)
-        logits[:, start:start + chunk] = exclude_self(logits[:, start:start + chunk])
-        out[start:start + chunk] = torch.logsumexp(logits, -1)
-    return out - math.log(n - 1)
-
-
-def prepare_data(data: Conformations, representation: Representation, temperature_K: float,
-                 with_scores: bool, with_energies: bool, with_density: bool) -> TrainingData:
-    """Centre (and in Cartesian space Kabsch-align) frames, normalise by σ, build features and
-    feature-space scores (paper Eq. 31) once."""
-    forces = data.forces if with_scores else None
-    cartesian = representation.name == "cartesian"
-    # Forces rotate with their frame in Cartesian space; distances need neither.
-    aligned, aligned_forces = align_frames(data.positions, data.positions[0],
-                                           forces if cartesian else None)
-    if cartesian:
-        positions, forces = aligned, aligned_forces
-    else:
-        positions = data.positions - data.positions.mean(axis=1, keepdims=True)
-    scale = float(positions.std())  # the same for aligned and merely centred frames
-    coords = torch.as_tensor(positions / scale, dtype=torch.float32)  # [N, A, 3]
-    aligned_coords = coords if cartesian else torch.as_tensor(aligned / scale,
-                                                              dtype=torch.float32)
-    features = representation.features(coords)
-    scores = None
-    if forces is not None:
-        cart_scores = torch.as_tensor(units.reduced_forces(forces, temperature_K) * scale,
-                                      dtype=torch.float32)  # [N, A, 3]
-        scores = representation.feature_scores(coords, cart_scores)
-    energies = None
-    if with_energies and data.energies is not None:
-        reduced = data.energies / units.kT(temperature_K)
-        energies = torch.as_tensor(reduced - reduced.mean(), dtype=torch.float32)
-    density = kde_log_density(features) if with_density else None
-    return TrainingData(aligned_coords, features, scores, energies, density, scale)
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -179,26 +118,22 @@ class Trainer:
             config = TrainConfig.from_dict(dict(config.as_dict(), temperature_K=temperature))
         if field is None:
             field = make_field(config.field, config.space, omega=config.omega, beta=config.beta,
-                               bandwidths=config.bandwidths, alignment=config.alignment,
+                               bandwidths=config.bandwidths,
                                density_correction=config.density_correction,
-                               standardize_alignment=config.standardize_alignment,
+                               standardize=config.standardize,
                                normalize_force_scale=config.normalize_force_scale)
         elif config.field != "custom":
             config = TrainConfig.from_dict(dict(config.as_dict(), field="custom"))
         if forces is not None:
             data = label(data, forces, cache=label_cache)
-        # A field declares the labels it needs; a custom field gets whatever the data has.
-        needs_scores = getattr(field, "needs_scores", data.forces is not None)
-        needs_energies = getattr(field, "needs_energies", data.energies is not None)
-        uses_auto_alignment = (getattr(field, "beta", 0) > 0
-                               and getattr(field, "alignment", "") == "auto")
-        if uses_auto_alignment and data.energies is None:  # FK's force form then
-            needs_scores = True
-        why = f"field {config.field!r}"
-        if needs_scores:
-            data.require("forces", why=why)
-        if needs_energies:
-            data.require("energies", why=why)
+        # A field declares the labels it needs; a custom field without `requires` gets
+        # whatever the data has.
+        requires = getattr(field, "requires", None)
+        if requires is None:
+            requires = {k for k in (FORCES, ENERGIES) if getattr(data, k) is not None}
+        data_labels = {FORCES, ENERGIES}.intersection(requires)
+        if data_labels:
+            data.require(*sorted(data_labels), why=f"field {config.field!r}")
 
         self.config = config
         self.field = field
@@ -207,17 +142,18 @@ class Trainer:
         self.data_digest = hashlib.sha256(
             np.ascontiguousarray(data.positions).tobytes()).hexdigest()
         self.representation = make_representation(config.space, data.n_atoms)
-        self.prepared = prepare_data(
-            data, self.representation, temperature, with_scores=needs_scores,
-            with_energies=needs_energies or uses_auto_alignment,
-            with_density=config.density_correction)
+        self.prepared = self.representation.prepare(data, temperature)
+        self.log_density = (kde_log_density(self.prepared.features) if DENSITY in requires
+                            else None)
         # Seeded weight initialisation (sampling uses self.rng); fork_rng restores the caller's
         # global RNG afterwards (no global state, DESIGN.md).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
             self.model = MLPGenerator(GeneratorConfig(data.n_atoms, config.noise_dim,
-                                                      config.hidden, config.depth))
-        self.model.initialize_from_data(self.prepared.aligned_coords)
+                                                      config.hidden, config.depth,
+                                                      config.affine_skip))
+        if config.initialize_from_data:
+            self.model.initialize_from_data(self.prepared.aligned_coords)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
                                           fused=True)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -240,7 +176,7 @@ class Trainer:
         index = torch.randperm(n, generator=self.rng)[: self.config.n_positives]
         pick = (lambda t: None if t is None else t[index])
         return Positives(prepared.features[index], pick(prepared.scores),
-                         pick(prepared.reduced_energies), pick(prepared.log_density))
+                         pick(prepared.reduced_energies), pick(self.log_density))
 
     def step(self) -> tuple[float, float]:
         """One optimisation step; returns (loss, mean ‖V‖)."""
@@ -296,6 +232,7 @@ class Trainer:
             "space": self.config.space,
             "field": self.config.field,
             "field_repr": repr(self.field),
+            "field_spec": self.field_spec(),
             "step": self.step_count,
             "training_data": {
                 "formula": data.formula,
@@ -307,8 +244,16 @@ class Trainer:
             "history": {k: list(v) for k, v in self.history.items()},
         }
 
+    def field_spec(self) -> dict | None:
+        """The field's JSON spec, or None for a custom field built elsewhere."""
+        try:
+            return field_spec(self.field)
+        except TypeError:
+            return None
+
     def stored_config(self) -> dict:
-        return {"generator": self.model.config.as_dict(), "train": self.config.as_dict()}
+        return {"generator": self.model.config.as_dict(), "train": self.config.as_dict(),
+                "field": self.field_spec()}
 
     def sampler(self) -> DriftSampler:
         import copy
@@ -334,6 +279,10 @@ class Trainer:
         """Restore a checkpoint written by :meth:`save_checkpoint` for the same data and config."""
         payload = load_checkpoint(path, kind="drift-trainer")
         stored = TrainConfig.from_dict(payload["config"]["train"])
+        if payload["config"].get("field") != self.field_spec():
+            raise CheckpointError(f"{path} was written with another drift field "
+                                  f"(checkpoint {payload['config'].get('field')}, now "
+                                  f"{self.field_spec()})")
         if stored != self.config:
             diff = {k: (v, getattr(self.config, k)) for k, v in stored.as_dict().items()
                     if getattr(self.config, k) != v}
@@ -417,7 +366,7 @@ def train(data: Conformations, temperature_K: float | None = None, field: str | 
     Args:
         data: training conformations (positions; forces/energies as the field needs).
         temperature_K: target temperature (default: the data's).
-        field: 'drift', 'fi', 'fk', 'fi+fk', 'deng', or a custom field callable.
+        field: a name of :data:`ase_drift.drift.FIELDS` or a custom field callable.
         space: 'cartesian' or 'distance'.
         forces: a ForceSource labelling the training frames (cached in ``label_cache``).
         checkpoint: path of a resumable training checkpoint, written every

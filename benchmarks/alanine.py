@@ -63,7 +63,7 @@ from ase_drift.peptides import (
     restore_chirality,
     topology_from_pdb,
 )
-from ase_drift.training import ProgressBar, TrainConfig, Trainer, prepare_data
+from ase_drift.training import ProgressBar, TrainConfig, Trainer
 from benchmarks.common import ROOT, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
@@ -106,8 +106,7 @@ def force_term_ratio(data: Conformations, space: str, bandwidth: float = 0.25) -
     """ρ of Eq. 33 with the training set's even frames as generated samples and its odd frames as
     positives: how large FI's force term τ² s is against the data term y − x before training."""
     representation = make_representation(space, len(data.numbers))
-    prepared = prepare_data(data, representation, data.temperature_K, with_scores=True,
-                            with_energies=False, with_density=False)
+    prepared = representation.prepare(data, data.temperature_K)
     x, y = prepared.features[::2], prepared.features[1::2]
     tau = bandwidth * median_distance(x, y)
     return float(force_scale_ratio(x, y, prepared.scores[1::2], tau))

@@ -175,8 +175,38 @@ def test_fk_energy_form_needs_energies():
     no_energies = Conformations(labelled.numbers, labelled.positions, labelled.forces,
                                 temperature_K=TEMPERATURE_K)
     with pytest.raises(ValueError, match="has no energies"):
-        Trainer(no_energies, small_config(field="fk", alignment="energy"))
-    Trainer(no_energies, small_config(field="fk"))  # 'auto' uses the force form
+        Trainer(no_energies, small_config(field="fk-energy"))
+    Trainer(no_energies, small_config(field="fk"))  # the force form needs forces only
+
+
+@pytest.mark.parametrize(("field", "options", "tilt"), [
+    ("fk", {}, "ForceTilt"), ("fk-energy", {}, "EnergyTilt"),
+    ("fk-energy", {"beta": 1.0, "density_correction": True}, "EnergyTilt"),
+])
+@pytest.mark.parametrize("labels", ["forces+energies", "exactly what the field needs"])
+def test_the_trainer_uses_the_form_the_field_names_whatever_labels_the_data_has(
+        field, options, tilt, labels):
+    """The field, not the label set, decides the form: 'fk' is the force form even when the
+    data carries energies (no 'auto' switch), and the trainer prepares exactly the labels the
+    field requires (no density estimate unless asked for)."""
+    full = triatomic_data(200)
+    if labels == "forces+energies":
+        data = full
+    elif field == "fk":
+        data = Conformations(full.numbers, full.positions, full.forces,
+                             temperature_K=TEMPERATURE_K)
+    else:
+        data = Conformations(full.numbers, full.positions, energies=full.energies,
+                             temperature_K=TEMPERATURE_K)
+    trainer = Trainer(data, small_config(field=field, **options))
+    (used,) = trainer.field.tilts
+    assert type(used).__name__ == tilt
+    assert (trainer.log_density is not None) == bool(options.get("density_correction"))
+    positives = trainer.positives()
+    assert (positives.log_density is not None) == bool(options.get("density_correction"))
+    drift = trainer.field(trainer.representation.features(
+        trainer.model(trainer.model.noise(8, trainer.rng))).detach(), positives)
+    assert torch.isfinite(drift).all()
 
 
 def test_truncated_checkpoint_raises_checkpoint_error(tmp_path, data):

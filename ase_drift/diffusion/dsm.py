@@ -24,10 +24,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .. import units
 from ..checkpoint import CheckpointError, save_checkpoint
 from ..data import Conformations
-from ..features import align_frames
+from ..features import Cartesian
 from ..sampler import TemplateSampler, _formula, register_sampler, torch_generator
 from .samplers import pc_sample
 from .schedules import ve_sigma, ve_sigmas
@@ -193,14 +192,12 @@ def train_diffusion(data: Conformations, config: DiffusionConfig = DiffusionConf
         data.require("forces", why="force-guided score matching (force_sigma > 0)")
         if temperature is None:
             raise ValueError("force-guided score matching needs temperature_K")
-    positions, forces = align_frames(data.positions, data.positions[0],
-                                     data.forces if uses_forces else None)
-    scale = float(positions.std())
-    x_all = torch.as_tensor(positions / scale, dtype=torch.float32)  # [N, A, 3]
-    scores_all = None
-    if uses_forces:
-        scores_all = torch.as_tensor(units.reduced_forces(forces, temperature) * scale,
-                                     dtype=torch.float32)
+    if not uses_forces:  # positions only: the temperature may be unknown
+        data = Conformations(data.numbers, data.positions)
+    # Centred, Kabsch-aligned frames /σ and scores σ·F/kT rotated with them, shared with drift.
+    prepared = Cartesian().prepare(data, temperature)
+    scale, x_all = prepared.scale, prepared.coords  # [N, A, 3]
+    scores_all = None if prepared.scores is None else prepared.scores.view_as(x_all)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
         torch.manual_seed(config.seed)
         model = ScoreTransformer(data.numbers, config)
