@@ -11,28 +11,18 @@ speed does not depend on the weights. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ase_drift import potentials
 from ase_drift.datasets import load, topology_pdb
 from ase_drift.forces import CalculatorForces, LabelForces, OpenMMForces
 
-ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = {"ethanol": "ethanol-gfn2-500K",
            "alanine dipeptide": "alanine-dipeptide-amber99sbildn-300K-small"}
-
-
-def import_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def tblite(data, workdir):
@@ -54,32 +44,29 @@ def openmm_amber(data, workdir):
 
 
 def schnetpack_painn(data, workdir):
-    import torch
-
-    example = import_example("schnetpack_forces")
     import schnetpack.transform as trn
+    import torch
     from schnetpack import properties
     from schnetpack.interfaces import SpkCalculator
 
-    model = example.build_painn(32, 3, float(data.energies.mean()) / data.n_atoms, seed=0)
+    model = potentials.build_painn(32, 3, float(data.energies.mean()) / data.n_atoms, seed=0)
     path = Path(workdir) / f"painn-{data.n_atoms}.model"
     torch.save(model, path)
     return CalculatorForces(SpkCalculator(
-        model=str(path), neighbor_list=trn.ASENeighborList(cutoff=example.CUTOFF_ANGSTROM),
+        model=str(path),
+        neighbor_list=trn.ASENeighborList(cutoff=potentials.PAINN_CUTOFF_ANGSTROM),
         energy_key=properties.energy, force_key=properties.forces, energy_unit="eV",
         position_unit="Ang", dtype=torch.float64))
 
 
 def mace_small(data, workdir):
     import torch
-
-    example = import_example("mace_forces")
     from mace.calculators import MACECalculator
     from mace.tools import AtomicNumberTable
 
     z_table = AtomicNumberTable(sorted(set(data.numbers.tolist())))
-    model = example.build_mace(16, z_table, float(data.energies.mean()) / data.n_atoms,
-                               float(np.sqrt(np.mean(data.forces ** 2))), 8.0, seed=0)
+    model = potentials.build_mace(16, z_table, float(data.energies.mean()) / data.n_atoms,
+                                  float(np.sqrt(np.mean(data.forces ** 2))), 8.0, seed=0)
     path = Path(workdir) / f"mace-{data.n_atoms}.model"
     torch.save(model.double(), path)
     return CalculatorForces(MACECalculator(model_paths=str(path), device="cpu",

@@ -2,12 +2,12 @@
 sampler (ethanol, 500 K).
 
 ``schnetpack_forces.py`` and ``mace_forces.py`` differ only in how they build, fit, save and
-load their potential. Everything around that lives here:
+load their potential (with the builders of :mod:`ase_drift.potentials`). Everything around that
+lives here:
 
 - :func:`common_arguments`: the command-line options both examples take;
 - :func:`prepare`: torch threads, the output directory, the bundled data set and the seeded
   split into the frames to fit on and the held-out reference frames;
-- :func:`fit_loop`: the training loop (Adam, cosine learning-rate decay) around the example's loss;
 - :func:`report_errors`: the potential's errors on the fit set and the held-out frames,
   printed as a markdown table;
 - :func:`drift_with_potential`: strip the labels off the fit set, train a Force-Aligned-Kernel
@@ -16,9 +16,9 @@ load their potential. Everything around that lives here:
   and print the evaluation table against the reference;
 - :func:`measure_and_drift`: both of the above, gathered in a :class:`RunSummary`.
 
-Units are ASE's throughout: Å, eV, eV/Å, K. This module is imported from the examples'
-directory: running an example as a script puts it on ``sys.path``, and each example adds it
-when it is imported by file path (as the tests and benchmarks do).
+Units are ASE's throughout: Å, eV, eV/Å, K. The examples import this module as their
+neighbour: running an example as a script puts its directory on ``sys.path``. Nothing outside
+``examples/`` imports it; reusable code lives in the package (:mod:`ase_drift.potentials`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import time
-from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -40,17 +38,10 @@ from ase_drift import CalculatorForces, Conformations, DriftSampler
 from ase_drift.datasets import load
 from ase_drift.io import write_positions
 from ase_drift.metrics import DistanceReport, evaluate, markdown_table, noise_floor
+from ase_drift.potentials import Errors, potential_errors
 
 DATASET = "ethanol-gfn2-500K"
 TEMPERATURE_K = 500.0
-
-
-class Errors(NamedTuple):
-    """Mean absolute errors of a potential on labelled frames."""
-
-    energy_mae: float  # eV
-    force_mae: float  # eV/Å, per component
-    zero_force_mae: float  # eV/Å, mean |F| of the labels: the error of predicting zero forces
 
 
 @dataclass
@@ -65,14 +56,6 @@ class RunSummary:
     label_cache: Path
     sampler: DriftSampler
     report: DistanceReport
-
-
-def errors(calc: Calculator, data: Conformations) -> Errors:
-    """Energy and force errors of the ASE calculator ``calc`` on labelled ``data``."""
-    predicted = CalculatorForces(calc).compute(data.numbers, data.positions)
-    return Errors(float(np.abs(predicted.energies - data.energies).mean()),
-                  float(np.abs(predicted.forces - data.forces).mean()),
-                  float(np.abs(data.forces).mean()))
 
 
 def file_digest(path: Path) -> str:
@@ -122,38 +105,11 @@ def prepare(args: argparse.Namespace
     return train_set, reference, fit_set, held_out
 
 
-def fit_loop(model: torch.nn.Module, loader: Collection[Any], epochs: int, learning_rate: float,
-             batch_loss: Callable[[Any], tuple[torch.Tensor, int]]) -> None:
-    """Minimise ``batch_loss`` over ``epochs`` passes of ``loader`` with Adam and a cosine
-    learning-rate decay (to zero after the last batch), printing the mean loss of each epoch.
-
-    ``batch_loss(batch)`` returns the loss of one batch and the number of frames in it. The
-    model is in training mode while fitting (potentials build their differentiable forces only
-    then) and in evaluation mode after.
-    """
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * len(loader))
-    model.train()
-    for epoch in range(epochs):
-        start, total, seen = time.perf_counter(), 0.0, 0
-        for batch in loader:
-            loss, frames = batch_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            total += loss.item() * frames
-            seen += frames
-        print(f"epoch {epoch + 1}/{epochs}: loss {total / seen:.4f} "
-              f"({time.perf_counter() - start:.1f} s)")
-    model.eval()
-
-
 def report_errors(name: str, calc: Calculator, fit_set: Conformations,
                   held_out: Conformations) -> tuple[Errors, Errors]:
     """Errors of potential ``name`` (its calculator ``calc``) on the fit set and on the held-out
     frames, printed as a markdown table (energy meV, forces eV/Å). Returns both."""
-    fit_errors, held_out_errors = errors(calc, fit_set), errors(calc, held_out)
+    fit_errors, held_out_errors = potential_errors(calc, fit_set), potential_errors(calc, held_out)
     print(f"| {name} MAE | energy (meV) | forces (eV/Å) | predicting zero forces (eV/Å) |\n"
           "|---|---|---|---|")
     for what, err in ((f"fit set ({len(fit_set)} training frames)", fit_errors),
