@@ -43,6 +43,7 @@ class Representation(Protocol):
     """Feature map φ and its feature-space score; see the module docstring."""
 
     name: str
+    normalization: str  # how prepare() normalises frames, recorded in checkpoints
 
     def features(self, coords: Tensor) -> Tensor: ...
 
@@ -91,6 +92,7 @@ class Cartesian:
     """
 
     name = "cartesian"
+    normalization = "frames centred, Kabsch-aligned to frame 0; coordinates / scale_angstrom"
 
     def features(self, coords: Tensor) -> Tensor:
         return center(coords).flatten(1)  # [B, 3A]
@@ -108,6 +110,7 @@ class PairwiseDistances:
     """φ(R) = (‖r_a − r_b‖)_{a<b} ``[B, M]`` (paper Eq. 26), pairs in ``numpy.triu_indices`` order."""
 
     name = "distance"
+    normalization = "frames centred; coordinates / scale_angstrom"
 
     def __init__(self, n_atoms: int):
         if n_atoms < 2:

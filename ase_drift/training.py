@@ -226,9 +226,7 @@ class Trainer:
             "temperature_K": float(self.config.temperature_K),
             "units": {"positions": "Å", "energies": "eV", "forces": "eV/Å", "temperature": "K"},
             "scale_angstrom": self.prepared.scale,
-            "normalization": "frames centred" + (", Kabsch-aligned to frame 0" if
-                                                 self.config.space == "cartesian" else "")
-                             + "; coordinates divided by scale_angstrom",
+            "normalization": self.representation.normalization,
             "space": self.config.space,
             "field": self.config.field,
             "field_repr": repr(self.field),

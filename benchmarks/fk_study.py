@@ -3,6 +3,11 @@ choices that interact with them, over seeds and molecules.
 
     python -m benchmarks.fk_study --steps 6000 --seeds 0 1 2 --molecules ethanol butane.npz
 
+First it decomposes the force-form alignment on the data (no training): for reference frames x
+and training positives y_i, how much of the spread of a_i(x) = s_i·(y_i − x) over i is the
+energy difference −ΔE_i/kT and how much the curvature remainder (−½(y_i − x)ᵀH(y_i − x)/kT on
+a quadratic potential), and the Boltzmann exponent β/std_i(a_i) that standardisation leaves.
+
 Each (molecule, variant, seed) result goes into ``--results`` as soon as it is computed, so an
 interrupted run resumes. Prints, per molecule, TVD of pooled pair distances against the reference
 and its ratio to the biased training set's own TVD (below 1: the sampler debiases), plus the W1 of
@@ -18,8 +23,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ase_drift.datasets import load, load_npz
+from ase_drift.drift import force_alignment
+from ase_drift.features import PairwiseDistances
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
@@ -51,6 +59,27 @@ def gfn2_energies(positions: np.ndarray, numbers) -> np.ndarray:
         numbers, positions).energies
 
 
+def alignment_decomposition(train_set, reference, beta: float = 0.5, seed: int = 0) -> dict:
+    """Spread over 512 positives of the force-form alignment for 256 reference frames x,
+    split into its energy part and the remainder (mean over x)."""
+    representation = PairwiseDistances(train_set.n_atoms)
+    prepared = representation.prepare(train_set, train_set.temperature_K)
+    pick = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(seed))[:512]
+    y, s = prepared.features[pick], prepared.scores[pick]
+    energy = -prepared.reduced_energies[pick]  # −E_i/kT (its mean cancels below)
+    frames = reference.positions[:: max(1, len(reference) // 256)][:256]
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    x = representation.features(torch.as_tensor(frames / prepared.scale, dtype=torch.float32))
+    align = force_alignment(x, y, s)  # [B, N]
+    align = align - align.mean(-1, keepdim=True)
+    energy = (energy - energy.mean())[None, :]
+    cosine = (align * energy).sum(-1) / (align.norm(dim=-1) * energy.norm(dim=-1))
+    spread = align.std(-1).mean().item()
+    return {"std_a": spread, "std_energy": energy.std().item(),
+            "std_remainder": (align - energy).std(-1).mean().item(),
+            "correlation": cosine.mean().item(), "effective_exponent": beta / spread}
+
+
 def run(train_set, reference, options: dict, seed: int, steps: int, desc: str) -> dict:
     options = {k: (3 * train_set.n_atoms if v == "3A" else v) for k, v in options.items()}
     start = time.perf_counter()
@@ -71,10 +100,15 @@ def main():
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--decompose-only", action="store_true",
+                        help="only the alignment decomposition (seconds, no training)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/fk_study.json"))
     args = parser.parse_args()
     stored = json.loads(args.results.read_text()) if args.results.exists() else {}
     data = {m: molecule_data(m) for m in args.molecules}
+    if args.decompose_only:
+        print(decomposition_table(data))
+        return
     for seed in args.seeds:  # seeds outermost: every variant gets a first seed early
         for molecule, (train_set, reference) in data.items():
             for variant in args.variants:
@@ -87,7 +121,20 @@ def main():
                 tmp = args.results.with_suffix(".tmp")
                 tmp.write_text(json.dumps(stored, indent=1))
                 os.replace(tmp, args.results)
+    print(decomposition_table(data))
+    print()
     print(table(stored, data, args.steps))
+
+
+def decomposition_table(data: dict) -> str:
+    lines = [("| molecule | std_i a_i(x) | std_i(−E_i/kT) | std_i(remainder) | corr(a, −E/kT) "
+             "| β/std(a) at β = 0.5 |"), "|---|---|---|---|---|---|"]
+    for molecule, (train_set, reference) in data.items():
+        d = alignment_decomposition(train_set, reference)
+        lines.append(f"| {Path(molecule).stem} | {d['std_a']:.1f} | {d['std_energy']:.1f} | "
+                     f"{d['std_remainder']:.1f} | {d['correlation']:.2f} | "
+                     f"{d['effective_exponent']:.3f} |")
+    return "\n".join(lines)
 
 
 def table(stored: dict, data: dict, steps: int) -> str:
