@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ase_drift.datasets import load, load_npz
+from ase_drift.datasets import DATASETS, load, load_npz
 from ase_drift.drift import force_alignment
 from ase_drift.features import PairwiseDistances
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
+from benchmarks.common import write_section
 
 # name → TrainConfig options (all in distance space).
 VARIANTS = {
@@ -47,9 +48,11 @@ VARIANTS = {
 
 
 def molecule_data(spec: str):
+    """'ethanol' (bundled), a data set name (e.g. butane-gfn2-500K, generated on first use)
+    or an npz file written by ase_drift.datasets.molecule."""
     if spec == "ethanol":
         return load("ethanol-gfn2-500K")
-    return load_npz(spec)
+    return load(spec) if spec in DATASETS else load_npz(spec)
 
 
 def gfn2_energies(positions: np.ndarray, numbers) -> np.ndarray:
@@ -100,6 +103,8 @@ def main():
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--docs", action="store_true",
+                        help="write the tables into docs/benchmarks.md")
     parser.add_argument("--decompose-only", action="store_true",
                         help="only the alignment decomposition (seconds, no training)")
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results/fk_study.json"))
@@ -121,9 +126,12 @@ def main():
                 tmp = args.results.with_suffix(".tmp")
                 tmp.write_text(json.dumps(stored, indent=1))
                 os.replace(tmp, args.results)
-    print(decomposition_table(data))
-    print()
-    print(table(stored, data, args.steps))
+    text = f"{decomposition_table(data)}\n\n{table(stored, data, args.steps)}"
+    print(text)
+    if args.docs:
+        command = ("python -m benchmarks.fk_study --steps " f"{args.steps} --seeds "
+                   + " ".join(map(str, args.seeds)) + " --molecules " + " ".join(args.molecules))
+        write_section("benchmarks.md", "fk-study", f"`{command}`\n\n{text}")
 
 
 def decomposition_table(data: dict) -> str:

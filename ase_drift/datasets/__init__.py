@@ -58,17 +58,28 @@ def load_npz(path: str | Path) -> tuple[Conformations, Conformations]:
     return train, reference
 
 
-def _generated(name: str) -> Path:
-    """The cached file of a generated data set, built with a progress bar on first use."""
+def _generated(name: str, generate: Callable[[str], None], cost: str) -> Path:
+    """The cached file of a generated data set, built with a progress bar on first use by
+    ``generate(output_path)``."""
     path = cache_dir() / f"{name}.npz"
     if not path.exists():
-        from . import alanine
-
-        print(f"{name} is not cached yet: generating it into {path} (about 1.6 core-days of "
-              "OpenMM Reference MD; runs use all cores and show progress)")
+        print(f"{name} is not cached yet: generating it into {path} ({cost}; runs use all "
+              "cores and show progress)")
         path.parent.mkdir(parents=True, exist_ok=True)
-        alanine.main(["-o", str(path)])
+        generate(str(path))
     return path
+
+
+def _alanine(output: str) -> None:
+    from . import alanine
+
+    alanine.main(["-o", output])
+
+
+def _butane(output: str) -> None:
+    from . import molecule
+
+    molecule.main(["trans-butane", "-o", output, "--production-ps", "60"])
 
 
 def data_path(name: str) -> Path:
@@ -105,7 +116,18 @@ DATASETS: dict[str, Dataset] = {
         "Alanine dipeptide, amber99sb-ildn, vacuum, 300 K, OpenMM. Training set: first 1 ns "
         "from the minimised structure every 0.5 ps (biased). Reference: 8 × 125 ns = 1 µs, "
         "every 1 ps, with forces and energies. Generated on first use and cached.",
-        lambda: _generated("alanine-dipeptide-amber99sbildn-300K"),
+        lambda: _generated("alanine-dipeptide-amber99sbildn-300K", _alanine,
+                           "about 1.6 core-days of OpenMM Reference MD"),
+    ),
+    "butane-gfn2-500K": Dataset(
+        "butane-gfn2-500K",
+        "n-Butane (14 atoms; trans and gauche torsional minima, methyl rotors), GFN2-xTB "
+        "(tblite), 500 K, Langevin 0.5 fs. Training set: first 3,000 consecutive frames from the "
+        "relaxed trans geometry (biased, MD17 protocol). Reference: 2 independent runs × 60 ps "
+        "after 10 ps equilibration, every 20 fs (6,000 frames). Generated on first use and "
+        "cached (python -m ase_drift.datasets.molecule).",
+        lambda: _generated("butane-gfn2-500K", _butane,
+                           "about 1 core-hour of GFN2-xTB MD"),
     ),
     "alanine-dipeptide-amber99sbildn-300K-small": Dataset(
         "alanine-dipeptide-amber99sbildn-300K-small",
