@@ -58,11 +58,10 @@ class Run:
     report: DistanceReport
 
 
-@pytest.fixture(scope="module", params=["schnetpack",
-                                        pytest.param("mace", marks=pytest.mark.slow)])
+@pytest.fixture(scope="module", params=sorted(FIT))
 def run(request, tmp_path_factory):
     """Fit the potential, train a 5-step FK drift sampler on its cached labels, sample 200
-    conformers (one torch thread, restored after). MACE's fit takes ~25 s: slow."""
+    conformers (one torch thread, restored after; ~5 s for SchNetPack, ~9 s for MACE)."""
     kind = request.param
     pytest.importorskip(kind)
     threads = torch.get_num_threads()
@@ -164,7 +163,8 @@ def test_drift_sampler_trains_on_cached_calculator_labels(run):
 def test_example_runs_as_a_script(kind, tmp_path):
     """``python examples/<kind>_forces.py`` with tiny options: the example imports its model
     from the package and its shared steps from ``potential_drift.py`` beside it, writes the
-    sampler and the samples, and prints the evaluation table."""
+    sampler and the samples, and prints the evaluation table. A fresh interpreter and a full
+    example: 16 s (SchNetPack) and 22 s (MACE) on one thread, hence slow."""
     pytest.importorskip(kind)
     script, options = EXAMPLE_RUNS[kind]
     done = subprocess.run([sys.executable, str(EXAMPLES / script), *TINY, *options,
