@@ -21,6 +21,7 @@ from typing import ClassVar, NamedTuple, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .data import ENERGIES, FORCES
 from .kernels import (
     exclude_self,
     gaussian_logits,
@@ -128,10 +129,9 @@ def deng_drift(x: Tensor, y: Tensor, temperature: float | Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- field objects
-# Label names a field may require of its positives (Positives fields in brackets).
-FORCES = "forces"  # scores s_i = F_φ/kT
-ENERGIES = "energies"  # reduced energies E/kT
-DENSITY = "density"  # log p̂_data(y_i), estimated by the trainer
+# Label names a field may require of its positives: the data's FORCES (→ scores s_i = F_φ/kT)
+# and ENERGIES (→ reduced energies E/kT), and DENSITY, log p̂_data(y_i) estimated by the trainer.
+DENSITY = "density"
 
 
 @dataclass(frozen=True)
