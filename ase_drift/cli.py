@@ -62,16 +62,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .io import write_positions
+    from .io import check_output, topology_path, write_positions
     from .sampler import load
 
+    output = check_output(args.output, args.n)  # before any work; never overwrites a user's PDB
     sampler = load(args.model)  # any kind: drift, DSM, ...
     start = time.perf_counter()
     positions = sampler.sample_positions(args.n, seed=args.seed)
     elapsed = time.perf_counter() - start
-    write_positions(args.output, sampler.numbers, positions)
-    print(f"sampled {args.n} conformations with {sampler!r} in {elapsed:.3f} s "
-          f"-> {args.output}")
+    write_positions(output, sampler.numbers, positions)
+    written = f"{output} (topology {topology_path(output)})" if output.suffix == ".dcd" else output
+    print(f"sampled {args.n} conformations with {sampler!r} in {elapsed:.3f} s -> {written}")
     return 0
 
 

@@ -31,7 +31,8 @@ def test_train_sample_evaluate(labelled_file, tmp_path, capsys):
     assert main(["train", str(labelled_file), "--field", "fi", "--space", "cartesian",
                  "--steps", "20", "-o", str(model)]) == 0
     for suffix in (".extxyz", ".traj", ".pdb", ".dcd"):
-        out = tmp_path / f"samples{suffix}"
+        # samples.pdb is the user's file: the DCD (which writes a topology PDB) gets its own name
+        out = tmp_path / ("dcd_samples.dcd" if suffix == ".dcd" else f"samples{suffix}")
         assert main(["sample", str(model), "-n", "5", "-o", str(out)]) == 0
         frames = read_positions(out)
         assert len(frames) == 5
