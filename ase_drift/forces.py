@@ -17,12 +17,16 @@ Sources:
 :func:`label` labels a :class:`~ase_drift.data.Conformations` with a source and returns the
 labelled copy; :func:`label_positions` does the same for bare positions. Both run the source
 over the frames in batches, optionally through a resumable HDF5 cache that is updated after
-every batch.
+every batch. The cache records the source's :func:`source_fingerprint` and serves its labels to
+that source only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import sys
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
@@ -40,6 +44,9 @@ POSITION_MATCH_ANGSTROM = 1e-6
 MASS_TOLERANCE_AMU = 0.01
 #: The units written into a cache file's attributes.
 CACHE_UNITS = "positions Å, energies eV, forces eV/Å"
+#: Calculator parameters that set only what is printed, not the labels: left out of
+#: :meth:`CalculatorForces.fingerprint`.
+OUTPUT_PARAMETERS = frozenset({"verbosity", "verbose", "txt", "label", "directory"})
 
 
 class ForceResult(NamedTuple):
@@ -72,6 +79,81 @@ def _as_batch(numbers, positions) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"positions must have shape [B, {len(numbers)}, 3] (or "
                          f"[{len(numbers)}, 3]) for {len(numbers)} atoms, got {positions.shape}")
     return numbers, positions
+
+
+# ---------------------------------------------------------------------- fingerprints
+def source_fingerprint(source) -> dict:
+    """What identifies the labels ``source`` computes, as a JSON-able dict: its class and what
+    its ``fingerprint()`` method returns when it has one (:class:`CalculatorForces`: the
+    calculator's class, parameters and model digests; :class:`OpenMMForces`: the System's XML
+    digest; :class:`LabelForces`: the stored labels' digest). A label cache records it and
+    serves its labels to a source with the same fingerprint only. A source of your own should
+    define ``fingerprint()`` returning what sets its labels (parameters, file digests)."""
+    own = getattr(source, "fingerprint", None)
+    return {"source": _qualname(source), **_jsonable(own() if callable(own) else {})}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of the file at ``path``."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _qualname(value) -> str:
+    kind = value if isinstance(value, type) else type(value)
+    return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def _array_sha256(array) -> str:
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(str((array.dtype.str, array.shape)).encode() + array.tobytes()).hexdigest()
+
+
+def _module_sha256(module) -> str:
+    """Digest of a torch module's weights and buffers."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(_array_sha256(tensor.detach().cpu().numpy()).encode())
+    return digest.hexdigest()
+
+
+def _jsonable(value):
+    """``value`` as JSON data for a fingerprint: large arrays by digest, objects of unknown kind
+    by their type (never by a repr that may hold a memory address)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 16 else {"sha256": _array_sha256(value),
+                                                        "shape": list(value.shape)}
+    if callable(getattr(value, "todict", None)):
+        return _jsonable(value.todict())
+    return _qualname(value)
+
+
+def _fingerprint_differences(cached: dict, now: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two fingerprints, e.g. "parameters.sigma: 3.4 in the
+    cache, 3.0 now"."""
+    out = []
+    for key in sorted(set(cached) | set(now)):
+        old, new = cached.get(key, "(absent)"), now.get(key, "(absent)")
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += _fingerprint_differences(old, new, f"{prefix}{key}.")
+        elif json.dumps(old) != json.dumps(new):
+            show = (lambda v: (r if len(r := json.dumps(v)) <= 80 else r[:77] + "..."))
+            out.append(f"{prefix}{key}: {show(old)} in the cache, {show(new)} now")
+    return out
 
 
 # ---------------------------------------------------------------------- stored labels
@@ -108,6 +190,11 @@ class LabelForces:
             frames.append(self._frame_of_key[key])
         return ForceResult(self.conformations.energies[frames], self.conformations.forces[frames])
 
+    def fingerprint(self) -> dict:
+        stored = self.conformations
+        return {"numbers": stored.numbers.tolist(), "positions": _array_sha256(stored.positions),
+                "energies": _array_sha256(stored.energies), "forces": _array_sha256(stored.forces)}
+
 
 # ---------------------------------------------------------------------- ASE calculators
 class CalculatorForces:
@@ -117,15 +204,50 @@ class CalculatorForces:
     in turn, so the calculator is never re-created and may reuse state between frames (e.g.
     tblite's wavefunction guess). Calls with other atomic numbers rebuild only the Atoms.
 
+    Its :meth:`fingerprint` (what a label cache compares) holds the calculator's class, its
+    parameters as ASE exposes them (``calc.parameters``, defaults included, without the output
+    settings in :data:`OUTPUT_PARAMETERS`), the SHA-256 of files its parameters name, of
+    ``model_file`` and of the weights of torch modules it holds as ``calc.model`` or
+    ``calc.models`` (SchNetPack's and MACE's calculators).
+
     Args:
         calc: an ASE calculator returning energy (eV) and forces (eV/Å).
         check_finite: raise :class:`LabelingError` on NaN/inf energies or forces.
+        model_file: the file the calculator's model was read from, if any; its digest joins
+            the fingerprint.
     """
 
-    def __init__(self, calc: Calculator, check_finite: bool = True):
+    def __init__(self, calc: Calculator, check_finite: bool = True,
+                 model_file: str | os.PathLike | None = None):
         self.calc = calc
         self.check_finite = check_finite
+        self.model_file = model_file
         self._atoms = None
+
+    def fingerprint(self) -> dict:
+        calc = self.calc
+        parameters = getattr(calc, "parameters", None)
+        if parameters is None and callable(getattr(calc, "todict", None)):
+            parameters = calc.todict()
+        parameters = {k: v for k, v in dict(parameters or {}).items()
+                      if k not in OUTPUT_PARAMETERS}
+        out = {"calculator": _qualname(calc), "parameters": _jsonable(parameters)}
+        named = [v for v in _leaves(parameters) if isinstance(v, (str, os.PathLike))
+                 and len(os.fspath(v)) < 4096 and os.path.isfile(v)]
+        if named:
+            out["parameter_files_sha256"] = [file_sha256(v) for v in named]
+        if self.model_file is not None:
+            out["model_file_sha256"] = file_sha256(self.model_file)
+        torch = sys.modules.get("torch")  # a calculator holding torch modules imported torch
+        if torch is not None:
+            modules = []
+            for name in ("model", "models"):
+                held = getattr(calc, name, None)
+                modules += held if isinstance(held, (list, tuple)) else [held]
+            digests = [_module_sha256(m) for m in modules if isinstance(m, torch.nn.Module)]
+            if digests:
+                out["model_weights_sha256"] = digests
+        return out
 
     def _atoms_for(self, numbers: np.ndarray):
         from ase import Atoms
@@ -236,6 +358,12 @@ class OpenMMForces:
                                 f"energy ({energies[bad[0]]}) or forces")
         return ForceResult(energies, forces)
 
+    def fingerprint(self) -> dict:
+        import openmm
+
+        xml = openmm.XmlSerializer.serialize(self.system)
+        return {"system_xml_sha256": hashlib.sha256(xml.encode()).hexdigest()}
+
 
 class OpenMMCalculator(Calculator):
     """ASE calculator backed by :class:`OpenMMForces`: energy in eV, forces in eV/Å.
@@ -281,8 +409,11 @@ def label_positions(source: ForceSource, numbers: np.ndarray, positions: np.ndar
     interrupted run loses at most one batch and a rerun computes only the missing frames. The
     file holds datasets ``positions``, ``energies``, ``forces`` (:data:`~ase_drift.data.ENERGIES`,
     :data:`~ase_drift.data.FORCES`), ``done`` and attributes
-    ``numbers``, ``n_frames``, ``units``; it must belong to the same atoms and positions (within
-    1e-6 Å), else ValueError. A new file is created atomically (``.tmp`` + rename).
+    ``numbers``, ``n_frames``, ``units`` and ``source`` (the JSON of
+    :func:`source_fingerprint`); it must belong to the same atoms and positions (within 1e-6 Å)
+    and to a source with the same fingerprint, else ValueError naming the file. A new file is
+    created atomically (``.tmp`` + rename); an unreadable one raises ValueError saying to
+    delete it.
 
     When a batch raises :class:`LabelingError`, its frames are computed one by one: those before
     the failing frame are stored, then the error is re-raised naming the failing frame's index.
@@ -292,7 +423,7 @@ def label_positions(source: ForceSource, numbers: np.ndarray, positions: np.ndar
     numbers, positions = _as_batch(numbers, positions)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    with closing(_LabelStore(numbers, positions, cache)) as store:
+    with closing(_LabelStore(numbers, positions, cache, source_fingerprint(source))) as store:
         pending = np.flatnonzero(~store.done)
         with tqdm(total=len(positions), initial=len(positions) - len(pending), unit="frame",
                   desc="labelling", disable=not progress) as bar:
@@ -321,9 +452,11 @@ def _label_one_by_one(source: ForceSource, numbers: np.ndarray, positions: np.nd
 class _LabelStore:
     """Energies, forces and done mask of all frames in memory, mirrored to an HDF5 cache."""
 
-    def __init__(self, numbers: np.ndarray, positions: np.ndarray, cache: str | Path | None):
+    def __init__(self, numbers: np.ndarray, positions: np.ndarray, cache: str | Path | None,
+                 fingerprint: dict):
         self.path = None if cache is None else os.fspath(cache)
-        self._file = None if self.path is None else _open_cache(self.path, numbers, positions)
+        self._file = (None if self.path is None
+                      else _open_cache(self.path, numbers, positions, fingerprint))
         if self._file is None:
             self.energies = np.full(len(positions), np.nan)  # [N] eV
             self.forces = np.full(positions.shape, np.nan)  # [N, A, 3] eV/Å
@@ -355,25 +488,51 @@ class _LabelStore:
             self._file.close()
 
 
-def _open_cache(path: str, numbers: np.ndarray, positions: np.ndarray):
-    """Open (or atomically create) the HDF5 label cache of these atoms and positions."""
+def _open_cache(path: str, numbers: np.ndarray, positions: np.ndarray, fingerprint: dict):
+    """Open (or atomically create) the HDF5 label cache of these atoms and positions, labelled
+    by the source of this ``fingerprint``."""
     import h5py
 
+    source = json.dumps(fingerprint, sort_keys=True)
     if not os.path.exists(path):
         with h5py.File(path + ".tmp", "w") as new:
             new.attrs["numbers"] = numbers
             new.attrs["n_frames"] = len(positions)
             new.attrs["units"] = CACHE_UNITS
+            new.attrs["source"] = source
             new["positions"] = positions
             new[ENERGIES] = np.full(len(positions), np.nan)
             new[FORCES] = np.full(positions.shape, np.nan)
             new["done"] = np.zeros(len(positions), dtype=bool)
         os.replace(path + ".tmp", path)
-    cache = h5py.File(path, "r+")
-    stored_numbers = np.asarray(cache.attrs["numbers"])
-    stored_positions = cache["positions"]
+    delete = f"delete {path} to label the frames anew"
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ValueError(f"the label cache {path} is not readable and writable: fix its "
+                         f"permissions or pass another cache path")
+    try:
+        cache = h5py.File(path, "r+")
+    except OSError as exc:
+        raise ValueError(f"the label cache {path} is truncated or not an HDF5 label cache "
+                         f"({exc}): {delete}") from None
+    try:
+        stored_numbers = np.asarray(cache.attrs["numbers"])
+        stored_positions = cache["positions"]
+        for name in (ENERGIES, FORCES, "done"):
+            if cache[name].shape[0] != stored_positions.shape[0]:
+                raise KeyError(name)
+        stored_source = cache.attrs.get("source")
+    except (KeyError, OSError) as exc:
+        cache.close()
+        raise ValueError(f"the label cache {path} is damaged or not an ase_drift label cache "
+                         f"(missing or inconsistent {exc}): {delete}") from None
     problem = None
-    if not np.array_equal(stored_numbers, numbers):
+    if stored_source is None:
+        problem = ("labels of an unrecorded source (the cache was written before ase_drift "
+                   "recorded which source computed its labels)")
+    elif stored_source != source:
+        differences = _fingerprint_differences(json.loads(stored_source), fingerprint)
+        problem = f"labels of another source ({'; '.join(differences)})"
+    elif not np.array_equal(stored_numbers, numbers):
         problem = f"atomic numbers {stored_numbers.tolist()}, not {numbers.tolist()}"
     elif stored_positions.shape != positions.shape:
         problem = f"positions of shape {stored_positions.shape}, not {positions.shape}"
@@ -381,6 +540,19 @@ def _open_cache(path: str, numbers: np.ndarray, positions: np.ndarray):
         problem = "other positions (they differ by more than 1e-6 Å)"
     if problem is not None:
         cache.close()
-        raise ValueError(f"the label cache {path} belongs to other data: it holds {problem}. "
-                         f"Use another cache path for these frames, or delete the file.")
+        raise ValueError(f"the label cache {path} belongs to other data or another source: it "
+                         f"holds {problem}. Use another cache path for these frames and this "
+                         f"source, or {delete}.")
     return cache
+
+
+def _leaves(value):
+    """The non-container values nested in dicts, lists and tuples."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _leaves(item)
+    else:
+        yield value

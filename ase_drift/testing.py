@@ -435,6 +435,10 @@ class HarmonicTriatomic:
         return (0.5 * self.k_r * ((d1 - R0) ** 2 + (d2 - R0) ** 2)
                 + 0.5 * self.k_theta * (theta - THETA0) ** 2)
 
+    def fingerprint(self) -> dict:
+        """What sets the labels (for label caches, :func:`ase_drift.forces.source_fingerprint`)."""
+        return {"temperature_K": self.temperature_K}
+
     def compute(self, numbers, positions):
         pos = torch.as_tensor(np.asarray(positions, dtype=np.float64).reshape(-1, 3, 3))
         pos.requires_grad_(True)

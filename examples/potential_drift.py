@@ -135,8 +135,8 @@ def drift_with_potential(name: str, calc: Calculator, model_path: Path, fit_set:
     """
     positions_only = Conformations(fit_set.numbers, fit_set.positions,
                                    temperature_K=TEMPERATURE_K)
-    # The cache recognises frames by their positions only: naming it after the model file
-    # keeps a refitted potential from being served the labels of the previous one.
+    # The cache refuses the labels of another model (it fingerprints the calculator's weights):
+    # naming it after the model file keeps one cache per fitted potential instead.
     label_cache = args.out / f"labels-{name.lower()}-{file_digest(model_path)}.h5"
     start = time.perf_counter()
     sampler = ase_drift.train(positions_only, temperature_K=TEMPERATURE_K, field="fk",

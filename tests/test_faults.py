@@ -62,3 +62,77 @@ def test_cli_sample_refuses_before_sampling(tmp_path, capsys):
     assert code == 2
     assert "x.pdb" in capsys.readouterr().err  # the output is checked before the model is read
     assert users_pdb.read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- label cache
+def lj(sigma=3.4):
+    from ase.calculators.lj import LennardJones
+
+    return LennardJones(sigma=sigma, epsilon=0.01, rc=100.0)
+
+
+def argon(n=4, seed=0):
+    lattice = 3.8 * np.stack(np.meshgrid(*[np.arange(2)] * 3, indexing="ij"), -1).reshape(-1, 3)
+    positions = lattice + np.random.default_rng(seed).uniform(-0.3, 0.3, (n, 8, 3))
+    return Conformations(np.full(8, 18), positions, temperature_K=100.0)
+
+
+@pytest.mark.parametrize("other", ["parameters", "calculator", "model file"])
+def test_label_cache_refuses_another_source(tmp_path, other):
+    from ase.calculators.emt import EMT
+
+    from ase_drift.forces import CalculatorForces, label
+
+    data, cache = argon(), tmp_path / "labels.h5"
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights v1")
+    label(data, CalculatorForces(lj(), model_file=model), cache=cache, progress=False)
+    if other == "parameters":
+        source, expected = CalculatorForces(lj(sigma=3.0), model_file=model), r"sigma: 3\.4.*3\.0"
+    elif other == "calculator":
+        source, expected = CalculatorForces(EMT(), model_file=model), "calculator.*EMT"
+    else:
+        model.write_bytes(b"weights v2")  # the model was refitted in place
+        source, expected = CalculatorForces(lj(), model_file=model), "model_file_sha256"
+    with pytest.raises(ValueError, match=rf"labels\.h5.*another source.*{expected}"):
+        label(data, source, cache=cache, progress=False)
+
+
+def test_label_cache_fingerprints_torch_models_held_by_the_calculator(tmp_path):
+    """SchNetPack's and MACE's calculators hold their model as calc.model / calc.models."""
+    import torch
+
+    from ase_drift.forces import CalculatorForces, source_fingerprint
+
+    calc = lj()
+    calc.model = torch.nn.Linear(2, 1)
+    before = source_fingerprint(CalculatorForces(calc))
+    with torch.no_grad():
+        calc.model.weight += 1
+    assert source_fingerprint(CalculatorForces(calc)) != before
+    assert source_fingerprint(CalculatorForces(lj())) == source_fingerprint(CalculatorForces(lj()))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text", "missing dataset",
+                                    "no source recorded"])
+def test_damaged_label_cache_names_the_file_to_delete(tmp_path, damage):
+    import h5py
+
+    from ase_drift.forces import CalculatorForces, label
+
+    data, cache = argon(), tmp_path / "labels.h5"
+    label(data, CalculatorForces(lj()), cache=cache, progress=False)
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[:1500])
+    elif damage == "empty":
+        cache.write_bytes(b"")
+    elif damage == "text":
+        cache.write_text("not a cache\n")
+    else:
+        with h5py.File(cache, "r+") as stored:
+            if damage == "missing dataset":
+                del stored["forces"]
+            else:
+                del stored.attrs["source"]
+    with pytest.raises(ValueError, match=r"label cache .*labels\.h5.*delete .*labels\.h5"):
+        label(data, CalculatorForces(lj()), cache=cache, progress=False)
