@@ -4,6 +4,9 @@ A :class:`Conformations` holds frames of one molecule in ASE units: positions ``
 Å, optional forces ``[N, A, 3]`` in eV/Å, optional potential energies ``[N]`` in eV, and the
 temperature in K at which the frames are meant to be Boltzmann samples. Readers accept anything
 ``ase.io.read`` reads (extxyz, traj, db, ...), MD17-style npz files and mdtraj trajectories.
+Frames are isolated molecules: periodic input (ase.Atoms with any ``pbc``, an mdtraj trajectory
+with a unit cell) is refused, since the cell would be dropped and every label computed later
+would miss the periodic images.
 A missing label is ``None``, never zeros; code that needs it raises through
 :meth:`Conformations.require`. This module knows nothing about force sources: frames are
 labelled by :func:`ase_drift.forces.label`, which returns new Conformations.
@@ -182,7 +185,10 @@ class Conformations:
         frames = ase.io.read(str(path), index=index, format=format)
         if not isinstance(frames, list):
             frames = [frames]
-        return cls.from_atoms(frames, temperature_K=temperature_K, energy_unit=energy_unit)
+        try:
+            return cls.from_atoms(frames, temperature_K=temperature_K, energy_unit=energy_unit)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_atoms(cls, frames, temperature_K: float | None = None,
@@ -194,6 +200,13 @@ class Conformations:
             raise ValueError("no frames given")
         numbers = frames[0].numbers
         for k, atoms in enumerate(frames):
+            if atoms.pbc.any():
+                raise ValueError(
+                    f"frame {k} is periodic (pbc={atoms.pbc.tolist()}, cell lengths "
+                    f"{np.round(atoms.cell.lengths(), 3).tolist()} Å): ase_drift samples "
+                    f"isolated molecules and would drop the cell (labels would miss the "
+                    f"periodic images). If the molecule is isolated and whole, set "
+                    f"atoms.pbc = False (extxyz: pbc=\"F F F\").")
             if not np.array_equal(atoms.numbers, numbers):
                 raise ValueError(f"frame {k} has species {atoms.get_chemical_formula()} in a "
                                  f"different order than frame 0 ({frames[0].get_chemical_formula()})")
@@ -228,7 +241,14 @@ class Conformations:
 
     @classmethod
     def from_mdtraj(cls, traj, temperature_K: float | None = None) -> Conformations:
-        """From an ``mdtraj.Trajectory`` (positions only; mdtraj stores nm)."""
+        """From an ``mdtraj.Trajectory`` (positions only; mdtraj stores nm). A trajectory with a
+        unit cell is refused (the box would be dropped)."""
+        if traj.unitcell_vectors is not None:
+            raise ValueError(
+                f"the mdtraj trajectory has a periodic box (unit cell lengths "
+                f"{np.round(traj.unitcell_lengths[0], 3).tolist()} nm): ase_drift samples "
+                f"isolated molecules and would drop it. If the molecule is whole, set "
+                f"traj.unitcell_vectors = None first.")
         numbers = [atom.element.atomic_number for atom in traj.topology.atoms]
         return cls(numbers, units.nm_to_angstrom(traj.xyz), temperature_K=temperature_K)
 

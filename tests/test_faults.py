@@ -136,3 +136,39 @@ def test_damaged_label_cache_names_the_file_to_delete(tmp_path, damage):
                 del stored.attrs["source"]
     with pytest.raises(ValueError, match=r"label cache .*labels\.h5.*delete .*labels\.h5"):
         label(data, CalculatorForces(lj()), cache=cache, progress=False)
+
+
+# ----------------------------------------------------------------------------- periodic input
+def test_periodic_frames_are_refused_naming_the_frame(tmp_path):
+    from ase.build import bulk
+
+    cell = bulk("Cu", cubic=True).repeat(2)  # the periodic Cu cell whose forces were 2 eV/Å off
+    frames = [cell.copy() for _ in range(3)]
+    for k, atoms in enumerate(frames):
+        atoms.rattle(0.05, seed=k)
+    frames[0].pbc = False  # frame 0 isolated: the error names frame 1
+    path = tmp_path / "cu.extxyz"
+    import ase.io
+
+    ase.io.write(path, frames)
+    with pytest.raises(ValueError, match=r"cu\.extxyz: frame 1 is periodic.*pbc=\[True"):
+        Conformations.read(path)
+    with pytest.raises(ValueError, match="frame 1 is periodic"):
+        Conformations.from_atoms(frames)
+    for atoms in frames:
+        atoms.pbc = False
+    assert len(Conformations.from_atoms(frames)) == 3  # the documented way out
+
+
+def test_mdtraj_trajectory_with_a_box_is_refused():
+    mdtraj = pytest.importorskip("mdtraj")
+
+    from ase_drift.io import mdtraj_topology
+
+    water = molecule("H2O")
+    traj = mdtraj.Trajectory(water.positions[None] / 10, mdtraj_topology(water.numbers),
+                             unitcell_lengths=[[2.0, 2.0, 2.0]], unitcell_angles=[[90.0] * 3])
+    with pytest.raises(ValueError, match="periodic box"):
+        Conformations.from_mdtraj(traj)
+    traj.unitcell_vectors = None
+    assert Conformations.from_mdtraj(traj).n_atoms == 3
