@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 NN_STAMP := $(VENV)/.installed-nn
+MUT_STAMP := $(VENV)/.installed-mutation
 
-.PHONY: install install-nn demo test test-fast lint docs bench clean
+.PHONY: install install-nn demo test test-fast lint docs bench mutants clean
 
 install: $(STAMP)
 
@@ -49,5 +50,20 @@ bench: install
 	$(PY) -m benchmarks.ethanol --quick --results bench_out/ethanol-quick.json
 	$(PY) -m benchmarks.alanine --quick --results bench_out/alanine-quick.json
 
+# Mutation testing (not part of CI): mutmut mutates the modules listed in pyproject.toml
+# ([tool.mutmut]), runs for each mutant the selected fast tests that call the mutated function
+# (one worker, one thread), then benchmarks/mutants.py prints the score per module and the
+# survivors. `make mutants MUTANTS='ase_drift.units*'` runs a subset; `mutmut show NAME` shows
+# one mutant. Starts from a fresh copy of the tree in mutants/ every time.
+MUTANTS ?=
+$(MUT_STAMP): $(STAMP)
+	$(PIP) install -q -c constraints.txt -e ".[mutation]"
+	touch $(MUT_STAMP)
+
+mutants: $(MUT_STAMP)
+	rm -rf mutants
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 1 $(MUTANTS)
+	$(PY) -m benchmarks.mutants
+
 clean:
-	rm -rf demo_out bench_out site .pytest_cache
+	rm -rf demo_out bench_out site .pytest_cache mutants

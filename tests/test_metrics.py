@@ -405,3 +405,125 @@ def test_plots_write_png(tmp_path):
                                      columns=2)
     height, width = imread(grid).shape[:2]
     assert height > width
+
+
+# --------------------------------------------------------------------------- definitions at their edges
+# (each pins a detail of a definition above that no test on realistic data can see)
+
+
+def test_histogram_has_100_bins_on_zero_to_1_2_times_the_largest_reference_distance():
+    """Default bins: 100 on [0, 1.2 × 1.0 Å], 0.012 Å wide, a bin edge at 1.008 Å: 1.0 and
+    1.009 Å fall in different bins (TVD 1), 1.0 and 1.007 Å in the same one (TVD 0). Distances
+    of 0.5 and 0.9 Å fall in separate bins below 1 Å, so the range starts at 0."""
+    reference = diatomic_frames([1.0, 1.0])
+    assert metrics.evaluate(diatomic_frames([1.009] * 2), reference, [1, 1]).tvd == 1
+    assert metrics.evaluate(diatomic_frames([1.007] * 2), reference, [1, 1]).tvd == 0
+    low = metrics.evaluate(diatomic_frames([0.9, 1.0]), diatomic_frames([0.5, 1.0]), [1, 1])
+    assert low.tvd == pytest.approx(0.5)
+
+
+def test_wasserstein2_is_the_midpoint_rule_on_the_quantile_functions():
+    """{0, 1} against {0, 0}: F⁻¹(u) − G⁻¹(u) = 1 for u ≥ ½, so W2 = √½ exactly when the levels
+    (k + ½)/n split evenly at ½ (n even, the default 10,000)."""
+    assert metrics.wasserstein2([0.0, 1.0], [0.0, 0.0]) == pytest.approx(np.sqrt(0.5), rel=1e-9)
+
+
+def test_stability_counts_a_deviation_equal_to_the_tolerance_as_stable():
+    """|d − d̄| ≤ tolerance, equality included (0.5 and 0.25 are exact in binary)."""
+    assert metrics.stability([[1.5, 1.25]], [1.0, 1.0], [0.5, 0.25]) == 1
+    assert metrics.stability([[1.5, 1.25]], [1.0, 1.0], [0.5, 0.2]) == 0
+
+
+def test_a_pair_at_exactly_the_bond_cutoff_is_not_a_bond():
+    """Bonds are pairs strictly below scale × (r_cov(a) + r_cov(b))."""
+    from ase.data import covalent_radii
+
+    cutoff = 1.25 * 2 * covalent_radii[1]
+    at, below = diatomic_frames([cutoff]), diatomic_frames([np.nextafter(cutoff, 0)])
+    assert metrics.pair_distances(at)[0, 0] == cutoff  # the test's premise
+    assert metrics.covalent_bonds([1, 1], at, scale=1.25).size == 0
+    np.testing.assert_array_equal(metrics.covalent_bonds([1, 1], below, scale=1.25), [0])
+
+
+def test_without_bonds_bond_mae_is_nan_and_bond_stability_one():
+    positions = diatomic_frames([3.0, 3.1])  # H–H at 3 Å: no bond
+    for bonds in (None, []):
+        report = metrics.evaluate(positions, positions, [1, 1], bonds=bonds)
+        assert np.isnan(report.bond_mae) and report.bond_stability == 1
+    assert np.isnan(metrics.pair_mae(np.zeros((3, 0)), np.zeros((4, 0))))
+
+
+def test_energy_input_errors_name_the_problem():
+    numbers, positions = ethanol_frames(10)
+    e = np.zeros(10)
+    for given in ({"energies": e}, {"reference_energies": e}):
+        with pytest.raises(ValueError, match="energy W1 needs both energies and reference_energies"):
+            metrics.evaluate(positions, positions, numbers, temperature_K=300.0, **given)
+    with pytest.raises(ValueError, match="energy W1 compares E/kT: pass temperature_K"):
+        metrics.evaluate(positions, positions, numbers, energies=e, reference_energies=e)
+    for wrong in ({"energies": e[:9], "reference_energies": e},
+                  {"energies": e, "reference_energies": e[:9]}):
+        with pytest.raises(ValueError, match="need one energy per frame"):
+            metrics.evaluate(positions, positions, numbers, temperature_K=300.0, **wrong)
+
+
+def test_position_errors_name_the_argument():
+    numbers, positions = ethanol_frames(10)
+    with pytest.raises(ValueError, match="^positions must have shape"):
+        metrics.evaluate(positions[:, :-1], positions, numbers)
+    with pytest.raises(ValueError, match="^reference_positions must have shape"):
+        metrics.evaluate(positions, positions[:, :-1], numbers)
+    with pytest.raises(ValueError, match="^reference_positions must have shape"):
+        metrics.noise_floor(positions[:, :-1], numbers, 2)
+
+
+def test_reference_part_is_the_first_half_rounded_down_without_groups():
+    np.testing.assert_array_equal(metrics.reference_part(7), [1, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_array_equal(metrics.reference_part(4), [1, 1, 0, 0])
+    with pytest.raises(ValueError, match="one group label per frame"):
+        metrics.reference_part(4, groups=[0, 1, 0])
+    with pytest.raises(ValueError, match="a noise floor by groups needs at least two groups"):
+        metrics.reference_part(4, groups=[3, 3, 3, 3])
+
+
+def test_noise_floor_subsets_default_to_five_and_allow_one_frame():
+    reference, subsets = metrics.noise_floor_subsets(1000, 10)
+    assert len(subsets) == 5 and len(reference) == 500
+    _, single = metrics.noise_floor_subsets(10, 1, n_repeats=3)
+    assert [len(s) for s in single] == [1, 1, 1]
+    with pytest.raises(ValueError, match="the frames of the reference's second part"):
+        metrics.noise_floor_subsets(10, 0)
+
+
+def test_noise_floor_passes_repeats_seed_and_energies_to_its_subsets():
+    """Each report is evaluate() of the subsets noise_floor_subsets draws with the same
+    n_repeats and seed, energies split the same way; the mean and spread keep n_samples."""
+    numbers, positions = ethanol_frames(400, jitter=0.05)
+    energies = np.random.default_rng(3).normal(size=400)
+    floor = metrics.noise_floor(positions, numbers, 40, n_repeats=3, seed=7,
+                                reference_energies=energies, temperature_K=300.0)
+    reference, subsets = metrics.noise_floor_subsets(400, 40, n_repeats=3, seed=7)
+    assert len(floor.reports) == 3
+    max_distance = 1.2 * metrics.pair_distances(positions).max()
+    for report, subset in zip(floor.reports, subsets, strict=True):
+        assert report == metrics.evaluate(
+            positions[subset], positions[reference], numbers, max_distance=max_distance,
+            energies=energies[subset], reference_energies=energies[reference],
+            temperature_K=300.0)
+        assert report.energy_w1 > 0
+    assert floor.mean.n_samples == floor.std.n_samples == 40
+    assert floor.mean.energy_w1 == pytest.approx(np.mean([r.energy_w1 for r in floor.reports]))
+    plain = metrics.noise_floor(positions, numbers, 40, n_repeats=2)
+    assert plain.mean.energy_w1 is None and plain.std.energy_w1 is None
+
+
+def test_noise_floor_as_dict_holds_mean_std_reports_and_sizes():
+    import json
+
+    numbers, positions = ethanol_frames(100, jitter=0.05)
+    floor = metrics.noise_floor(positions, numbers, 10, n_repeats=2)
+    d = json.loads(json.dumps(floor.as_dict()))
+    assert set(d) == {"mean", "std", "reports", "n_samples", "n_reference"}
+    assert d["mean"] == floor.mean.as_dict() and d["std"]["tvd"] == floor.std.tvd
+    assert [r["tvd"] for r in d["reports"]] == [r.tvd for r in floor.reports]
+    assert d["n_samples"] == 10 and d["n_reference"] == 50

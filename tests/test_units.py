@@ -70,3 +70,8 @@ def test_kcal_per_mol_round_trip():
 def test_reduced_forces_are_F_over_kT():
     """F/kT in Å⁻¹: 1 eV/Å at 300 K is 1/0.025852 Å⁻¹."""
     assert units.reduced_forces(1.0, 300.0) == pytest.approx(1 / 0.025852, rel=1e-4)
+
+
+def test_kT_accepts_any_positive_temperature():
+    """Only T ≤ 0 is rejected: a fraction of a kelvin is a valid temperature."""
+    assert units.kT(0.5) == pytest.approx(0.5 * 8.617330e-5, rel=1e-6)
