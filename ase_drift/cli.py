@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -138,9 +139,14 @@ def cmd_data(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ase-drift", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"ase_drift {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the Python traceback of an error")
+    debug = argparse.ArgumentParser(add_help=False)  # --debug after the subcommand, too
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a one-step drift sampler")
+    p = sub.add_parser("train", parents=[debug], help="train a one-step drift sampler")
     p.add_argument("data", help="ase.io-readable file with energies/forces, an npz (z, R, F, E), "
                                 "or a bundled data set name")
     p.add_argument("--temperature", type=float, help="K (default: from the file's metadata)")
@@ -160,14 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(run=cmd_train)
 
-    p = sub.add_parser("sample", help="draw conformations from a trained model")
+    p = sub.add_parser("sample", parents=[debug], help="draw conformations from a trained model")
     p.add_argument("model", help="a saved sampler of any kind (drift, DSM, ...)")
     p.add_argument("-n", type=int, required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", required=True, help=".extxyz, .xyz, .traj, .pdb or .dcd")
     p.set_defaults(run=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="distance-histogram, stability and bond metrics")
+    p = sub.add_parser("evaluate", parents=[debug], help="distance-histogram, stability and bond metrics")
     p.add_argument("samples")
     p.add_argument("reference", help="reference file or bundled data set name")
     p.add_argument("--json", action="store_true")
@@ -175,25 +181,61 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="the model file, to also plot its training curves")
     p.set_defaults(run=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="train, sample and evaluate on the bundled ethanol data")
+    p = sub.add_parser("demo", parents=[debug], help="train, sample and evaluate on the bundled ethanol data")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--steps", type=int)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("data", help="list or load the reference data sets")
+    p = sub.add_parser("data", parents=[debug], help="list or load the reference data sets")
     p.add_argument("name", nargs="?")
     p.set_defaults(run=cmd_data)
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that report a mistake in the input (files, arguments) or a failed run the
+    user can act on: one line, exit status 2."""
+    from .forces import LabelingError
+    from .training import TrainingDiverged
+
+    return ValueError, KeyError, OSError, LabelingError, TrainingDiverged
+
+
+def _one_line(exc: BaseException) -> str:
+    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    return " ".join(str(message).split()) or type(exc).__name__
+
+
 def main(argv=None) -> int:
+    """Run the command line; errors are one line on stderr (``--debug``: the traceback).
+
+    Exit status: 0 success, 2 a user error (bad file or argument, failed labelling, diverged
+    training), 1 an unexpected error, 130 interrupted, 141 the reader of stdout went away.
+    """
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
-        print(f"ase-drift {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except BrokenPipeError:  # `ase-drift evaluate --json | head`: the reader has gone
+        try:  # no second BrokenPipeError when Python flushes stdout at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 141
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"ase-drift {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        if isinstance(exc, _user_errors()):
+            print(f"ase-drift {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        print(f"ase-drift {args.command}: unexpected error: {type(exc).__name__}: "
+              f"{_one_line(exc)} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -238,6 +238,10 @@ class DriftSampler(TemplateSampler):
         return out
 
     def save(self, path: str | Path) -> Path:
+        """Write the sampler to ``path``; non-finite weights raise ValueError (never saved)."""
+        if not all(bool(t.isfinite().all()) for t in self.generator.state_dict().values()):
+            raise ValueError(f"not saving {self!r} to {path}: its weights are not finite "
+                             f"(the training diverged)")
         metadata = dict(self.metadata, kind=self.kind)
         return save_checkpoint(path, self.config, self.generator.state_dict(), metadata)
 

@@ -11,6 +11,11 @@ Hooks are plain callables ``hook(trainer)`` attached with an interval, as ASE's
 ``dyn.attach(fn, interval)``: :class:`ProgressBar`, :class:`Checkpointer`, :class:`Evaluator`.
 A checkpoint holds everything needed to resume bit for bit: weights, optimiser and schedule
 state, the random generator's state, the step and the history.
+
+A diverged run stops with :class:`TrainingDiverged` naming the step: a non-finite loss or
+gradient, or generated features beyond :data:`DIVERGENCE_FACTOR` times the data's RMS. The
+failing update is not applied, and no checkpoint or model is ever written from a diverged
+state (:meth:`Trainer.check_health`), so the last checkpoint stays the last good one.
 """
 
 from __future__ import annotations
@@ -33,7 +38,23 @@ from .kernels import kde_log_density
 from .models import GeneratorConfig, MLPGenerator
 from .sampler import DriftSampler
 
-__all__ = ["Checkpointer", "Evaluator", "ProgressBar", "TrainConfig", "Trainer", "train"]
+__all__ = ["Checkpointer", "Evaluator", "ProgressBar", "TrainConfig", "Trainer",
+           "TrainingDiverged", "train"]
+
+#: Generated features with an RMS above this multiple of the training features' RMS mean the run
+#: has diverged (a sound run stays within a few times the data's spread).
+DIVERGENCE_FACTOR = 1e3
+#: Samples of the fixed-noise probe :meth:`Trainer.check_health` runs before every checkpoint.
+HEALTH_PROBE_SAMPLES = 64
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite or exploding loss, gradient, sample or weight at ``step``;
+    the state is unusable and is never saved."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
 
 
 @dataclass(frozen=True)
@@ -143,6 +164,8 @@ class Trainer:
             np.ascontiguousarray(data.positions).tobytes()).hexdigest()
         self.representation = make_representation(config.space, data.n_atoms)
         self.prepared = self.representation.prepare(data, temperature)
+        _check_prepared(self.prepared, data, config)
+        self.feature_rms = float(self.prepared.features.square().mean().sqrt())
         self.log_density = (kde_log_density(self.prepared.features) if DENSITY in requires
                             else None)
         # Seeded weight initialisation (sampling uses self.rng); fork_rng restores the caller's
@@ -187,8 +210,17 @@ class Trainer:
         with torch.no_grad():
             drift = self.field(x.detach(), positives)  # [B, D]
         loss = (x - (x.detach() + drift)).square().sum(-1).mean()
+        x_rms = x.detach().square().mean().sqrt().item()
+        if not math.isfinite(loss.item()):
+            self._diverged(f"the loss is {loss.item()}")
+        if not x_rms <= DIVERGENCE_FACTOR * self.feature_rms:
+            self._diverged(f"generated features have RMS {x_rms:.3g}, "
+                           f"{x_rms / self.feature_rms:.3g} times the data's")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not torch.nn.utils.get_total_norm(grads).isfinite():
+            self._diverged("the gradient is not finite (e.g. two generated atoms coincide)")
         self.optimizer.step()
         self.schedule.step()
         self.step_count += 1
@@ -198,6 +230,32 @@ class Trainer:
             self.history["loss"].append(loss.item())
             self.history["drift_norm"].append(drift_norm)
         return loss.item(), drift_norm
+
+    def _diverged(self, what: str, applied: bool = False) -> None:
+        """Raise :class:`TrainingDiverged`: ``what`` went wrong in the step being taken (not
+        applied), or with ``applied`` in the state after the last step."""
+        step = self.step_count if applied else self.step_count + 1
+        rate = self.config.learning_rate
+        where = (f"after step {step}: {what}; not saving this state" if applied else
+                 f"at step {step}: {what}. The step was not applied and nothing was saved "
+                 f"from it")
+        raise TrainingDiverged(
+            f"training diverged {where}. Try a lower learning rate (now {rate:g}, e.g. "
+            f"learning_rate={rate / 10:g}) or a longer warm-up (warmup_steps="
+            f"{self.config.warmup_steps})", step)
+
+    def check_health(self) -> None:
+        """Raise :class:`TrainingDiverged` unless the weights are finite and a fixed-noise batch
+        (its own generator: the training RNG is untouched) has finite features within
+        :data:`DIVERGENCE_FACTOR` times the data's RMS. Run before any checkpoint is written."""
+        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+            self._diverged("the weights are not finite", applied=True)
+        with torch.no_grad():
+            probe = self.model.noise(HEALTH_PROBE_SAMPLES, torch.Generator().manual_seed(0))
+            rms = self.representation.features(self.model(probe)).square().mean().sqrt().item()
+        if not rms <= DIVERGENCE_FACTOR * self.feature_rms:
+            self._diverged(f"generated features have RMS {rms:.3g}, "
+                           f"{rms / self.feature_rms:.3g} times the data's", applied=True)
 
     def run(self, steps: int | None = None) -> DriftSampler:
         """Train until ``config.steps`` (or ``steps`` more); returns the sampler."""
@@ -254,8 +312,10 @@ class Trainer:
                 "field": self.field_spec()}
 
     def sampler(self) -> DriftSampler:
+        """The trained sampler; a diverged state raises :class:`TrainingDiverged`."""
         import copy
 
+        self.check_health()
         return DriftSampler(copy.deepcopy(self.model), self.data.numbers, self.prepared.scale,
                             self.stored_config(), self.metadata())
 
@@ -270,6 +330,9 @@ class Trainer:
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:
+        """Write a resumable checkpoint; a diverged state raises :class:`TrainingDiverged` and
+        leaves the file at ``path`` as it was."""
+        self.check_health()
         metadata = dict(self.metadata(), kind="drift-trainer")
         return save_checkpoint(path, self.stored_config(), self.state_dict(), metadata)
 
@@ -297,6 +360,25 @@ class Trainer:
         self.step_count = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         return self
+
+
+def _check_prepared(prepared, data: Conformations, config: TrainConfig) -> None:
+    """Raise ValueError naming the frames whose features or scores are not finite (two atoms at
+    one place give infinite distance-space scores)."""
+    bad = torch.zeros(len(data), dtype=torch.bool)
+    for values in (prepared.features, prepared.scores, prepared.reduced_energies):
+        if values is not None:
+            bad |= ~values.reshape(len(data), -1).isfinite().all(-1)
+    if not bad.any():
+        return
+    frames = torch.nonzero(bad).flatten().tolist()
+    frame = data.positions[frames[0]]
+    distances = np.linalg.norm(frame[:, None] - frame[None], axis=-1) + np.diag(
+        np.full(len(frame), np.inf))
+    i, j = np.unravel_index(np.argmin(distances), distances.shape)
+    raise ValueError(f"frame(s) {frames[:10]} give non-finite features or scores in "
+                     f"{config.space!r} space (frame {frames[0]}: atoms {i} and {j} are "
+                     f"{distances[i, j]:.3g} Å apart, the closest pair): remove those frames")
 
 
 # ----------------------------------------------------------------------------- hooks

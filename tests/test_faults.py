@@ -172,3 +172,76 @@ def test_mdtraj_trajectory_with_a_box_is_refused():
         Conformations.from_mdtraj(traj)
     traj.unitcell_vectors = None
     assert Conformations.from_mdtraj(traj).n_atoms == 3
+
+
+# ----------------------------------------------------------------------------- diverged training
+def tiny(**changes):
+    from ase_drift.training import TrainConfig
+
+    values = {"field": "fi", "space": "cartesian", "hidden": 32, "depth": 2, "noise_dim": 8,
+              "steps": 5, "batch_size": 16, "n_positives": 32, "warmup_steps": 1}
+    return TrainConfig(**{**values, **changes})
+
+
+def test_exploding_learning_rate_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    from ase_drift.checkpoint import load_checkpoint
+    from ase_drift.training import Checkpointer, Trainer, TrainingDiverged
+
+    trainer = Trainer(ethanol(64), tiny(learning_rate=1e-3, steps=8))
+    checkpoint = tmp_path / "run.ckpt"
+    trainer.attach(Checkpointer(checkpoint), 1)
+    trainer.run(2)  # two good steps, checkpointed
+    good = checkpoint.read_bytes()
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 50.0  # the run that reached coordinates of 1e11 Å
+    with pytest.raises(TrainingDiverged, match=r"diverged (at|after) step \d.*lower learning rate"):
+        trainer.run()
+    assert checkpoint.read_bytes() == good
+    assert load_checkpoint(checkpoint)["state_dict"]["step"] == 2
+    with pytest.raises(TrainingDiverged):
+        trainer.sampler()  # no model from a diverged state
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    import torch
+
+    from ase_drift.training import Trainer, TrainingDiverged
+
+    trainer = Trainer(ethanol(16), tiny())
+    trainer.save_checkpoint(tmp_path / "good.ckpt")
+    good = (tmp_path / "good.ckpt").read_bytes()
+    sampler = trainer.sampler()
+    with torch.no_grad():
+        next(trainer.model.parameters()).fill_(float("nan"))
+        next(sampler.generator.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        trainer.save_checkpoint(tmp_path / "good.ckpt")
+    assert (tmp_path / "good.ckpt").read_bytes() == good
+    with pytest.raises(TrainingDiverged, match="step 1: the loss is nan"):
+        trainer.step()  # NaN weights give a NaN loss: stopped before the update
+    with pytest.raises(ValueError, match="not finite"):
+        sampler.save(tmp_path / "model.pt")
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_coincident_atoms_in_the_data_are_named_before_training():
+    from ase_drift.training import Trainer
+
+    data = ethanol(16)
+    positions = data.positions.copy()
+    positions[3, 1] = positions[3, 0]  # the FI run that went NaN
+    data = Conformations(data.numbers, positions, data.forces, data.energies, 300.0)
+    with pytest.raises(ValueError, match=r"frame\(s\) \[3\].*atoms 0 and 1 are 0 Å apart"):
+        Trainer(data, tiny(space="distance"))
+
+
+def test_cli_reports_divergence_in_one_line_and_writes_no_model(data_file, tmp_path, capsys,
+                                                                 monkeypatch):
+    import ase_drift.training
+
+    monkeypatch.setattr(ase_drift.training, "DIVERGENCE_FACTOR", 0.0)  # diverges at step 1
+    model = tmp_path / "model.pt"
+    assert main(["train", str(data_file), "--steps", "3", "-o", str(model)]) == 2
+    err = capsys.readouterr().err
+    assert "diverged at step 1" in err and "Traceback" not in err
+    assert not model.exists()
