@@ -172,3 +172,29 @@ def test_force_targets_replace_the_dsm_target_at_small_noise(data):
 
     loss = dsm_loss(Oracle(), torch.zeros(4, 3, 3), scores, config, torch.Generator())
     assert loss.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_pc_sample_is_algorithm_2_written_out_with_the_generators_draws():
+    """Two positive levels, one corrector step, batch [5, 2, 3]: pc_sample equals the update
+    rules written out, with noise drawn from ``rng`` in x's dtype in the order predictor,
+    corrector, and ε = 2 (snr · mean_b ‖z_b‖ / mean_b ‖s_b‖)² from per-sample norms."""
+    def score(x, sigma):
+        return -x / (0.3**2 + sigma[:, None, None] ** 2)
+
+    x0 = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = torch.tensor([2.0, 0.5, 0.0], dtype=torch.float64)
+    torch.manual_seed(123)  # the global RNG must not be what pc_sample draws from
+    out = pc_sample(score, x0, sigmas, torch.Generator().manual_seed(1), snr=0.2, n_corrector=1)
+
+    draws = torch.Generator().manual_seed(1)
+    z1, z2 = (torch.randn(x0.shape, generator=draws, dtype=torch.float64) for _ in range(2))
+    ones = torch.ones(5, dtype=torch.float64)
+    variance = 2.0**2 - 0.5**2
+    x = x0 + variance * score(x0, 2.0 * ones) + variance**0.5 * z1  # predictor 2 → 0.5
+    s = score(x, 0.5 * ones)
+    per_sample = lambda t: t.reshape(5, -1).norm(dim=1).mean()
+    eps = 2 * (0.2 * per_sample(z2) / per_sample(s)) ** 2
+    x = x + eps * s + (2 * eps) ** 0.5 * z2  # corrector at 0.5
+    x = x + 0.5**2 * score(x, 0.5 * ones)  # noise-free last step
+    assert out.dtype == torch.float64
+    torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
