@@ -16,13 +16,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 from . import __version__
 from .drift import FIELDS
 
 
-def _read_data(path: str, temperature_K: float | None, energy_unit: str):
+def _read_data(path: str, temperature_K: float | None, energy_unit: str,
+               partial_labels: str = "error"):
     """A data file, or the training set of a named data set."""
     from .data import Conformations
     from .datasets import DATASETS, load
@@ -30,7 +29,8 @@ def _read_data(path: str, temperature_K: float | None, energy_unit: str):
     if path in DATASETS:
         data = load(path)[0]
         return data if temperature_K is None else data.with_temperature(temperature_K)
-    return Conformations.read(path, temperature_K=temperature_K, energy_unit=energy_unit)
+    return Conformations.read(path, temperature_K=temperature_K, energy_unit=energy_unit,
+                              partial_labels=partial_labels)
 
 
 def _read_reference(path: str):
@@ -43,16 +43,54 @@ def _read_reference(path: str):
     return read_positions(path), None
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    from .sampler import MAX_SEED
+
+    value = int(text)
+    if not 0 <= value < MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {value}")
+    return value
+
+
+_positive_int.__name__ = "positive integer"  # argparse names the type in its messages
+_seed.__name__ = "seed"
+
+
 def cmd_train(args) -> int:
+    from .data import species_difference
+    from .io import check_writable
     from .training import train
 
-    data = _read_data(args.data, args.temperature, args.energy_unit)
+    # Everything that could fail after training is checked before it.
+    check_writable(args.output, "-o")
+    if args.resume and not args.checkpoint:
+        raise ValueError("--resume needs --checkpoint FILE to resume from")
+    if args.resume and not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"--resume: there is no checkpoint {args.checkpoint} (drop "
+                                f"--resume to start a new run)")
+    data = _read_data(args.data, args.temperature, args.energy_unit, args.partial_labels)
     if args.frames is not None:
+        if args.frames > len(data):
+            raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
         data = data.head(args.frames)
     options = {k: v for k, v in (("omega", args.omega), ("beta", args.beta)) if v is not None}
     if args.bandwidths:
         options["bandwidths"] = tuple(args.bandwidths)
-    reference = _read_reference(args.reference)[0].positions if args.reference else None
+    reference = None
+    if args.reference:
+        reference = _read_reference(args.reference)[0]
+        difference = species_difference(reference.numbers, data.numbers)
+        if difference:
+            raise ValueError(f"--reference {args.reference} is another molecule than "
+                             f"{args.data}: {difference}")
+        reference = reference.positions
     start = time.perf_counter()
     sampler = train(data, temperature_K=args.temperature, field=args.field, space=args.space,
                     steps=args.steps, seed=args.seed, checkpoint=args.checkpoint,
@@ -78,6 +116,7 @@ def cmd_sample(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from .data import species_difference
     from .io import read_positions
     from .metrics import (
         evaluate,
@@ -90,8 +129,10 @@ def cmd_evaluate(args) -> int:
 
     samples = read_positions(args.samples)
     reference, runs = _read_reference(args.reference)
-    if not np.array_equal(samples.numbers, reference.numbers):
-        raise SystemExit("samples and reference differ in species or atom order")
+    difference = species_difference(samples.numbers, reference.numbers)
+    if difference:
+        raise ValueError(f"the samples {args.samples} and the reference {args.reference} are "
+                         f"different molecules: {difference}")
     # The floor at the samples' size (at most the frames of the reference's second part).
     n_floor = min(len(samples.positions), int((~reference_part(len(reference.positions),
                                                                 runs)).sum()))
@@ -156,20 +197,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="Force-Aligned Kernel strength β")
     p.add_argument("--bandwidths", type=float, nargs="+",
                    help="kernel bandwidths as multiples of the median distance (default 0.25)")
-    p.add_argument("--steps", type=int, default=20000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, help="use only the first N frames")
+    p.add_argument("--steps", type=_positive_int, default=20000)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--frames", type=_positive_int, help="use only the first N frames")
     p.add_argument("--energy-unit", default="eV", help="unit of the file's energies (eV, kcal/mol, kJ/mol)")
-    p.add_argument("--checkpoint", help="resumable training checkpoint, written every 1000 steps")
-    p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--partial-labels", choices=("error", "drop"), default="error",
+                   help="a label (forces, energy) only some frames carry: an error naming the "
+                        "first frame without it (default), or drop it for every frame")
+    p.add_argument("--checkpoint", help="resumable training checkpoint, written every 1000 steps "
+                                        "and on Ctrl-C/SIGTERM")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from --checkpoint (which must exist)")
     p.add_argument("--reference", help="reference file or data set name for periodic evaluation")
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("sample", parents=[debug], help="draw conformations from a trained model")
     p.add_argument("model", help="a saved sampler of any kind (drift, DSM, ...)")
-    p.add_argument("-n", type=int, required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=_positive_int, required=True)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("-o", "--output", required=True, help=".extxyz, .xyz, .traj, .pdb or .dcd")
     p.set_defaults(run=cmd_sample)
 
@@ -183,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", parents=[debug], help="train, sample and evaluate on the bundled ethanol data")
     p.add_argument("--out", default="demo_out")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_positive_int)
+    p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("data", parents=[debug], help="list or load the reference data sets")
@@ -215,18 +261,21 @@ def main(argv=None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        return args.run(args)
+        code = args.run(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at interpreter exit
+        return code
     except BrokenPipeError:  # `ase-drift evaluate --json | head`: the reader has gone
         try:  # no second BrokenPipeError when Python flushes stdout at exit
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         except (OSError, ValueError):
             pass
         return 141
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C; TrainingInterrupted says what was saved
         if args.debug:
             raise
-        print(f"ase-drift {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"ase-drift {args.command}: {_one_line(exc) if exc.args else 'interrupted'}",
+              file=sys.stderr)
+        return 128 + getattr(exc, "signum", 2)
     except Exception as exc:
         if args.debug:
             raise

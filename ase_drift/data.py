@@ -14,6 +14,8 @@ labelled by :func:`ase_drift.forces.label`, which returns new Conformations.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -28,6 +30,9 @@ ENERGIES = "energies"
 LABELS = (FORCES, ENERGIES)
 #: Keys of an info dict or npz that carry the temperature in K, in order of preference.
 TEMPERATURE_KEYS = ("temperature_K", "temperature", "T")
+#: What a reader does with a label some frames carry and others lack: raise naming the first
+#: frame without it, or drop that label for every frame.
+PARTIAL_LABELS = ("error", "drop")
 
 
 @dataclass(frozen=True, eq=False)
@@ -62,7 +67,16 @@ class Conformations:
         object.__setattr__(self, "numbers", numbers)
         object.__setattr__(self, "positions", positions)
         if self.forces is not None:
-            forces = np.asarray(self.forces, dtype=np.float64).reshape(positions.shape)
+            forces = np.asarray(self.forces, dtype=np.float64)
+            if len(positions) == 1 and forces.shape == positions.shape[1:]:
+                forces = forces[None]
+            if forces.shape != positions.shape:
+                n, a = positions.shape[:2]
+                hint = (" (it looks like [n_frames, 3, n_atoms]: transpose it with "
+                        "forces.transpose(0, 2, 1))" if forces.shape == (n, 3, a) else "")
+                raise ValueError(f"forces must have the shape of the positions "
+                                 f"{positions.shape} ([n_frames, n_atoms, 3]), got "
+                                 f"{forces.shape}{hint}")
             if not np.isfinite(forces).all():
                 bad = np.flatnonzero(~np.isfinite(forces).all(axis=(1, 2)))
                 raise ValueError(f"forces are NaN or infinite in frame(s) {bad[:10].tolist()}")
@@ -75,11 +89,7 @@ class Conformations:
                 bad = np.flatnonzero(~np.isfinite(energies))
                 raise ValueError(f"energies are NaN or infinite in frame(s) {bad[:10].tolist()}")
             object.__setattr__(self, ENERGIES, energies)
-        if self.temperature_K is not None:
-            temperature = float(self.temperature_K)
-            if not temperature > 0:
-                raise ValueError(f"temperature_K must be positive, got {self.temperature_K}")
-            object.__setattr__(self, "temperature_K", temperature)
+        object.__setattr__(self, "temperature_K", check_temperature(self.temperature_K))
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
@@ -132,7 +142,10 @@ class Conformations:
 
     # ------------------------------------------------------------------ splits
     def head(self, n: int) -> Conformations:
-        """The first ``n`` frames (MD17's biased 'first frames' protocol)."""
+        """The first ``n`` frames (MD17's biased 'first frames' protocol); all of them when
+        there are fewer. A negative ``n`` raises ValueError (it is not Python's 'all but')."""
+        if n < 0:
+            raise ValueError(f"the number of frames must not be negative, got {n}")
         return self[:n]
 
     def frames(self, start: int, stop: int) -> Conformations:
@@ -168,38 +181,68 @@ class Conformations:
     # ------------------------------------------------------------------ readers
     @classmethod
     def read(cls, path: str | Path, index=":", temperature_K: float | None = None,
-             format: str | None = None, energy_unit: str = "eV") -> Conformations:
+             format: str | None = None, energy_unit: str = "eV",
+             partial_labels: str = "error") -> Conformations:
         """Read any file ``ase.io.read`` reads, or an MD17-style ``.npz``.
 
         Energies and forces are taken from the frames' calculators or arrays when present, in
         ``energy_unit`` (and ``energy_unit``/Å); the temperature comes from ``temperature_K`` or
-        the first frame's info.
+        the first frame's info. A label that some frames carry and others lack raises naming
+        the first frame without it, unless ``partial_labels="drop"`` (then no frame has it).
         """
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"no such data file: {path}")
+        if path.is_dir():
+            raise ValueError(f"{path} is a directory, not a data file")
+        if path.stat().st_size == 0:
+            raise ValueError(f"{path} is empty")
         if path.suffix == ".npz":
             return cls.from_npz(path, energy_unit=energy_unit, temperature_K=temperature_K)
+        from .checkpoint import is_torch_file
+
+        if is_torch_file(path):
+            raise ValueError(f"{path} is a PyTorch file (an ase_drift model or checkpoint?), not "
+                             f"a data file of conformations")
         import ase.io
 
-        frames = ase.io.read(str(path), index=index, format=format)
+        try:
+            frames = ase.io.read(str(path), index=index, format=format)
+        except Exception as exc:  # ase.io's readers raise many types for damaged files
+            kind = f"as {format}" if format else "with ase.io"
+            if isinstance(exc, UnicodeDecodeError):
+                reason = "it holds binary data where text was expected"
+            else:
+                reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ValueError(f"{path} cannot be read {kind} ({reason}): is it truncated, "
+                             f"damaged or of another format?") from exc
         if not isinstance(frames, list):
             frames = [frames]
         try:
-            return cls.from_atoms(frames, temperature_K=temperature_K, energy_unit=energy_unit)
+            return cls.from_atoms(frames, temperature_K=temperature_K, energy_unit=energy_unit,
+                                  partial_labels=partial_labels)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
 
     @classmethod
-    def from_atoms(cls, frames, temperature_K: float | None = None,
-                   energy_unit: str = "eV") -> Conformations:
+    def from_atoms(cls, frames, temperature_K: float | None = None, energy_unit: str = "eV",
+                   partial_labels: str = "error") -> Conformations:
         """From a list of ``ase.Atoms`` (same species and order in every frame); energies and
-        forces in ``energy_unit`` (per Å) are converted to eV."""
+        forces in ``energy_unit`` (per Å) are converted to eV. ``partial_labels`` as in
+        :meth:`read`."""
+        if partial_labels not in PARTIAL_LABELS:
+            raise ValueError(f"partial_labels must be one of {PARTIAL_LABELS}, got "
+                             f"{partial_labels!r}")
         frames = list(frames)
         if not frames:
             raise ValueError("no frames given")
         numbers = frames[0].numbers
         for k, atoms in enumerate(frames):
+            if len(atoms) != len(numbers):
+                raise ValueError(f"frame {k} has {len(atoms)} atoms "
+                                 f"({atoms.get_chemical_formula()}), frame 0 has {len(numbers)} "
+                                 f"({frames[0].get_chemical_formula()}): every frame must be the "
+                                 f"same molecule")
             if atoms.pbc.any():
                 raise ValueError(
                     f"frame {k} is periodic (pbc={atoms.pbc.tolist()}, cell lengths "
@@ -212,8 +255,8 @@ class Conformations:
                                  f"different order than frame 0 ({frames[0].get_chemical_formula()})")
         positions = np.stack([atoms.positions for atoms in frames])
         scale = units.energy_to_eV(1.0, energy_unit)
-        forces = _collect(frames, "forces")
-        energies = _collect(frames, "energy")
+        forces = _collect(frames, "forces", partial_labels)
+        energies = _collect(frames, "energy", partial_labels)
         forces = None if forces is None else forces * scale
         energies = None if energies is None else energies * scale
         if temperature_K is None:
@@ -227,17 +270,27 @@ class Conformations:
 
         ``energy_unit`` ('eV', 'kcal/mol' or 'kJ/mol') is the unit of E and of F per Å.
         """
-        with np.load(path, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            for key in ("z", "R"):
-                if key not in keys:
-                    raise KeyError(f"{path}: npz needs key {key!r} (has {sorted(keys)})")
-            scale = units.energy_to_eV(1.0, energy_unit)
-            forces = npz["F"] * scale if "F" in keys else None
-            energies = npz["E"].reshape(-1) * scale if "E" in keys else None
-            if temperature_K is None:
-                temperature_K = _temperature_from({k: npz[k] for k in keys})
-            return cls(npz["z"], npz["R"], forces, energies, temperature_K)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                keys = set(npz.files)
+                for key in ("z", "R"):
+                    if key not in keys:
+                        raise KeyError(f"{path}: npz needs key {key!r} (has {sorted(keys)})")
+                arrays = {key: npz[key] for key in keys}
+        except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise ValueError(f"{path} cannot be read as an npz file: it is truncated or not "
+                             f"NumPy's npz format ({type(exc).__name__}: {exc})") from exc
+        except ValueError as exc:  # e.g. object arrays, which are never unpickled
+            raise ValueError(f"{path}: {exc}") from exc
+        scale = units.energy_to_eV(1.0, energy_unit)
+        forces = arrays["F"] * scale if "F" in keys else None
+        energies = arrays["E"].reshape(-1) * scale if "E" in keys else None
+        if temperature_K is None:
+            temperature_K = _temperature_from(arrays)
+        try:
+            return cls(arrays["z"], arrays["R"], forces, energies, temperature_K)
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_mdtraj(cls, traj, temperature_K: float | None = None) -> Conformations:
@@ -280,12 +333,46 @@ class Conformations:
         ase.io.write(str(path), self.to_atoms(), format=format)
 
 
-def _collect(frames, name: str) -> np.ndarray | None:
-    """Stack a per-frame property from the calculators (or arrays); None if any frame lacks it."""
+def species_difference(numbers, other) -> str:
+    """How two molecules' atomic numbers differ ('' if they are equal): the atom counts, or
+    the first atom whose species differs."""
+    from ase.data import chemical_symbols
+    from ase.symbols import Symbols
+
+    numbers, other = np.asarray(numbers).reshape(-1), np.asarray(other).reshape(-1)
+    if len(numbers) != len(other):
+        return (f"{len(numbers)} atoms ({Symbols(numbers).get_chemical_formula()}) against "
+                f"{len(other)} ({Symbols(other).get_chemical_formula()})")
+    wrong = np.flatnonzero(numbers != other)
+    if not len(wrong):
+        return ""
+    k = int(wrong[0])
+    return (f"atom {k} is {chemical_symbols[numbers[k]]} in one and "
+            f"{chemical_symbols[other[k]]} in the other (same count, other species or order)")
+
+
+def check_temperature(temperature_K, name: str = "temperature_K") -> float | None:
+    """``temperature_K`` as a float, or None; ValueError naming ``name`` unless it is a
+    positive finite number of kelvin (0 K is never taken to mean 'unknown')."""
+    if temperature_K is None:
+        return None
+    try:
+        temperature = float(temperature_K)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number of kelvin, got {temperature_K!r}") from None
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"{name} must be positive and finite (kelvin), got {temperature_K}")
+    return temperature
+
+
+def _collect(frames, name: str, partial_labels: str = "error") -> np.ndarray | None:
+    """Stack a per-frame property from the calculators (or arrays); None if no frame has it.
+    If only some frames have it: ValueError naming the first frame without it, or None with
+    ``partial_labels="drop"``."""
     from ase.calculators.calculator import PropertyNotImplementedError
 
-    values = []
-    for atoms in frames:
+    values, missing = [], []
+    for k, atoms in enumerate(frames):
         value = None
         if atoms.calc is not None:
             try:
@@ -297,8 +384,17 @@ def _collect(frames, name: str) -> np.ndarray | None:
         if value is None and name in atoms.info:
             value = atoms.info[name]
         if value is None:
-            return None
-        values.append(np.asarray(value, dtype=np.float64))
+            missing.append(k)
+        else:
+            values.append(np.asarray(value, dtype=np.float64))
+    if not values or (missing and partial_labels == "drop"):
+        return None
+    if missing:
+        labelled = min(set(range(len(frames))) - set(missing))
+        raise ValueError(f"frame {missing[0]} has no {name} but frame {labelled} has "
+                         f"({len(missing)} of {len(frames)} frames lack it): complete the file, "
+                         f"or drop the {name} of every frame (partial_labels='drop', command "
+                         f"line: --partial-labels drop)")
     return np.stack(values)
 
 

@@ -123,7 +123,8 @@ def write_positions(path: str | Path, numbers, positions: np.ndarray) -> Path:
 
 
 def read_positions(path: str | Path) -> Conformations:
-    """Read frames written by :func:`write_positions` (or any ``ase.io`` file / npz)."""
+    """Read frames written by :func:`write_positions` (or any ``ase.io`` file / npz); only the
+    positions are needed, so labels that some frames lack are dropped."""
     path = Path(path)
     if path.suffix == ".dcd":
         import mdtraj
@@ -132,4 +133,4 @@ def read_positions(path: str | Path) -> Conformations:
         if not topology.exists():
             raise FileNotFoundError(f"{path} needs its topology {topology} beside it")
         return Conformations.from_mdtraj(mdtraj.load_dcd(str(path), top=str(topology)))
-    return Conformations.read(path)
+    return Conformations.read(path, partial_labels="drop")

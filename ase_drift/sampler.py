@@ -89,11 +89,25 @@ class Sampler(Protocol):
     def save(self, path: str | Path) -> Path: ...
 
 
+#: Seeds are integers in [0, MAX_SEED): they fit torch's and NumPy's generators alike.
+MAX_SEED = 2**63
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int: TypeError naming ``name`` unless it is an integer, ValueError unless
+    it lies in [0, 2⁶³)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {seed!r}")
+    if not 0 <= seed < MAX_SEED:
+        raise ValueError(f"{name} must lie in [0, 2**63), got {seed}")
+    return int(seed)
+
+
 def torch_generator(seed: int | None) -> torch.Generator:
     """A seeded ``torch.Generator``; ``None`` draws a fresh seed from the OS."""
     if seed is None:
         seed = int(np.random.SeedSequence().generate_state(1)[0])
-    return torch.Generator().manual_seed(int(seed))
+    return torch.Generator().manual_seed(check_seed(seed))
 
 
 class TemplateSampler:

@@ -16,13 +16,20 @@ A diverged run stops with :class:`TrainingDiverged` naming the step: a non-finit
 gradient, or generated features beyond :data:`DIVERGENCE_FACTOR` times the data's RMS. The
 failing update is not applied, and no checkpoint or model is ever written from a diverged
 state (:meth:`Trainer.check_health`), so the last checkpoint stays the last good one.
+
+Ctrl-C (SIGINT) and SIGTERM during :meth:`Trainer.run` take effect between two steps: hooks
+with an ``interrupted(trainer)`` method run (:class:`Checkpointer` saves the state of the last
+completed step), then :class:`TrainingInterrupted` is raised. A second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -30,16 +37,16 @@ import numpy as np
 import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data import Conformations
+from .data import Conformations, check_temperature
 from .drift import DENSITY, ENERGIES, FORCES, DriftField, Positives, field_spec, make_field
 from .features import make_representation
 from .forces import label
 from .kernels import kde_log_density
 from .models import GeneratorConfig, MLPGenerator
-from .sampler import DriftSampler
+from .sampler import DriftSampler, check_seed
 
 __all__ = ["Checkpointer", "Evaluator", "ProgressBar", "TrainConfig", "Trainer",
-           "TrainingDiverged", "train"]
+           "TrainingDiverged", "TrainingInterrupted", "train"]
 
 #: Generated features with an RMS above this multiple of the training features' RMS mean the run
 #: has diverged (a sound run stays within a few times the data's spread).
@@ -55,6 +62,16 @@ class TrainingDiverged(RuntimeError):
     def __init__(self, message: str, step: int):
         super().__init__(message)
         self.step = step
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped :meth:`Trainer.run` after ``step`` completed steps; ``saved``
+    lists where hooks saved that state, ``signum`` is the signal (SIGINT for a
+    KeyboardInterrupt raised by a hook)."""
+
+    def __init__(self, message: str, step: int, saved: list, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.step, self.saved, self.signum = step, saved, signum
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,8 @@ class TrainConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "bandwidths", tuple(float(b) for b in self.bandwidths))
+        object.__setattr__(self, "temperature_K", check_temperature(self.temperature_K))
+        object.__setattr__(self, "seed", check_seed(self.seed))
         for name in ("steps", "batch_size", "n_positives", "depth", "hidden", "noise_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -131,7 +150,8 @@ class Trainer:
     def __init__(self, data: Conformations, config: TrainConfig = TrainConfig(),
                  field: DriftField | None = None, forces=None,
                  label_cache: str | Path | None = None):
-        temperature = config.temperature_K or data.temperature_K
+        temperature = (data.temperature_K if config.temperature_K is None
+                       else config.temperature_K)
         if temperature is None:
             raise ValueError("the temperature is unknown: pass temperature_K (the data file "
                              "carries none)")
@@ -159,9 +179,11 @@ class Trainer:
         self.config = config
         self.field = field
         self.data = data
-        # Identifies the training data in checkpoints; hashed once, not at every evaluation.
-        self.data_digest = hashlib.sha256(
+        # Identify the training data in checkpoints; hashed once, not at every evaluation.
+        self.data_digest = data_digest(data)
+        self.positions_digest = hashlib.sha256(
             np.ascontiguousarray(data.positions).tobytes()).hexdigest()
+        self.label_summary = label_summary(data)
         self.representation = make_representation(config.space, data.n_atoms)
         self.prepared = self.representation.prepare(data, temperature)
         _check_prepared(self.prepared, data, config)
@@ -183,6 +205,7 @@ class Trainer:
             self.optimizer, warmup_cosine(config.warmup_steps, config.steps))
         self.rng = torch.Generator().manual_seed(config.seed)
         self.step_count = 0
+        self._in_step = False  # True while step() changes the state (not resumable then)
         self.history: dict[str, list[float]] = {"step": [], "loss": [], "drift_norm": []}
         self.hooks: list[tuple[Callable[[Trainer], None], int]] = []
 
@@ -203,6 +226,7 @@ class Trainer:
 
     def step(self) -> tuple[float, float]:
         """One optimisation step; returns (loss, mean ‖V‖)."""
+        self._in_step = True
         self.model.train()
         noise = self.model.noise(self.config.batch_size, self.rng)
         x = self.representation.features(self.model(noise))  # [B, D]
@@ -229,7 +253,13 @@ class Trainer:
             self.history["step"].append(self.step_count)
             self.history["loss"].append(loss.item())
             self.history["drift_norm"].append(drift_norm)
+        self._in_step = False
         return loss.item(), drift_norm
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the state is that of a completed step (False when a step was cut off)."""
+        return not self._in_step
 
     def _diverged(self, what: str, applied: bool = False) -> None:
         """Raise :class:`TrainingDiverged`: ``what`` went wrong in the step being taken (not
@@ -261,17 +291,53 @@ class Trainer:
         """Train until ``config.steps`` (or ``steps`` more); returns the sampler."""
         target = self.config.steps if steps is None else self.step_count + steps
         target = min(target, self.config.steps)
-        while self.step_count < target:
-            self.step()
-            for hook, interval in self.hooks:
-                if self.step_count % interval == 0:
-                    hook(self)
+        received: list[int] = []
+        try:
+            with _signals_between_steps(received):
+                while self.step_count < target:
+                    self.step()
+                    for hook, interval in self.hooks:
+                        if self.step_count % interval == 0:
+                            hook(self)
+                    if received:
+                        raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            self._interrupted(target, received[0] if received else signal.SIGINT)
+        except BaseException:
+            self._close_hooks()
+            raise
         for hook, interval in self.hooks:
             if self.step_count % interval:  # every hook sees the final state once
                 hook(self)
             if hasattr(hook, "close"):
                 hook.close()
         return self.sampler()
+
+    def _close_hooks(self) -> None:
+        for hook, _ in self.hooks:
+            if hasattr(hook, "close"):
+                hook.close()
+
+    def _interrupted(self, target: int, signum: int) -> None:
+        """Let hooks save the state (``hook.interrupted(trainer)`` returns where), then raise
+        :class:`TrainingInterrupted`."""
+        self._close_hooks()
+        saved = []
+        for hook, _ in self.hooks:
+            if hasattr(hook, "interrupted"):
+                where = hook.interrupted(self)
+                if where is not None:
+                    saved.append(where)
+        by = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+        if not self.resumable:
+            state = "; it was cut off inside a step, so no state was saved"
+        elif saved:
+            state = (f"; its state is saved in {', '.join(map(str, saved))}: resume with "
+                     f"resume=True (command line: --resume)")
+        else:
+            state = "; nothing was saved (no checkpoint was asked for)"
+        raise TrainingInterrupted(f"training interrupted by {by} after step {self.step_count} "
+                                  f"of {target}{state}", self.step_count, saved, signum)
 
     # ------------------------------------------------------------------ outputs
     def metadata(self) -> dict:
@@ -294,7 +360,9 @@ class Trainer:
                 "formula": data.formula,
                 "n_frames": len(data),
                 "labels": [k for k in ("forces", "energies") if getattr(data, k) is not None],
-                "positions_sha256": self.data_digest,
+                "positions_sha256": self.positions_digest,
+                "data_sha256": self.data_digest,
+                "label_summary": self.label_summary,
             },
             "ase_drift_version": __version__,
             "history": {k: list(v) for k, v in self.history.items()},
@@ -350,8 +418,19 @@ class Trainer:
             raise CheckpointError(f"{path} was written with another configuration "
                                   f"(checkpoint vs now: {diff})")
         meta = payload["metadata"]
-        if meta["training_data"]["positions_sha256"] != self.data_digest:
-            raise CheckpointError(f"{path} was trained on other data than given now")
+        stored = meta["training_data"]
+        if (stored["positions_sha256"] != self.positions_digest
+                or list(meta["numbers"]) != self.data.numbers.tolist()):
+            raise CheckpointError(f"{path} was trained on other data than given now (other "
+                                  f"atoms or positions)")
+        # Checkpoints written before labels were recorded carry positions only.
+        if "data_sha256" in stored and stored["data_sha256"] != self.data_digest:
+            difference = label_difference(stored.get("label_summary", {}), self.label_summary)
+            if difference:
+                raise CheckpointError(
+                    f"{path} was trained on other labels than given now ({difference}): "
+                    f"resuming would mix two training sets. Pass the original labels, or start "
+                    f"a new run with another checkpoint file")
         state = payload["state_dict"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -360,6 +439,94 @@ class Trainer:
         self.step_count = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
         return self
+
+
+def data_digest(data: Conformations) -> str:
+    """SHA-256 of the atomic numbers, positions and labels (forces, energies) of ``data``."""
+    digest = hashlib.sha256()
+    for name, values in (("numbers", data.numbers), ("positions", data.positions),
+                         (FORCES, data.forces), (ENERGIES, data.energies)):
+        digest.update(name.encode())
+        digest.update(b"none" if values is None else np.ascontiguousarray(values).tobytes())
+    return digest.hexdigest()
+
+
+#: Fixed random projections per label in :func:`label_summary`.
+LABEL_PROJECTIONS = 3
+#: Relative tolerance (of the label's RMS) within which :func:`label_difference` takes two label
+#: summaries as equal: recomputed labels differ by round-off (e.g. multithreaded tblite).
+LABEL_RTOL = 1e-6
+
+
+def label_summary(data: Conformations) -> dict[str, list[float]]:
+    """Per label of ``data``: [std, mean, p_1 … p_k], the p being projections of the centred
+    values on :data:`LABEL_PROJECTIONS` fixed random unit-variance weights (divided by √size).
+    Labels recomputed with round-off compare equal within :data:`LABEL_RTOL` of the std, while
+    scaled or reordered labels do not (:func:`label_difference`)."""
+    summary = {}
+    for name in (FORCES, ENERGIES):
+        values = getattr(data, name)
+        if values is None:
+            continue
+        flat = values.reshape(-1)
+        mean = float(flat.mean())
+        centred = flat - mean
+        numbers = [float(centred.std()), mean]
+        for k in range(LABEL_PROJECTIONS):
+            weights = np.random.default_rng(k).standard_normal(flat.size)
+            numbers.append(float(centred @ weights / np.sqrt(flat.size)))
+        summary[name] = numbers
+    return summary
+
+
+def label_difference(stored: dict, now: dict) -> str:
+    """How two :func:`label_summary` results differ ('' when equal within :data:`LABEL_RTOL`
+    of the spread; the mean within that of its own size, as absolute energies are large)."""
+    problems = []
+    for name in sorted(set(stored) | set(now)):
+        if name not in now or name not in stored:
+            where = "the checkpoint" if name in stored else "the data given now"
+            problems.append(f"only {where} has {name}")
+            continue
+        old, new = np.asarray(stored[name]), np.asarray(now[name])
+        if old.shape != new.shape:
+            problems.append(f"{name}: summaries of another format")
+            continue
+        spread = max(old[0], new[0])
+        tolerance = LABEL_RTOL * spread + 1e-300
+        mean_tolerance = LABEL_RTOL * (spread + max(abs(old[1]), abs(new[1])))
+        if abs(old[0] - new[0]) > tolerance:
+            problems.append(f"{name}: spread (std) {old[0]:.6g} in the checkpoint, "
+                            f"{new[0]:.6g} now")
+        elif abs(old[1] - new[1]) > mean_tolerance:
+            problems.append(f"{name}: mean {old[1]:.6g} in the checkpoint, {new[1]:.6g} now")
+        elif np.any(np.abs(old[2:] - new[2:]) > tolerance):
+            problems.append(f"{name}: same spread and mean but other values (changed or "
+                            f"reordered frames)")
+    return "; ".join(problems)
+
+
+@contextmanager
+def _signals_between_steps(received: list[int]) -> Iterator[None]:
+    """Append SIGINT and SIGTERM to ``received`` instead of letting them stop a step midway;
+    a second signal raises KeyboardInterrupt at once. Only in the main thread (elsewhere
+    Python delivers no signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def record(signum, frame):
+        if received:
+            raise KeyboardInterrupt
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, record)
+                for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_prepared(prepared, data: Conformations, config: TrainConfig) -> None:
@@ -407,12 +574,20 @@ class ProgressBar:
 
 @dataclass
 class Checkpointer:
-    """Write a resumable checkpoint (atomically) to ``path``."""
+    """Write a resumable checkpoint (atomically) to ``path``, also when the run is interrupted
+    (Ctrl-C, SIGTERM) between two steps. A diverged state is never written
+    (:meth:`Trainer.save_checkpoint`), so ``path`` keeps the last good one."""
 
     path: str | Path
 
     def __call__(self, trainer: Trainer) -> None:
         trainer.save_checkpoint(self.path)
+
+    def interrupted(self, trainer: Trainer) -> Path | None:
+        """Save the state of the last completed step; None when a step was cut off."""
+        if not trainer.resumable:
+            return None
+        return trainer.save_checkpoint(self.path)
 
 
 @dataclass
@@ -450,21 +625,37 @@ def train(data: Conformations, temperature_K: float | None = None, field: str | 
         space: 'cartesian' or 'distance'.
         forces: a ForceSource labelling the training frames (cached in ``label_cache``).
         checkpoint: path of a resumable training checkpoint, written every
-            ``checkpoint_every`` steps; with ``resume=True`` training continues from it.
+            ``checkpoint_every`` steps and when Ctrl-C or SIGTERM stops the run; with
+            ``resume=True`` training continues from it (a missing file raises).
         reference: positions ``[N, A, 3]`` to evaluate TVD against every ``eval_every`` steps.
         options: further :class:`TrainConfig` fields (omega, beta, bandwidths, batch_size, ...).
     """
+    from .io import check_writable
+
     custom = not isinstance(field, str)
     config = TrainConfig(field="custom" if custom else field, space=space, steps=steps, seed=seed,
                          temperature_K=temperature_K, **options)
+    # Every input and output is checked before the (possibly long) labelling and training.
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs the checkpoint= to resume from")
+    if resume and not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"resume=True, but there is no checkpoint at {checkpoint} (start "
+                                f"a new run without resume)")
+    if checkpoint is not None:
+        check_writable(checkpoint, "checkpoint")
+    if reference is not None:
+        reference = np.asarray(reference, dtype=np.float64)
+        if reference.ndim != 3 or reference.shape[1:] != (data.n_atoms, 3):
+            raise ValueError(f"reference positions must have shape [n, {data.n_atoms}, 3] for "
+                             f"the {data.n_atoms} atoms of the data, got {reference.shape}")
     trainer = Trainer(data, config, field=field if custom else None, forces=forces,
                       label_cache=label_cache)
-    if checkpoint is not None and resume and Path(checkpoint).exists():
+    if resume:
         trainer.load_checkpoint(checkpoint)
     if progress:
         trainer.attach(ProgressBar(config.steps), 1)
     if reference is not None:
-        trainer.attach(Evaluator(np.asarray(reference)), eval_every)
+        trainer.attach(Evaluator(reference), eval_every)
     if checkpoint is not None:
         trainer.attach(Checkpointer(checkpoint), checkpoint_every)
     return trainer.run()

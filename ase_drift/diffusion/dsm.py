@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, save_checkpoint
-from ..data import Conformations
+from ..data import Conformations, check_temperature
 from ..features import Cartesian
 from ..sampler import TemplateSampler, _formula, register_sampler, torch_generator
 from .samplers import pc_sample
@@ -186,7 +186,8 @@ class DiffusionSampler(TemplateSampler):
 def train_diffusion(data: Conformations, config: DiffusionConfig = DiffusionConfig(),
                     progress: bool = True) -> DiffusionSampler:
     """Train the score network by (force-guided) denoising score matching."""
-    temperature = config.temperature_K or data.temperature_K
+    temperature = check_temperature(config.temperature_K)
+    temperature = data.temperature_K if temperature is None else temperature
     uses_forces = config.force_sigma > 0
     if uses_forces:
         data.require("forces", why="force-guided score matching (force_sigma > 0)")
