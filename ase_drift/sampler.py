@@ -73,7 +73,21 @@ def load(path: str | Path) -> Sampler:
         raise CheckpointError(f"{path} holds a checkpoint of kind {kind!r}, which no sampler "
                               f"reads; known kinds: "
                               + ", ".join(f"{k} ({c.__name__})" for k, c in kinds.items()))
-    return kinds[kind].from_checkpoint(payload, path)
+    return _from_checkpoint(kinds[kind], payload, path)
+
+
+def _from_checkpoint(cls, payload: dict, path: str | Path):
+    """``cls.from_checkpoint``, with a missing or malformed entry of the stored metadata or
+    configuration reported as a :class:`CheckpointError` naming the file."""
+    try:
+        return cls.from_checkpoint(payload, path)
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        what = (f"lacks the entry {exc.args[0]!r}" if isinstance(exc, KeyError)
+                else f"is malformed ({exc})")
+        raise CheckpointError(f"{path}: the stored metadata or configuration {what}; the file "
+                              f"was not written by this ase_drift or was altered") from exc
 
 
 @runtime_checkable
@@ -137,7 +151,7 @@ class TemplateSampler:
             raise CheckpointError(f"{path} holds a {found!r} checkpoint, not a {cls.__name__} "
                                   f"({getattr(cls, 'kind', None)!r}); ase_drift.load(path) reads "
                                   f"every kind")
-        return cls.from_checkpoint(payload, path)
+        return _from_checkpoint(cls, payload, path)
 
     def check_template(self, atoms) -> None:
         """Raise ValueError naming the first atom whose species differs from the model's."""

@@ -588,3 +588,29 @@ def test_debug_shows_the_traceback(tmp_path, capsys):
         main(["--debug", "train", str(tmp_path / "missing.extxyz"), "-o", str(tmp_path / "m")])
     with pytest.raises(FileNotFoundError):
         main(["train", str(tmp_path / "missing.extxyz"), "-o", str(tmp_path / "m"), "--debug"])
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("no numbers", r"metadata or configuration lacks the entry 'numbers'"),
+    ("bad generator config", "metadata or configuration is malformed"),
+    ("other weights", "weights do not fit the stored configuration"),
+])
+def test_checkpoints_with_wrong_metadata_or_weights_are_named(tmp_path, capsys, model_file,
+                                                             damage, expected):
+    import torch
+
+    from ase_drift.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(model_file)
+    config, state, metadata = payload["config"], payload["state_dict"], payload["metadata"]
+    if damage == "no numbers":
+        del metadata["numbers"]
+    elif damage == "bad generator config":
+        config["generator"]["colour"] = "blue"
+    else:
+        state = {k: torch.zeros(2, 2) for k in state}
+    path = save_checkpoint(tmp_path / "altered.pt", config, state, metadata)
+    assert main(["sample", str(path), "-n", "2", "-o", str(tmp_path / "s.xyz")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(rf"altered\.pt.*{expected}", err), err
+    assert err.count("\n") == 1
