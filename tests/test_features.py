@@ -9,9 +9,13 @@ solution of Jᵀ F_φ = F, so Jᵀ F_φ = F exactly when F has no rigid-motion c
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import molecule
+from ase.calculators.lj import LennardJones
 from scipy.spatial.transform import Rotation
 
+from ase_drift import units
+from ase_drift.data import Conformations
 from ase_drift.features import (
     Cartesian,
     PairwiseDistances,
@@ -209,3 +213,79 @@ def test_make_representation():
         make_representation("internal", 9)
     with pytest.raises(ValueError, match="at least 2 atoms"):
         PairwiseDistances(1)
+
+
+# ----------------------------------------------------------------------------- prepared scores
+LJ = {"sigma": 2.5, "epsilon": 0.02, "rc": 50.0}  # Å, eV; the cutoff is beyond the cluster
+
+
+def lj_energy(positions):
+    """Lennard-Jones energy (eV) of one 6-atom argon-like cluster ``[6, 3]`` Å."""
+    atoms = Atoms("Ar6", positions=positions)
+    atoms.calc = LennardJones(**LJ)
+    return atoms.get_potential_energy()
+
+
+def rotated_lj_frames(n_frames=5, seed=0, temperature_K=300.0):
+    """A distorted LJ octahedron (nearest neighbours 2^(1/6)σ, 0.12 Å noise), every frame
+    randomly rotated and translated, with its LJ forces and energies."""
+    rng = np.random.default_rng(seed)
+    half = 2 ** (1 / 6) * LJ["sigma"] / np.sqrt(2)
+    base = half * np.array([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1.0]])
+    rotations = Rotation.random(n_frames, random_state=rng).as_matrix()
+    positions = np.stack([(base + 0.12 * rng.normal(size=base.shape)) @ rot.T
+                          + rng.normal(scale=5.0, size=3) for rot in rotations])
+    forces, energies = [], []
+    for frame in positions:
+        atoms = Atoms("Ar6", positions=frame)
+        atoms.calc = LennardJones(**LJ)
+        forces.append(atoms.get_forces())
+        energies.append(atoms.get_potential_energy())
+    return Conformations([18] * 6, positions, np.array(forces), np.array(energies),
+                         temperature_K)
+
+
+@pytest.mark.parametrize("space", ["cartesian", "distance"])
+def test_prepared_scores_are_finite_differences_of_reduced_energy(space):
+    """On the PREPARED frames (centred, Kabsch-aligned in Cartesian space, divided by σ) the
+    scores are the gradient of −E/kT in normalised units: for any direction δ [A, 3],
+
+        [E(R + hσδ) − E(R − hσδ)] / (2h·kT) = −scores·(J δ),   R = σ·coords (Å),
+
+    J = the centring map in Cartesian space (scores are centred) and ∂φ/∂R of the pair
+    distances in distance space (PairwiseDistances.jacobian; Jᵀ F_φ = F). Every frame of the
+    LJ cluster is randomly rotated and translated, so Cartesian scores are right only if the
+    forces rotate with their frames (unrotated forces miss by O(1)). h = 1e-4 (≈ 1.5e-4 Å);
+    tolerance 1e-5 relative to the largest directional derivative (measured 6e-7 Cartesian,
+    8e-7 distance; 3e-5 at h = 1e-3, the truncation error). The reduced energies equal
+    E(R)/kT minus their mean."""
+    temperature = 300.0
+    kT = units.kT(temperature)
+    data = rotated_lj_frames(temperature_K=temperature)
+    representation = make_representation(space, data.n_atoms)
+    prepared = representation.prepare(data, temperature)
+    coords = prepared.coords.double()
+    frames = coords.numpy() * prepared.scale  # Å, as prepared (aligned in Cartesian space)
+
+    # the prepared frames are the data's frames up to a rigid motion: same energies
+    energies = np.array([lj_energy(frame) for frame in frames])
+    np.testing.assert_allclose(energies, data.energies, rtol=0, atol=1e-6)  # float32 frames
+    reduced = energies / kT
+    np.testing.assert_allclose(prepared.reduced_energies.double().numpy(),
+                               reduced - reduced.mean(), rtol=0, atol=1e-5)
+
+    rng = np.random.default_rng(1)
+    directions = rng.normal(size=frames.shape)  # [N, A, 3], normalised units
+    h = 1e-4
+    numeric = np.array([(lj_energy(frame + h * prepared.scale * d)
+                         - lj_energy(frame - h * prepared.scale * d)) / (2 * h * kT)
+                        for frame, d in zip(frames, directions, strict=True)])
+    delta = torch.as_tensor(directions)
+    if space == "cartesian":
+        moved = (delta - delta.mean(1, keepdim=True)).flatten(1)  # J δ: centred δ
+    else:
+        moved = (representation.jacobian(coords) @ delta.flatten(1)[..., None])[..., 0]
+    predicted = -(prepared.scores.double() * moved).sum(-1).numpy()
+    scale = np.abs(numeric).max()
+    assert scale > 1.0  # the test has something to compare
+    np.testing.assert_allclose(predicted, numeric, rtol=0, atol=1e-5 * scale)

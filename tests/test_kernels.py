@@ -1,5 +1,6 @@
 """Kernel logits ℓ(x, y) = log k(x, y) against the direct formulas:
-Gaussian ℓ = −‖x−y‖²/(2τ²), Laplacian ℓ = −‖x−y‖/τ; the median heuristic; self-exclusion."""
+Gaussian ℓ = −‖x−y‖²/(2τ²), Laplacian ℓ = −‖x−y‖/τ; the median heuristic (exact, and on a
+strided subset of the pairs); self-exclusion."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from ase_drift.kernels import (
     gaussian_logits,
     laplacian_logits,
     median_distance,
+    median_from_squared,
     squared_distances,
 )
 
@@ -79,3 +81,53 @@ def test_exclude_self_masks_only_the_diagonal(points):
     weights = torch.softmax(masked, dim=-1)
     assert weights.diagonal().abs().max() == 0
     torch.testing.assert_close(weights.sum(-1), torch.ones(len(x), dtype=x.dtype))
+
+
+# ----------------------------------------------------------------------------- strided median
+def spread_pairs(n_gen, n_pos, seed, dim=36):
+    """Squared distances ``[n_gen, n_pos]`` between generated samples whose spread grows with
+    the row index (0.5 → 2, so a subset that skips rows is biased) and shifted positives, in
+    36-D (ethanol's pair-distance features)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_gen, dim, generator=gen) * torch.linspace(0.5, 2.0, n_gen)[:, None]
+    y = torch.randn(n_pos, dim, generator=gen) + 0.3
+    return squared_distances(x, y)
+
+
+def test_median_from_squared_without_limit_is_the_exact_median(points):
+    """max_pairs=None: √ of the lower middle entry of the sorted squared distances."""
+    x, y = points
+    sq = squared_distances(x, y)  # 77 entries
+    lower_middle = sq.flatten().sort().values[(sq.numel() - 1) // 2]
+    assert median_from_squared(sq, max_pairs=None).item() == pytest.approx(
+        lower_middle.sqrt().item(), rel=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(64, 128), (100, 100), (3, 5)])
+def test_strided_median_is_exact_when_every_pair_fits(shape):
+    """numel ≤ max_pairs: no subsampling, bit-identical to the exact median."""
+    sq = spread_pairs(*shape, seed=1)
+    exact = median_from_squared(sq, max_pairs=None)
+    assert torch.equal(median_from_squared(sq, max_pairs=sq.numel()), exact)
+    assert torch.equal(median_from_squared(sq, max_pairs=16384), exact)
+
+
+@pytest.mark.parametrize(("n_gen", "n_pos", "tolerance"), [(256, 512, 0.02), (257, 509, 0.005)],
+                         ids=["default-batch", "coprime"])
+def test_strided_median_is_close_to_the_exact_median(n_gen, n_pos, tolerance):
+    """The default median_from_squared (an evenly strided subset of ≤ 16,384 of the pairs)
+    against the exact median, over 10 random draws.
+
+    Expected relative error: the median of n ≈ 16k independent pairs scatters by ≈ 0.13 % (sd)
+    here, which is what the stride gives when it does not divide the row length (257 × 509:
+    stride 8, measured sd 0.14 %, max 0.43 % over 200 draws; tolerance 0.5 %, 3.6 sd). With the
+    default training batch (256 generated × 512 positives) the stride 8 divides the 512
+    columns, so the subset is every generated sample against the same 64 positives: sd
+    0.55 %, max 1.5 % over 200 draws; tolerance 2 %. A subset that keeps only the first rows
+    (a prefix) is 26 % low on this data."""
+    for seed in range(10):
+        sq = spread_pairs(n_gen, n_pos, seed)
+        exact = median_from_squared(sq, max_pairs=None)
+        strided = median_from_squared(sq)
+        assert sq.numel() > 7 * 16384  # stride 8: the subset is 1/8 of the pairs
+        assert abs(strided.item() / exact.item() - 1) < tolerance
