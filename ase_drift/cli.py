@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -59,8 +60,16 @@ def _seed(text: str) -> int:
     return value
 
 
+def _kelvin(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive temperature in K, got {text}")
+    return value
+
+
 _positive_int.__name__ = "positive integer"  # argparse names the type in its messages
 _seed.__name__ = "seed"
+_kelvin.__name__ = "temperature"
 
 
 def cmd_train(args) -> int:
@@ -190,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[debug], help="train a one-step drift sampler")
     p.add_argument("data", help="ase.io-readable file with energies/forces, an npz (z, R, F, E), "
                                 "or a bundled data set name")
-    p.add_argument("--temperature", type=float, help="K (default: from the file's metadata)")
+    p.add_argument("--temperature", type=_kelvin, help="K (default: from the file's metadata)")
     p.add_argument("--field", choices=FIELDS, default="fk")
     p.add_argument("--space", choices=("cartesian", "distance"), default="distance")
     p.add_argument("--omega", type=float, help="Force-Interpolated weight ω")

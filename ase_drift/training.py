@@ -510,7 +510,8 @@ def label_difference(stored: dict, now: dict) -> str:
 def _signals_between_steps(received: list[int]) -> Iterator[None]:
     """Append SIGINT and SIGTERM to ``received`` instead of letting them stop a step midway;
     a second signal raises KeyboardInterrupt at once. Only in the main thread (elsewhere
-    Python delivers no signals)."""
+    Python delivers no signals); a signal the process ignores (e.g. SIGINT of a background
+    job started by a script) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -521,7 +522,8 @@ def _signals_between_steps(received: list[int]) -> Iterator[None]:
         received.append(signum)
 
     previous = {signum: signal.signal(signum, record)
-                for signum in (signal.SIGINT, signal.SIGTERM)}
+                for signum in (signal.SIGINT, signal.SIGTERM)
+                if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:

@@ -433,6 +433,27 @@ def test_sigterm_is_deferred_to_the_end_of_the_step_and_saves(tmp_path):
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
 
+def test_an_ignored_sigint_stays_ignored():
+    """A background job started by a script inherits SIGINT ignored: training must not start
+    reacting to it."""
+    import os
+    import signal
+
+    from ase_drift.training import Trainer
+
+    def ctrl_c(trainer):
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        trainer = Trainer(ethanol(16), tiny(steps=3)).attach(ctrl_c, 1)
+        trainer.run()
+        assert trainer.step_count == 3
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_cli_ctrl_c_during_train_saves_and_says_how_to_resume(data_file, tmp_path, capsys,
                                                              monkeypatch):
     import ase_drift.training
