@@ -88,7 +88,9 @@ def source_fingerprint(source) -> dict:
     calculator's class, parameters and model digests; :class:`OpenMMForces`: the System's XML
     digest; :class:`LabelForces`: the stored labels' digest). A label cache records it and
     serves its labels to a source with the same fingerprint only. A source of your own should
-    define ``fingerprint()`` returning what sets its labels (parameters, file digests)."""
+    define ``fingerprint()`` returning what sets its labels (parameters, file digests); a
+    wrapper that only observes another source may return ``source_fingerprint(inner)`` (its
+    ``"source"`` entry replaces the wrapper's class)."""
     own = getattr(source, "fingerprint", None)
     return {"source": _qualname(source), **_jsonable(own() if callable(own) else {})}
 

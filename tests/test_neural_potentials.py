@@ -21,7 +21,7 @@ from ase import Atoms
 import ase_drift
 from ase_drift import Conformations, DriftSampler
 from ase_drift.datasets import load
-from ase_drift.forces import CalculatorForces, label_positions
+from ase_drift.forces import CalculatorForces, label_positions, source_fingerprint
 from ase_drift.metrics import DistanceReport, evaluate
 from ase_drift.potentials import Errors, fit_potential, potential_errors
 
@@ -98,6 +98,10 @@ class CountingSource:
     def compute(self, numbers, positions):
         self.frames += len(np.asarray(positions).reshape(-1, len(numbers), 3))
         return self.source.compute(numbers, positions)
+
+    def fingerprint(self):
+        """The wrapped source's: a label cache serves this source the wrapped one's labels."""
+        return source_fingerprint(self.source)
 
 
 def test_calculator_returns_ev_and_forces_are_minus_energy_gradient(run):
