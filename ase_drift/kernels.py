@@ -51,45 +51,38 @@ def exclude_self(logits: Tensor) -> Tensor:
     return logits.masked_fill(eye, float("-inf"))
 
 
-def _block_logits(features: Tensor, bandwidth: float | Tensor, n_blocks: int, chunk: int):
-    """Yield (rows, Gaussian logits of those rows against every frame, with each row's own
-    contiguous block masked to −∞) ``[C, N]``."""
-    n = len(features)
-    block = torch.arange(n, device=features.device) * n_blocks // n  # [N] block of each frame
-    for start in range(0, n, chunk):
-        rows = slice(start, min(n, start + chunk))
-        logits = gaussian_logits(features[rows], features, bandwidth)  # [C, N]
-        yield rows, logits.masked_fill(block[rows, None] == block[None, :], float("-inf"))
-
-
 def kde_log_density(features: Tensor, n_blocks: int = 10, n_bandwidths: int = 24,
-                    chunk: int = 2048) -> Tensor:
+                    max_elements: int = 2**24) -> Tensor:
     """Normalised Gaussian kernel density estimate log p̂(y_i) ``[N]`` of ``features`` ``[N, D]``
     taken in their given order, e.g. the frames of a trajectory.
 
     Consecutive MD frames are near copies of each other, so a leave-one-out estimate (or a
     nearest-neighbour bandwidth) measures the time step, not the density. Here the frames are
     cut into ``n_blocks`` contiguous blocks; the bandwidth h maximises the held-out likelihood
-    of every block under the KDE of the other blocks (block cross-validation over a log grid),
-    and log p̂(y_i) uses the frames outside y_i's own block:
+    of every block under the KDE of the other blocks (block cross-validation over a log grid of
+    ``n_bandwidths`` values), and log p̂(y_i) uses the frames outside y_i's own block:
 
         log p̂(y) = logsumexp_j −‖y − y_j‖²/(2h²) − log n_j − (D/2)·log(2πh²).
+
+    Every grid bandwidth is scored in one pass over row chunks of at most ``max_elements``
+    logits.
     """
     n, dim = features.shape
     if n_blocks < 2 or n < n_blocks:
         raise ValueError(f"need at least 2 blocks and {n_blocks} frames, got {n} frames")
     features = features.detach()
-    others = n - torch.bincount(torch.arange(n) * n_blocks // n).to(features)  # [n_blocks]
-    block = torch.arange(n) * n_blocks // n
-
-    def log_density(bandwidth) -> Tensor:
-        out = features.new_empty(n)
-        for rows, logits in _block_logits(features, bandwidth, n_blocks, chunk):
-            out[rows] = torch.logsumexp(logits, -1)
-        return (out - others[block].log()
-                - 0.5 * dim * math.log(2 * math.pi) - dim * torch.log(torch.as_tensor(bandwidth)))
-
-    spread = median_distance(features[:: max(1, n // 1024)], features[:: max(1, n // 1024)])
-    grid = spread * torch.logspace(-2.0, 0.5, n_bandwidths, dtype=features.dtype)
-    scores = torch.stack([log_density(h).mean() for h in grid])
-    return log_density(grid[int(scores.argmax())])
+    block = torch.arange(n, device=features.device) * n_blocks // n  # [N] block of each frame
+    others = (n - torch.bincount(block, minlength=n_blocks).to(features))[block]  # [N]
+    sample = features[:: max(1, n // 1024)]
+    grid = median_distance(sample, sample) * torch.logspace(
+        -2.0, 0.5, n_bandwidths, dtype=features.dtype, device=features.device)  # [H]
+    log_sums = features.new_empty(n_bandwidths, n)  # [H, N]
+    chunk = max(1, max_elements // (n_bandwidths * n))
+    for start in range(0, n, chunk):
+        rows = slice(start, min(n, start + chunk))
+        squared = squared_distances(features[rows], features)  # [C, N]
+        squared = squared.masked_fill(block[rows, None] == block[None, :], float("inf"))
+        log_sums[:, rows] = torch.logsumexp(-squared / (2 * grid[:, None, None] ** 2), -1)
+    log_p = (log_sums - others.log() - 0.5 * dim * math.log(2 * math.pi)
+             - dim * grid.log()[:, None])  # [H, N]
+    return log_p[int(log_p.mean(-1).argmax())]

@@ -38,9 +38,6 @@ VARIANTS = {
     "drift": {"field": "drift"},
     "FK energy form": {"field": "fk-energy"},
     "FK force form": {"field": "fk"},
-    "FK force, random init": {"field": "fk", "initialize_from_data": False},
-    "FK force, random init, noise 3A": {"field": "fk", "initialize_from_data": False,
-                                        "noise_dim": "3A"},
     "FK force, plain MLP (no init, skip, warm-up; noise 3A)": {
         "field": "fk", "initialize_from_data": False, "noise_dim": "3A", "affine_skip": False,
         "warmup_steps": 0},
