@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .drift import FIELDS
+from .drift import DEFAULT_FIELD, FIELDS
 
 
 def _read_data(path: str, temperature_K: float | None, energy_unit: str,
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="ase.io-readable file with energies/forces, an npz (z, R, F, E), "
                                 "or a bundled data set name")
     p.add_argument("--temperature", type=_kelvin, help="K (default: from the file's metadata)")
-    p.add_argument("--field", choices=FIELDS, default="fk")
+    p.add_argument("--field", choices=FIELDS, default=DEFAULT_FIELD)
     p.add_argument("--space", choices=("cartesian", "distance"), default="distance")
     p.add_argument("--omega", type=float, help="Force-Interpolated weight ω")
     p.add_argument("--beta", type=float, help="Force-Aligned Kernel strength β")

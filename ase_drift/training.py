@@ -38,7 +38,16 @@ import torch
 
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data import Conformations, check_temperature
-from .drift import DENSITY, ENERGIES, FORCES, DriftField, Positives, field_spec, make_field
+from .drift import (
+    DEFAULT_FIELD,
+    DENSITY,
+    ENERGIES,
+    FORCES,
+    DriftField,
+    Positives,
+    field_spec,
+    make_field,
+)
 from .features import make_representation
 from .forces import label
 from .kernels import kde_log_density
@@ -84,7 +93,7 @@ class TrainConfig:
     it from the data.
     """
 
-    field: str = "fk"
+    field: str = DEFAULT_FIELD
     space: str = "distance"
     omega: float | None = None
     beta: float | None = None
@@ -613,8 +622,8 @@ class Evaluator:
 
 
 # ----------------------------------------------------------------------------- entry point
-def train(data: Conformations, temperature_K: float | None = None, field: str | DriftField = "fk",
-          space: str = "distance", steps: int = 20000, seed: int = 0, *, forces=None,
+def train(data: Conformations, temperature_K: float | None = None,
+          field: str | DriftField = DEFAULT_FIELD, space: str = "distance", steps: int = 20000, seed: int = 0, *, forces=None,
           label_cache: str | Path | None = None, checkpoint: str | Path | None = None,
           checkpoint_every: int = 1000, resume: bool = False, reference: np.ndarray | None = None,
           eval_every: int = 1000, progress: bool = True, **options) -> DriftSampler:

@@ -12,7 +12,7 @@ def test_demo_writes_samples_metrics_and_plots(tmp_path, capsys):
     assert frames[0].get_chemical_symbols() == ["C", "C", "O", "H", "H", "H", "H", "H", "H"]
     assert frames[0].calc is None  # positions only, no invented energies
     for name in ("metrics.md", "distance_histograms.png", "training_curve.png",
-                 "ethanol-fk-distance.pt"):
+                 "ethanol-distance.pt"):
         assert (tmp_path / name).stat().st_size > 0
     table = capsys.readouterr().out
     assert "noise floor" in table and "training set" in table and "wall times" in table
