@@ -1,7 +1,7 @@
 """ase_drift: one-step Boltzmann conformer sampling for ASE with force-guided drifting models.
 
 >>> from ase_drift import Conformations, DriftSampler, train
->>> sampler = train(Conformations.read("train.extxyz"), temperature_K=500, field="fk")
+>>> sampler = train(Conformations.read("train.extxyz"), temperature_K=500, field="fk-energy")
 >>> atoms_list = sampler.sample(atoms, n=1000, seed=0)
 >>> import ase_drift
 >>> sampler = ase_drift.load("model.pt")  # a saved sampler of any kind (drift, DSM, ...)

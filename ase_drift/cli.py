@@ -1,6 +1,6 @@
 """``ase-drift``: a thin command-line layer over the library.
 
-    ase-drift train DATA --temperature 500 --field fk --space distance -o MODEL.pt
+    ase-drift train DATA --temperature 500 --field fk-energy --space distance -o MODEL.pt
     ase-drift sample MODEL.pt -n 1000 -o samples.extxyz
     ase-drift evaluate samples.extxyz REFERENCE [--json] [--plot DIR [--model MODEL.pt]]
     ase-drift demo

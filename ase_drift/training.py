@@ -42,6 +42,7 @@ from .drift import (
     DEFAULT_FIELD,
     DENSITY,
     ENERGIES,
+    FIELDS,
     FORCES,
     DriftField,
     Positives,
@@ -183,7 +184,12 @@ class Trainer:
             requires = {k for k in (FORCES, ENERGIES) if getattr(data, k) is not None}
         data_labels = {FORCES, ENERGIES}.intersection(requires)
         if data_labels:
-            data.require(*sorted(data_labels), why=f"field {config.field!r}")
+            have = {k for k in (FORCES, ENERGIES) if getattr(data, k) is not None}
+            usable = [name for name in FIELDS if name != config.field
+                      and {FORCES, ENERGIES}.intersection(
+                          make_field(name, config.space).requires) <= have]
+            data.require(*sorted(data_labels), why=f"field {config.field!r}; fields that "
+                         f"train on these labels: {', '.join(usable)}")
 
         self.config = config
         self.field = field
