@@ -166,7 +166,8 @@ def test_missing_temperature_raises():
 @pytest.mark.parametrize("field", ["fi", "fk", "fi+fk"])
 def test_force_fields_on_unlabelled_data_raise_mentioning_forces(field):
     data = triatomic_data(50, labels=False)
-    with pytest.raises(ValueError, match=re.escape(f"has no forces (field '{field}')")):
+    expected = f"has no forces (field '{field}'; fields that train on these labels: drift, deng)"
+    with pytest.raises(ValueError, match=re.escape(expected)):
         Trainer(data, small_config(field=field))
 
 
