@@ -2,6 +2,7 @@
 behind the Sampler protocol (trains, samples, round-trips, checks input)."""
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -177,24 +178,87 @@ def test_force_targets_replace_the_dsm_target_at_small_noise(data):
 def test_pc_sample_is_algorithm_2_written_out_with_the_generators_draws():
     """Two positive levels, one corrector step, batch [5, 2, 3]: pc_sample equals the update
     rules written out, with noise drawn from ``rng`` in x's dtype in the order predictor,
-    corrector, and ε = 2 (snr · mean_b ‖z_b‖ / mean_b ‖s_b‖)² from per-sample norms."""
+    corrector, and ε = 2 (snr · mean_b ‖z_b‖ / mean_b ‖s_b‖)² from per-sample norms. Levels
+    given as a list take x's dtype (1.1 and 0.3 are not exact in float32)."""
     def score(x, sigma):
         return -x / (0.3**2 + sigma[:, None, None] ** 2)
 
     x0 = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    sigmas = torch.tensor([2.0, 0.5, 0.0], dtype=torch.float64)
     torch.manual_seed(123)  # the global RNG must not be what pc_sample draws from
-    out = pc_sample(score, x0, sigmas, torch.Generator().manual_seed(1), snr=0.2, n_corrector=1)
+    out = pc_sample(score, x0, [1.1, 0.3, 0.0], torch.Generator().manual_seed(1), snr=0.2,
+                    n_corrector=1)
 
     draws = torch.Generator().manual_seed(1)
     z1, z2 = (torch.randn(x0.shape, generator=draws, dtype=torch.float64) for _ in range(2))
     ones = torch.ones(5, dtype=torch.float64)
-    variance = 2.0**2 - 0.5**2
-    x = x0 + variance * score(x0, 2.0 * ones) + variance**0.5 * z1  # predictor 2 → 0.5
-    s = score(x, 0.5 * ones)
+    variance = 1.1**2 - 0.3**2
+    x = x0 + variance * score(x0, 1.1 * ones) + variance**0.5 * z1  # predictor 1.1 → 0.3
+    s = score(x, 0.3 * ones)
     per_sample = lambda t: t.reshape(5, -1).norm(dim=1).mean()
     eps = 2 * (0.2 * per_sample(z2) / per_sample(s)) ** 2
-    x = x + eps * s + (2 * eps) ** 0.5 * z2  # corrector at 0.5
-    x = x + 0.5**2 * score(x, 0.5 * ones)  # noise-free last step
+    x = x + eps * s + (2 * eps) ** 0.5 * z2  # corrector at 0.3
+    x = x + 0.3**2 * score(x, 0.3 * ones)  # noise-free last step
     assert out.dtype == torch.float64
     torch.testing.assert_close(out, x, rtol=1e-12, atol=1e-12)
+
+
+def test_pc_sample_defaults_noise_sampler_and_callback():
+    """Defaults snr = 0.16 and one corrector step; a ``noise_sampler`` is called with
+    (σ, σ') for the predictor and (σ', σ') for the corrector; the callback reports x and σ;
+    n_corrector = 0 is the plain reverse-diffusion sampler and one level (σ, 0) is Tweedie's
+    step alone."""
+    def score(x, sigma):
+        return -x / (1 + sigma[:, None] ** 2)
+
+    x = torch.randn(4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigmas = torch.tensor([3.0, 1.0, 0.5, 0.0], dtype=torch.float64)
+    default = pc_sample(score, x, sigmas, torch.Generator().manual_seed(2))
+    explicit = pc_sample(score, x, sigmas, torch.Generator().manual_seed(2), snr=0.16,
+                         n_corrector=1)
+    torch.testing.assert_close(default, explicit, rtol=0, atol=0)
+
+    calls, reports = [], []
+
+    def noise(sigma, sigma_next):
+        calls.append((float(sigma), float(sigma_next)))
+        return torch.ones_like(x)
+
+    pc_sample(score, x, sigmas, torch.Generator(), callback=reports.append, noise_sampler=noise)
+    assert calls == [(3.0, 1.0), (1.0, 1.0), (1.0, 0.5), (0.5, 0.5)]
+    assert [float(r["sigma"]) for r in reports] == [3.0, 1.0, 0.5]
+    torch.testing.assert_close(reports[-1]["x"], reports[-1]["denoised"])
+
+    calls.clear()
+    pc_sample(score, x, sigmas, torch.Generator(), n_corrector=0, noise_sampler=noise)
+    assert calls == [(3.0, 1.0), (1.0, 0.5)]
+    one_level = pc_sample(score, x, [0.5, 0.0], torch.Generator())
+    torch.testing.assert_close(one_level, x + 0.25 * score(x, torch.full((4,), 0.5)))
+    with pytest.raises(ValueError, match="n_corrector must be >= 0"):
+        pc_sample(score, x, sigmas, torch.Generator(), n_corrector=-1)
+
+
+@pytest.mark.parametrize("sigmas, message", [
+    ([0.0], "1-D sequence of at least 2 levels"),
+    ([[2.0, 0.0], [1.0, 0.0]], "1-D sequence of at least 2 levels"),
+    ([2.0, 0.0, 0.0], re.escape("sigmas must be positive and end with 0 (the noise-free level; "
+                                "see schedules.append_zero)")),
+    ([2.0, 2.0, 0.0], "sigmas must be strictly decreasing"),
+    ([3.0, 1.0, 2.0, 0.0], "sigmas must be strictly decreasing"),
+])
+def test_pc_sample_names_what_is_wrong_with_the_levels(sigmas, message):
+    with pytest.raises(ValueError, match=message):
+        pc_sample(_gaussian_score(1.0), torch.zeros(2, 1), sigmas, torch.Generator())
+
+
+def test_ve_sigmas_are_exactly_geometric_in_the_requested_dtype():
+    levels = ve_sigmas(5, 0.01, 100.0, dtype=torch.float64)
+    exact = torch.tensor([100.0, 10.0, 1.0, 0.1, 0.01, 0.0], dtype=torch.float64)
+    torch.testing.assert_close(levels, exact, rtol=1e-13, atol=0)
+    assert ve_sigmas(3, 0.1, 1.0).dtype == torch.float32
+    torch.testing.assert_close(ve_sigmas(1, 0.5, 0.5, dtype=torch.float64),
+                               torch.tensor([0.5, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="need at least one noise level"):
+        ve_sigmas(0, 0.1, 1.0)
+    for sigma_min, sigma_max in ((0.0, 1.0), (2.0, 1.0)):
+        with pytest.raises(ValueError, match="need 0 < sigma_min <= sigma_max"):
+            ve_sigmas(3, sigma_min, sigma_max)
