@@ -627,3 +627,105 @@ def test_density_corrected_energy_tilt_targets_boltzmann_by_particle_flow():
     corrected, plain = variance(True), variance(False)
     assert 0.8 < corrected / SIGMA_PI**2 < 1.1, f"corrected: {corrected:.3f}, target 1"
     assert plain == pytest.approx(V_TILTED, rel=0.1)
+
+
+# ----------------------------------------------------------------------------- details (mutation tests)
+# Each pins a part of a definition that the tests above exercise only at values where it
+# cannot show (spreads above 1, ω = 0, no force tilt inside a GaussianDrift, ...).
+def test_energy_tilt_standardised_is_beta_times_the_standardised_alignment():
+    """Standardised energy tilt: β·ã with ã = (a − ā)/std(a), a = −(E − Ē)/kT, over the
+    positives (a 1-D alignment); with a spread of E/kT well below 1, so std(a) < 1 counts."""
+    x, y = cloud(3), cloud(6, seed=1)
+    energies = 0.05 * cloud(6, dim=1, seed=2)[:, 0]
+    a = energy_alignment(energies)
+    assert a.std() < 0.5
+    expected = 0.8 * ((a - a.mean()) / a.std())[None]
+    tilt = EnergyTilt(0.8, standardize=True)(x, Positives(y, reduced_energies=energies))
+    torch.testing.assert_close(tilt, expected)
+    z = standardize(0.01 * cloud(4, dim=30, seed=1))
+    torch.testing.assert_close(z.std(-1), torch.ones(4, dtype=F64))
+
+
+def test_force_scale_ratio_for_displacements_below_one():
+    x, y, s = 0.01 * cloud(5), 0.01 * cloud(12, seed=1), cloud(12, seed=2)
+    tau = 0.6
+    assert median_distance(x, y) < 0.1
+    expected = (tau**2 * s).norm(dim=-1).median() / median_distance(x, y)
+    torch.testing.assert_close(force_scale_ratio(x, y, s, tau), expected)
+
+
+def test_gaussian_drift_divides_the_force_term_by_rho_when_asked():
+    """normalize_force_scale: V = V⁺_ω with the force term over ρ(x, y, s, τ) (Eq. 34), minus
+    V⁻; ω = 0 needs no forces; without ρ the force scale is 1."""
+    x, y, s = cloud(5), cloud(12, seed=1), 30 * cloud(12, seed=2)
+    tau = 0.25 * median_distance(x, y)
+    logits = gaussian_logits(x, y, tau)
+    rho = force_scale_ratio(x, y, s, tau)
+    expected = (force_interpolated_attraction(x, y, s, logits, tau, 0.4, rho)
+                - repulsion(x, gaussian_logits(x, x, tau)))
+    field = GaussianDrift(omega=0.4, normalize_force_scale=True)
+    torch.testing.assert_close(field(x, Positives(y, scores=s)), expected)
+    assert (rho - 1).abs() > 0.1  # ρ matters here
+    torch.testing.assert_close(force_interpolated_attraction(x, y, s, logits, tau, 0.4),
+                               force_interpolated_attraction(x, y, s, logits, tau, 0.4, 1.0))
+    plain = GaussianDrift(normalize_force_scale=True)(x, Positives(y))
+    torch.testing.assert_close(plain, GaussianDrift()(x, Positives(y)))
+
+
+def test_gaussian_drift_with_the_force_tilt_is_attraction_under_tilted_logits():
+    """FK inside the field: logits ℓ(x, y_i) + β·ã_i(x), ã the standardised force alignment at
+    the generated sample x itself; V = V⁺ under those logits − V⁻."""
+    x, y, s = cloud(5), cloud(12, seed=1), cloud(12, seed=2)
+    tau = 0.25 * median_distance(x, y)
+    logits = gaussian_logits(x, y, tau) + 0.6 * standardize(force_alignment(x, y, s))
+    expected = attraction(x, y, logits) - repulsion(x, gaussian_logits(x, x, tau))
+    field = GaussianDrift(tilts=(ForceTilt(0.6),))
+    torch.testing.assert_close(field(x, Positives(y, scores=s)), expected)
+
+
+@pytest.mark.parametrize(("field", "energies", "message"), [
+    (GaussianDrift(omega=0.5), None, "Force-Interpolated drifting (omega > 0) needs forces"),
+    (GaussianDrift(tilts=(ForceTilt(0.5),)), None, "the force form of FK needs forces"),
+    (GaussianDrift(tilts=(EnergyTilt(0.5),)), None, "the energy form of FK needs energies"),
+    (GaussianDrift(tilts=(EnergyTilt(1.0, density_correction=True),)), torch.zeros(8, dtype=F64),
+     "density_correction needs a data density estimate"),
+])
+def test_missing_label_errors_name_the_field_and_the_label(field, energies, message):
+    import re
+
+    x, y = cloud(4), cloud(8, seed=1)
+    full = f"^{re.escape(message)} of the positive samples, but the data has none$"
+    with pytest.raises(ValueError, match=full):
+        field(x, Positives(y, reduced_energies=energies))
+
+
+def test_field_parameters_at_their_bounds_and_the_errors_beyond():
+    """ω = 1 (the force side of the identity) and β = 0 (no tilt) are valid; the errors say
+    what is wrong."""
+    assert GaussianDrift(omega=1.0).omega == 1.0
+    assert ForceTilt(0.0).beta == 0.0 and EnergyTilt(0.0).beta == 0.0
+    with pytest.raises(ValueError, match=r"^omega must lie in \[0, 1\], got 1.5$"):
+        GaussianDrift(omega=1.5)
+    with pytest.raises(ValueError, match=r"^bandwidths must be positive, got \(\)$"):
+        GaussianDrift(bandwidths=())
+    with pytest.raises(ValueError, match="^beta must be non-negative, got -1.0$"):
+        ForceTilt(-1.0)
+    with pytest.raises(ValueError, match=r"^the density correction targets π only without "
+                                         r"standardisation \(standardize=False\)$"):
+        EnergyTilt(standardize=True, density_correction=True)
+    field = GaussianDrift(tilts=[ForceTilt()])  # a list is stored as a tuple: hashable
+    assert field.tilts == (ForceTilt(),) and isinstance(field.tilts, tuple)
+    assert hash(field) == hash(GaussianDrift(tilts=(ForceTilt(),)))
+
+
+def test_field_spec_is_plain_json_data():
+    field = make_field("fk", "distance", bandwidths=(0.1, 0.3))
+    assert field.bandwidths == (0.1, 0.3)
+    assert field_spec(field) == {
+        "kind": "gaussian", "omega": 0.0, "bandwidths": [0.1, 0.3],
+        "normalize_force_scale": False,
+        "tilts": [{"kind": "force-tilt", "beta": 0.5, "standardize": True}]}
+    with pytest.raises(ValueError, match="unknown field kind None"):
+        field_from_spec({"beta": 0.5})
+    with pytest.raises(TypeError, match="^function is not a field of ase_drift.drift"):
+        field_spec(lambda x, positives: x)

@@ -289,3 +289,58 @@ def test_prepared_scores_are_finite_differences_of_reduced_energy(space):
     scale = np.abs(numeric).max()
     assert scale > 1.0  # the test has something to compare
     np.testing.assert_allclose(predicted, numeric, rtol=0, atol=1e-5 * scale)
+
+
+# ----------------------------------------------------------------------------- details (mutation tests)
+@pytest.mark.parametrize("space", ["cartesian", "distance"])
+def test_prepare_centres_aligns_to_frame_0_and_divides_by_one_scale(space):
+    """Prepared: coords = centred frames (Cartesian: Kabsch-aligned to frame 0, forces and all)
+    / σ, σ = std of the centred frames (the same in both spaces); aligned_coords = the aligned
+    frames / σ whatever the space; features = φ(coords); float32 throughout; no forces or
+    energies, no scores or reduced energies."""
+    data = rotated_lj_frames()
+    centred = data.positions - data.positions.mean(1, keepdims=True)
+    aligned, _ = align_frames(data.positions, data.positions[0])
+    scale = centred.std()
+    representation = make_representation(space, data.n_atoms)
+    prepared = representation.prepare(data, 300.0)
+    assert prepared.scale == pytest.approx(scale, rel=1e-12)
+    expected = aligned if space == "cartesian" else centred
+    np.testing.assert_allclose(prepared.coords.numpy(), expected / scale, atol=1e-6)
+    np.testing.assert_allclose(prepared.aligned_coords.numpy(), aligned / scale, atol=1e-6)
+    np.testing.assert_allclose(prepared.aligned_coords[0].numpy(), centred[0] / scale, atol=1e-6)
+    torch.testing.assert_close(prepared.features, representation.features(prepared.coords))
+    for tensor in (prepared.coords, prepared.aligned_coords, prepared.features, prepared.scores,
+                   prepared.reduced_energies):
+        assert tensor.dtype == torch.float32
+    bare = representation.prepare(Conformations(data.numbers, data.positions,
+                                                temperature_K=300.0), 300.0)
+    assert bare.scores is None and bare.reduced_energies is None
+
+
+def test_distance_features_of_a_diatomic_and_of_coincident_atoms():
+    """Two atoms are enough; coincident atoms give distance 1e-6 (the offset √1e-12) and a
+    finite gradient."""
+    representation = PairwiseDistances(2)
+    assert representation.n_atoms == 2
+    coords = torch.tensor([[[0.0, 0, 0], [1.5, 0, 0]], [[0.3, 0.3, 0.3], [0.3, 0.3, 0.3]]],
+                          dtype=torch.float64, requires_grad=True)
+    phi = representation.features(coords)
+    torch.testing.assert_close(phi[:, 0], torch.tensor([1.5, 1e-6], dtype=torch.float64))
+    phi.sum().backward()
+    assert torch.isfinite(coords.grad).all()
+    with pytest.raises(ValueError, match="^pairwise distances need at least 2 atoms$"):
+        PairwiseDistances(1)
+
+
+def test_kabsch_flips_the_weakest_axis_for_a_mirror_image():
+    """The best proper rotation of a nearly planar molecule's mirror image (through its plane)
+    leaves it nearly in place: the reflection is absorbed by the axis of the smallest singular
+    value, so the aligned RMSD is of the order of the molecule's thickness (0.01 Å), not Å."""
+    rng = np.random.default_rng(0)
+    ref = np.c_[2 * rng.normal(size=(8, 2)), 0.01 * rng.normal(size=8)]
+    ref -= ref.mean(0)
+    mirrored = ref * np.array([1.0, 1.0, -1.0])
+    rot = kabsch_rotations(mirrored[None], ref)[0]
+    rmsd = np.sqrt(((mirrored @ rot - ref) ** 2).sum(-1).mean())
+    assert np.linalg.det(rot) == pytest.approx(1.0) and rmsd < 0.05
