@@ -1,5 +1,6 @@
 """``ase-drift``: a thin command-line layer over the library.
 
+    ase-drift label DATA --calculator tblite:GFN2-xTB -o LABELLED.extxyz
     ase-drift train DATA --temperature 500 --field fk-energy --space distance -o MODEL.pt
     ase-drift sample MODEL.pt -n 1000 -o samples.extxyz
     ase-drift evaluate samples.extxyz REFERENCE [--json] [--plot DIR [--model MODEL.pt]]
@@ -22,7 +23,8 @@ from .drift import DEFAULT_FIELD, FIELDS
 
 
 def _read_data(path: str, temperature_K: float | None, energy_unit: str,
-               partial_labels: str = "error"):
+               partial_labels: str = "error", energy_key: str | None = None,
+               forces_key: str | None = None):
     """A data file, or the training set of a named data set."""
     from .data import Conformations
     from .datasets import DATASETS, load
@@ -31,7 +33,59 @@ def _read_data(path: str, temperature_K: float | None, energy_unit: str,
         data = load(path)[0]
         return data if temperature_K is None else data.with_temperature(temperature_K)
     return Conformations.read(path, temperature_K=temperature_K, energy_unit=energy_unit,
-                              partial_labels=partial_labels)
+                              partial_labels=partial_labels, energy_key=energy_key,
+                              forces_key=forces_key)
+
+
+def _labels_cache(args, output: str) -> Path:
+    """``--cache``, else ``<output stem>.labels.h5`` beside the output; checked writable."""
+    from .io import check_writable
+
+    return check_writable(args.cache or Path(output).with_suffix(".labels.h5"), "--cache")
+
+
+def _label(data, source, cache: Path):
+    """``data`` labelled by ``source`` through ``cache`` (progress bar on a terminal only)."""
+    from .forces import label
+
+    start = time.perf_counter()
+    labelled = label(data, source, cache=cache, progress=sys.stderr.isatty())
+    print(f"labelled {len(data)} frames in {time.perf_counter() - start:.1f} s (cache {cache})",
+          file=sys.stderr)
+    return labelled
+
+
+#: Suffixes of the files ``ase-drift label`` writes: formats that keep energies and forces.
+LABELLED_SUFFIXES = (".extxyz", ".xyz", ".traj")
+
+
+def cmd_label(args) -> int:
+    from ase.io.formats import filetype
+
+    from .forces import source_from_spec
+    from .io import check_output
+
+    output = check_output(args.output, 2)
+    if output.suffix not in LABELLED_SUFFIXES:
+        raise ValueError(f"-o {output}: labelled frames are written as "
+                         f"{', '.join(LABELLED_SUFFIXES)} (formats that keep energies and forces)")
+    cache = _labels_cache(args, args.output)
+    source = source_from_spec(args.calculator)  # an unknown kind fails before reading the data
+    data = _read_data(args.data, args.temperature, "eV", "drop", args.energy_key,
+                      args.forces_key)
+    if args.frames is not None:
+        if args.frames > len(data):
+            raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
+        data = data.head(args.frames)
+    labelled = _label(data, source, cache)
+    tmp = output.with_name(f".{output.name}.tmp")  # atomic: a reader never sees half a file
+    try:
+        labelled.write(tmp, format=filetype(str(output), read=False))
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"labelled {labelled!r} with {args.calculator} -> {output}")
+    return 0
 
 
 def _read_reference(path: str):
@@ -84,7 +138,17 @@ def cmd_train(args) -> int:
     if args.resume and not Path(args.checkpoint).is_file():
         raise FileNotFoundError(f"--resume: there is no checkpoint {args.checkpoint} (drop "
                                 f"--resume to start a new run)")
-    data = _read_data(args.data, args.temperature, args.energy_unit, args.partial_labels)
+    source = cache = None
+    if args.calculator:
+        from .forces import source_from_spec
+
+        cache = _labels_cache(args, args.output)
+        source = source_from_spec(args.calculator)
+    elif args.cache:
+        raise ValueError("--cache is the label cache of --calculator: give --calculator too")
+    data = _read_data(args.data, args.temperature, args.energy_unit,
+                      "drop" if source else args.partial_labels, args.energy_key,
+                      args.forces_key)
     if args.frames is not None:
         if args.frames > len(data):
             raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
@@ -100,6 +164,8 @@ def cmd_train(args) -> int:
             raise ValueError(f"--reference {args.reference} is another molecule than "
                              f"{args.data}: {difference}")
         reference = reference.positions
+    if source is not None:  # positions-only data: label first (cached, resumable)
+        data = _label(data, source, cache)
     start = time.perf_counter()
     sampler = train(data, temperature_K=args.temperature, field=args.field, space=args.space,
                     steps=args.steps, seed=args.seed, checkpoint=args.checkpoint,
@@ -218,8 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue from --checkpoint (which must exist)")
     p.add_argument("--reference", help="reference file or data set name for periodic evaluation")
+    _label_arguments(p, required=False)
     p.add_argument("-o", "--output", required=True)
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("label", parents=[debug],
+                       help="label frames with energies and forces from a calculator")
+    p.add_argument("data", help="ase.io-readable file, an npz (z, R) or a bundled data set name; "
+                                "labels it carries are replaced")
+    _label_arguments(p, required=True)
+    p.add_argument("--temperature", type=_kelvin, help="K to record (default: the file's)")
+    p.add_argument("--frames", type=_positive_int, help="label only the first N frames")
+    p.add_argument("-o", "--output", required=True,
+                   help="labelled frames: " + ", ".join(LABELLED_SUFFIXES))
+    p.set_defaults(run=cmd_label)
 
     p = sub.add_parser("sample", parents=[debug], help="draw conformations from a trained model")
     p.add_argument("model", help="a saved sampler of any kind (drift, DSM, ...)")
@@ -246,6 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?")
     p.set_defaults(run=cmd_data)
     return parser
+
+
+def _label_arguments(p: argparse.ArgumentParser, required: bool) -> None:
+    """--calculator, --cache, --energy-key and --forces-key of ``train`` and ``label``."""
+    from .forces import SOURCE_KINDS
+
+    what = "" if required else "label the frames first (positions-only data) with "
+    p.add_argument("--calculator", required=required, metavar="SPEC",
+                   help=f"{what}KIND[:ARGUMENT]: " + "; ".join(SOURCE_KINDS.values()))
+    p.add_argument("--cache", help="HDF5 label cache; a rerun resumes from it (default: "
+                                   "OUTPUT.labels.h5 beside the output, OUTPUT's suffix replaced)")
+    p.add_argument("--energy-key", help="read energies from this extxyz info key (e.g. REF_energy)")
+    p.add_argument("--forces-key", help="read forces from this extxyz array (e.g. REF_forces)")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

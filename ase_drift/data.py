@@ -182,13 +182,16 @@ class Conformations:
     @classmethod
     def read(cls, path: str | Path, index=":", temperature_K: float | None = None,
              format: str | None = None, energy_unit: str = "eV",
-             partial_labels: str = "error") -> Conformations:
+             partial_labels: str = "error", energy_key: str | None = None,
+             forces_key: str | None = None) -> Conformations:
         """Read any file ``ase.io.read`` reads, or an MD17-style ``.npz``.
 
         Energies and forces are taken from the frames' calculators or arrays when present, in
         ``energy_unit`` (and ``energy_unit``/Å); the temperature comes from ``temperature_K`` or
         the first frame's info. A label that some frames carry and others lack raises naming
         the first frame without it, unless ``partial_labels="drop"`` (then no frame has it).
+        ``energy_key``/``forces_key`` read the labels from the frames' info/arrays entries of
+        that name instead (e.g. MACE's ``REF_energy``/``REF_forces``); ignored for npz.
         """
         path = Path(path)
         if not path.exists():
@@ -220,16 +223,18 @@ class Conformations:
             frames = [frames]
         try:
             return cls.from_atoms(frames, temperature_K=temperature_K, energy_unit=energy_unit,
-                                  partial_labels=partial_labels)
+                                  partial_labels=partial_labels, energy_key=energy_key,
+                                  forces_key=forces_key)
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from exc
 
     @classmethod
     def from_atoms(cls, frames, temperature_K: float | None = None, energy_unit: str = "eV",
-                   partial_labels: str = "error") -> Conformations:
+                   partial_labels: str = "error", energy_key: str | None = None,
+                   forces_key: str | None = None) -> Conformations:
         """From a list of ``ase.Atoms`` (same species and order in every frame); energies and
-        forces in ``energy_unit`` (per Å) are converted to eV. ``partial_labels`` as in
-        :meth:`read`."""
+        forces in ``energy_unit`` (per Å) are converted to eV. ``partial_labels``,
+        ``energy_key`` and ``forces_key`` as in :meth:`read`."""
         if partial_labels not in PARTIAL_LABELS:
             raise ValueError(f"partial_labels must be one of {PARTIAL_LABELS}, got "
                              f"{partial_labels!r}")
@@ -255,8 +260,8 @@ class Conformations:
                                  f"different order than frame 0 ({frames[0].get_chemical_formula()})")
         positions = np.stack([atoms.positions for atoms in frames])
         scale = units.energy_to_eV(1.0, energy_unit)
-        forces = _collect(frames, "forces", partial_labels)
-        energies = _collect(frames, "energy", partial_labels)
+        forces = _collect(frames, "forces", partial_labels, forces_key)
+        energies = _collect(frames, "energy", partial_labels, energy_key)
         forces = None if forces is None else forces * scale
         energies = None if energies is None else energies * scale
         if temperature_K is None:
@@ -365,16 +370,25 @@ def check_temperature(temperature_K, name: str = "temperature_K") -> float | Non
     return temperature
 
 
-def _collect(frames, name: str, partial_labels: str = "error") -> np.ndarray | None:
+def _collect(frames, name: str, partial_labels: str = "error",
+             key: str | None = None) -> np.ndarray | None:
     """Stack a per-frame property from the calculators (or arrays); None if no frame has it.
     If only some frames have it: ValueError naming the first frame without it, or None with
-    ``partial_labels="drop"``."""
+    ``partial_labels="drop"``. With ``key``, only the arrays/info entry ``key`` is read, and
+    no frame having it is a ValueError naming the keys the first frame has."""
     from ase.calculators.calculator import PropertyNotImplementedError
 
+    if key is not None:
+        if not any(key in atoms.arrays or key in atoms.info for atoms in frames):
+            first = frames[0]
+            have = sorted(set(first.arrays) - {"numbers", "positions"}) + sorted(first.info)
+            raise ValueError(f"no frame has the {name} key {key!r} (frame 0 has "
+                             f"{', '.join(map(repr, have)) or 'no per-frame entries'})")
+        name = key
     values, missing = [], []
     for k, atoms in enumerate(frames):
         value = None
-        if atoms.calc is not None:
+        if atoms.calc is not None and key is None:
             try:
                 value = (atoms.calc.get_property(name, atoms, allow_calculation=False))
             except PropertyNotImplementedError:

@@ -558,3 +558,63 @@ def _leaves(value):
             yield from _leaves(item)
     else:
         yield value
+
+
+# ---------------------------------------------------------------------- sources by name
+#: The kinds of force source :func:`source_from_spec` builds, with the form of their spec.
+SOURCE_KINDS = {
+    "tblite": "tblite[:METHOD] (GFN2-xTB by default; GFN1-xTB, IPEA1-xTB)",
+    "emt": "emt (ASE's effective-medium theory: H, C, N, O, Al, Ni, Cu, Pd, Ag, Pt, Au)",
+    "lj": "lj (ASE's Lennard-Jones, default parameters: for tests)",
+    "openmm": "openmm:SYSTEM.xml (a serialized openmm.System)",
+    "mace": "mace:MODEL.pt (a MACE model saved with torch.save)",
+    "schnetpack": "schnetpack:MODEL (a SchNetPack model saved with torch.save; "
+                  "5 Å neighbour list)",
+}
+
+
+def source_from_spec(spec: str) -> ForceSource:
+    """The force source named by a command-line ``spec`` ``KIND[:ARGUMENT]``: ``tblite:GFN2-xTB``,
+    ``emt``, ``lj``, ``openmm:system.xml``, ``mace:model.pt`` or ``schnetpack:model`` (see
+    :data:`SOURCE_KINDS`). Optional packages (tblite, OpenMM, MACE, SchNetPack) are imported
+    here only. An unknown kind, a missing argument or a missing file raises ValueError."""
+    kind, _, argument = spec.partition(":")
+    kind = kind.strip().lower()
+    known = "; ".join(SOURCE_KINDS.values())
+    if kind not in SOURCE_KINDS:
+        raise ValueError(f"unknown calculator {spec!r}; known kinds: {known}")
+    if kind in ("openmm", "mace", "schnetpack"):
+        if not argument:
+            raise ValueError(f"calculator {spec!r} needs a file: {SOURCE_KINDS[kind]}")
+        if not os.path.isfile(argument):
+            raise FileNotFoundError(f"calculator {spec!r}: no such file {argument}")
+    elif argument and kind != "tblite":
+        raise ValueError(f"calculator {kind!r} takes no argument, got {spec!r}")
+    if kind == "tblite":
+        from tblite.ase import TBLite
+
+        return CalculatorForces(TBLite(method=argument or "GFN2-xTB", verbosity=0))
+    if kind == "emt":
+        from ase.calculators.emt import EMT
+
+        return CalculatorForces(EMT())
+    if kind == "lj":
+        from ase.calculators.lj import LennardJones
+
+        return CalculatorForces(LennardJones())
+    if kind == "openmm":
+        import openmm
+
+        try:
+            system = openmm.XmlSerializer.deserialize(Path(argument).read_text())
+        except Exception as exc:  # noqa: BLE001 - OpenMM raises plain Exception on bad XML
+            raise ValueError(f"calculator {spec!r}: {argument} is not a serialized "
+                             f"openmm.System ({type(exc).__name__}: {exc})") from None
+        if not isinstance(system, openmm.System):
+            raise ValueError(f"calculator {spec!r}: {argument} holds a "
+                             f"{type(system).__name__}, not an openmm.System")
+        return OpenMMForces(system)
+    from . import potentials  # imports torch; mace and schnetpack inside its functions
+
+    make = potentials.mace_calculator if kind == "mace" else potentials.painn_calculator
+    return CalculatorForces(make(argument), model_file=argument)

@@ -1,0 +1,123 @@
+"""The command line a chemist expects: labels from the shell, extxyz label keys, seeds,
+provenance, bundled data export, evaluate's checks (issue 12)."""
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from ase_drift.cli import main
+from ase_drift.data import Conformations
+from ase_drift.datasets import load
+from ase_drift.forces import CalculatorForces, source_from_spec
+
+
+@pytest.fixture
+def positions_only(tmp_path):
+    """Six bundled ethanol frames without labels (EMT knows H, C and O)."""
+    train = load("ethanol-gfn2-500K")[0]
+    path = tmp_path / "frames.extxyz"
+    Conformations(train.numbers, train.positions[:6], temperature_K=500.0).write(path)
+    return path
+
+
+def _emt_labels(path):
+    data = Conformations.read(path)
+    return CalculatorForces(EMT()).compute(data.numbers, data.positions)
+
+
+def test_label_writes_emt_energies_and_forces_and_resumes_from_its_cache(positions_only,
+                                                                         tmp_path, capsys):
+    out = tmp_path / "labelled.extxyz"
+    assert main(["label", str(positions_only), "--calculator", "emt", "-o", str(out)]) == 0
+    labelled = Conformations.read(out)
+    expected = _emt_labels(positions_only)
+    np.testing.assert_allclose(labelled.energies, expected.energies, atol=1e-6)
+    np.testing.assert_allclose(labelled.forces, expected.forces, atol=1e-6)  # extxyz digits
+    assert labelled.temperature_K == 500.0
+    cache = tmp_path / "labelled.labels.h5"  # the default cache, beside the output
+    assert cache.is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+    # The cache belongs to EMT: another calculator is refused; EMT reruns from it.
+    assert main(["label", str(positions_only), "--calculator", "lj", "--cache", str(cache),
+                 "-o", str(tmp_path / "again.extxyz")]) == 2  # another source: refused
+    assert "another source" in capsys.readouterr().err
+    assert main(["label", str(positions_only), "--calculator", "emt", "-o", str(out)]) == 0
+    np.testing.assert_allclose(Conformations.read(out).energies, expected.energies,
+                               atol=1e-6)
+
+
+def test_unknown_calculator_lists_the_known_kinds(positions_only, tmp_path, capsys):
+    with pytest.raises(ValueError, match="known kinds: tblite.*emt.*lj.*openmm.*mace.*schnetpack"):
+        source_from_spec("vasp")
+    out = tmp_path / "x.extxyz"
+    assert main(["label", str(positions_only), "--calculator", "vasp", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown calculator 'vasp'" in err and "openmm:SYSTEM.xml" in err
+    assert "Traceback" not in err and not out.exists()
+    for spec, message in (("mace", "needs a file"), ("mace:nowhere.pt", "no such file"),
+                          ("emt:x", "takes no argument")):
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            source_from_spec(spec)
+
+
+def test_label_refuses_formats_without_labels(positions_only, tmp_path, capsys):
+    assert main(["label", str(positions_only), "--calculator", "emt",
+                 "-o", str(tmp_path / "x.pdb")]) == 2
+    assert ".extxyz" in capsys.readouterr().err
+
+
+def test_openmm_spec_reads_a_serialized_system(tmp_path):
+    openmm = pytest.importorskip("openmm")
+    system = openmm.System()
+    for _ in range(2):
+        system.addParticle(1.008)
+    bond = openmm.HarmonicBondForce()
+    bond.addBond(0, 1, 0.1, 1000.0)
+    system.addForce(bond)
+    path = tmp_path / "system.xml"
+    path.write_text(openmm.XmlSerializer.serialize(system))
+    result = source_from_spec(f"openmm:{path}").compute([1, 1], [[0, 0, 0], [0, 0, 1.1]])
+    assert result.energies[0] == pytest.approx(0.5 * 1000 * 0.01**2 / 96.485, rel=1e-3)
+    path.write_text("<not a system/>")
+    with pytest.raises(ValueError, match="not a serialized openmm.System"):
+        source_from_spec(f"openmm:{path}")
+
+
+def test_train_labels_positions_only_data_first(positions_only, tmp_path, capsys):
+    model = tmp_path / "model.pt"
+    assert main(["train", str(positions_only), "--calculator", "emt", "--field", "fi",
+                 "--space", "cartesian", "--steps", "2", "-o", str(model)]) == 0
+    assert model.is_file() and (tmp_path / "model.labels.h5").is_file()
+    # Without a calculator the same data names what is missing.
+    assert main(["train", str(positions_only), "--field", "fi", "--steps", "2",
+                 "-o", str(tmp_path / "m2.pt")]) == 2
+    assert "forces" in capsys.readouterr().err
+
+
+def test_energy_and_forces_keys_read_mace_style_extxyz(tmp_path, capsys):
+    import ase.io
+    from ase.build import molecule
+
+    frames = []
+    rng = np.random.default_rng(0)
+    for k in range(8):
+        atoms = molecule("CH3CH2OH")
+        atoms.positions += 0.05 * rng.standard_normal(atoms.positions.shape)
+        atoms.info["REF_energy"] = float(k)
+        atoms.arrays["REF_forces"] = np.full((len(atoms), 3), float(k))
+        atoms.info["temperature_K"] = 300.0
+        frames.append(atoms)
+    path = tmp_path / "mace.extxyz"
+    ase.io.write(path, frames)
+    data = Conformations.read(path, energy_key="REF_energy", forces_key="REF_forces")
+    np.testing.assert_array_equal(data.energies, np.arange(8.0))
+    assert data.forces[3, 2, 1] == 3.0
+    assert Conformations.read(path).forces is None  # the keys are not guessed
+    with pytest.raises(ValueError, match="'DFT_energy'.*'REF_forces'.*'REF_energy'"):
+        Conformations.read(path, energy_key="DFT_energy")
+    assert main(["train", str(path), "--energy-key", "REF_energy", "--forces-key", "REF_forces",
+                 "--field", "fi", "--space", "cartesian", "--steps", "2",
+                 "-o", str(tmp_path / "m.pt")]) == 0
+    assert main(["train", str(path), "--forces-key", "forces", "--steps", "2",
+                 "-o", str(tmp_path / "m.pt")]) == 2
+    assert "'forces'" in capsys.readouterr().err
