@@ -2,12 +2,14 @@
 Gaussian ℓ = −‖x−y‖²/(2τ²), Laplacian ℓ = −‖x−y‖/τ; the median heuristic (exact, and on a
 strided subset of the pairs); self-exclusion."""
 
+import numpy as np
 import pytest
 import torch
 
 from ase_drift.kernels import (
     exclude_self,
     gaussian_logits,
+    kde_log_density,
     laplacian_logits,
     median_distance,
     median_from_squared,
@@ -131,3 +133,55 @@ def test_strided_median_is_close_to_the_exact_median(n_gen, n_pos, tolerance):
         strided = median_from_squared(sq)
         assert sq.numel() > 7 * 16384  # stride 8: the subset is 1/8 of the pairs
         assert abs(strided.item() / exact.item() - 1) < tolerance
+
+
+# ----------------------------------------------------------------------------- KDE (mutation tests)
+def kde_reference(features, n_blocks, n_bandwidths):
+    """Block-cross-validated KDE written out in numpy: frame i is in block ⌊i·K/n⌋; the grid is
+    the median pair distance of every ⌈n/1024⌉-th frame (self-pairs included, lower middle)
+    times 10^linspace(−2, 0.5, H); for each h, log p̂_h(y_i) = log Σ_{j ∉ block(i)}
+    exp(−‖y_i − y_j‖²/(2h²)) − log n_i − (D/2) log 2π − D log h, n_i the frames outside i's
+    block; the result is log p̂ at the h with the largest mean."""
+    from scipy.spatial.distance import cdist
+    from scipy.special import logsumexp
+
+    y = features.numpy()
+    n, dim = y.shape
+    block = np.array([i * n_blocks // n for i in range(n)])
+    other = block[:, None] != block[None, :]  # [n, n]
+    sample = y[:: max(1, n // 1024)]
+    distances = np.sort(cdist(sample, sample).ravel())
+    median = distances[(distances.size - 1) // 2]
+    squared = cdist(y, y, "sqeuclidean")
+    best = None
+    for h in median * 10.0 ** np.linspace(-2.0, 0.5, n_bandwidths):
+        log_p = (logsumexp(np.where(other, -squared / (2 * h**2), -np.inf), axis=1)
+                 - np.log(other.sum(1)) - 0.5 * dim * np.log(2 * np.pi) - dim * np.log(h))
+        if best is None or log_p.mean() > best.mean():
+            best = log_p
+    return best
+
+
+@pytest.mark.parametrize(("n", "dim", "n_blocks", "n_bandwidths"), [
+    (40, 2, None, None),  # the defaults: 10 blocks, 24 bandwidths
+    (7, 3, 2, 5),  # two blocks of unequal size
+    (5, 2, 5, 4),  # one frame per block
+    (2048, 1, 4, 3),  # the bandwidth scale from every second frame
+], ids=["defaults", "two-blocks", "one-frame-per-block", "strided-scale"])
+def test_kde_log_density_is_block_cross_validated_kde_written_out(n, dim, n_blocks,
+                                                                  n_bandwidths):
+    gen = torch.Generator().manual_seed(n)
+    features = torch.randn(n, dim, generator=gen, dtype=torch.float64)
+    features[: n // 2] = 0.3 * features[: n // 2] + 1.0  # not a single Gaussian
+    kw = {k: v for k, v in (("n_blocks", n_blocks), ("n_bandwidths", n_bandwidths)) if v}
+    expected = kde_reference(features, n_blocks or 10, n_bandwidths or 24)
+    log_p = kde_log_density(features, **kw)
+    assert log_p.dtype == torch.float64
+    np.testing.assert_allclose(log_p.numpy(), expected, rtol=1e-10, atol=1e-10)
+
+
+def test_kde_log_density_needs_two_blocks_of_at_least_one_frame():
+    features = torch.zeros(5, 2, dtype=torch.float64)
+    for n_blocks in (1, 6):
+        with pytest.raises(ValueError, match="^need at least 2 blocks and"):
+            kde_log_density(features, n_blocks=n_blocks)
