@@ -181,13 +181,34 @@ def cmd_sample(args) -> int:
 
     output = check_output(args.output, args.n)  # before any work; never overwrites a user's PDB
     sampler = load(args.model)  # any kind: drift, DSM, ...
+    seed = fresh_seed() if args.seed is None else args.seed  # recorded: the run can be repeated
     start = time.perf_counter()
-    positions = sampler.sample_positions(args.n, seed=args.seed)
+    positions = sampler.sample_positions(args.n, seed=seed)
     elapsed = time.perf_counter() - start
-    write_positions(output, sampler.numbers, positions)
+    write_positions(output, sampler.numbers, positions, info=_provenance(sampler, args.model, seed))
     written = f"{output} (topology {topology_path(output)})" if output.suffix == ".dcd" else output
-    print(f"sampled {args.n} conformations with {sampler!r} in {elapsed:.3f} s -> {written}")
+    print(f"sampled {args.n} conformations with {sampler!r} (seed {seed}) in {elapsed:.3f} s "
+          f"-> {written}")
     return 0
+
+
+def fresh_seed() -> int:
+    """A seed from the OS's entropy, in [0, 2**63)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _provenance(sampler, model: str, seed: int) -> dict:
+    """What made these samples, for the output's info / PDB REMARKs (None values are dropped)."""
+    from .forces import file_sha256
+
+    meta = getattr(sampler, "metadata", None) or {}
+    return {"ase_drift_version": __version__, "model_file": Path(model).name,
+            "model_sha256": file_sha256(model), "model_kind": getattr(sampler, "kind", None),
+            "field": meta.get("field"), "space": meta.get("space"),
+            "temperature_K": meta.get("temperature_K"), "seed": seed,
+            "units": "positions Angstrom"}
 
 
 def cmd_evaluate(args) -> int:
@@ -302,7 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", parents=[debug], help="draw conformations from a trained model")
     p.add_argument("model", help="a saved sampler of any kind (drift, DSM, ...)")
     p.add_argument("-n", type=_positive_int, required=True)
-    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--seed", type=_seed,
+                   help="repeat a run (default: a fresh seed, printed and stored in the output)")
     p.add_argument("-o", "--output", required=True, help=".extxyz, .xyz, .traj, .pdb or .dcd")
     p.set_defaults(run=cmd_sample)
 

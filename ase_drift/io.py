@@ -99,14 +99,18 @@ def check_writable(path: str | Path, what: str = "") -> Path:
     return path
 
 
-def write_positions(path: str | Path, numbers, positions: np.ndarray) -> Path:
+def write_positions(path: str | Path, numbers, positions: np.ndarray,
+                    info: dict | None = None) -> Path:
     """Write frames ``[n, A, 3]`` (Å) to ``path``; the format follows the suffix.
 
     Checks ``path`` with :func:`check_output` first: an unknown format, or a DCD whose topology
     PDB would overwrite a file ase_drift did not write, raises ValueError and writes nothing.
+    ``info`` (provenance: flat str/number values) goes into every frame's ``atoms.info``
+    (extxyz, traj) and into ``REMARK 250`` lines of a PDB (a DCD's topology PDB included).
     """
     path = check_output(path, len(positions))
     path.parent.mkdir(parents=True, exist_ok=True)
+    info = {k: v for k, v in (info or {}).items() if v is not None}
     if path.suffix == ".dcd":
         import mdtraj
 
@@ -115,11 +119,23 @@ def write_positions(path: str | Path, numbers, positions: np.ndarray) -> Path:
         topology = topology_path(path)
         tmp = topology.with_name(topology.name + ".tmp")
         traj[0].save_pdb(str(tmp))
-        tmp.write_text(_topology_remark(path) + "\n" + tmp.read_text())
+        tmp.write_text(_topology_remark(path) + "\n" + _remarks(info) + tmp.read_text())
         os.replace(tmp, topology)
-    else:
-        Conformations(numbers, positions).write(path)
+        return path
+    import ase.io
+
+    frames = Conformations(numbers, positions).to_atoms()
+    for atoms in frames:
+        atoms.info.update(info)
+    ase.io.write(str(path), frames)
+    if path.suffix == ".pdb" and info:
+        path.write_text(_remarks(info) + path.read_text())
     return path
+
+
+def _remarks(info: dict) -> str:
+    """PDB ``REMARK 250`` lines, one ``key: value`` each."""
+    return "".join(f"REMARK 250 {key}: {value}\n" for key, value in info.items())
 
 
 def read_positions(path: str | Path) -> Conformations:

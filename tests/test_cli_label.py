@@ -9,6 +9,7 @@ from ase_drift.cli import main
 from ase_drift.data import Conformations
 from ase_drift.datasets import load
 from ase_drift.forces import CalculatorForces, source_from_spec
+from ase_drift.io import read_positions
 
 
 @pytest.fixture
@@ -121,3 +122,60 @@ def test_energy_and_forces_keys_read_mace_style_extxyz(tmp_path, capsys):
     assert main(["train", str(path), "--forces-key", "forces", "--steps", "2",
                  "-o", str(tmp_path / "m.pt")]) == 2
     assert "'forces'" in capsys.readouterr().err
+
+
+@pytest.fixture
+def tiny_model(positions_only, tmp_path):
+    model = tmp_path / "model.pt"
+    assert main(["train", str(positions_only), "--calculator", "emt", "--field", "fi",
+                 "--space", "cartesian", "--steps", "2", "-o", str(model)]) == 0
+    return model
+
+
+def test_sample_without_seed_draws_fresh_samples_and_records_the_seed(tiny_model, tmp_path,
+                                                                     capsys):
+    import re
+
+    import ase.io
+
+    outs = [tmp_path / f"s{k}.extxyz" for k in range(2)]
+    capsys.readouterr()
+    for out in outs:
+        assert main(["sample", str(tiny_model), "-n", "3", "-o", str(out)]) == 0
+    seeds = [int(s) for s in re.findall(r"seed (\d+)", capsys.readouterr().out)]
+    assert len(seeds) == 2 and seeds[0] != seeds[1]
+    first, second = (ase.io.read(out, ":") for out in outs)
+    assert not np.allclose(first[0].positions, second[0].positions)
+    assert [atoms.info["seed"] for atoms in first] == [seeds[0]] * 3
+    # The recorded seed repeats the run.
+    again = tmp_path / "again.extxyz"
+    assert main(["sample", str(tiny_model), "-n", "3", "--seed", str(seeds[0]),
+                 "-o", str(again)]) == 0
+    np.testing.assert_allclose(ase.io.read(again, ":")[2].positions, first[2].positions)
+
+
+def test_sampled_outputs_carry_provenance(tiny_model, tmp_path):
+    import ase.io
+    import mdtraj
+
+    from ase_drift import __version__
+    from ase_drift.forces import file_sha256
+
+    out = tmp_path / "s.extxyz"
+    assert main(["sample", str(tiny_model), "-n", "2", "--seed", "7", "-o", str(out)]) == 0
+    info = ase.io.read(out, "-1").info
+    assert info["model_sha256"] == file_sha256(tiny_model)
+    assert (info["model_kind"], info["field"], info["space"]) == ("drift-sampler", "fi",
+                                                                 "cartesian")
+    assert (info["temperature_K"], info["seed"]) == (500.0, 7)
+    assert info["ase_drift_version"] == __version__ and "Angstrom" in info["units"]
+    assert Conformations.read(out).temperature_K == 500.0
+    for name in ("p.pdb", "d.dcd"):  # the DCD's provenance is in its topology d.pdb
+        out = tmp_path / name
+        assert main(["sample", str(tiny_model), "-n", "2", "--seed", "7", "-o", str(out)]) == 0
+        pdb = out.with_suffix(".pdb").read_text()
+        assert f"REMARK 250 model_sha256: {file_sha256(tiny_model)}" in pdb
+        assert "REMARK 250 seed: 7" in pdb
+        frames = read_positions(out)
+        assert (len(frames), frames.n_atoms) == (2, 9)
+    assert mdtraj.load(str(tmp_path / "p.pdb")).n_atoms == 9
