@@ -262,15 +262,44 @@ def cmd_demo(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .datasets import DATASETS, load
+    from .datasets import DATASETS, generation_cost, load
+    from .io import check_output
 
     if args.name is None:
+        if args.output:
+            raise ValueError("-o needs a data set NAME to export")
         for name, dataset in sorted(DATASETS.items()):
             print(f"{name}\n    {dataset.description}")
         return 0
+    cost = generation_cost(args.name)  # unknown names: KeyError listing the known ones
+    output = None if args.output is None else check_output(args.output)
+    if cost is not None and not args.yes and not _confirm(
+            f"{args.name} is not cached yet: generating it takes {cost}. Generate it now?"):
+        raise ValueError(f"{args.name} is not cached yet and generating it takes {cost}: "
+                         f"rerun with --yes to generate it")
     train_set, reference = load(args.name)
-    print(f"{args.name}: training set {train_set!r}\n    reference {reference!r}")
+    if output is None:
+        print(f"{args.name}: training set {train_set!r}\n    reference {reference!r}")
+        return 0
+    part = train_set if args.part == "train" else reference
+    tmp = output.with_name(f".{output.name}.tmp")  # atomic: a reader never sees half a file
+    try:
+        from ase.io.formats import filetype
+
+        part.write(tmp, format=filetype(str(output), read=False))
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"{args.name} ({args.part}): {part!r} -> {output}")
     return 0
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; anywhere else (scripts, CI) the answer is no."""
+    if not sys.stdin.isatty():
+        return False
+    print(f"{question} [y/N] ", end="", file=sys.stderr, flush=True)
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -342,8 +371,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("data", parents=[debug], help="list or load the reference data sets")
-    p.add_argument("name", nargs="?")
+    p = sub.add_parser("data", parents=[debug], help="list, load or export the data sets")
+    p.add_argument("name", nargs="?", help="a data set (without: list them)")
+    p.add_argument("-o", "--output", help="export a part of it (.extxyz keeps the labels)")
+    p.add_argument("--part", choices=("train", "reference"), default="train",
+                   help="which part -o exports (default: the training set)")
+    p.add_argument("--yes", action="store_true",
+                   help="generate a data set that is not cached without asking (hours of MD)")
     p.set_defaults(run=cmd_data)
     return parser
 

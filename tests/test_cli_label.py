@@ -179,3 +179,39 @@ def test_sampled_outputs_carry_provenance(tiny_model, tmp_path):
         frames = read_positions(out)
         assert (len(frames), frames.n_atoms) == (2, 9)
     assert mdtraj.load(str(tmp_path / "p.pdb")).n_atoms == 9
+
+
+def test_data_exports_a_bundled_set(tmp_path, monkeypatch, capsys):
+    from ase_drift import datasets
+
+    train, reference = load("ethanol-gfn2-500K")
+    tiny = tmp_path / "tiny.npz"  # a bundled set's format, few frames (extxyz writing is slow)
+    np.savez(tiny, z=train.numbers, train_R=train.positions[:5], train_F=train.forces[:5],
+             train_E=train.energies[:5], reference_R=reference.positions[:3],
+             temperature_K=500.0)
+    monkeypatch.setitem(datasets.DATASETS, "tiny",
+                        datasets.Dataset("tiny", "five ethanol frames", lambda: tiny))
+    out = tmp_path / "train.extxyz"
+    assert main(["data", "tiny", "-o", str(out)]) == 0
+    exported = Conformations.read(out)
+    assert len(exported) == 5 and exported.temperature_K == 500.0
+    np.testing.assert_allclose(exported.positions, train.positions[:5], atol=1e-6)
+    np.testing.assert_allclose(exported.forces, train.forces[:5], atol=1e-6)
+    out = tmp_path / "reference.extxyz"
+    assert main(["data", "tiny", "--part", "reference", "-o", str(out)]) == 0
+    np.testing.assert_allclose(Conformations.read(out).positions, reference.positions[:3],
+                               atol=1e-6)
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_data_names_the_known_sets_and_asks_before_hours_of_md(tmp_path, monkeypatch, capsys):
+    assert main(["data", "water", "-o", str(tmp_path / "x.extxyz")]) == 2
+    assert "ethanol-gfn2-500K" in capsys.readouterr().err
+    monkeypatch.setenv("ASE_DRIFT_CACHE", str(tmp_path / "empty-cache"))
+    from ase_drift import datasets
+
+    monkeypatch.setattr(datasets, "_butane", lambda output: pytest.fail("generated unasked"))
+    out = tmp_path / "butane.extxyz"
+    assert main(["data", "butane-gfn2-500K", "-o", str(out)]) == 2  # stdin is no terminal
+    err = capsys.readouterr().err
+    assert "core-hour" in err and "--yes" in err and not out.exists()

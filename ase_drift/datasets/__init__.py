@@ -32,6 +32,8 @@ class Dataset:
     name: str
     description: str
     path: Callable[[], Path]
+    #: How long generating it takes, for data sets generated on first use (None: bundled).
+    cost: str | None = None
 
 
 def bundled_path(filename: str) -> Path:
@@ -82,10 +84,19 @@ def _butane(output: str) -> None:
     molecule.main(["trans-butane", "-o", output, "--production-ps", "60"])
 
 
+def generation_cost(name: str) -> str | None:
+    """How long loading ``name`` would take to generate it (e.g. "about 1 core-hour of
+    GFN2-xTB MD"), or None when it is bundled or already cached. Unknown names: KeyError."""
+    if name not in DATASETS:
+        raise KeyError(f"unknown data set {name!r}; available: {', '.join(available())}")
+    cost = DATASETS[name].cost
+    return None if cost is None or (cache_dir() / f"{name}.npz").exists() else cost
+
+
 def data_path(name: str) -> Path:
     """The npz file behind a data set (bundled, or generated and cached)."""
     if name not in DATASETS:
-        raise KeyError(f"unknown data set {name!r}; available: {available()}")
+        raise KeyError(f"unknown data set {name!r}; available: {', '.join(available())}")
     return DATASETS[name].path()
 
 
@@ -118,6 +129,7 @@ DATASETS: dict[str, Dataset] = {
         "every 1 ps, with forces and energies. Generated on first use and cached.",
         lambda: _generated("alanine-dipeptide-amber99sbildn-300K", _alanine,
                            "about 1.6 core-days of OpenMM Reference MD"),
+        "about 1.6 core-days of OpenMM Reference MD",
     ),
     "butane-gfn2-500K": Dataset(
         "butane-gfn2-500K",
@@ -128,6 +140,7 @@ DATASETS: dict[str, Dataset] = {
         "cached (python -m ase_drift.datasets.molecule).",
         lambda: _generated("butane-gfn2-500K", _butane,
                            "about 1 core-hour of GFN2-xTB MD"),
+        "about 1 core-hour of GFN2-xTB MD",
     ),
     "alanine-dipeptide-amber99sbildn-300K-small": Dataset(
         "alanine-dipeptide-amber99sbildn-300K-small",
