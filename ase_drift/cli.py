@@ -211,6 +211,10 @@ def _provenance(sampler, model: str, seed: int) -> dict:
             "units": "positions Angstrom"}
 
 
+#: Fewer samples than this: ``evaluate`` warns that the metrics are dominated by noise.
+MIN_EVALUATED_SAMPLES = 100
+
+
 def cmd_evaluate(args) -> int:
     from .data import species_difference
     from .io import read_positions
@@ -223,7 +227,14 @@ def cmd_evaluate(args) -> int:
         reference_part,
     )
 
+    if args.model and not args.plot:
+        raise ValueError("--model only adds the model's training curves to --plot DIR: give "
+                         "--plot too, or drop --model")
     samples = read_positions(args.samples)
+    if len(samples) < MIN_EVALUATED_SAMPLES:
+        print(f"ase-drift evaluate: warning: only {len(samples)} samples in {args.samples}; "
+              f"the metrics are noisy below {MIN_EVALUATED_SAMPLES} (compare with the noise "
+              f"floor row, or sample more)", file=sys.stderr)
     reference, runs = _read_reference(args.reference)
     difference = species_difference(samples.numbers, reference.numbers)
     if difference:

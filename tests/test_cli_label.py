@@ -215,3 +215,14 @@ def test_data_names_the_known_sets_and_asks_before_hours_of_md(tmp_path, monkeyp
     assert main(["data", "butane-gfn2-500K", "-o", str(out)]) == 2  # stdin is no terminal
     err = capsys.readouterr().err
     assert "core-hour" in err and "--yes" in err and not out.exists()
+
+
+def test_evaluate_refuses_model_without_plot_and_warns_on_few_samples(positions_only, tmp_path,
+                                                                      capsys):
+    code = main(["evaluate", str(positions_only), str(positions_only), "--model", "m.pt"])
+    assert code == 2
+    assert "--plot" in capsys.readouterr().err
+    assert main(["evaluate", str(positions_only), str(positions_only), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "only 6 samples" in captured.err and "100" in captured.err
+    assert "warning" not in captured.out  # --json output stays parseable
