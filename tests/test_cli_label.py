@@ -226,3 +226,71 @@ def test_evaluate_refuses_model_without_plot_and_warns_on_few_samples(positions_
     captured = capsys.readouterr()
     assert "only 6 samples" in captured.err and "100" in captured.err
     assert "warning" not in captured.out  # --json output stays parseable
+
+
+def test_label_resumes_after_a_failing_frame_without_recomputing(positions_only, tmp_path,
+                                                                 monkeypatch, capsys):
+    """A calculator that fails on frame 3 leaves frames 0-2 in the cache; the rerun computes
+    only frames 3-5."""
+    from ase_drift import forces
+    from ase_drift.forces import LabelingError, source_fingerprint
+
+    calls = []
+
+    class Counting:
+        def __init__(self, fail_at=None):
+            self.inner, self.fail_at = CalculatorForces(EMT()), fail_at
+
+        def fingerprint(self):
+            return source_fingerprint(self.inner)  # the same labels as EMT's
+
+        def compute(self, numbers, positions):
+            positions = np.asarray(positions).reshape(-1, len(numbers), 3)
+            for frame in positions:
+                index = int(np.flatnonzero(np.all(np.isclose(frames, frame), axis=(1, 2)))[0])
+                if index == self.fail_at:
+                    raise LabelingError("SCF did not converge")
+                calls.append(index)
+            return self.inner.compute(numbers, positions)
+
+    frames = Conformations.read(positions_only).positions
+    out = tmp_path / "labelled.extxyz"
+    monkeypatch.setattr(forces, "source_from_spec", lambda spec: Counting(fail_at=3))
+    assert main(["label", str(positions_only), "--calculator", "emt", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "frame 3" in err and "labelled.labels.h5" in err and not out.exists()
+    calls.clear()
+    monkeypatch.setattr(forces, "source_from_spec", lambda spec: Counting())
+    assert main(["label", str(positions_only), "--calculator", "emt", "-o", str(out)]) == 0
+    assert calls == [3, 4, 5]
+    np.testing.assert_allclose(Conformations.read(out).energies,
+                               _emt_labels(positions_only).energies, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["schnetpack", "mace"])
+def test_neural_specs_load_the_model_file(kind, tmp_path, monkeypatch):
+    # importing mace sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1: monkeypatch restores the
+    # environment this test found
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    pytest.importorskip(kind)
+    import torch
+
+    from ase_drift.potentials import fit_potential
+
+    data = load("ethanol-gfn2-500K")[0][:8]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = tmp_path / "model.pt"
+        calc = fit_potential(kind, data, path, hidden=8, interactions=1, epochs=1,
+                             batch_size=8, learning_rate=1e-3, progress=False)
+        source = source_from_spec(f"{kind}:{path}")
+        got = source.compute(data.numbers, data.positions[:2])
+        want = CalculatorForces(calc).compute(data.numbers, data.positions[:2])
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_allclose(got.energies, want.energies, atol=1e-8)
+    np.testing.assert_allclose(got.forces, want.forces, atol=1e-8)
+    from ase_drift.forces import file_sha256
+
+    assert source.fingerprint()["model_file_sha256"] == file_sha256(path)
