@@ -294,3 +294,20 @@ def test_neural_specs_load_the_model_file(kind, tmp_path, monkeypatch):
     from ase_drift.forces import file_sha256
 
     assert source.fingerprint()["model_file_sha256"] == file_sha256(path)
+
+
+def test_tblite_spec_labels_in_ev(tmp_path):
+    pytest.importorskip("tblite")
+    data = load("ethanol-gfn2-500K")[0][:1]
+    got = source_from_spec("tblite:GFN2-xTB").compute(data.numbers, data.positions)
+    # the bundled labels are GFN2-xTB's, in eV and eV/Å
+    np.testing.assert_allclose(got.energies, data.energies, atol=1e-4)
+    np.testing.assert_allclose(got.forces, data.forces, atol=1e-4)
+    assert source_from_spec("tblite").fingerprint() == source_from_spec(
+        "tblite:GFN2-xTB").fingerprint()
+
+
+def test_train_cache_needs_a_calculator(positions_only, tmp_path, capsys):
+    assert main(["train", str(positions_only), "--cache", str(tmp_path / "c.h5"), "--steps", "1",
+                 "-o", str(tmp_path / "m.pt")]) == 2
+    assert "--calculator" in capsys.readouterr().err
