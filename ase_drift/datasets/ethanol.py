@@ -1,16 +1,10 @@
 """Regenerate the bundled ethanol data set (GFN2-xTB, 500 K) from a seed.
 
-Physics: GFN2-xTB through tblite's ASE calculator, Langevin dynamics at 500 K with a 0.5 fs
-step and a weak friction (0.002 fs⁻¹, i.e. a 500 fs thermostat time), ``fixcm=False``.
-
-- ``train``: the first 3,000 consecutive frames (every 0.5 fs step) of a run started at the
-  relaxed geometry with Maxwell–Boltzmann velocities: MD17's biased protocol. The run starts
-  with no potential energy, so the early frames are colder and less spread than equilibrium.
-- ``reference``: several independent runs, each equilibrated for 10 ps and then sampled every
-  20 fs for 100 ps; frames are concatenated run after run (``reference_run`` tells which).
-
-Atom order follows MD17's ethanol: C(H2) C(H3) O H H H H H H (two H on C0, three on C1, H on O).
-Everything is stored in ASE units (Å, eV, eV/Å) as float64 energies and float32 arrays.
+The protocol is :mod:`ase_drift.datasets.molecule`'s (GFN2-xTB through tblite, Langevin at
+500 K, 0.5 fs, friction 0.002 fs⁻¹, ``fixcm=False``; an MD17-style biased training run of 3,000
+consecutive frames from the relaxed geometry, and independent reference runs of 100 ps after
+10 ps of equilibration, every 20 fs), applied to ethanol in MD17's atom order:
+C(H2) C(H3) O H H H H H H (two H on C0, three on C1, H on O).
 
 Run ``python -m ase_drift.datasets.ethanol -o ethanol-gfn2-500K.npz`` (about 12 minutes on
 2 cores; one process per run, ``OMP_NUM_THREADS=1`` so the result is deterministic).
@@ -19,117 +13,30 @@ Run ``python -m ase_drift.datasets.ethanol -o ethanol-gfn2-500K.npz`` (about 12 
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
-from dataclasses import dataclass
+from dataclasses import replace
 
-import numpy as np
+from . import molecule
 
 # ase.build's ethanol is C(H3) C(H2) O H(O) H H H H H; this puts it in MD17's order.
 _ASE_TO_MD17_ORDER = [1, 0, 2, 4, 5, 6, 7, 8, 3]
 
-
-@dataclass(frozen=True)
-class EthanolProtocol:
-    """Settings of the generating runs (ASE units: K, fs)."""
-
-    temperature_K: float = 500.0
-    timestep_fs: float = 0.5
-    friction_per_fs: float = 0.002
-    n_train: int = 3000
-    n_reference_runs: int = 2
-    equilibration_ps: float = 10.0
-    production_ps: float = 100.0
-    reference_stride_fs: float = 20.0
-    seed: int = 2026
+# The bundled set's settings (ASE units: K, fs): the molecule protocol's defaults.
+EthanolProtocol = molecule.MDProtocol
 
 
 def relaxed_ethanol():
     """Ethanol in MD17 atom order, relaxed with GFN2-xTB (BFGS, fmax 1e-4 eV/Å)."""
-    from ase.build import molecule
-    from ase.optimize import BFGS
+    from ase.build import molecule as build
 
-    atoms = molecule("CH3CH2OH")[_ASE_TO_MD17_ORDER]
-    atoms.calc = _gfn2()
-    BFGS(atoms, logfile=None).run(fmax=1e-4, steps=500)
-    atoms.calc = None
-    return atoms
+    return molecule.relaxed(build("CH3CH2OH")[_ASE_TO_MD17_ORDER])
 
 
-def _gfn2():
-    from tblite.ase import TBLite
-
-    return TBLite(method="GFN2-xTB", verbosity=0)
-
-
-def langevin_frames(atoms, protocol: EthanolProtocol, n_skip_steps: int, n_frames: int,
-                    stride_steps: int, seed: int, desc: str, position: int = 0):
-    """Run Langevin MD from ``atoms``; return (positions, forces, energies) of ``n_frames``
-    frames taken every ``stride_steps`` after ``n_skip_steps`` steps."""
-    from ase import units
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-    from tqdm.auto import tqdm
-
-    atoms = atoms.copy()
-    atoms.calc = _gfn2()
-    rng = np.random.default_rng(seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=protocol.temperature_K, rng=rng)
-    dyn = Langevin(atoms, timestep=protocol.timestep_fs * units.fs,
-                   temperature_K=protocol.temperature_K,
-                   friction=protocol.friction_per_fs / units.fs, fixcm=False, rng=rng)
-    positions = np.empty((n_frames, len(atoms), 3))
-    forces = np.empty_like(positions)
-    energies = np.empty(n_frames)
-    total = n_skip_steps + (n_frames - 1) * stride_steps
-    with tqdm(total=total, desc=desc, position=position, unit="step", mininterval=2) as bar:
-        if n_skip_steps:
-            dyn.run(n_skip_steps)
-            bar.update(n_skip_steps)
-        for k in range(n_frames):
-            if k:
-                dyn.run(stride_steps)
-                bar.update(stride_steps)
-            positions[k] = atoms.positions
-            forces[k] = atoms.get_forces()  # cached from the last MD step
-            energies[k] = atoms.get_potential_energy()
-    return positions, forces, energies
-
-
-def _reference_run(args):
-    atoms, protocol, run = args
-    steps_per_fs = 1.0 / protocol.timestep_fs
-    stride = round(protocol.reference_stride_fs * steps_per_fs)
-    n_frames = round(protocol.production_ps * 1000 / protocol.reference_stride_fs)
-    return langevin_frames(atoms, protocol, round(protocol.equilibration_ps * 1000 * steps_per_fs),
-                           n_frames, stride, seed=protocol.seed + 1 + run,
-                           desc=f"reference run {run}", position=run)
-
-
-def generate(protocol: EthanolProtocol = EthanolProtocol(), processes: int = 2) -> dict:
-    """Relax, run the biased and the reference trajectories; return the npz payload."""
-    atoms = relaxed_ethanol()
-    train = langevin_frames(atoms, protocol, 0, protocol.n_train, 1, seed=protocol.seed,
-                            desc="biased training run")
-    ctx = multiprocessing.get_context("spawn")
-    jobs = [(atoms, protocol, run) for run in range(protocol.n_reference_runs)]
-    with ctx.Pool(processes) as pool:
-        runs = pool.map(_reference_run, jobs)
-    ref = [np.concatenate(parts) for parts in zip(*runs)]
-    return {
-        "z": atoms.numbers,
-        "relaxed_R": atoms.positions,
-        "train_R": train[0].astype(np.float32),
-        "train_F": train[1].astype(np.float32),
-        "train_E": train[2],
-        "reference_R": ref[0].astype(np.float32),
-        "reference_F": ref[1].astype(np.float32),
-        "reference_E": ref[2],
-        "reference_run": np.repeat(np.arange(len(runs)), len(runs[0][2])),
-        "temperature_K": np.float64(protocol.temperature_K),
-        "reference_stride_fs": np.float64(protocol.reference_stride_fs),
-        "protocol": np.array(repr(protocol)),
-    }
+def generate(protocol: EthanolProtocol | None = None, processes: int = 2) -> dict:
+    """Relax, run the biased and the reference trajectories (default: the bundled set's
+    protocol); return the npz payload."""
+    return molecule.generate(relaxed_ethanol(), protocol or EthanolProtocol(),
+                             processes=processes)
 
 
 def main(argv=None):
@@ -138,10 +45,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=EthanolProtocol.seed)
     parser.add_argument("--processes", type=int, default=2)
     args = parser.parse_args(argv)
-    payload = generate(EthanolProtocol(seed=args.seed), processes=args.processes)
-    tmp = args.output + ".tmp.npz"
-    np.savez_compressed(tmp, **payload)
-    os.replace(tmp, args.output)
+    molecule.save(generate(replace(EthanolProtocol(), seed=args.seed), processes=args.processes),
+                  args.output)
 
 
 if __name__ == "__main__":
