@@ -60,7 +60,6 @@ LABELLED_SUFFIXES = (".extxyz", ".xyz", ".traj")
 
 
 def cmd_label(args) -> int:
-    from ase.io.formats import filetype
 
     from .forces import source_from_spec
     from .io import check_output
@@ -78,12 +77,7 @@ def cmd_label(args) -> int:
             raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
         data = data.head(args.frames)
     labelled = _label(data, source, cache)
-    tmp = output.with_name(f".{output.name}.tmp")  # atomic: a reader never sees half a file
-    try:
-        labelled.write(tmp, format=filetype(str(output), read=False))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomically(labelled, output)
     print(f"labelled {labelled!r} with {args.calculator} -> {output}")
     return 0
 
@@ -124,6 +118,19 @@ def _kelvin(text: str) -> float:
 _positive_int.__name__ = "positive integer"  # argparse names the type in its messages
 _seed.__name__ = "seed"
 _kelvin.__name__ = "temperature"
+
+
+def _write_atomically(data, output: Path) -> None:
+    """Write conformations to ``output`` in the format its name says, atomically: a reader
+    never sees half a file."""
+    from ase.io.formats import filetype
+
+    tmp = output.with_name(f".{output.name}.tmp")
+    try:
+        data.write(tmp, format=filetype(str(output), read=False))
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def cmd_train(args) -> int:
@@ -293,14 +300,7 @@ def cmd_data(args) -> int:
         print(f"{args.name}: training set {train_set!r}\n    reference {reference!r}")
         return 0
     part = train_set if args.part == "train" else reference
-    tmp = output.with_name(f".{output.name}.tmp")  # atomic: a reader never sees half a file
-    try:
-        from ase.io.formats import filetype
-
-        part.write(tmp, format=filetype(str(output), read=False))
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _write_atomically(part, output)
     print(f"{args.name} ({args.part}): {part!r} -> {output}")
     return 0
 
