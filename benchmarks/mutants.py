@@ -25,7 +25,8 @@ from benchmarks.common import ROOT, write_section
 
 EQUIVALENT = ROOT / "benchmarks" / "mutants_equivalent.toml"
 COMMAND = "make mutants"
-KILLED = {1, 3, 36, 24, -24, 152, 255}  # test failure, pytest internal error, timeouts
+TIMEOUT = {36, 24, -24, 152, 255}  # mutmut's timeout exit codes (SIGXCPU and its wall clock)
+KILLED = {1, 3} | TIMEOUT  # a test failed, pytest failed internally, or the tests timed out
 NOT_CHECKED = {None, 2}  # never run, or interrupted
 
 
@@ -52,10 +53,11 @@ def collect(paths: list[str], equivalent: dict) -> tuple[list[dict], list[str]]:
             problems.append(f"{path}: no results ({meta.relative_to(ROOT)} missing)")
             continue
         verdicts = json.loads(meta.read_text())["exit_code_by_key"]
-        killed, equiv, survivors, unchecked = 0, 0, [], 0
+        killed, equiv, survivors, unchecked, timeouts = 0, 0, [], 0, 0
         for name, code in sorted(verdicts.items()):
             if code in KILLED:
                 killed += 1
+                timeouts += code in TIMEOUT
                 if name in equivalent:
                     problems.append(f"{name} is classified equivalent but was killed: "
                                     "remove it from mutants_equivalent.toml")
@@ -75,7 +77,7 @@ def collect(paths: list[str], equivalent: dict) -> tuple[list[dict], list[str]]:
             problems.append(f"{path}: {unchecked} mutants not checked (incomplete run)")
         n = len(verdicts)
         rows.append({"module": path, "mutants": n, "killed": killed, "equivalent": equiv,
-                     "survived": len(survivors), "unchecked": unchecked,
+                     "survived": len(survivors), "unchecked": unchecked, "timeouts": timeouts,
                      "score": killed / (n - equiv) if n > equiv else float("nan"),
                      "survivors": survivors})
     return rows, problems
@@ -91,6 +93,8 @@ def table(rows: list[dict]) -> str:
     score = tot["killed"] / (tot["mutants"] - tot["equivalent"])
     lines.append(f"| **all** | {tot['mutants']} | {tot['killed']} | {tot['equivalent']} "
                  f"| {tot['survived']} | {100 * score:.1f} % |")
+    timeouts = sum(r["timeouts"] for r in rows)
+    lines.append(f"\nKilled includes {timeouts} mutants stopped by the timeout.")
     return "\n".join(lines)
 
 
@@ -111,7 +115,11 @@ def main(argv=None) -> int:
         if problems:
             print("not writing docs/benchmarks.md: fix the warnings first", file=sys.stderr)
             return 1
-        write_section("benchmarks.md", "mutants", f"`{COMMAND}`\n\n{table(rows)}")
+        survivors = [f"`{name}`" for r in rows for name in r["survivors"]]
+        text = f"`{COMMAND}`\n\n{table(rows)}"
+        if survivors:
+            text += "\n\nSurviving (`mutmut show NAME`): " + ", ".join(survivors) + "."
+        write_section("benchmarks.md", "mutants", text)
     return 0
 
 
