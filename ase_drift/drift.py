@@ -310,7 +310,7 @@ def field_from_spec(spec: dict):
 FIELDS = ("drift", "fi", "fk", "fk-energy", "fi+fk", "deng")
 # The default of train(), TrainConfig, the CLI and the demo, chosen by the FK study
 # (benchmarks/fk_study.py, docs/benchmarks.md): see docs/maths.md, "What FK targets".
-DEFAULT_FIELD = "fk-energy"
+DEFAULT_FIELD = "drift"
 
 
 def make_field(name: str, space: str, omega: float | None = None, beta: float | None = None,
