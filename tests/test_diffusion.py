@@ -240,10 +240,10 @@ def test_pc_sample_defaults_noise_sampler_and_callback():
 @pytest.mark.parametrize("sigmas, message", [
     ([0.0], "1-D sequence of at least 2 levels"),
     ([[2.0, 0.0], [1.0, 0.0]], "1-D sequence of at least 2 levels"),
-    ([2.0, 0.0, 0.0], re.escape("sigmas must be positive and end with 0 (the noise-free level; "
-                                "see schedules.append_zero)")),
-    ([2.0, 2.0, 0.0], "sigmas must be strictly decreasing"),
-    ([3.0, 1.0, 2.0, 0.0], "sigmas must be strictly decreasing"),
+    ([2.0, 0.0, 0.0], "^" + re.escape("sigmas must be positive and end with 0 (the noise-free "
+                                      "level; see schedules.append_zero)") + "$"),
+    ([2.0, 2.0, 0.0], "^sigmas must be strictly decreasing$"),
+    ([3.0, 1.0, 2.0, 0.0], "^sigmas must be strictly decreasing$"),
 ])
 def test_pc_sample_names_what_is_wrong_with_the_levels(sigmas, message):
     with pytest.raises(ValueError, match=message):

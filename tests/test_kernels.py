@@ -185,3 +185,13 @@ def test_kde_log_density_needs_two_blocks_of_at_least_one_frame():
     for n_blocks in (1, 6):
         with pytest.raises(ValueError, match="^need at least 2 blocks and"):
             kde_log_density(features, n_blocks=n_blocks)
+
+
+def test_default_median_strides_by_the_ceiling_of_pairs_over_16384():
+    """16,385 entries: stride ⌈16385/16384⌉ = 2, the median of the even entries. Odd entries 0
+    and even entry i = i: the exact median is 0, the strided one √8192."""
+    flat = torch.arange(16385, dtype=torch.float64)
+    flat[1::2] = 0
+    squared = flat.reshape(5, 3277)
+    assert median_from_squared(squared, max_pairs=None) == 0
+    assert median_from_squared(squared) == pytest.approx(8192**0.5, rel=1e-15)

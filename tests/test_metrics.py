@@ -457,9 +457,9 @@ def test_energy_input_errors_name_the_problem():
     numbers, positions = ethanol_frames(10)
     e = np.zeros(10)
     for given in ({"energies": e}, {"reference_energies": e}):
-        with pytest.raises(ValueError, match="energy W1 needs both energies and reference_energies"):
+        with pytest.raises(ValueError, match="^energy W1 needs both energies and reference_energies$"):
             metrics.evaluate(positions, positions, numbers, temperature_K=300.0, **given)
-    with pytest.raises(ValueError, match="energy W1 compares E/kT: pass temperature_K"):
+    with pytest.raises(ValueError, match="^energy W1 compares E/kT: pass temperature_K$"):
         metrics.evaluate(positions, positions, numbers, energies=e, reference_energies=e)
     for wrong in ({"energies": e[:9], "reference_energies": e},
                   {"energies": e, "reference_energies": e[:9]}):
@@ -482,7 +482,7 @@ def test_reference_part_is_the_first_half_rounded_down_without_groups():
     np.testing.assert_array_equal(metrics.reference_part(4), [1, 1, 0, 0])
     with pytest.raises(ValueError, match="one group label per frame"):
         metrics.reference_part(4, groups=[0, 1, 0])
-    with pytest.raises(ValueError, match="a noise floor by groups needs at least two groups"):
+    with pytest.raises(ValueError, match="^a noise floor by groups needs at least two groups$"):
         metrics.reference_part(4, groups=[3, 3, 3, 3])
 
 
@@ -527,3 +527,36 @@ def test_noise_floor_as_dict_holds_mean_std_reports_and_sizes():
     assert d["mean"] == floor.mean.as_dict() and d["std"]["tvd"] == floor.std.tvd
     assert [r["tvd"] for r in d["reports"]] == [r.tvd for r in floor.reports]
     assert d["n_samples"] == 10 and d["n_reference"] == 50
+
+
+def test_frames_must_be_three_dimensional_and_at_least_one():
+    """[N, A, 3] only; one frame is enough, none is an error."""
+    for bad in (np.zeros((2, 3, 2)), np.zeros((2, 3))):
+        with pytest.raises(ValueError, match=r"^positions must have shape \[n_frames, n_atoms, 3\]"):
+            metrics.pair_distances(bad)
+    one = diatomic_frames([1.0])
+    assert metrics.evaluate(one, one, [1, 1]).n_samples == 1
+    with pytest.raises(ValueError, match="^positions holds no frames$"):
+        metrics.evaluate(one[:0], one, [1, 1])
+
+
+def test_float32_input_is_computed_in_float64():
+    """Generated samples often arrive in float32: distances, pair MAE and energy W1 are
+    computed in float64 from them, equal to the float64 copies' to 1e-12 (float32 arithmetic
+    would differ by ~1e-7)."""
+    numbers, positions = ethanol_frames(50, jitter=0.05)
+    _, other = ethanol_frames(50, seed=1, jitter=0.05)
+    p32, o32 = positions.astype(np.float32), other.astype(np.float32)
+    d32 = metrics.pair_distances(p32)
+    np.testing.assert_allclose(d32, metrics.pair_distances(p32.astype(float)), rtol=1e-12)
+    r32 = metrics.pair_distances(o32).astype(np.float32)
+    d32 = d32.astype(np.float32)
+    assert metrics.pair_mae(d32, r32) == pytest.approx(
+        metrics.pair_mae(d32.astype(float), r32.astype(float)), rel=1e-12)
+    e = np.random.default_rng(0).normal(size=50).astype(np.float32)
+    f = np.random.default_rng(1).normal(size=50).astype(np.float32)
+    w32 = metrics.evaluate(p32, o32, numbers, energies=e, reference_energies=f,
+                           temperature_K=300.0).energy_w1
+    w64 = metrics.evaluate(p32, o32, numbers, energies=e.astype(float),
+                           reference_energies=f.astype(float), temperature_K=300.0).energy_w1
+    assert w32 == pytest.approx(w64, rel=1e-12)
