@@ -183,8 +183,8 @@ class Trainer:
         if requires is None:
             requires = {k for k in (FORCES, ENERGIES) if getattr(data, k) is not None}
         data_labels = {FORCES, ENERGIES}.intersection(requires)
-        if data_labels:
-            have = {k for k in (FORCES, ENERGIES) if getattr(data, k) is not None}
+        have = {k for k in (FORCES, ENERGIES) if getattr(data, k) is not None}
+        if not data_labels <= have:  # the hint costs a field per name: only build it to fail
             usable = [name for name in FIELDS if name != config.field
                       and {FORCES, ENERGIES}.intersection(
                           make_field(name, config.space).requires) <= have]
