@@ -176,7 +176,9 @@ def cmd_train(args) -> int:
     start = time.perf_counter()
     sampler = train(data, temperature_K=args.temperature, field=args.field, space=args.space,
                     steps=args.steps, seed=args.seed, checkpoint=args.checkpoint,
-                    resume=args.resume, reference=reference, **options)
+                    checkpoint_every=args.checkpoint_every, resume=args.resume,
+                    reference=reference, progress=not args.quiet, progress_every=args.log_every,
+                    **options)
     path = sampler.save(args.output)
     print(f"trained {sampler!r} in {time.perf_counter() - start:.1f} s -> {path}")
     return 0
@@ -340,10 +342,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial-labels", choices=("error", "drop"), default="error",
                    help="a label (forces, energy) only some frames carry: an error naming the "
                         "first frame without it (default), or drop it for every frame")
-    p.add_argument("--checkpoint", help="resumable training checkpoint, written every 1000 steps "
-                                        "and on Ctrl-C/SIGTERM")
+    p.add_argument("--checkpoint", help="resumable training checkpoint, written every "
+                                        "--checkpoint-every steps and on Ctrl-C/SIGTERM")
+    p.add_argument("--checkpoint-every", type=_positive_int, default=1000, metavar="N",
+                   help="steps between checkpoints (default 1000)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from --checkpoint (which must exist)")
+                   help="continue from --checkpoint (which must exist); a larger --steps than "
+                        "the run had extends it")
+    _progress_arguments(p)
     p.add_argument("--reference", help="reference file or data set name for periodic evaluation")
     _label_arguments(p, required=False)
     p.add_argument("-o", "--output", required=True)
@@ -391,6 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate a data set that is not cached without asking (hours of MD)")
     p.set_defaults(run=cmd_data)
     return parser
+
+
+def _progress_arguments(p: argparse.ArgumentParser) -> None:
+    """--quiet and --log-every: progress on stderr is a bar on a terminal, else a line every
+    10 % of the run."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--quiet", action="store_true", help="no progress output")
+    group.add_argument("--log-every", type=_positive_int, metavar="N",
+                       help="a progress line every N steps instead of a bar (default: a bar on "
+                            "a terminal, else a line every 10 %%)")
 
 
 def _label_arguments(p: argparse.ArgumentParser, required: bool) -> None:

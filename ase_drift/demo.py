@@ -27,7 +27,7 @@ def run_demo(out_dir: str | Path = "demo_out", steps: int | None = None, seed: i
         plot_distance_histograms,
         plot_training_curve,
     )
-    from .training import Evaluator, ProgressBar, TrainConfig, Trainer
+    from .training import Evaluator, TrainConfig, Trainer, progress_hook
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +40,7 @@ def run_demo(out_dir: str | Path = "demo_out", steps: int | None = None, seed: i
     start = time.perf_counter()
     trainer = Trainer(train_set, TrainConfig(field=DEFAULT_FIELD, space="distance", steps=steps, seed=seed))
     name = f"{DEFAULT_FIELD} (distance)"
-    trainer.attach(ProgressBar(steps, desc=name), 1)
+    trainer.attach(progress_hook(steps, desc=name), 1)
     trainer.attach(Evaluator(reference.positions, n_samples=2000), max(steps // 10, 1))
     sampler = trainer.run()
     timings["train"] = time.perf_counter() - start

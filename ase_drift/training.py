@@ -8,9 +8,11 @@ mean_b ‖x_b − stopgrad(x_b + V_b)‖² (Eq. 9 / Eq. 30). Coordinates are div
 global standard deviation σ; forces enter as the score σ·F/kT of the normalised coordinates.
 
 Hooks are plain callables ``hook(trainer)`` attached with an interval, as ASE's
-``dyn.attach(fn, interval)``: :class:`ProgressBar`, :class:`Checkpointer`, :class:`Evaluator`.
+``dyn.attach(fn, interval)``: :class:`ProgressBar` or :class:`ProgressLog` (:func:`progress_hook`
+picks), :class:`Checkpointer`, :class:`Evaluator`.
 A checkpoint holds everything needed to resume bit for bit: weights, optimiser and schedule
-state, the random generator's state, the step and the history.
+state, the random generator's state, the step and the history. Resuming with a larger ``steps``
+extends the run: the cosine learning-rate schedule is re-planned over the new total.
 
 A diverged run stops with :class:`TrainingDiverged` naming the step: a non-finite loss or
 gradient, or generated features beyond :data:`DIVERGENCE_FACTOR` times the data's RMS. The
@@ -27,10 +29,12 @@ from __future__ import annotations
 import hashlib
 import math
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,8 +59,8 @@ from .kernels import kde_log_density
 from .models import GeneratorConfig, MLPGenerator
 from .sampler import DriftSampler, check_seed
 
-__all__ = ["Checkpointer", "Evaluator", "ProgressBar", "TrainConfig", "Trainer",
-           "TrainingDiverged", "TrainingInterrupted", "train"]
+__all__ = ["Checkpointer", "Evaluator", "ProgressBar", "ProgressLog", "TrainConfig", "Trainer",
+           "TrainingDiverged", "TrainingInterrupted", "progress_hook", "train"]
 
 #: Generated features with an RMS above this multiple of the training features' RMS mean the run
 #: has diverged (a sound run stays within a few times the data's spread).
@@ -423,15 +427,22 @@ class Trainer:
         """Restore a checkpoint written by :meth:`save_checkpoint` for the same data and config."""
         payload = load_checkpoint(path, kind="drift-trainer")
         stored = TrainConfig.from_dict(payload["config"]["train"])
+        stored_steps = stored.steps
         if payload["config"].get("field") != self.field_spec():
             raise CheckpointError(f"{path} was written with another drift field "
                                   f"(checkpoint {payload['config'].get('field')}, now "
                                   f"{self.field_spec()})")
-        if stored != self.config:
+        # A larger ``steps`` extends the run (the cosine schedule is re-planned over the new
+        # total); everything else must match.
+        if replace(stored, steps=self.config.steps) != self.config:
             diff = {k: (v, getattr(self.config, k)) for k, v in stored.as_dict().items()
-                    if getattr(self.config, k) != v}
+                    if getattr(self.config, k) != v and k != "steps"}
             raise CheckpointError(f"{path} was written with another configuration "
                                   f"(checkpoint vs now: {diff})")
+        step = int(payload["state_dict"]["step"])
+        if self.config.steps < step:
+            raise CheckpointError(f"{path} is at step {step}, beyond the {self.config.steps} "
+                                  f"steps asked for now: ask for at least {step} steps")
         meta = payload["metadata"]
         stored = meta["training_data"]
         if (stored["positions_sha256"] != self.positions_digest
@@ -453,6 +464,11 @@ class Trainer:
         self.rng.set_state(state["rng"])
         self.step_count = int(state["step"])
         self.history = {k: list(v) for k, v in state["history"].items()}
+        if stored_steps != self.config.steps:  # extended: the learning rate of the new plan
+            factor = warmup_cosine(self.config.warmup_steps, self.config.steps)(self.step_count)
+            for group, base in zip(self.optimizer.param_groups, self.schedule.base_lrs,
+                                   strict=True):
+                group["lr"] = base * factor
         return self
 
 
@@ -590,6 +606,42 @@ class ProgressBar:
 
 
 @dataclass
+class ProgressLog:
+    """One line per ``every`` steps on ``stream`` (stderr by default): step, percentage, running
+    loss, speed and time left. For logs and batch jobs, where a progress bar is noise."""
+
+    total: int
+    every: int
+    desc: str = "training"
+    stream: object = None
+    _start: tuple[float, int] | None = field(default=None, repr=False)
+
+    def __call__(self, trainer: Trainer) -> None:
+        now, step = time.perf_counter(), trainer.step_count
+        if self._start is None:
+            self._start = (now, step)
+        if step % self.every and step != self.total:
+            return
+        elapsed, done = now - self._start[0], step - self._start[1]
+        rate = done / elapsed if elapsed > 0 and done > 0 else math.nan  # steps/s
+        left = (self.total - step) / rate if rate > 0 else math.nan  # s (nan > 0 is False)
+        loss = trainer.history["loss"][-1] if trainer.history["loss"] else float("nan")
+        print(f"{self.desc}: step {step}/{self.total} ({100 * step / self.total:.0f} %), "
+              f"loss {loss:.4g}, {rate:.1f} steps/s, {left / 60:.1f} min left",
+              file=self.stream or sys.stderr, flush=True)
+
+
+def progress_hook(total: int, desc: str = "training", every: int | None = None,
+                  stream=None) -> ProgressBar | ProgressLog:
+    """A progress bar on a terminal; elsewhere (logs, batch jobs), or when ``every`` is given, a
+    :class:`ProgressLog` line every ``every`` steps (default: every 10 % of ``total``)."""
+    stream = stream or sys.stderr
+    if every is None and stream.isatty():
+        return ProgressBar(total, desc)
+    return ProgressLog(total, every or max(1, math.ceil(total / 10)), desc, stream)
+
+
+@dataclass
 class Checkpointer:
     """Write a resumable checkpoint (atomically) to ``path``, also when the run is interrupted
     (Ctrl-C, SIGTERM) between two steps. A diverged state is never written
@@ -632,7 +684,8 @@ def train(data: Conformations, temperature_K: float | None = None,
           field: str | DriftField = DEFAULT_FIELD, space: str = "distance", steps: int = 20000, seed: int = 0, *, forces=None,
           label_cache: str | Path | None = None, checkpoint: str | Path | None = None,
           checkpoint_every: int = 1000, resume: bool = False, reference: np.ndarray | None = None,
-          eval_every: int = 1000, progress: bool = True, **options) -> DriftSampler:
+          eval_every: int = 1000, progress: bool = True, progress_every: int | None = None,
+          **options) -> DriftSampler:
     """Train a one-step drift sampler on ``data``; returns a :class:`DriftSampler`.
 
     Args:
@@ -645,6 +698,8 @@ def train(data: Conformations, temperature_K: float | None = None,
             ``checkpoint_every`` steps and when Ctrl-C or SIGTERM stops the run; with
             ``resume=True`` training continues from it (a missing file raises).
         reference: positions ``[N, A, 3]`` to evaluate TVD against every ``eval_every`` steps.
+        progress: show progress on stderr: a bar on a terminal, else a line every 10 % (or
+            every ``progress_every`` steps, also on a terminal); see :func:`progress_hook`.
         options: further :class:`TrainConfig` fields (omega, beta, bandwidths, batch_size, ...).
     """
     from .io import check_writable
@@ -670,7 +725,7 @@ def train(data: Conformations, temperature_K: float | None = None,
     if resume:
         trainer.load_checkpoint(checkpoint)
     if progress:
-        trainer.attach(ProgressBar(config.steps), 1)
+        trainer.attach(progress_hook(config.steps, every=progress_every), 1)
     if reference is not None:
         trainer.attach(Evaluator(reference), eval_every)
     if checkpoint is not None:

@@ -63,7 +63,7 @@ from ase_drift.peptides import (
     restore_chirality,
     topology_from_pdb,
 )
-from ase_drift.training import ProgressBar, TrainConfig, Trainer
+from ase_drift.training import TrainConfig, Trainer, progress_hook
 from benchmarks.common import ROOT, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
@@ -146,7 +146,7 @@ def train_and_score(train_set: Conformations, config: TrainConfig, reference, re
                     topology, forces: OpenMMForces, desc: str) -> tuple:
     start = time.perf_counter()
     trainer = Trainer(train_set, config)
-    trainer.attach(ProgressBar(config.steps, desc=desc), 1)
+    trainer.attach(progress_hook(config.steps, desc=desc), 1)
     sampler = trainer.run()
     train_s = time.perf_counter() - start
     raw = sampler.sample_positions(N_SAMPLES, seed=config.seed)

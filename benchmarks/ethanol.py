@@ -27,7 +27,7 @@ from ase_drift.datasets import load, reference_runs
 from ase_drift.diffusion import DiffusionConfig, train_diffusion
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
-from ase_drift.training import ProgressBar, TrainConfig, Trainer
+from ase_drift.training import TrainConfig, Trainer, progress_hook
 from benchmarks.common import ROOT, write_section
 
 DATASET = "ethanol-gfn2-500K"
@@ -100,7 +100,7 @@ def run_row(row: Row, seed: int, steps: int, dsm_steps: int, sampler_steps: int,
     start = time.perf_counter()
     if row.kind == "drift":
         trainer = Trainer(train_set, TrainConfig(steps=steps, seed=seed, **row.options))
-        trainer.attach(ProgressBar(steps, desc=f"{row.name} seed {seed}"), 1)
+        trainer.attach(progress_hook(steps, desc=f"{row.name} seed {seed}"), 1)
         sampler = trainer.run()
     else:
         config = DiffusionConfig(steps=dsm_steps, sampler_steps=sampler_steps, seed=seed,

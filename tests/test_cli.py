@@ -96,3 +96,24 @@ def test_missing_forces_for_force_field_is_a_clear_error(tmp_path, capsys):
 def test_data_lists_the_bundled_sets(capsys):
     assert main(["data"]) == 0
     assert "ethanol-gfn2-500K" in capsys.readouterr().out
+
+
+def test_train_logs_progress_lines_checkpoints_at_the_interval_and_extends_on_resume(
+        labelled_file, tmp_path, capsys):
+    """Not on a terminal: a line every --log-every steps; --checkpoint-every sets the interval;
+    --resume with a larger --steps continues the run to the new total; --quiet prints none."""
+    from ase_drift.checkpoint import load_checkpoint
+
+    model, checkpoint = tmp_path / "model.pt", tmp_path / "run.ckpt"
+    common = [str(labelled_file), "--checkpoint", str(checkpoint), "-o", str(model)]
+    assert main(["train", *common, "--steps", "4", "--checkpoint-every", "3",
+                 "--log-every", "2"]) == 0
+    err = capsys.readouterr().err
+    assert [line.split(" (")[0] for line in err.splitlines() if ": step " in line] == [
+        "training: step 2/4", "training: step 4/4"]
+    assert load_checkpoint(checkpoint)["state_dict"]["step"] == 4  # step 3, then the final one
+    assert main(["train", *common, "--steps", "6", "--resume", "--quiet"]) == 0
+    assert ": step " not in capsys.readouterr().err
+    assert ase_drift.load(model).metadata["step"] == 6
+    assert main(["train", *common, "--steps", "5", "--resume"]) == 2
+    assert "at step 6, beyond the 5 steps" in capsys.readouterr().err

@@ -146,6 +146,59 @@ def test_resume_equals_uninterrupted_run_bit_for_bit(tmp_path, data, field, spac
     assert straight.schedule.get_last_lr() == resumed.schedule.get_last_lr()
 
 
+def test_resume_with_more_steps_extends_the_run_on_the_new_schedule(tmp_path, data):
+    """A checkpoint of an 8-step run resumed with steps=16 runs 8 more steps; from the resumed
+    step on, the learning rate is the 16-step warm-up-cosine plan's, not the old plan's (which
+    had decayed to zero)."""
+    from ase_drift.training import warmup_cosine
+
+    path = tmp_path / "run.ckpt"
+    Trainer(data, small_config(steps=8)).attach(Checkpointer(path), 8).run()
+    extended = Trainer(data, small_config(steps=16)).load_checkpoint(path)
+    assert extended.step_count == 8
+    plan = warmup_cosine(5, 16)
+    (lr,) = [group["lr"] for group in extended.optimizer.param_groups]
+    assert lr == pytest.approx(3e-3 * plan(8), rel=1e-12)
+    assert plan(8) > 0.1 and warmup_cosine(5, 8)(8) == 0.0  # the old plan had ended
+    before = [p.clone() for p in params(extended.model)]
+    extended.run()
+    assert extended.step_count == 16
+    assert any(not torch.equal(a, b) for a, b in zip(before, params(extended.model), strict=True))
+    (lr,) = extended.schedule.get_last_lr()
+    assert lr == pytest.approx(3e-3 * plan(16), abs=1e-15)
+
+
+def test_resume_with_fewer_steps_than_done_is_refused(tmp_path, data):
+    path = tmp_path / "run.ckpt"
+    Trainer(data, small_config(steps=8)).attach(Checkpointer(path), 8).run()
+    with pytest.raises(CheckpointError, match="at step 8, beyond the 4 steps"):
+        Trainer(data, small_config(steps=4)).load_checkpoint(path)
+
+
+def test_progress_log_prints_a_line_every_n_steps_and_at_the_end(data):
+    """Not on a terminal, progress is a line per 10 % (here every 3 of 10 steps: 3, 6, 9, 10)."""
+    import io
+
+    from ase_drift.training import ProgressBar, ProgressLog, progress_hook
+
+    stream = io.StringIO()
+    hook = progress_hook(10, desc="run", stream=stream)
+    assert isinstance(hook, ProgressLog) and hook.every == 1
+    hook = progress_hook(10, desc="run", every=3, stream=stream)
+    Trainer(data, small_config(steps=10)).attach(hook, 1).run()
+    lines = stream.getvalue().splitlines()
+    assert [line.split(" (")[0] for line in lines] == [
+        f"run: step {k}/10" for k in (3, 6, 9, 10)]
+    assert lines[-1].startswith("run: step 10/10 (100 %), loss ")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(progress_hook(10, stream=Terminal()), ProgressBar)
+    assert isinstance(progress_hook(10, every=5, stream=Terminal()), ProgressLog)
+
+
 def test_trainer_checkpoint_loads_as_sampler(tmp_path, data):
     trainer = Trainer(data, small_config(steps=4))
     trainer.run()
