@@ -228,6 +228,7 @@ def cmd_evaluate(args) -> int:
     from .data import species_difference
     from .io import read_positions
     from .metrics import (
+        distance_legend,
         evaluate,
         markdown_table,
         noise_floor,
@@ -258,7 +259,7 @@ def cmd_evaluate(args) -> int:
     if args.json:
         print(json.dumps({name: report.as_dict() for name, report in rows.items()}, indent=2))
     else:
-        print(markdown_table(rows))
+        print(markdown_table(rows) + "\n\n" + distance_legend())
     if args.plot:
         out = Path(args.plot)
         out.mkdir(parents=True, exist_ok=True)

@@ -117,3 +117,12 @@ def test_train_logs_progress_lines_checkpoints_at_the_interval_and_extends_on_re
     assert ase_drift.load(model).metadata["step"] == 6
     assert main(["train", *common, "--steps", "5", "--resume"]) == 2
     assert "at step 6, beyond the 5 steps" in capsys.readouterr().err
+
+
+def test_evaluate_prints_a_legend_under_the_table_but_not_into_json(labelled_file, tmp_path,
+                                                                     capsys):
+    assert main(["evaluate", str(labelled_file), str(labelled_file)]) == 0
+    out = capsys.readouterr().out
+    assert out.index("| samples |") < out.index("Columns:") and "TVD ↓" in out
+    assert main(["evaluate", str(labelled_file), str(labelled_file), "--json"]) == 0
+    json.loads(capsys.readouterr().out)

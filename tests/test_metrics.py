@@ -560,3 +560,13 @@ def test_float32_input_is_computed_in_float64():
     w64 = metrics.evaluate(p32, o32, numbers, energies=e.astype(float),
                            reference_energies=f.astype(float), temperature_K=300.0).energy_w1
     assert w32 == pytest.approx(w64, rel=1e-12)
+
+
+def test_the_legend_explains_every_column_of_the_distance_table():
+    from ase_drift.metrics.tables import DISTANCE_COLUMNS, DISTANCE_LEGEND
+
+    explained = " ".join(column for column, _ in DISTANCE_LEGEND)
+    for head, _ in DISTANCE_COLUMNS + (("E W1 (kT)", None), ("TVD X-Y", None)):
+        assert head.split(" (")[0] in explained, head
+        if "(" in head:  # the unit too
+            assert head[head.index("("):] in explained, head

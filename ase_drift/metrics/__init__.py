@@ -63,7 +63,7 @@ from .peptides import (
     ramachandran_histogram,
 )
 from .plots import plot_distance_histograms, plot_ramachandran, plot_training_curve
-from .tables import Estimate, format_cell, markdown_table, render_table
+from .tables import Estimate, distance_legend, format_cell, markdown_table, render_table
 from .timeseries import block_bootstrap, effective_sample_size, integrated_autocorrelation_time
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "basin_masks_psi",
     "block_bootstrap",
     "covalent_bonds",
+    "distance_legend",
     "effective_sample_size",
     "evaluate",
     "format_cell",

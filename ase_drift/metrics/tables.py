@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .distances import DistanceReport, NoiseFloor
+from .distances import BOND_SCALE, BOND_TOLERANCE, STABILITY_SIGMAS, DistanceReport, NoiseFloor
 
 MISSING = "—"
 
@@ -81,6 +81,33 @@ DISTANCE_COLUMNS = (
     ("Bond MAE (Å)", "bond_mae"),
     ("Bond Stab", "bond_stability"),
 )
+
+
+#: (column, what it measures) of :func:`markdown_table`; ↓ lower / ↑ higher is better.
+DISTANCE_LEGEND = (
+    ("Pair MAE (Å) ↓", ("mean over atom pairs of |mean distance − reference mean| (distances "
+                       "sorted within each pair type)")),
+    ("TVD ↓", "total variation distance of the pooled pair-distance histograms, 0–1"),
+    ("W1, W2 (Å) ↓", "Wasserstein distances of the pooled pair distances"),
+    ("Pair Stab ↑", (f"fraction of frames with every pair within {STABILITY_SIGMAS:g} reference "
+                    f"standard deviations of its reference mean")),
+    ("Bond MAE (Å) ↓", (f"Pair MAE over covalent bonds (reference mean distance < "
+                       f"{BOND_SCALE:g} × the sum of the covalent radii)")),
+    ("Bond Stab ↑", (f"fraction of frames with every bond within {BOND_TOLERANCE:g} Å of its "
+                    f"reference mean")),
+    ("TVD X-Y ↓", "TVD of the pairs of one type"),
+    ("E W1 (kT) ↓", "Wasserstein distance of the energies, in units of kT"),
+    ("noise floor", ("the reference against itself at the same sample size: what sampling "
+                    "noise alone scores")),
+)
+
+
+def distance_legend() -> str:
+    """:data:`DISTANCE_LEGEND` as text (printed under the table by ``ase-drift evaluate``)."""
+    width = max(len(column) for column, _ in DISTANCE_LEGEND)
+    lines = [("Columns: samples' pair distances against the reference's (↓ lower, ↑ higher is "
+             "better)")]
+    return "\n".join(lines + [f"  {column:<{width}}  {text}" for column, text in DISTANCE_LEGEND])
 
 
 def _as_runs(value) -> list[dict]:
