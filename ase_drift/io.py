@@ -1,7 +1,9 @@
 """Writing and reading sampled conformations in the formats chemists use.
 
-ASE writes extxyz, xyz, traj, pdb (and everything else ``ase.io`` knows); DCD goes through
-mdtraj, with a PDB of the first frame written beside it as the topology (``x.dcd`` -> ``x.pdb``).
+ASE writes extxyz, xyz, traj (and everything else ``ase.io`` knows); PDB and DCD go through
+mdtraj, with CONECT records for the covalent bonds, and a DCD gets a PDB of its first frame
+beside it as the topology (``x.dcd`` -> ``x.pdb``). :class:`FrameWriter` streams frames chunk
+by chunk into a temporary file that replaces the output only when complete.
 That PDB is marked as ase_drift's topology of the DCD in a REMARK line: a PDB without the mark
 is the user's file and is never overwritten (:func:`check_output` refuses before any work).
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -17,17 +20,30 @@ from . import units
 from .data import Conformations
 
 
-def mdtraj_topology(numbers):
-    """A one-residue mdtraj topology for a molecule of atomic numbers ``[A]``."""
+def mdtraj_topology(numbers, bonds=()):
+    """A one-residue mdtraj topology for a molecule of atomic numbers ``[A]``, with ``bonds``
+    (pairs of atom indices) so that a PDB written from it carries CONECT records."""
     import mdtraj
 
     topology = mdtraj.Topology()
     chain = topology.add_chain()
     residue = topology.add_residue("MOL", chain)
-    for k, z in enumerate(numbers):
-        element = mdtraj.element.Element.getByAtomicNumber(int(z))
-        topology.add_atom(f"{element.symbol}{k + 1}", element, residue)
+    atoms = [topology.add_atom(f"{element.symbol}{k + 1}", element, residue)
+             for k, element in enumerate(map(mdtraj.element.Element.getByAtomicNumber,
+                                             map(int, numbers)))]
+    for i, j in bonds:
+        topology.add_bond(atoms[i], atoms[j])
     return topology
+
+
+def covalent_bond_pairs(numbers, positions: np.ndarray) -> list[tuple[int, int]]:
+    """Atom pairs ``(i, j)`` bonded in frames ``[n, A, 3]`` (Å): mean distance below 1.2 × the sum
+    of the covalent radii (as :func:`ase_drift.metrics.covalent_bonds`)."""
+    from .metrics import covalent_bonds, pair_indices
+
+    i, j = pair_indices(len(numbers))
+    bonded = covalent_bonds(numbers, positions)
+    return [(int(a), int(b)) for a, b in zip(i[bonded], j[bonded], strict=True)]
 
 
 def topology_path(path: str | Path) -> Path:
@@ -99,38 +115,170 @@ def check_writable(path: str | Path, what: str = "") -> Path:
     return path
 
 
-def write_positions(path: str | Path, numbers, positions: np.ndarray,
-                    info: dict | None = None) -> Path:
-    """Write frames ``[n, A, 3]`` (Å) to ``path``; the format follows the suffix.
+#: Frames examined to find the bonds of the CONECT records (:func:`covalent_bond_pairs`).
+BOND_FRAMES = 1000
 
-    Checks ``path`` with :func:`check_output` first: an unknown format, or a DCD whose topology
-    PDB would overwrite a file ase_drift did not write, raises ValueError and writes nothing.
-    ``info`` (provenance: flat str/number values) goes into every frame's ``atoms.info``
-    (extxyz, traj) and into ``REMARK 250`` lines of a PDB (a DCD's topology PDB included).
+
+class FrameWriter:
+    """Write frames of one molecule to ``path`` chunk by chunk, so that any number of frames fits
+    in memory; the format follows the suffix. Use as a context manager::
+
+        with FrameWriter("samples.pdb", numbers, info, n_frames=n) as out:
+            for chunk in sampler.iter_positions(n, seed=0):   # [k, A, 3] Å
+                out.write(chunk)
+
+    :func:`check_output` runs first (an unknown format, or a DCD whose topology PDB would
+    overwrite a file ase_drift did not write, raises ValueError and writes nothing). The frames
+    go to a hidden temporary file that replaces ``path`` only when the context exits without an
+    error: a reader never sees half a file and a failed run leaves ``path`` as it was.
+
+    ``info`` (provenance: flat str/number values, None dropped) goes into every frame's
+    ``atoms.info`` (extxyz, traj) and into ``REMARK 250`` lines of a PDB. PDB files (and a DCD's
+    topology PDB) are written with mdtraj and carry CONECT records for the covalent bonds found
+    in the first :data:`BOND_FRAMES` frames (:func:`covalent_bond_pairs`), so mdtraj, VMD and
+    PyMOL see the bonds. Formats ``ase.io`` writes only as a whole (not extxyz, xyz, traj, pdb,
+    dcd) are collected and written on exit.
     """
-    path = check_output(path, len(positions))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = {k: v for k, v in (info or {}).items() if v is not None}
-    if path.suffix == ".dcd":
+
+    STREAMED = (".extxyz", ".xyz", ".traj", ".pdb", ".dcd")
+
+    def __init__(self, path: str | Path, numbers, info: dict | None = None,
+                 n_frames: int = 2):
+        self.path = check_output(path, n_frames)
+        self.numbers = np.asarray(numbers, dtype=np.int64)
+        self.info = {k: v for k, v in (info or {}).items() if v is not None}
+        self.n_written = 0
+        # hidden, and with the output's suffix for writers that read the format off the name
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
+        self._file = None  # the open output (text handle, ase Trajectory or mdtraj file)
+        self._pdb_body = None  # PDB: frames written by mdtraj, prefixed with REMARKs on close
+        self._topology = None
+        self._first_frame = None  # DCD: the frame of its topology PDB
+        self._whole = []  # frames of formats written as a whole
+
+    def __enter__(self) -> Self:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return self
+
+    def write(self, positions: np.ndarray) -> None:
+        """Append frames ``[k, A, 3]`` in Å."""
+        positions = np.asarray(positions)
+        if positions.ndim != 3 or positions.shape[1:] != (len(self.numbers), 3):
+            raise ValueError(f"frames must have shape [k, {len(self.numbers)}, 3], got "
+                             f"{positions.shape}")
+        if len(positions) == 0:
+            return
+        suffix = self.path.suffix
+        if suffix in (".pdb", ".dcd"):  # mdtraj stores float32
+            positions = positions.astype(np.float32, copy=False)
+        if suffix in (".pdb", ".dcd") and self._topology is None:
+            bonds = covalent_bond_pairs(self.numbers, positions[:BOND_FRAMES])
+            self._topology = mdtraj_topology(self.numbers, bonds)
+        if suffix == ".dcd":
+            self._write_dcd(positions)
+        elif suffix == ".pdb":
+            self._write_pdb(positions)
+        elif suffix in self.STREAMED:
+            self._write_ase(positions)
+        else:
+            self._whole.append(positions)
+        self.n_written += len(positions)
+
+    def _atoms(self, positions: np.ndarray) -> list:
+        frames = Conformations(self.numbers, positions).to_atoms()
+        for atoms in frames:
+            atoms.info.update(self.info)
+        return frames
+
+    def _write_ase(self, positions: np.ndarray) -> None:
+        import ase.io
+
+        if self.path.suffix == ".traj":
+            if self._file is None:
+                self._file = ase.io.Trajectory(str(self._tmp), "w")
+            for atoms in self._atoms(positions):
+                self._file.write(atoms)
+            return
+        if self._file is None:
+            self._file = open(self._tmp, "w")  # noqa: SIM115 - closed in __exit__
+        ase.io.write(self._file, self._atoms(positions), format=self.path.suffix[1:])
+
+    def _write_pdb(self, positions: np.ndarray) -> None:
+        from mdtraj.formats import PDBTrajectoryFile
+
+        if self._file is None:
+            self._pdb_body = self._tmp.with_name(self._tmp.name + ".body")
+            self._file = PDBTrajectoryFile(str(self._pdb_body), "w")
+        for k, frame in enumerate(positions):
+            self._file.write(frame, self._topology, modelIndex=self.n_written + k)
+
+    def _write_dcd(self, positions: np.ndarray) -> None:
+        from mdtraj.formats import DCDTrajectoryFile
+
+        if self._file is None:
+            self._file = DCDTrajectoryFile(str(self._tmp), "w")
+            self._first_frame = positions[0]
+        self._file.write(positions)  # mdtraj's DCD file object takes Å
+
+    def _write_topology(self, frame: np.ndarray) -> None:
+        """The DCD's topology PDB (first frame, bonds), marked as ase_drift's, atomically."""
         import mdtraj
 
-        traj = mdtraj.Trajectory(units.angstrom_to_nm(positions), mdtraj_topology(numbers))
-        traj.save_dcd(str(path))
-        topology = topology_path(path)
-        tmp = topology.with_name(topology.name + ".tmp")
-        traj[0].save_pdb(str(tmp))
-        tmp.write_text(_topology_remark(path) + "\n" + _remarks(info) + tmp.read_text())
-        os.replace(tmp, topology)
-        return path
-    import ase.io
+        topology = topology_path(self.path)
+        tmp = topology.with_name(f".{topology.name}.tmp")
+        body = tmp.with_name(tmp.name + ".body")
+        try:
+            mdtraj.Trajectory(units.angstrom_to_nm(frame[None]), self._topology).save_pdb(
+                str(body))
+            _write_pdb(tmp, _topology_remark(self.path) + "\n" + _remarks(self.info), body)
+            os.replace(tmp, topology)
+        finally:
+            body.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
-    frames = Conformations(numbers, positions).to_atoms()
-    for atoms in frames:
-        atoms.info.update(info)
-    ase.io.write(str(path), frames)
-    if path.suffix == ".pdb" and info:
-        path.write_text(_remarks(info) + path.read_text())
-    return path
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        try:
+            if self._file is not None:
+                self._file.close()
+            if exc_type is not None:
+                return
+            if self._whole:
+                import ase.io
+                from ase.io.formats import filetype
+
+                ase.io.write(str(self._tmp), self._atoms(np.concatenate(self._whole)),
+                             format=filetype(str(self.path), read=False))
+            if self._pdb_body is not None:
+                _write_pdb(self._tmp, _remarks(self.info), self._pdb_body)
+            if self.n_written == 0:
+                raise ValueError(f"{self.path}: no frames to write")
+            if self._first_frame is not None:
+                self._write_topology(self._first_frame)
+            os.replace(self._tmp, self.path)
+        finally:
+            self._tmp.unlink(missing_ok=True)
+            if self._pdb_body is not None:
+                self._pdb_body.unlink(missing_ok=True)
+
+
+def _write_pdb(path: Path, header: str, body: Path) -> None:
+    """``header`` lines, then the PDB ``body`` written by mdtraj without its final END record:
+    ase.io reads END as the start of one more (empty) frame; mdtraj, OpenMM and VMD do not
+    need it."""
+    with open(path, "w") as out, open(body) as lines:
+        out.write(header)
+        for line in lines:
+            if line.rstrip() != "END":
+                out.write(line)
+
+
+def write_positions(path: str | Path, numbers, positions: np.ndarray,
+                    info: dict | None = None) -> Path:
+    """Write frames ``[n, A, 3]`` (Å) to ``path`` in one go with a :class:`FrameWriter` (the
+    format follows the suffix; ``info`` is provenance for every frame). Returns ``path``."""
+    with FrameWriter(path, numbers, info, n_frames=len(positions)) as out:
+        out.write(positions)
+    return out.path
 
 
 def _remarks(info: dict) -> str:
