@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[xtb,openmm,test,docs]"
+	$(PIP) install -q -c constraints.txt -e ".[xtb,openmm,test,docs,cluster]"
 	touch $(STAMP)
 
 # Neural potentials for the force-source integration tests and examples.

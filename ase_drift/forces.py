@@ -18,7 +18,8 @@ Sources:
 labelled copy; :func:`label_positions` does the same for bare positions. Both run the source
 over the frames in batches, optionally through a resumable HDF5 cache that is updated after
 every batch. The cache records the source's :func:`source_fingerprint` and serves its labels to
-that source only.
+that source only. Given a Dask ``distributed.Client`` (:func:`connect_scheduler`), they run the
+batches as tasks on its cluster and write each finished batch into the same cache.
 """
 
 from __future__ import annotations
@@ -27,16 +28,20 @@ import hashlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
 from . import units
 from .data import ENERGIES, FORCES, Conformations
+
+if TYPE_CHECKING:
+    import distributed
 
 #: Positions are matched to stored frames after rounding to this many Å (:class:`LabelForces`).
 POSITION_MATCH_ANGSTROM = 1e-6
@@ -389,28 +394,30 @@ class OpenMMCalculator(Calculator):
 
 # ---------------------------------------------------------------------- batched labelling
 def label(data: Conformations, source: ForceSource, cache: str | Path | None = None,
-          batch_size: int = 64, progress: bool = True) -> Conformations:
+          batch_size: int = 64, progress: bool = True,
+          client: distributed.Client | None = None) -> Conformations:
     """``data`` with the energies (eV) and forces (eV/Å) of every frame computed by ``source``.
 
     Labels already on ``data`` are replaced; the temperature is kept. Frames already in
-    ``cache`` are not recomputed: see :func:`label_positions` for batching, the cache and what
-    happens when the source fails.
+    ``cache`` are not recomputed: see :func:`label_positions` for batching, the cache, labelling
+    on a Dask cluster (``client``) and what happens when the source fails.
     """
     result = label_positions(source, data.numbers, data.positions, cache=cache,
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, client=client)
     return replace(data, **{FORCES: result.forces, ENERGIES: result.energies})
 
 
 def label_positions(source: ForceSource, numbers: np.ndarray, positions: np.ndarray,
                     cache: str | Path | None = None, batch_size: int = 64,
-                    progress: bool = True) -> ForceResult:
+                    progress: bool = True,
+                    client: distributed.Client | None = None) -> ForceResult:
     """Energies ``[N]`` (eV) and forces ``[N, A, 3]`` (eV/Å) of every frame of ``positions`` (Å).
 
     Frames go to ``source`` in batches of ``batch_size``. With ``cache`` (an ``.h5`` path) the
     labels are written and flushed after every batch together with a ``done`` mask, so an
-    interrupted run loses at most one batch and a rerun computes only the missing frames. The
-    file holds datasets ``positions``, ``energies``, ``forces`` (:data:`~ase_drift.data.ENERGIES`,
-    :data:`~ase_drift.data.FORCES`), ``done`` and attributes
+    interrupted run loses at most the batches under way and a rerun computes only the missing
+    frames. The file holds datasets ``positions``, ``energies``, ``forces``
+    (:data:`~ase_drift.data.ENERGIES`, :data:`~ase_drift.data.FORCES`), ``done`` and attributes
     ``numbers``, ``n_frames``, ``units`` and ``source`` (the JSON of
     :func:`source_fingerprint`); it must belong to the same atoms and positions (within 1e-6 Å)
     and to a source with the same fingerprint, else ValueError naming the file. A new file is
@@ -419,36 +426,190 @@ def label_positions(source: ForceSource, numbers: np.ndarray, positions: np.ndar
 
     When a batch raises :class:`LabelingError`, its frames are computed one by one: those before
     the failing frame are stored, then the error is re-raised naming the failing frame's index.
+
+    With ``client`` (a ``distributed.Client``, e.g. from :func:`connect_scheduler`) every
+    batch of frames not yet in the cache is one task on the client's Dask cluster, and each
+    finished batch is written into the cache as it arrives (by this process only: one
+    writer). ``source`` is pickled (cloudpickle) and sent to the workers, so it must be
+    picklable, else TypeError: make it afresh, as some engines hold unpicklable state once
+    they have computed (tblite does). Choose ``batch_size`` so that there are several batches
+    per worker (with DFT, a few frames per batch). Dask reruns a task whose worker died (up to
+    its ``distributed.scheduler.allowed-failures`` setting, 3 by default). A batch whose task
+    fails does not stop the others: when all have finished, one :class:`LabelingError` names
+    every failed frame (a frame that failed alone, as above) or batch (any other exception on
+    the worker, or ``KilledWorker`` when the workers running it kept dying), with the cause.
     """
     from tqdm.auto import tqdm
 
     numbers, positions = _as_batch(numbers, positions)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    pickled_source = None if client is None else _pickled_source(source)
     with closing(_LabelStore(numbers, positions, cache, source_fingerprint(source))) as store:
         pending = np.flatnonzero(~store.done)
+        batches = [pending[start:start + batch_size]
+                   for start in range(0, len(pending), batch_size)]
+        labelled = (_label_batches(source, numbers, positions, batches) if client is None
+                    else _label_batches_on_cluster(client, pickled_source, numbers, positions,
+                                                   batches))
+        failed = []
         with tqdm(total=len(positions), initial=len(positions) - len(pending), unit="frame",
-                  desc="labelling", disable=not progress) as bar:
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
-                try:
-                    store.write(batch, source.compute(numbers, positions[batch]))
-                except LabelingError:
-                    _label_one_by_one(source, numbers, positions, batch, store)
-                bar.update(len(batch))
+                  desc="labelling", disable=not progress) as bar, closing(labelled):
+            for part in labelled:
+                store.write(part.frames, part.result)
+                bar.update(len(part.frames))
+                if part.failure is not None:
+                    failed.append(part)
+        if failed:
+            raise LabelingError(f"labelling failed at {'; '.join(part.failure for part in failed)}. "
+                                f"{store.resume_hint()}") from failed[0].cause
         return ForceResult(store.energies.copy(), store.forces.copy())
 
 
-def _label_one_by_one(source: ForceSource, numbers: np.ndarray, positions: np.ndarray,
-                      batch: np.ndarray, store: _LabelStore) -> None:
-    """Label and store the frames of a failed ``batch`` one at a time; raise at the failing one."""
-    for frame in batch:
+def connect_scheduler(address: str, timeout_s: float = 5.0) -> distributed.Client:
+    """A ``distributed.Client`` of the Dask scheduler at ``address`` (e.g. ``tcp://host:8786``,
+    as printed by ``dask scheduler`` or a dask-jobqueue cluster's ``scheduler_address``), for
+    the ``client`` of :func:`label`. Close it when done (``with connect_scheduler(...) as
+    client:``). No scheduler answering within ``timeout_s`` seconds, or a malformed address,
+    raises ValueError naming the address; without the ``distributed`` package (the ``cluster``
+    extra), ImportError saying so."""
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise ImportError("labelling on a Dask cluster needs the distributed package: "
+                          "pip install 'ase_drift[cluster]'") from exc
+    try:
+        return Client(address, timeout=timeout_s)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError, or garbage from another server
+        raise ValueError(f"no Dask scheduler answered at {address} within {timeout_s:g} s "
+                         f"({type(exc).__name__}: {exc}); give the address a running scheduler "
+                         f"prints, e.g. tcp://host:8786") from None
+
+
+class _ChunkLabels(NamedTuple):
+    """What one batch of frames gave: labels of its first frames, and why the next failed."""
+
+    result: ForceResult  # energies [b] eV, forces [b, A, 3] eV/Å of the batch's first b frames
+    failure: LabelingError | None  # None when b is the whole batch, else frame b's, alone
+
+
+class _LabelledFrames(NamedTuple):
+    """Labels of some frames of the data, and what failed among the frames of their batch."""
+
+    frames: np.ndarray  # [b] indices of the labelled frames in the data
+    result: ForceResult  # their energies [b] eV and forces [b, A, 3] eV/Å
+    failure: str | None  # None, or the failed frames (indices in the data) and why, in words
+    cause: Exception | None  # the exception that failed them
+
+
+def _label_chunk(source: ForceSource, numbers: np.ndarray, positions: np.ndarray) -> _ChunkLabels:
+    """Labels of the frames ``positions`` ``[b, A, 3]`` (Å) in one call of ``source``; when that
+    raises :class:`LabelingError`, frame by frame up to the first frame that fails alone."""
+    try:
+        return _ChunkLabels(source.compute(numbers, positions), None)
+    except LabelingError:
+        pass
+    alone, failure = [], None
+    for frame in positions:
         try:
-            result = source.compute(numbers, positions[frame])
+            alone.append(source.compute(numbers, frame))
         except LabelingError as err:
-            raise LabelingError(f"labelling failed at frame {frame} (of {len(positions)}), "
-                                f"computed alone: {err}. {store.resume_hint()}") from err
-        store.write(np.array([frame]), result)
+            failure = err
+            break
+    energies = np.concatenate([np.empty(0), *(result.energies for result in alone)])  # [b] eV
+    forces = np.concatenate([np.empty((0, *positions.shape[1:])),
+                             *(result.forces for result in alone)])  # [b, A, 3] eV/Å
+    return _ChunkLabels(ForceResult(energies, forces), failure)
+
+
+def _label_pickled_chunk(pickled_source: bytes, numbers: np.ndarray,
+                         positions: np.ndarray) -> _ChunkLabels:
+    """:func:`_label_chunk` with the source unpickled first: the task a Dask worker runs."""
+    import cloudpickle
+
+    return _label_chunk(cloudpickle.loads(pickled_source), numbers, positions)
+
+
+def _as_labelled_frames(frames: np.ndarray, chunk: _ChunkLabels, n_frames: int) -> _LabelledFrames:
+    """The labels of batch ``frames`` (indices among ``n_frames``) as labels of those frames."""
+    done = len(chunk.result.energies)
+    failure = (None if chunk.failure is None else
+               f"frame {frames[done]} (of {n_frames}), computed alone: {chunk.failure}")
+    return _LabelledFrames(frames[:done], chunk.result, failure, chunk.failure)
+
+
+def _label_batches(source: ForceSource, numbers: np.ndarray, positions: np.ndarray,
+                   batches: list[np.ndarray]) -> Iterator[_LabelledFrames]:
+    """The labels of each batch of frame indices in turn, computed here; the first batch with a
+    failing frame is the last."""
+    for frames in batches:
+        labelled = _as_labelled_frames(frames, _label_chunk(source, numbers, positions[frames]),
+                                       len(positions))
+        yield labelled
+        if labelled.failure is not None:
+            return
+
+
+def _label_batches_on_cluster(client: distributed.Client, pickled_source: bytes,
+                              numbers: np.ndarray, positions: np.ndarray,
+                              batches: list[np.ndarray]) -> Iterator[_LabelledFrames]:
+    """The labels of each batch of frame indices as its task on ``client``'s cluster finishes;
+    a batch whose task failed comes with no labels and the cause. Tasks not yet finished when
+    the consumer stops (an error, Ctrl-C) are cancelled."""
+    from distributed import as_completed
+
+    frames_of = {client.submit(_label_pickled_chunk, pickled_source, numbers,
+                               positions[frames], pure=False): frames for frames in batches}
+    no_labels = ForceResult(np.empty(0), np.empty((0, *positions.shape[1:])))
+    try:
+        for task in as_completed(list(frames_of)):
+            frames = frames_of.pop(task)
+            try:
+                chunk = task.result()
+            except Exception as exc:  # noqa: BLE001 - whatever failed the task, keep the other batches
+                yield _LabelledFrames(frames[:0], no_labels, f"{_frame_ranges(frames)} "
+                                      f"(of {len(positions)}): {_task_failure(exc)}", exc)
+            else:
+                yield _as_labelled_frames(frames, chunk, len(positions))
+    finally:
+        client.cancel(list(frames_of))
+
+
+def _task_failure(exc: Exception) -> str:
+    """Why a labelling task failed on the cluster, in words."""
+    from distributed import CancelledError, KilledWorker
+
+    if isinstance(exc, KilledWorker):
+        return (f"every worker running their task died ({exc.allowed_failures + 1} workers, "
+                f"KilledWorker): an engine that ends its process on one of these frames (a "
+                f"crash, memory, a job time limit) does this; see the workers' logs")
+    if isinstance(exc, CancelledError):
+        return f"their task was cancelled ({exc})"
+    return f"{type(exc).__name__} on the worker: {exc}"
+
+
+def _frame_ranges(frames: np.ndarray) -> str:
+    """Increasing frame indices in words: ``frame 5``, ``frames 0-3, 8, 10-11``."""
+    runs = np.split(frames, np.flatnonzero(np.diff(frames) != 1) + 1)
+    words = ", ".join(f"{run[0]}" if len(run) == 1 else f"{run[0]}-{run[-1]}" for run in runs)
+    return f"frame{'s' if len(frames) > 1 else ''} {words}"
+
+
+def _pickled_source(source: ForceSource) -> bytes:
+    """``source`` pickled by cloudpickle (what Dask uses) for the workers; TypeError saying so
+    when it cannot be."""
+    try:
+        import cloudpickle
+    except ImportError as exc:
+        raise ImportError("labelling on a Dask cluster needs the distributed package: "
+                          "pip install 'ase_drift[cluster]'") from exc
+    try:
+        return cloudpickle.dumps(source)
+    except Exception as exc:  # pickling raises TypeError, PicklingError, ...
+        raise TypeError(f"labelling on a cluster sends the force source to the workers, but "
+                        f"{type(source).__name__} cannot be pickled ({type(exc).__name__}: "
+                        f"{exc}); make a fresh source (an engine may hold unpicklable state "
+                        f"once it has computed) or label without client=") from exc
 
 
 class _LabelStore:

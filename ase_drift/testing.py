@@ -30,11 +30,18 @@ fields: :class:`HarmonicTriatomic` (a ForceSource) with an exact Boltzmann sampl
 :func:`biased_triatomic_positions` for deliberately biased data sets;
 :func:`metropolis` runs independent Metropolis chains on any energy, for references of systems
 without a closed form.
+
+Sources for tests of labelling (:func:`ase_drift.forces.label`): :class:`SpringForces`, cheap
+and exact with a chosen cost per frame, and :class:`FaultyForces`, which fails or ends its
+process on chosen frames.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,10 +49,12 @@ from torch import Tensor
 
 from . import units
 from .drift import Positives, energy_alignment, force_alignment
-from .forces import ForceResult
+from .forces import ForceResult, ForceSource, LabelingError, source_fingerprint
 
 __all__ = [
+    "FaultyForces",
     "HarmonicTriatomic",
+    "SpringForces",
     "assert_drift_vanishes_at_equilibrium",
     "assert_feature_force_consistent",
     "assert_fk_force_form_matches_energy_form",
@@ -622,3 +631,69 @@ def metropolis(energy: Callable[[Tensor], Tensor], start, temperature_K: float, 
         e = torch.where(move, e_new, e)
         accepted += int(move.sum())
     return x, accepted / (steps * len(x))
+
+
+class SpringForces:
+    """ForceSource of springs tying every atom to the origin, E = ½k Σ|r|² (eV) and F = −k r
+    (eV/Å) for positions r in Å and k in eV/Å², that takes ``seconds_per_frame`` (a sleep) per
+    frame: a cheap, exact and picklable stand-in for an expensive engine of known cost."""
+
+    def __init__(self, k: float = 0.7, seconds_per_frame: float = 0.0):
+        self.k = float(k)
+        self.seconds_per_frame = float(seconds_per_frame)
+
+    def fingerprint(self) -> dict:
+        """What sets the labels (``seconds_per_frame`` does not)."""
+        return {"k": self.k}
+
+    def compute(self, numbers, positions) -> ForceResult:
+        positions = np.asarray(positions, dtype=np.float64).reshape(-1, len(numbers), 3)
+        time.sleep(self.seconds_per_frame * len(positions))
+        return ForceResult(0.5 * self.k * np.sum(positions**2, axis=(1, 2)), -self.k * positions)
+
+
+class FaultyForces:
+    """A ForceSource that labels like ``inner`` but fails or ends its process on chosen frames,
+    to test how labelling copes with an engine that does not converge or that crashes.
+
+    A frame is recognised by its positions (exactly equal). The fingerprint is ``inner``'s,
+    so a label cache filled by one serves the other.
+
+    Args:
+        inner: labels every frame that does not fail.
+        failing: frames ``[A, 3]`` (Å) on which :meth:`compute` raises
+            :class:`~ase_drift.forces.LabelingError`.
+        crashing: frames ``[A, 3]`` (Å) on which :meth:`compute` ends its process at once
+            (``os._exit(1)``, as a segfault or a killed job would): use it in another process
+            only, such as a Dask worker.
+        crash_marker: a file; when given, a crash creates it first and a frame crashes only
+            while it does not exist, so the first attempt crashes and a retry succeeds.
+    """
+
+    def __init__(self, inner: ForceSource, failing: Sequence = (), crashing: Sequence = (),
+                 crash_marker: str | os.PathLike | None = None):
+        self.inner = inner
+        self.failing = [np.asarray(frame, dtype=np.float64) for frame in failing]
+        self.crashing = [np.asarray(frame, dtype=np.float64) for frame in crashing]
+        self.crash_marker = crash_marker
+
+    def fingerprint(self) -> dict:
+        return source_fingerprint(self.inner)
+
+    def compute(self, numbers, positions) -> ForceResult:
+        batch = np.asarray(positions, dtype=np.float64).reshape(-1, len(numbers), 3)
+        for k, frame in enumerate(batch):
+            if any(np.array_equal(frame, crash) for crash in self.crashing) and self._may_crash():
+                os._exit(1)
+            if any(np.array_equal(frame, fail) for fail in self.failing):
+                raise LabelingError(f"frame {k} of the batch: injected failure")
+        return self.inner.compute(numbers, positions)
+
+    def _may_crash(self) -> bool:
+        """Always without a marker file; else once, creating the marker."""
+        if self.crash_marker is None:
+            return True
+        if os.path.exists(self.crash_marker):
+            return False
+        Path(self.crash_marker).touch()
+        return True
