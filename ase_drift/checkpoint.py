@@ -6,12 +6,28 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from dataclasses import asdict, fields
 from pathlib import Path
+from typing import Self
 
 import torch
 
 FORMAT_VERSION = 1
 _KEYS = ("format_version", "config", "state_dict", "metadata")
+
+
+class StoredConfig:
+    """Mixin of the frozen config dataclasses a checkpoint's ``config`` holds: :meth:`as_dict`
+    writes one, :meth:`from_dict` reads it back, ignoring keys the class does not have (a file
+    written by a newer version), so that defaults fill fields an older file lacks."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Self:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 class CheckpointError(ValueError):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from .checkpoint import StoredConfig
+
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(StoredConfig):
     """MLP generator; the paper's ethanol default is 6 layers of 512 SiLU units (~1.36M
     parameters for ethanol)."""
 
@@ -19,9 +21,6 @@ class GeneratorConfig:
     hidden: int = 512
     depth: int = 6
     affine_skip: bool = True
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class MLPGenerator(nn.Module):

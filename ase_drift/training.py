@@ -34,13 +34,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, StoredConfig, load_checkpoint, save_checkpoint
 from .data import Conformations, check_temperature
 from .drift import (
     DEFAULT_FIELD,
@@ -89,7 +89,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(StoredConfig):
     """Everything that defines a training run (defaults: the paper's ethanol setup, DESIGN.md).
 
     ``field`` is one of :data:`ase_drift.drift.FIELDS` (see :func:`ase_drift.drift.make_field`,
@@ -127,14 +127,6 @@ class TrainConfig:
         for name in ("steps", "batch_size", "n_positives", "depth", "hidden", "noise_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import CheckpointError, save_checkpoint
+from ..checkpoint import CheckpointError, StoredConfig, save_checkpoint
 from ..data import Conformations, check_temperature
 from ..features import Cartesian
 from ..sampler import TemplateSampler, _formula, register_sampler, torch_generator
@@ -33,7 +33,7 @@ from .schedules import ve_sigma, ve_sigmas
 
 
 @dataclass(frozen=True)
-class DiffusionConfig:
+class DiffusionConfig(StoredConfig):
     """Score network, noise schedule, training and sampler settings (paper's DSM: d=128, 4
     layers, 4 heads; PC sampler with 1,000 noise levels)."""
 
@@ -50,14 +50,6 @@ class DiffusionConfig:
     sampler_steps: int = 1000
     snr: float = 0.16
     seed: int = 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> DiffusionConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
 
 
 class ScoreTransformer(nn.Module):
