@@ -24,14 +24,14 @@ from .drift import (
 )
 from .features import Cartesian, PairwiseDistances, Representation
 from .forces import (
-                     CalculatorForces,
-                     ForceResult,
-                     ForceSource,
-                     LabelForces,
-                     LabelingError,
-                     OpenMMCalculator,
-                     OpenMMForces,
-                     label,
+    CalculatorForces,
+    ForceResult,
+    ForceSource,
+    LabelForces,
+    LabelingError,
+    OpenMMCalculator,
+    OpenMMForces,
+    label,
 )
 from .sampler import DriftSampler, Sampler, load
 from .training import TrainConfig, Trainer, train
