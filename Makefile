@@ -47,6 +47,7 @@ bench: install
 	rm -rf bench_out
 	$(PY) -m benchmarks.speed
 	$(PY) -m benchmarks.speed_vs --quick
+	$(PY) -m benchmarks.labelling
 	$(PY) -m benchmarks.ethanol --quick --results bench_out/ethanol-quick.json
 	$(PY) -m benchmarks.alanine --quick --results bench_out/alanine-quick.json
 

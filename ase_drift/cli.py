@@ -44,14 +44,21 @@ def _labels_cache(args, output: str) -> Path:
     return check_writable(args.cache or Path(output).with_suffix(".labels.h5"), "--cache")
 
 
-def _label(data, source, cache: Path):
-    """``data`` labelled by ``source`` through ``cache`` (progress bar on a terminal only)."""
-    from .forces import label
+def _label(data, source, cache: Path, args):
+    """``data`` labelled by ``source`` through ``cache`` (progress bar on a terminal only), on
+    the Dask cluster of ``--scheduler`` if given, ``--label-batch`` frames per call or task."""
+    from contextlib import nullcontext
+
+    from .forces import connect_scheduler, label
 
     start = time.perf_counter()
-    labelled = label(data, source, cache=cache, progress=sys.stderr.isatty())
-    print(f"labelled {len(data)} frames in {time.perf_counter() - start:.1f} s (cache {cache})",
-          file=sys.stderr)
+    cluster = connect_scheduler(args.scheduler) if args.scheduler else nullcontext()
+    with cluster as client:
+        labelled = label(data, source, cache=cache, batch_size=args.label_batch,
+                         progress=sys.stderr.isatty(), client=client)
+    where = f" on {args.scheduler}" if args.scheduler else ""
+    print(f"labelled {len(data)} frames{where} in {time.perf_counter() - start:.1f} s "
+          f"(cache {cache})", file=sys.stderr)
     return labelled
 
 
@@ -76,7 +83,7 @@ def cmd_label(args) -> int:
         if args.frames > len(data):
             raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
         data = data.head(args.frames)
-    labelled = _label(data, source, cache)
+    labelled = _label(data, source, cache, args)
     _write_atomically(labelled, output)
     print(f"labelled {labelled!r} with {args.calculator} -> {output}")
     return 0
@@ -151,8 +158,9 @@ def cmd_train(args) -> int:
 
         cache = _labels_cache(args, args.output)
         source = source_from_spec(args.calculator)
-    elif args.cache:
-        raise ValueError("--cache is the label cache of --calculator: give --calculator too")
+    elif args.cache or args.scheduler:
+        raise ValueError("--cache and --scheduler are for labelling with --calculator: give "
+                         "--calculator too")
     data = _read_data(args.data, args.temperature, args.energy_unit,
                       "drop" if source else args.partial_labels, args.energy_key,
                       args.forces_key)
@@ -172,7 +180,7 @@ def cmd_train(args) -> int:
                              f"{args.data}: {difference}")
         reference = reference.positions
     if source is not None:  # positions-only data: label first (cached, resumable)
-        data = _label(data, source, cache)
+        data = _label(data, source, cache, args)
     start = time.perf_counter()
     sampler = train(data, temperature_K=args.temperature, field=args.field, space=args.space,
                     steps=args.steps, seed=args.seed, checkpoint=args.checkpoint,
@@ -419,6 +427,10 @@ def _label_arguments(p: argparse.ArgumentParser, required: bool) -> None:
                    help=f"{what}KIND[:ARGUMENT]: " + "; ".join(SOURCE_KINDS.values()))
     p.add_argument("--cache", help="HDF5 label cache; a rerun resumes from it (default: "
                                    "OUTPUT.labels.h5 beside the output, OUTPUT's suffix replaced)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="label on this Dask cluster (e.g. tcp://host:8786; needs ase_drift[cluster])")
+    p.add_argument("--label-batch", type=_positive_int, default=64, metavar="N",
+                   help="frames per calculator call, or per task on a cluster (default 64)")
     p.add_argument("--energy-key", help="read energies from this extxyz info key (e.g. REF_energy)")
     p.add_argument("--forces-key", help="read forces from this extxyz array (e.g. REF_forces)")
 
@@ -429,7 +441,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .forces import LabelingError
     from .training import TrainingDiverged
 
-    return ValueError, KeyError, OSError, LabelingError, TrainingDiverged
+    return ValueError, KeyError, OSError, ImportError, LabelingError, TrainingDiverged
 
 
 def _one_line(exc: BaseException) -> str:

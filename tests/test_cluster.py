@@ -178,3 +178,29 @@ def test_a_frame_that_always_kills_its_worker_is_named_and_the_rest_kept(client,
 
     fixed = label(data, SpringForces(), cache=cache, batch_size=4, progress=False, client=client)
     np.testing.assert_array_equal(fixed.forces, expected.forces)
+
+
+def test_cli_labels_on_the_scheduler_it_is_given(client, tmp_path, capsys):
+    from ase_drift.cli import main
+
+    data, path, out = argon(9), tmp_path / "argon.extxyz", tmp_path / "labelled.extxyz"
+    data.write(path)
+    assert main(["label", str(path), "--calculator", "lj", "--scheduler",
+                 client.scheduler.address, "--label-batch", "4", "-o", str(out)]) == 0
+    assert f"on {client.scheduler.address}" in capsys.readouterr().err
+    labelled = Conformations.read(out)
+    serial = label(data, CalculatorForces(LennardJones()), progress=False)
+    np.testing.assert_allclose(labelled.energies, serial.energies, rtol=1e-12)
+    np.testing.assert_allclose(labelled.forces, serial.forces, rtol=1e-12, atol=1e-15)
+
+
+def test_cli_unreachable_scheduler_is_a_one_line_error(tmp_path, capsys):
+    from ase_drift.cli import main
+
+    path = tmp_path / "argon.extxyz"
+    argon(2).write(path)
+    code = main(["label", str(path), "--calculator", "lj", "--scheduler", "tcp://127.0.0.1:9",
+                 "-o", str(tmp_path / "out.extxyz")])
+    err = capsys.readouterr().err
+    assert code == 2 and "tcp://127.0.0.1:9" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.extxyz").exists()
