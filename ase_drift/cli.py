@@ -340,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=_kelvin, help="K (default: from the file's metadata)")
     p.add_argument("--field", choices=FIELDS, default=DEFAULT_FIELD)
     p.add_argument("--space", choices=("cartesian", "distance"), default="distance")
-    p.add_argument("--omega", type=float, help="Force-Interpolated weight ω")
+    p.add_argument("--omega", type=float, help="Force-Interpolated weight ω (default: chosen "
+                                                "from the data's force scale ρ, Eq. 33)")
     p.add_argument("--beta", type=float, help="Force-Aligned Kernel strength β")
     p.add_argument("--bandwidths", type=float, nargs="+",
                    help="kernel bandwidths as multiples of the median distance (default 0.25)")

@@ -117,6 +117,32 @@ def force_scale_ratio(x: Tensor, y: Tensor, scores: Tensor, tau: float | Tensor)
     return force_norm / displacement.clamp_min(1e-12)
 
 
+#: ω·ρ of FI's automatic ω (:func:`automatic_omega`) per space: the products of the ω that work
+#: on ethanol (0.02 Cartesian, 0.1 distance) and ethanol's ρ (4.9, 3.6); on alanine dipeptide
+#: (ρ 90, 64) the same products are what rescues FI (docs/benchmarks.md).
+FI_OMEGA_RHO = {"cartesian": 0.1, "distance": 0.36}
+
+
+def data_force_scale_ratio(features: Tensor, scores: Tensor, bandwidth: float = 0.25,
+                           n: int = 256, seed: int = 0) -> float:
+    """ρ of Eq. 33 measured on a data set: ``n`` random frames of ``features`` ``[N, D]`` as x,
+    up to 2n others (with their ``scores`` ``[N, D]``) as the positives, τ = ``bandwidth`` ×
+    their median distance. A generator initialised from the data starts with the same ρ."""
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+    x, positives = order[:n], order[n:3 * n]
+    if len(positives) == 0:
+        raise ValueError(f"ρ needs at least 2 frames, got {len(features)}")
+    y = features[positives]
+    tau = bandwidth * median_distance(features[x], y)
+    return float(force_scale_ratio(features[x], y, scores[positives], tau))
+
+
+def automatic_omega(rho: float, space: str) -> float:
+    """FI's ω = :data:`FI_OMEGA_RHO`[space] / ρ (at most 1): the force term's share of the drift
+    then has the size that works on ethanol whatever the molecule's force scale."""
+    return min(1.0, FI_OMEGA_RHO[space] / rho)
+
+
 def deng_drift(x: Tensor, y: Tensor, temperature: float | Tensor) -> Tensor:
     """Deng et al. (2026) drift: Laplacian logits over negatives and positives jointly, weights
     √(row-softmax × column-softmax), each side weighted by the other side's total mass."""
@@ -320,7 +346,8 @@ def make_field(name: str, space: str, omega: float | None = None, beta: float | 
     """The named field with the paper's defaults for ``space`` ('cartesian' or 'distance').
 
     - 'drift': standard drifting (Eq. 5).
-    - 'fi': Force-Interpolated attraction (ω, default 0.02 Cartesian / 0.1 distance), with the
+    - 'fi': Force-Interpolated attraction (ω, default 0.02 Cartesian / 0.1 distance, ethanol's
+      values; the trainer chooses ω from the data's ρ instead, :func:`automatic_omega`), with the
       force term τ²F_φ/kT as the Drifting Force Identity gives it; the paper's normalisation by
       ρ (Eq. 34) is ``normalize_force_scale=True`` (it breaks the identity's balance, see
       docs/maths.md).

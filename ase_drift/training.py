@@ -50,6 +50,8 @@ from .drift import (
     FORCES,
     DriftField,
     Positives,
+    automatic_omega,
+    data_force_scale_ratio,
     field_spec,
     make_field,
 )
@@ -95,7 +97,8 @@ class TrainConfig(StoredConfig):
     ``field`` is one of :data:`ase_drift.drift.FIELDS` (see :func:`ase_drift.drift.make_field`,
     whose arguments ``omega`` … ``bandwidths`` mirror) or 'custom' when a field object is passed
     to the trainer; the checkpoint stores the field's spec beside this config. ``temperature_K`` None means: take
-    it from the data.
+    it from the data. ``omega`` None means, for the FI fields: chosen from the data's ρ
+    (:func:`ase_drift.drift.automatic_omega`; the field spec records the value).
     """
 
     field: str = DEFAULT_FIELD
@@ -188,7 +191,6 @@ class Trainer:
                          f"train on these labels: {', '.join(usable)}")
 
         self.config = config
-        self.field = field
         self.data = data
         # Identify the training data in checkpoints; hashed once, not at every evaluation.
         self.data_digest = data_digest(data)
@@ -198,6 +200,13 @@ class Trainer:
         self.representation = make_representation(config.space, data.n_atoms)
         self.prepared = self.representation.prepare(data, temperature)
         _check_prepared(self.prepared, data, config)
+        self.force_scale_ratio = None  # ρ of Eq. 33 on the data, when it chose FI's ω
+        if config.field in ("fi", "fi+fk") and config.omega is None:
+            # the largest bandwidth has the largest ρ (∝ τ²): ω·ρ stays in range at every one
+            self.force_scale_ratio = data_force_scale_ratio(
+                self.prepared.features, self.prepared.scores, max(field.bandwidths))
+            field = replace(field, omega=automatic_omega(self.force_scale_ratio, config.space))
+        self.field = field
         self.feature_rms = float(self.prepared.features.square().mean().sqrt())
         self.log_density = (kde_log_density(self.prepared.features) if DENSITY in requires
                             else None)
@@ -366,6 +375,7 @@ class Trainer:
             "field": self.config.field,
             "field_repr": repr(self.field),
             "field_spec": self.field_spec(),
+            "force_scale_ratio": self.force_scale_ratio,
             "step": self.step_count,
             "training_data": {
                 "formula": data.formula,

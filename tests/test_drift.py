@@ -729,3 +729,34 @@ def test_field_spec_is_plain_json_data():
         field_from_spec({"beta": 0.5})
     with pytest.raises(TypeError, match="^function is not a field of ase_drift.drift"):
         field_spec(lambda x, positives: x)
+
+
+# ----------------------------------------------------------------------------- automatic ω
+def test_data_force_scale_ratio_is_eq_33_and_scales_with_force_and_bandwidth_squared():
+    """ρ = median‖τ²s‖ / median‖y − x‖: ×10 with the scores, ×4 with twice the bandwidth; and
+    equal to Eq. 33 evaluated by hand on the same split."""
+    from ase_drift.drift import data_force_scale_ratio
+
+    generator = torch.Generator().manual_seed(1)
+    features = torch.randn(300, 6, generator=generator, dtype=torch.float64)
+    scores = torch.randn(300, 6, generator=generator, dtype=torch.float64)
+    rho = data_force_scale_ratio(features, scores, bandwidth=0.25, n=100)
+    assert data_force_scale_ratio(features, 10 * scores, 0.25, n=100) == pytest.approx(10 * rho)
+    assert data_force_scale_ratio(features, scores, 0.5, n=100) == pytest.approx(4 * rho)
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(0))
+    x, y, s = features[order[:100]], features[order[100:300]], scores[order[100:300]]
+    distances = torch.cdist(x, y)
+    tau = 0.25 * distances.flatten().median()
+    by_hand = (tau**2 * s.norm(dim=1)).median() / distances.flatten().median()
+    assert rho == pytest.approx(float(by_hand), rel=1e-12)
+
+
+def test_automatic_omega_keeps_omega_times_rho_fixed_per_space_and_at_most_one():
+    from ase_drift.drift import FI_OMEGA_RHO, automatic_omega
+
+    for space, product in FI_OMEGA_RHO.items():
+        assert automatic_omega(4.0, space) * 4.0 == pytest.approx(product)
+        assert automatic_omega(40.0, space) == pytest.approx(automatic_omega(4.0, space) / 10)
+        assert automatic_omega(1e-3, space) == 1.0
+    assert FI_OMEGA_RHO["cartesian"] / 4.9 == pytest.approx(0.02, rel=0.03)  # ethanol's ω
+    assert FI_OMEGA_RHO["distance"] / 3.6 == pytest.approx(0.1, rel=0.03)

@@ -347,3 +347,21 @@ def test_end_to_end_learns_bond_lengths_and_spread():
 
     assert not matches(trainer.sampler())  # step 0
     assert matches(trainer.run())
+
+
+def test_fi_chooses_omega_from_the_data_rho_unless_given(data):
+    """omega=None: ω = FI_OMEGA_RHO/ρ, recorded in the field spec and ρ in the metadata; forces
+    ten times larger give a ten times smaller ω; an explicit ω is kept."""
+    from dataclasses import replace
+
+    from ase_drift.drift import FI_OMEGA_RHO
+
+    trainer = Trainer(data, small_config(field="fi", space="cartesian"))
+    rho = trainer.metadata()["force_scale_ratio"]
+    assert trainer.field.omega == pytest.approx(FI_OMEGA_RHO["cartesian"] / rho)
+    assert trainer.field_spec()["omega"] == trainer.field.omega
+    stronger = Trainer(replace(data, forces=10 * data.forces),
+                       small_config(field="fi", space="cartesian"))
+    assert stronger.field.omega == pytest.approx(trainer.field.omega / 10, rel=1e-6)
+    fixed = Trainer(data, small_config(field="fi", space="cartesian", omega=0.3))
+    assert fixed.field.omega == 0.3 and fixed.metadata()["force_scale_ratio"] is None
