@@ -125,13 +125,15 @@ FI_OMEGA_RHO = {"cartesian": 0.1, "distance": 0.36}
 
 def data_force_scale_ratio(features: Tensor, scores: Tensor, bandwidth: float = 0.25,
                            n: int = 256, seed: int = 0) -> float:
-    """ρ of Eq. 33 measured on a data set: ``n`` random frames of ``features`` ``[N, D]`` as x,
-    up to 2n others (with their ``scores`` ``[N, D]``) as the positives, τ = ``bandwidth`` ×
-    their median distance. A generator initialised from the data starts with the same ρ."""
-    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
-    x, positives = order[:n], order[n:3 * n]
-    if len(positives) == 0:
+    """ρ of Eq. 33 measured on a data set: ``n`` random frames of ``features`` ``[N, D]`` (at
+    most half of them) as x, up to 2n others (with their ``scores`` ``[N, D]``) as the
+    positives, τ = ``bandwidth`` × their median distance. A generator initialised from the data
+    starts with the same ρ."""
+    if len(features) < 2:
         raise ValueError(f"ρ needs at least 2 frames, got {len(features)}")
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+    n = min(n, len(features) // 2)
+    x, positives = order[:n], order[n:3 * n]
     y = features[positives]
     tau = bandwidth * median_distance(features[x], y)
     return float(force_scale_ratio(features[x], y, scores[positives], tau))

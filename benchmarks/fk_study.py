@@ -45,7 +45,7 @@ VARIANTS = {
 
 
 def molecule_data(spec: str):
-    """'ethanol' (bundled), a data set name (e.g. butane-gfn2-500K, generated on first use)
+    """'ethanol' (bundled), a data set name (e.g. butane-gfn2-500K, bundled)
     or an npz file written by ase_drift.datasets.molecule."""
     if spec == "ethanol":
         return load("ethanol-gfn2-500K")

@@ -210,11 +210,11 @@ def test_data_names_the_known_sets_and_asks_before_hours_of_md(tmp_path, monkeyp
     monkeypatch.setenv("ASE_DRIFT_CACHE", str(tmp_path / "empty-cache"))
     from ase_drift import datasets
 
-    monkeypatch.setattr(datasets, "_butane", lambda output: pytest.fail("generated unasked"))
-    out = tmp_path / "butane.extxyz"
-    assert main(["data", "butane-gfn2-500K", "-o", str(out)]) == 2  # stdin is no terminal
+    monkeypatch.setattr(datasets, "_alanine", lambda output: pytest.fail("generated unasked"))
+    out = tmp_path / "alanine.extxyz"
+    assert main(["data", "alanine-dipeptide-amber99sbildn-300K", "-o", str(out)]) == 2  # no tty
     err = capsys.readouterr().err
-    assert "core-hour" in err and "--yes" in err and not out.exists()
+    assert "core-days" in err and "--yes" in err and not out.exists()
 
 
 def test_evaluate_refuses_model_without_plot_and_warns_on_few_samples(positions_only, tmp_path,

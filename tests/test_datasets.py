@@ -34,6 +34,32 @@ def test_ethanol_training_set_is_biased_beyond_the_noise_floor():
     assert bias > 5 * floor
 
 
+def test_butane_bundle_lacks_one_gauche_minimum_in_training_only():
+    """n-butane, GFN2-xTB 500 K: the biased training run visits trans (C–C–C–C dihedral 180°)
+    and gauche− (300°) but never gauche+ (60°), which the reference populates: the conformer
+    the training set lacks."""
+    from ase.geometry import get_dihedrals
+
+    train, reference = load("butane-gfn2-500K")
+    assert len(train) == 3000 and len(reference) == 6000 and train.formula == "C4H10"
+    assert train.forces is not None and reference.forces is None and reference.energies is not None
+    assert train.temperature_K == reference.temperature_K == 500.0
+    carbons = np.flatnonzero(train.numbers == 6)  # C1–C2–C3–C4 in this order
+    first = train.positions[0, carbons]
+    assert np.allclose([np.linalg.norm(first[k + 1] - first[k]) for k in range(3)], 1.53,
+                       atol=0.05)
+
+    def fraction_in(positions, low, high):
+        p = positions[:, carbons]
+        angles = get_dihedrals(p[:, 1] - p[:, 0], p[:, 2] - p[:, 1], p[:, 3] - p[:, 2])
+        return np.mean((angles > low) & (angles < high))
+
+    assert fraction_in(train.positions, 0, 120) == 0  # no gauche+
+    assert fraction_in(train.positions, 240, 360) > 0.1  # gauche− visited
+    assert fraction_in(reference.positions, 0, 120) > 0.15
+    assert set(np.unique(reference_runs("butane-gfn2-500K"))) == {0, 1}
+
+
 def test_alanine_subset_has_topology_and_stays_left_handed():
     name = "alanine-dipeptide-amber99sbildn-300K-small"
     train, reference = load(name)

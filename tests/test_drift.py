@@ -760,3 +760,12 @@ def test_automatic_omega_keeps_omega_times_rho_fixed_per_space_and_at_most_one()
         assert automatic_omega(1e-3, space) == 1.0
     assert FI_OMEGA_RHO["cartesian"] / 4.9 == pytest.approx(0.02, rel=0.03)  # ethanol's ω
     assert FI_OMEGA_RHO["distance"] / 3.6 == pytest.approx(0.1, rel=0.03)
+
+
+def test_data_force_scale_ratio_of_a_few_frames_uses_half_as_x():
+    from ase_drift.drift import data_force_scale_ratio
+
+    features = torch.randn(6, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert data_force_scale_ratio(features, features, n=256) > 0
+    with pytest.raises(ValueError, match="at least 2 frames, got 1"):
+        data_force_scale_ratio(features[:1], features[:1])
