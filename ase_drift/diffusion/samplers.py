@@ -116,3 +116,50 @@ def pc_sample(score_fn: ScoreFn, x: Tensor, sigmas, rng: torch.Generator,
             callback({"x": x, "i": i, "sigma": sigma, "sigma_next": sigma_next,
                       "denoised": denoised})
     return x
+
+
+def reverse_sde_sample(score_fn: ScoreFn, x: Tensor, times,
+                       drift_fn: Callable[[Tensor, Tensor], Tensor],
+                       g2_fn: Callable[[Tensor], Tensor], rng: torch.Generator,
+                       probability_flow: bool = False,
+                       callback: Callable[[dict], None] | None = None,
+                       noise_sampler: NoiseSampler | None = None) -> Tensor:
+    """Euler–Maruyama integration of a forward SDE dx = f(x, t) dt + g(t) dw backwards in
+    time (Song et al. 2021): the reverse-time SDE dx = [f − g² s] dt + g dw̄ (their Eq. 6) or,
+    with ``probability_flow``, the deterministic probability-flow ODE dx = [f − ½ g² s] dt
+    (their Eq. 13). Here ``score_fn(x, t)`` takes the diffusion *time* ``t`` ``[B]`` where the
+    VE samplers above take a noise level.
+
+    Args:
+        score_fn: ∇ₓ log p_t(x) for ``x`` ``[B, ...]`` at times ``t`` ``[B]``.
+        x: the starting batch, distributed as p at ``times[0]`` (for the VP SDE: N(0, I)).
+        times: strictly decreasing, non-negative times ``[n + 1]`` (n steps).
+        drift_fn: f(x, t) for a scalar (0-dim) ``t``, shaped like ``x``.
+        g2_fn: g(t)² for a scalar ``t``.
+        rng: the generator of the noise draws (unless ``noise_sampler`` is given).
+        probability_flow: integrate the ODE instead of the SDE (no noise is drawn).
+        callback: called after each step with ``{"x", "i", "t", "t_next"}``.
+        noise_sampler: ``noise_sampler(t, t_next)`` → standard normal noise shaped like ``x``.
+
+    Returns:
+        The batch at ``times[-1]``, shaped like ``x``.
+    """
+    times = torch.as_tensor(times, dtype=x.dtype, device=x.device)
+    if times.ndim != 1 or len(times) < 2:
+        raise ValueError(f"times must be a 1-D sequence of at least 2 entries, got shape "
+                         f"{tuple(times.shape)}")
+    if not bool((times[1:] < times[:-1]).all()) or times[-1] < 0:
+        raise ValueError("times must be strictly decreasing and non-negative")
+    noise = noise_sampler or default_noise_sampler(x, rng)
+    ones = x.new_ones(x.shape[0])
+    for i in range(len(times) - 1):
+        t, t_next = times[i], times[i + 1]
+        dt = t - t_next  # > 0: a step backwards in time
+        g2 = g2_fn(t)
+        weight = 0.5 * g2 if probability_flow else g2
+        x = x - (drift_fn(x, t) - weight * score_fn(x, t * ones)) * dt
+        if not probability_flow:
+            x = x + (g2 * dt).sqrt() * noise(t, t_next)
+        if callback is not None:
+            callback({"x": x, "i": i, "t": t, "t_next": t_next})
+    return x

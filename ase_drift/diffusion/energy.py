@@ -1,0 +1,588 @@
+"""Energy-parameterised diffusion with Fokker–Planck regularisation and experts over diffusion
+time (Plainer et al. 2025, "Consistent Sampling and Simulation", ScoreMD): one model that draws
+i.i.d. samples by reverse diffusion *and* drives molecular dynamics with its t → 0 score.
+
+The seed text of the paper carries no equation numbers; the numbers (E1)–(E7) below are those of
+``docs/energy-diffusion.md``, which names the paper's section for each.
+
+- (E1) VP SDE: dx = −½β(t) x dt + √β(t) dw, β(t) = β_min + t (β_max − β_min) (β 0.1–20);
+  x_t = m(t) x₀ + σ(t) ε with log m(t) = −¼t²(β_max − β_min) − ½t β_min, σ² = 1 − m².
+- (E2) Conservative score: s_θ(x, t) = ∇ₓ log q_θ(x, t) = −∇ₓ U_θ(x, t) with a scalar network U_θ
+  (paper §3, "conservative parameterisation"), computed by autograd.
+- (E3) Denoising score matching with λ(t) = σ²: L_DSM = ‖σ(t) s_θ(x_t, t) + ε‖².
+- (E4) Fokker–Planck equation in log form for f = −½βx, g² = β (paper §3):
+  ∂_t log p = ½β [div s + ‖s‖² + x·s + D].
+- (E5) Weak residual (paper Theorem 1), first derivatives only, v ~ N(0, σ_v² I), σ_v = 10⁻⁴:
+  R̃(x, t; v) = ½β [(v/σ_v)·(s(x+v) − s(x−v))/(2σ_v) + ‖s(x+v)‖² + (x+v)·s(x+v) + D]
+  − ∂_t log q(x+v, t), with E_v R̃ = R(x, t) + O(σ_v²); ∂_t log q by central differences.
+- (E6) L_FP = D⁻² R̃(x, t; v₁) R̃(x, t; v₂) with independent v₁, v₂: an unbiased estimate of
+  D⁻² (E_v R̃)² (a squared single estimate would add its variance); total L_DSM + α L_FP.
+- (E7) Experts: ``experts=(0.1, 0.6)`` splits [0, 1] into [0, 0.1), [0.1, 0.6), [0.6, 1]; each
+  interval has its own energy network, trained in turn (largest t first, as ScoreMD), and the
+  regulariser acts on the smallest-t expert only — the one simulations use.
+
+Everything up to :func:`train_energy_model` works on tensors ``[B, D]`` (2-D toys need no
+atoms). :class:`EnergyDiffusion` puts a molecule on top: centred coordinates / their global
+standard deviation, an energy of invariant features (pairwise distances plus signed volumes at
+atoms with three or more bonded neighbours, so mirror images differ — see
+:class:`MoleculeFeatures`), i.i.d. sampling, a force source, an ASE calculator and batched
+Langevin dynamics.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from itertools import pairwise
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .. import units
+from ..checkpoint import CheckpointError, StoredConfig, save_checkpoint
+from ..data import Conformations, check_temperature
+from ..features import PairwiseDistances
+from ..forces import ForceResult
+from ..sampler import TemplateSampler, _formula, register_sampler, torch_generator
+from .samplers import reverse_sde_sample
+
+
+@dataclass(frozen=True)
+class EnergyDiffusionConfig(StoredConfig):
+    """Energy networks, VP SDE, regulariser, training and sampler settings.
+
+    Defaults follow ScoreMD's Müller–Brown setup where it has one: SiLU MLPs 3 × 92, VP SDE
+    β 0.1–20, batch 128, learning rate 3·10⁻⁴ (cosine), σ_v = 10⁻⁴. ``experts`` are the split
+    times (E7); ``fokker_planck`` is α (0: plain DSM); ``small_t_share`` the fraction of
+    ``steps`` given to the smallest-t expert when there are experts (ScoreMD: 120 of 180
+    epochs), the rest shared equally. ``t_min`` is the smallest training time, the end of
+    sampling and the time of the force field.
+    """
+
+    hidden: int = 92
+    layers: int = 3
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_min: float = 1e-4
+    experts: tuple[float, ...] = ()
+    fokker_planck: float = 0.0
+    fp_sigma: float = 1e-4
+    fp_time_step: float = 1e-3
+    steps: int = 20000
+    small_t_share: float = 2 / 3
+    batch_size: int = 128
+    learning_rate: float = 3e-4
+    ema: float = 0.999
+    sampler_steps: int = 1000
+    probability_flow: bool = False
+    chirality: bool = True
+    temperature_K: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        experts = tuple(float(e) for e in self.experts)
+        object.__setattr__(self, "experts", experts)
+        if not 0 < self.t_min < 0.01:
+            raise ValueError(f"t_min must lie in (0, 0.01), got {self.t_min}")
+        bounds = (self.t_min, *experts, 1.0)
+        if any(b <= a for a, b in pairwise(bounds)):
+            raise ValueError(f"experts must be increasing split times inside ({self.t_min}, 1), "
+                             f"got {self.experts}")
+        if not 0 < self.beta_min < self.beta_max:
+            raise ValueError(f"need 0 < beta_min < beta_max, got {self.beta_min}, "
+                             f"{self.beta_max}")
+        if not (self.fokker_planck >= 0 and math.isfinite(self.fokker_planck)):
+            raise ValueError(f"fokker_planck (α) must be >= 0, got {self.fokker_planck}")
+        for name in ("hidden", "layers", "steps", "batch_size", "sampler_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not 0 < self.small_t_share < 1:
+            raise ValueError(f"small_t_share must lie in (0, 1), got {self.small_t_share}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
+        check_temperature(self.temperature_K)
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        """The experts' time intervals as boundaries 0, splits…, 1."""
+        return (0.0, *self.experts, 1.0)
+
+
+class VPSDE(NamedTuple):
+    """The variance-preserving SDE (E1) with the linear schedule β(t)."""
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def beta(self, t: Tensor) -> Tensor:
+        """β(t) = g(t)², elementwise."""
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def log_mean(self, t: Tensor) -> Tensor:
+        """log m(t) = −½∫₀ᵗ β."""
+        return -0.25 * t**2 * (self.beta_max - self.beta_min) - 0.5 * t * self.beta_min
+
+    def marginal(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """(m(t), σ(t)) of x_t = m x₀ + σ ε."""
+        log_mean = self.log_mean(t)
+        return log_mean.exp(), (-torch.expm1(2 * log_mean)).sqrt()
+
+    def drift(self, x: Tensor, t: Tensor) -> Tensor:
+        """f(x, t) = −½β(t) x for a scalar ``t``."""
+        return -0.5 * self.beta(t) * x
+
+
+def _column(t: Tensor) -> Tensor:
+    return t[:, None]  # [B] -> [B, 1]
+
+
+# --------------------------------------------------------------------------- losses (pure)
+
+LogQAndScore = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""``fn(x [B, D], t [B]) -> (log q(x, t) [B], ∇ₓ log q [B, D])``, differentiable in θ."""
+
+
+def dsm_loss(score_fn: Callable[[Tensor, Tensor], Tensor], x0: Tensor, t: Tensor, eps: Tensor,
+             sde: VPSDE) -> Tensor:
+    """σ²-weighted denoising score matching (E3), per sample ``[B]``: ‖σ s(x_t, t) + ε‖²
+    with x_t = m x₀ + σ ε (E1)."""
+    mean, std = sde.marginal(t)
+    xt = _column(mean) * x0 + _column(std) * eps  # [B, D]
+    return (_column(std) * score_fn(xt, t) + eps).square().sum(-1)
+
+
+def fp_weak_residual(log_q_and_score: LogQAndScore, log_q: Callable[[Tensor, Tensor], Tensor],
+                     x: Tensor, t: Tensor, v: Tensor, sde: VPSDE, sigma: float,
+                     time_step: float, dim: int) -> Tensor:
+    """The weak Fokker–Planck residual R̃(x, t; v) of (E5) (paper Theorem 1), per sample ``[B]``.
+
+    ``v`` ``[B, D]`` is the perturbation (N(0, σ² I), ``sigma`` = σ); its divergence term
+    (v/σ)·(s(x+v) − s(x−v))/(2σ) estimates div s without second derivatives. ∂_t log q(x+v, t)
+    is the central difference over ±``time_step``. ``dim`` is D of the −div f = ½βD term (the
+    dimension of the space the diffusion lives in: 3A − 3 for centred molecules). With the
+    exact, normalised log-density of the VP SDE the residual vanishes up to O(σ²) noise.
+    """
+    batch = len(x)
+    _, score = log_q_and_score(torch.cat([x + v, x - v]), torch.cat([t, t]))  # [2B, D]
+    score_plus, score_minus = score[:batch], score[batch:]
+    shifted = x + v
+    log_q_t = log_q(torch.cat([shifted, shifted]), torch.cat([t + time_step, t - time_step]))
+    dlogq_dt = (log_q_t[:batch] - log_q_t[batch:]) / (2 * time_step)  # [B]
+    divergence = ((v / sigma) * (score_plus - score_minus)).sum(-1) / (2 * sigma)  # [B]
+    rhs = 0.5 * sde.beta(t) * (divergence + score_plus.square().sum(-1)
+                               + (shifted * score_plus).sum(-1) + dim)
+    return rhs - dlogq_dt
+
+
+def fp_loss(log_q_and_score: LogQAndScore, log_q: Callable[[Tensor, Tensor], Tensor],
+            x: Tensor, t: Tensor, sde: VPSDE, sigma: float, time_step: float, dim: int,
+            noise: Callable[[tuple], Tensor]) -> Tensor:
+    """(E6): D⁻² R̃(x, t; v₁) R̃(x, t; v₂) per sample ``[B]``, with v₁, v₂ = σ·``noise(shape)``
+    drawn independently, both estimates computed in one batched call."""
+    batch = len(x)
+    v = sigma * noise((2 * batch, *x.shape[1:]))  # [2B, D]
+    residual = fp_weak_residual(log_q_and_score, log_q, torch.cat([x, x]), torch.cat([t, t]),
+                                v, sde, sigma, time_step, dim)
+    return residual[:batch] * residual[batch:] / dim**2
+
+
+# --------------------------------------------------------------------------- networks
+
+
+def time_features(t: Tensor, low: float, high: float) -> Tensor:
+    """Fourier features of the absolute time and of the time relative to an expert's
+    interval [low, high] (as ScoreMD's) ``[B, 7]``."""
+    u = (t - low) / (high - low)
+    return torch.stack([t - 0.5, torch.cos(2 * math.pi * t), torch.sin(2 * math.pi * t),
+                        -torch.cos(4 * math.pi * t), torch.cos(2 * math.pi * u),
+                        torch.sin(2 * math.pi * u), -torch.cos(4 * math.pi * u)], -1)
+
+
+class ExpertEnergy(nn.Module):
+    """U_k(φ, t) ``[B]``: a SiLU MLP on features φ ``[B, F]`` and time features."""
+
+    def __init__(self, n_features: int, hidden: int, layers: int, low: float, high: float):
+        super().__init__()
+        self.low, self.high = low, high
+        widths = [n_features + 7] + [hidden] * layers
+        blocks = []
+        for width_in, width_out in pairwise(widths):
+            blocks += [nn.Linear(width_in, width_out), nn.SiLU()]
+        self.net = nn.Sequential(*blocks, nn.Linear(widths[-1], 1))
+
+    def forward(self, phi: Tensor, t: Tensor) -> Tensor:
+        return self.net(torch.cat([phi, time_features(t, self.low, self.high)], -1))[:, 0]
+
+
+class EnergyModel(nn.Module):
+    """U_θ(x, t) on ``[B, D]``: features φ(x) (identity for toys), then the expert whose time
+    interval holds t (E7). log q = −U, score = −∇ₓU (E2)."""
+
+    def __init__(self, n_features: int, config: EnergyDiffusionConfig,
+                 features: nn.Module | None = None):
+        super().__init__()
+        self.features = features or nn.Identity()
+        bounds = config.bounds
+        self.experts = nn.ModuleList(
+            ExpertEnergy(n_features, config.hidden, config.layers, low, high)
+            for low, high in pairwise(bounds))
+        self.register_buffer("splits", torch.tensor(config.experts, dtype=torch.float32),
+                             persistent=False)
+
+    def expert_index(self, t: Tensor) -> Tensor:
+        """Index of the expert of each time ``[B]`` (t = 0.1 belongs to [0.1, 0.6))."""
+        return torch.bucketize(t, self.splits.to(t.dtype), right=True)
+
+    def energy(self, x: Tensor, t: Tensor) -> Tensor:
+        """U_θ(x, t) ``[B]`` in kT."""
+        phi = self.features(x)  # [B, F]
+        if len(self.experts) == 1:
+            return self.experts[0](phi, t)
+        index = self.expert_index(t)
+        out = phi.new_zeros(len(x))
+        for k, expert in enumerate(self.experts):
+            mask = index == k
+            if mask.any():
+                out = out.index_put((mask,), expert(phi[mask], t[mask]))
+        return out
+
+    def log_q(self, x: Tensor, t: Tensor) -> Tensor:
+        """log q_θ(x, t) = −U_θ ``[B]`` (unnormalised)."""
+        return -self.energy(x, t)
+
+    def log_q_and_score(self, x: Tensor, t: Tensor,
+                        create_graph: bool = True) -> tuple[Tensor, Tensor]:
+        """(log q ``[B]``, score ``[B, D]``) by autograd (E2); ``create_graph`` keeps the graph
+        for training through the score."""
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            log_q = self.log_q(x, t)
+            (score,) = torch.autograd.grad(log_q.sum(), x, create_graph=create_graph)
+        if not create_graph:
+            log_q, score = log_q.detach(), score.detach()
+        return log_q, score
+
+    def score(self, x: Tensor, t: Tensor, create_graph: bool = False) -> Tensor:
+        """∇ₓ log q_θ(x, t) ``[B, D]`` (E2)."""
+        return self.log_q_and_score(x, t, create_graph)[1]
+
+
+# --------------------------------------------------------------------------- training
+
+
+class TrainedEnergyModel(NamedTuple):
+    """The EMA weights of a trained model and the training wall time per expert (s)."""
+
+    model: EnergyModel
+    seconds: tuple[float, ...]
+
+
+def expert_steps(config: EnergyDiffusionConfig) -> list[int]:
+    """Training steps per expert, smallest t first (E7)."""
+    n = len(config.experts) + 1
+    if n == 1:
+        return [config.steps]
+    small = round(config.small_t_share * config.steps)
+    rest = config.steps - small
+    return [small] + [rest // (n - 1) + (k < rest % (n - 1)) for k in range(n - 1)]
+
+
+def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
+                       features: nn.Module | None = None, n_features: int | None = None,
+                       project: Callable[[Tensor], Tensor] | None = None,
+                       dim: int | None = None, progress: bool = True) -> TrainedEnergyModel:
+    """Train U_θ on data ``x0`` ``[N, D]`` by DSM (E3), plus α·L_FP (E6) on the smallest-t
+    expert, each expert on its own time interval (E7), largest t first; Adam, cosine learning
+    rate per expert, gradient norm clipped at 10³, EMA of the weights (decay
+    min(``ema``, (1 + step)/(10 + step))).
+
+    ``features`` maps x to the energy network's input (``n_features`` wide; default: x itself);
+    ``project`` maps noise into the subspace the diffusion lives in (default: none) and ``dim``
+    is that subspace's dimension (default D).
+    """
+    from tqdm.auto import trange
+
+    x0 = x0.detach()
+    n_features = x0.shape[1] if n_features is None else n_features
+    dim = x0.shape[1] if dim is None else dim
+    project = project or (lambda z: z)
+    sde = VPSDE(config.beta_min, config.beta_max)
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
+        torch.manual_seed(config.seed)
+        model = EnergyModel(n_features, config, features).to(x0.dtype)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    rng = torch.Generator().manual_seed(config.seed)
+
+    def noise(shape) -> Tensor:
+        return project(torch.randn(shape, generator=rng, dtype=x0.dtype))
+
+    def log_q_and_score(x, t):
+        return model.log_q_and_score(x, t, create_graph=True)
+
+    bounds = (config.t_min, *config.experts, 1.0)
+    seconds = [0.0] * len(model.experts)
+    for k in reversed(range(len(model.experts))):
+        steps = expert_steps(config)[k]
+        low, high = bounds[k], bounds[k + 1]
+        regularised = k == 0 and config.fokker_planck > 0
+        params = list(model.experts[k].parameters())
+        optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step, n=steps: 0.5 * (1 + math.cos(math.pi * min(1.0, step / n))))
+        start = time.perf_counter()
+        bar = trange(steps, desc=f"expert {k} t∈[{low:g}, {high:g})"
+                     + (" +FP" if regularised else ""), disable=not progress, mininterval=0.5)
+        for step in bar:
+            index = torch.randint(len(x0), (config.batch_size,), generator=rng)
+            x = x0[index]  # [b, D]
+            t = low + (high - low) * torch.rand(config.batch_size, generator=rng,
+                                                dtype=x0.dtype)  # [b]
+            loss = dsm_loss(lambda xt, tt: log_q_and_score(xt, tt)[1], x, t,
+                            noise(x.shape), sde).mean()
+            if regularised:
+                mean, std = sde.marginal(t)
+                xt = _column(mean) * x + _column(std) * noise(x.shape)
+                loss = loss + config.fokker_planck * fp_loss(
+                    log_q_and_score, model.log_q, xt, t, sde, config.fp_sigma,
+                    config.fp_time_step, dim, noise).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1e3)
+            optimizer.step()
+            schedule.step()
+            decay = min(config.ema, (1 + step) / (10 + step))  # EMA warm-up
+            with torch.no_grad():
+                for p_ema, p in zip(ema.experts[k].parameters(), params):
+                    p_ema.lerp_(p, 1 - decay)
+        seconds[k] = time.perf_counter() - start
+    return TrainedEnergyModel(ema.eval(), tuple(seconds))
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_energy_model(model: EnergyModel, n: int, dim_shape: tuple[int, ...],
+                        config: EnergyDiffusionConfig, rng: torch.Generator,
+                        project: Callable[[Tensor], Tensor] | None = None,
+                        dtype: torch.dtype = torch.float32) -> Tensor:
+    """``n`` i.i.d. samples ``[n, *dim_shape]`` at t_min: reverse SDE (or the probability-flow
+    ODE, ``config.probability_flow``) from N(0, I) at t = 1, ``config.sampler_steps``
+    Euler–Maruyama steps (:func:`~ase_drift.diffusion.samplers.reverse_sde_sample`)."""
+    project = project or (lambda z: z)
+    sde = VPSDE(config.beta_min, config.beta_max)
+    shape = (n, *dim_shape)
+
+    def noise(t=None, t_next=None) -> Tensor:
+        return project(torch.randn(shape, generator=rng, dtype=dtype))
+
+    times = torch.linspace(1.0, config.t_min, config.sampler_steps + 1, dtype=torch.float64)
+    return reverse_sde_sample(model.score, noise(), times.to(dtype), sde.drift, sde.beta, rng,
+                              probability_flow=config.probability_flow, noise_sampler=noise)
+
+
+# --------------------------------------------------------------------------- molecules
+
+
+class MoleculeFeatures(nn.Module):
+    """Invariant features of flattened coordinates ``[B, 3A]``: the M pairwise distances and,
+    for chirality, the signed volumes (r_b − r_a)·((r_c − r_a) × (r_d − r_a)) ``[B, Q]`` of
+    given quadruples (a centre and three of its bonded neighbours).
+
+    Distances alone are invariant under reflections too, so an energy of distances gives a
+    conformation and its mirror image the same probability: right for achiral molecules (their
+    mirror conformations are equally likely), wrong at stereocentres, where i.i.d. sampling from
+    noise would produce both enantiomers. The signed volumes change sign under reflection, so
+    the energy can tell them apart.
+    """
+
+    def __init__(self, n_atoms: int, quadruples):
+        super().__init__()
+        self.n_atoms = n_atoms
+        self.distances = PairwiseDistances(n_atoms)
+        quadruples = torch.as_tensor(np.asarray(quadruples, dtype=np.int64).reshape(-1, 4))
+        self.register_buffer("quadruples", quadruples, persistent=False)
+
+    @property
+    def n_features(self) -> int:
+        return len(self.distances.pair_i) + len(self.quadruples)
+
+    def forward(self, x: Tensor) -> Tensor:
+        coords = x.view(len(x), self.n_atoms, 3)
+        a, b, c, d = (coords[:, self.quadruples[:, k]] for k in range(4))  # [B, Q, 3] each
+        volumes = ((b - a) * torch.linalg.cross(c - a, d - a)).sum(-1)  # [B, Q]
+        return torch.cat([self.distances.features(coords), volumes], -1)
+
+
+def chiral_quadruples(numbers, positions: np.ndarray) -> list[list[int]]:
+    """[a, b, c, d] for each atom a with at least three bonded neighbours b < c < d (the first
+    three; bonds from the mean distances over ``positions`` ``[N, A, 3]`` and ASE covalent
+    radii, as :func:`ase_drift.metrics.distances.covalent_bonds`)."""
+    from ..metrics.distances import covalent_bonds, pair_indices
+
+    i, j = pair_indices(len(numbers))
+    bonds = covalent_bonds(numbers, positions)
+    neighbours: dict[int, list[int]] = {}
+    for a, b in zip(i[bonds], j[bonds]):
+        neighbours.setdefault(int(a), []).append(int(b))
+        neighbours.setdefault(int(b), []).append(int(a))
+    return [[a, *sorted(nb)[:3]] for a, nb in sorted(neighbours.items()) if len(nb) >= 3]
+
+
+def _centre(z: Tensor, n_atoms: int) -> Tensor:
+    """Project flattened ``[B, 3A]`` onto the centred subspace (no centroid motion)."""
+    coords = z.view(len(z), n_atoms, 3)
+    return (coords - coords.mean(1, keepdim=True)).view_as(z)
+
+
+@register_sampler("energy-diffusion")
+class EnergyDiffusion(TemplateSampler):
+    """A trained energy-based diffusion model of one molecule: i.i.d. sampler
+    (:meth:`sample_positions`), force field at t_min (:meth:`compute`, :meth:`calculator`) and
+    batched Langevin dynamics (:meth:`simulate`).
+
+    Coordinates are centred and divided by ``scale`` (Å), the global standard deviation of the
+    centred training frames; the diffusion lives in the centred subspace (D = 3A − 3).
+    """
+
+    def __init__(self, model: EnergyModel, numbers, scale: float, config: EnergyDiffusionConfig,
+                 metadata: dict):
+        self.model = model.eval()
+        self.numbers = np.asarray(numbers, dtype=np.int64)
+        self.scale = float(scale)
+        self.config = config
+        self.metadata = metadata
+
+    def __repr__(self) -> str:
+        return (f"EnergyDiffusion({_formula(self.numbers)}, {len(self.model.experts)} "
+                f"expert(s), α={self.config.fokker_planck:g}, "
+                f"T={self.metadata.get('temperature_K')} K)")
+
+    @property
+    def temperature_K(self) -> float:
+        """The temperature the model's energies and forces are read at."""
+        temperature = self.metadata.get("temperature_K")
+        if temperature is None:
+            raise ValueError("this model was trained without a temperature: its score is known "
+                             "but not in eV; train with temperature_K=")
+        return float(temperature)
+
+    @classmethod
+    def train(cls, data: Conformations, temperature_K: float | None = None,
+              fokker_planck: float | None = None, experts: tuple[float, ...] | None = None,
+              steps: int | None = None, seed: int | None = None,
+              config: EnergyDiffusionConfig | None = None,
+              progress: bool = True) -> EnergyDiffusion:
+        """Train on the positions of ``data`` (forces are not used). ``temperature_K`` (else
+        ``config.temperature_K``, else ``data.temperature_K``) fixes the energy scale kT of
+        forces and energies; the other keyword arguments, when given, override ``config``."""
+        if not isinstance(data, Conformations):
+            raise TypeError(f"data must be Conformations, got {type(data).__name__}")
+        if data.n_atoms < 2:
+            raise ValueError("an energy of pairwise distances needs at least 2 atoms")
+        overrides = {"temperature_K": check_temperature(temperature_K),
+                     "fokker_planck": fokker_planck, "steps": steps, "seed": seed,
+                     "experts": None if experts is None else tuple(experts)}
+        config = replace(config or EnergyDiffusionConfig(),
+                         **{k: v for k, v in overrides.items() if v is not None})
+        temperature = config.temperature_K or data.temperature_K
+        positions = data.positions - data.positions.mean(axis=1, keepdims=True)  # [N, A, 3]
+        scale = float(positions.std())
+        quadruples = chiral_quadruples(data.numbers, data.positions) if config.chirality else []
+        n_atoms = data.n_atoms
+        features = MoleculeFeatures(n_atoms, quadruples)
+        x0 = torch.as_tensor(positions / scale, dtype=torch.float32).flatten(1)  # [N, 3A]
+        trained = train_energy_model(x0, config, features, features.n_features,
+                                     lambda z: _centre(z, n_atoms), 3 * n_atoms - 3, progress)
+        metadata = {"numbers": data.numbers.tolist(), "scale_angstrom": scale,
+                    "temperature_K": temperature, "chiral_quadruples": quadruples,
+                    "training_seconds": list(trained.seconds), "training_frames": len(data),
+                    "units": {"positions": "Å", "energies": "eV", "forces": "eV/Å"}}
+        return cls(trained.model, data.numbers, scale, config, metadata)
+
+    def _project(self, z: Tensor) -> Tensor:
+        return _centre(z, len(self.numbers))
+
+    def sample_positions(self, n: int, seed: int | None = None,
+                         batch_size: int = 1000) -> np.ndarray:
+        """``n`` i.i.d. conformations ``[n, A, 3]`` in Å, centred (reverse diffusion to
+        t_min)."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
+        rng = torch_generator(seed)
+        shape = (3 * len(self.numbers),)
+        chunks = [sample_energy_model(self.model, min(batch_size, n - start), shape,
+                                      self.config, rng, self._project)
+                  for start in range(0, n, batch_size)]
+        flat = torch.cat(chunks) if chunks else torch.empty(0, *shape)
+        return (flat.view(n, len(self.numbers), 3) * self.scale).numpy().astype(np.float32)
+
+    def compute(self, numbers, positions) -> ForceResult:
+        """The model as a :class:`~ase_drift.forces.ForceSource` at t_min: energies
+        −kT log q (eV, up to one constant) ``[B]`` and forces kT ∇ log q (eV/Å) ``[B, A, 3]``
+        for positions ``[B, A, 3]`` (or ``[A, 3]``) in Å."""
+        numbers = np.asarray(numbers).reshape(-1)
+        if not np.array_equal(numbers, self.numbers):
+            raise ValueError(f"atomic numbers {numbers.tolist()} differ from the model's "
+                             f"{self.numbers.tolist()}")
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.ndim == 2:
+            positions = positions[None]
+        if positions.shape[1:] != (len(self.numbers), 3):
+            raise ValueError(f"positions must be [B, {len(self.numbers)}, 3], got "
+                             f"{positions.shape}")
+        x = torch.as_tensor(positions / self.scale, dtype=torch.float32).flatten(1)
+        log_q, force, _ = self.force_field(x)
+        return ForceResult(log_q.double().numpy(), force.double().numpy().reshape(positions.shape))
+
+    def force_field(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
+        """(energy eV ``[B]``, force eV/Å ``[B, 3A]``, kT eV) at t_min for normalised, flattened
+        coordinates ``x`` ``[B, 3A]`` (Å / scale): E = kT U_θ, F = kT s_θ / scale."""
+        kt = units.kT(self.temperature_K)
+        t = x.new_full((len(x),), self.config.t_min)
+        log_q, score = self.model.log_q_and_score(x, t, create_graph=False)
+        return -kt * log_q, kt * score / self.scale, kt
+
+    def calculator(self):
+        """An ASE calculator with this model's energies and forces
+        (:class:`~ase_drift.calculators.LearnedPotential`)."""
+        from ..calculators import LearnedPotential
+
+        return LearnedPotential(self)
+
+    def simulate(self, atoms, n_replicas: int, steps: int, timestep_fs: float = 1.0,
+                 friction_per_fs: float = 0.01, record_every: int = 100,
+                 seed: int | None = None, progress: bool = True) -> np.ndarray:
+        """Batched BAOAB Langevin dynamics of ``n_replicas`` copies of ``atoms`` on the learned
+        potential at the model's temperature (:func:`ase_drift.simulate.simulate`); frames
+        ``[steps // record_every, n_replicas, A, 3]`` in Å."""
+        from ..simulate import simulate
+
+        self.check_template(atoms)
+        start = np.repeat(atoms.positions[None], n_replicas, axis=0)
+        return simulate(self, self.numbers, start, self.temperature_K, steps,
+                        timestep_fs=timestep_fs, friction_per_fs=friction_per_fs,
+                        record_every=record_every, seed=seed, progress=progress)
+
+    def save(self, path: str | Path) -> Path:
+        metadata = dict(self.metadata, kind=self.kind)
+        return save_checkpoint(path, {"energy_diffusion": self.config.as_dict()},
+                               self.model.state_dict(), metadata)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict, path: str | Path) -> EnergyDiffusion:
+        config = EnergyDiffusionConfig.from_dict(payload["config"]["energy_diffusion"])
+        metadata = {k: v for k, v in payload["metadata"].items() if k != "kind"}
+        features = MoleculeFeatures(len(metadata["numbers"]), metadata["chiral_quadruples"])
+        model = EnergyModel(features.n_features, config, features)
+        try:
+            model.load_state_dict(payload["state_dict"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the stored configuration") from exc
+        return cls(model, metadata["numbers"], metadata["scale_angstrom"], config, metadata)
