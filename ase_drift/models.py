@@ -23,6 +23,10 @@ class GeneratorConfig(StoredConfig):
     affine_skip: bool = True
 
 
+#: Arithmetic of :meth:`MLPGenerator.forward`: float32, or bfloat16 hidden layers.
+PRECISIONS = ("fp32", "bf16")
+
+
 class MLPGenerator(nn.Module):
     """One network evaluation per conformation: an MLP with SiLU activations plus (with
     ``affine_skip``) an affine skip path, G(z) = b + W z + MLP(z).
@@ -47,8 +51,19 @@ class MLPGenerator(nn.Module):
             nn.init.zeros_(self.skip.weight)
             nn.init.zeros_(self.skip.bias)
 
-    def forward(self, noise: Tensor) -> Tensor:
-        out = self.net(noise) if self.skip is None else self.skip(noise) + self.net(noise)
+    def forward(self, noise: Tensor, precision: str = "fp32") -> Tensor:
+        """Coordinates ``[B, A, 3]`` of noise ``[B, noise_dim]``. ``precision="bf16"`` runs the
+        hidden layers (almost all of the cost) in bfloat16 and the output layer and the affine
+        path in float32, so that the coordinates keep float32's resolution."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision == "bf16":
+            with torch.autocast(noise.device.type, dtype=torch.bfloat16):
+                hidden = self.net[:-1](noise)  # [B, hidden]
+            mlp = self.net[-1](hidden.to(noise.dtype))
+        else:
+            mlp = self.net(noise)
+        out = mlp if self.skip is None else self.skip(noise) + mlp
         return out.view(len(noise), self.config.n_atoms, 3)  # [B, A, 3]
 
     @torch.no_grad()
