@@ -1,0 +1,413 @@
+"""Likelihoods for the samples of any sampler: an energy model trained by score matching plus
+InfoNCE over the time of a stochastic interpolant (BoltzNCE, Aggarwal et al. 2025; the
+equations are numbered as in docs/likelihoods.md).
+
+**The interpolant (Eq. 1).** Data x at t = 0, Gaussian noise ε ~ N(0, I) at t = 1:
+
+    x_t = α_t x + σ_t ε,    linear: α_t = 1 − t, σ_t = t;    trig: α_t = cos(πt/2), σ_t = sin(πt/2).
+
+p_t is the law of x_t. The network U_θ(x, t) is an *energy*: log p_t(x) ≈ −U_θ(x, t) + c.
+
+**Score matching (Eq. 2).** ∇ log p_t(x_t) = −E[ε | x_t]/σ_t, so the minimiser of
+
+    L_SM = E_{t, x, ε} ‖ −σ_t ∇_x U_θ(x_t, t) + ε ‖² / D
+
+is ∇_x U_θ = −∇ log p_t: it fixes U_θ(·, t) = −log p_t + c(t), *a constant per time* (the
+paper's L_SM, whose α_t multiplies the noise, our σ_t; D = dimension: the mean over
+coordinates). **InfoNCE over time (Eq. 3).** With negatives t'_1..t'_K drawn around t
+(uniform on [0, 1], or t + w·N(0, 1) reflected into [0, 1]),
+
+    L_NCE = −E log [ exp(−U_θ(x_t, t)) / (exp(−U_θ(x_t, t)) + Σ_k exp(−U_θ(x_t, t'_k))) ]
+
+classifies which time produced x_t; its optimum is U_θ(x, t) = −log p_t(x) + c(x), *a constant
+per point* (for a symmetric proposal of t'). Only the sum L = λ_SM L_SM + λ_NCE L_NCE (Eq. 4)
+pins both: U_θ = −log p_t + a single constant, hence
+
+    log q(x) = −U_θ(x, 0) + C                                                       (Eq. 5)
+
+with C unknown (the normaliser of exp(−U_θ), never estimated). Every quantity computed from
+log q here — self-normalised importance weights, ESS, probability ratios, ΔF — is invariant to C.
+
+**Molecules (Eqs. 6–8).** :class:`NCEDensity` models the pair distances φ(R) (standardised per
+pair), invariant under rotations, translations and reflections. They lie on a (3A − 6)-
+dimensional manifold M of R^M, M = A(A−1)/2, so U_θ(·, 0) estimates the density q_M of the
+sampler's distances with respect to the surface (Hausdorff) measure of M: Gaussian smoothing at
+small t multiplies a density on M by a factor that is the same at every point of M (the normal
+directions), which C absorbs. Importance weights need q over the same space as
+π ∝ exp(−E/kT), centred Cartesian coordinates. By the coarea formula the O(3)-symmetrised
+sampler density there is
+
+    q̄(R) = q_M(φ(R)) · √pdet(J_φᵀJ_φ)(R) / vol(O(3)·R),   vol(O(3)·R) ∝ √det I(R)      (Eq. 6)
+
+(J_φ the Jacobian of the standardised features, pdet its product over the 3A − 6 non-zero
+eigenvalues, I the unit-mass inertia tensor about the centroid; for three atoms
+√pdet/√det I ∝ 1/(d₁₂d₁₃d₂₃), as uniformly placed atoms have side density ∝ d₁₂d₁₃d₂₃ — tested),
+and :meth:`log_prob` returns
+
+    log q̄(R) = −U_θ(φ(R), 0) + ½ log pdet(J_φᵀJ_φ) − ½ log det I + C.              (Eq. 7)
+
+π is O(3)-invariant, so w = π/q̄ gives E_q[w f] = E_π[f] for every observable f invariant under
+rotations *and reflections* (distances, angles, energies, unsigned torsions; regions defined by
+them), whatever orientations the sampler produces.
+
+**Chirality (Eq. 8).** Distances cannot tell a conformation from its mirror image. MD never
+inverts an sp³ centre (that breaks bonds), so a molecule's frames keep the sign of the signed
+volume v_c = (r_a − r_c)·[(r_b − r_c) × (r_d − r_c)] at every atom c with four covalent neighbours
+(a < b < d the first three), prochiral ones such as ethanol's CH₂ included; a generator trained in
+distance space may still emit mirror images, in which every sign flips. :meth:`chirality` records
+the fitted frames' most common sign pattern and classifies frames as native, mirror (all signs
+flipped) or inverted (some flipped: a centre passed through a plane, which reflection cannot
+undo). :meth:`fold` reflects the mirror frames; the distances, hence log q̄, do not change, and
+after folding the weights are right for chiral observables (signed torsions, e.g. φ/ψ) too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .checkpoint import StoredConfig, load_checkpoint, save_checkpoint
+from .features import PairwiseDistances
+from .metrics.distances import covalent_bonds, pair_distances, pair_indices
+from .sampler import check_seed
+
+KIND = "nce-density"
+INTERPOLANTS = ("linear", "trig")
+
+
+# --------------------------------------------------------------------------- the interpolant
+
+
+def interpolant_coefficients(t: Tensor, kind: str) -> tuple[Tensor, Tensor]:
+    """(α_t, σ_t) of Eq. 1, shaped like ``t``: data at t = 0, noise at t = 1."""
+    if kind == "linear":
+        return 1 - t, t
+    if kind == "trig":
+        return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
+    raise ValueError(f"unknown interpolant {kind!r}; use one of {INTERPOLANTS}")
+
+
+def negative_times(t: Tensor, n_negatives: int, window: float | None,
+                   generator: torch.Generator) -> Tensor:
+    """Contrast times t' ``[B, K]`` for times ``t`` ``[B]``: uniform on [0, 1] (``window``
+    None, the paper's toy setup), else t + window·N(0, 1) reflected into [0, 1].
+
+    Either proposal is symmetric, q(t' | t) = q(t | t'), which makes U_θ = −log p_t + c(x) the
+    optimum of Eq. 3. The reference code *clips* to [0, 1] instead (its molecules); clipping puts
+    an atom of probability at t' = 0 and 1, where the true t never lies, so the classifier can
+    tell negatives at t = 0 apart without looking at x, and Eq. 5 is read exactly there."""
+    shape = (len(t), n_negatives)
+    if window is None:
+        return torch.rand(shape, generator=generator, dtype=t.dtype)
+    noise = torch.randn(shape, generator=generator, dtype=t.dtype)
+    folded = torch.remainder(t[:, None] + window * noise, 2.0)  # [B, K] in [0, 2)
+    return torch.where(folded > 1.0, 2.0 - folded, folded)
+
+
+# --------------------------------------------------------------------------- the network
+
+
+class EnergyNet(nn.Module):
+    """U_θ(x, t): a residual SiLU MLP on the concatenation [x, t] ``[B, D + 1]`` → ``[B]``."""
+
+    def __init__(self, dim: int, hidden: int, depth: int):
+        super().__init__()
+        self.inp = nn.Linear(dim + 1, hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, 1)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        h = nn.functional.silu(self.inp(torch.cat([x, t[:, None]], dim=1)))  # [B, H]
+        for block in self.blocks:
+            h = h + nn.functional.silu(block(h))
+        return self.out(h)[:, 0]  # [B]
+
+
+# --------------------------------------------------------------------------- the losses
+
+
+class NCELosses(NamedTuple):
+    score_matching: Tensor  # scalar, Eq. 2
+    infonce: Tensor  # scalar, Eq. 3
+
+
+def nce_losses(net: nn.Module, x: Tensor, t: Tensor, noise: Tensor, t_negative: Tensor,
+               interpolant: str, need_score: bool = True) -> NCELosses:
+    """L_SM (Eq. 2) and L_NCE (Eq. 3) for data ``x`` ``[B, D]``, times ``t`` ``[B]``, noise
+    ``[B, D]`` and contrast times ``t_negative`` ``[B, K]``. Without ``need_score`` L_SM is
+    not computed (zero), which skips the double backward pass."""
+    alpha, sigma = interpolant_coefficients(t, interpolant)  # [B], [B]
+    x_t = (alpha[:, None] * x + sigma[:, None] * noise).requires_grad_(need_score)  # [B, D]
+    energy = net(x_t, t)  # [B]
+    if need_score:
+        (grad,) = torch.autograd.grad(energy.sum(), x_t, create_graph=True)  # [B, D]
+        score_matching = (noise - sigma[:, None] * grad).square().mean()
+    else:
+        score_matching = energy.new_zeros(())
+    batch, k = t_negative.shape
+    negatives = net(x_t.repeat(k, 1), t_negative.T.reshape(-1)).view(k, batch).T  # [B, K]
+    logits = -torch.cat([energy[:, None], negatives], dim=1)  # [B, 1 + K]
+    infonce = (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
+    return NCELosses(score_matching, infonce)
+
+
+@dataclass(frozen=True)
+class NCEConfig(StoredConfig):
+    """One NCE density fit (Eqs. 1–4). ``score_weight`` and ``nce_weight`` are λ_SM and λ_NCE
+    (0 switches a term off: the ablations); ``window`` None draws t' uniformly (the paper's
+    toys), else from N(t, window²) reflected into [0, 1]. The defaults (trig interpolant, four
+    contrast times within 0.1) fitted a 2-D Gaussian best in a short run (tests). The learning
+    rate decays to zero on a cosine."""
+
+    hidden: int = 256
+    depth: int = 4
+    interpolant: str = "trig"
+    score_weight: float = 1.0
+    nce_weight: float = 1.0
+    n_negatives: int = 4
+    window: float | None = 0.1
+    steps: int = 2000
+    batch_size: int = 1024
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        if self.interpolant not in INTERPOLANTS:
+            raise ValueError(f"unknown interpolant {self.interpolant!r}; use one of "
+                             f"{INTERPOLANTS}")
+        for name in ("hidden", "depth", "n_negatives", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.score_weight < 0 or self.nce_weight < 0 or \
+                self.score_weight + self.nce_weight == 0:
+            raise ValueError("score_weight and nce_weight must be non-negative, not both zero")
+        if self.window is not None and not self.window > 0:
+            raise ValueError(f"window must be positive or None, got {self.window}")
+
+
+def fit_energy(x: Tensor, config: NCEConfig, progress: bool = True) -> tuple[EnergyNet, dict]:
+    """Train U_θ on standardised data ``x`` ``[N, D]`` by Eq. 4; returns the network and the
+    loss history (``{"score_matching": [...], "infonce": [...]}``, one entry per step)."""
+    from tqdm.auto import trange
+
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
+        torch.manual_seed(config.seed)
+        net = EnergyNet(x.shape[1], config.hidden, config.depth).to(x.dtype)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps))))
+    rng = torch.Generator().manual_seed(config.seed)
+    history = {"score_matching": [], "infonce": []}
+    batch = min(config.batch_size, len(x))
+    for _ in trange(config.steps, desc="NCE density", disable=not progress, mininterval=0.5):
+        x0 = x[torch.randint(len(x), (batch,), generator=rng)]  # [B, D]
+        t = torch.rand(batch, generator=rng, dtype=x.dtype)  # [B]
+        noise = torch.randn(x0.shape, generator=rng, dtype=x.dtype)  # [B, D]
+        t_neg = negative_times(t, config.n_negatives, config.window, rng)  # [B, K]
+        losses = nce_losses(net, x0, t, noise, t_neg, config.interpolant,
+                            need_score=config.score_weight > 0)
+        loss = config.score_weight * losses.score_matching + config.nce_weight * losses.infonce
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        history["score_matching"].append(float(losses.score_matching.detach()))
+        history["infonce"].append(float(losses.infonce.detach()))
+    return net.eval(), history
+
+
+# --------------------------------------------------------------------------- molecules
+
+
+def log_volume_factor(positions: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """½ log pdet(J_fᵀJ_f) − ½ log det I ``[n]`` of Eq. 7 for positions ``[n, A, 3]`` (Å) and
+    features f = (φ − μ)/``scale`` (φ the pair distances, ``scale`` ``[M]``), up to a constant.
+
+    J_f ``[M, 3A]`` loses rank 6 (rigid motions); the six smallest eigenvalues of J_fᵀJ_f are
+    dropped. Float64 throughout.
+    """
+    coords = torch.as_tensor(positions, dtype=torch.float64)  # [n, A, 3]
+    coords = coords - coords.mean(dim=1, keepdim=True)
+    jac = PairwiseDistances(coords.shape[1]).jacobian(coords)  # [n, M, 3A]
+    jac = jac / torch.as_tensor(scale, dtype=torch.float64)[:, None]
+    eigval = torch.linalg.eigvalsh(jac.transpose(1, 2) @ jac)[:, 6:]  # [n, 3A − 6]
+    squared = coords.square().sum(-1)  # [n, A]
+    eye = torch.eye(3, dtype=torch.float64)
+    inertia = (squared.sum(1)[:, None, None] * eye
+               - torch.einsum("nai,naj->nij", coords, coords))  # [n, 3, 3]
+    return (0.5 * eigval.log().sum(1) - 0.5 * torch.linalg.slogdet(inertia)[1]).numpy()
+
+
+def chirality_quadruples(numbers, positions: np.ndarray) -> np.ndarray:
+    """(c, a, b, d) ``[K, 4]`` for every atom c with four covalent neighbours (bonds from the
+    mean distances of ``positions`` ``[n, A, 3]``, :func:`~ase_drift.metrics.covalent_bonds`),
+    a < b < d its first three neighbours."""
+    i, j = pair_indices(len(numbers))
+    bonds = covalent_bonds(numbers, positions)
+    neighbours = [sorted({*j[bonds][i[bonds] == c], *i[bonds][j[bonds] == c]})
+                  for c in range(len(numbers))]
+    rows = [[c, *near[:3]] for c, near in enumerate(neighbours) if len(near) == 4]
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+def signed_volumes(positions: np.ndarray, quadruples: np.ndarray) -> np.ndarray:
+    """v_c = (r_a − r_c)·[(r_b − r_c) × (r_d − r_c)] ``[n, K]`` (Å³, Eq. 8)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    c, a, b, d = (positions[:, quadruples[:, k]] for k in range(4))  # [n, K, 3] each
+    return np.einsum("nki,nki->nk", a - c, np.cross(b - c, d - c))
+
+
+class Chirality(NamedTuple):
+    """Frames classified against the fitted frames' sign pattern (Eq. 8)."""
+
+    mirror: np.ndarray  # [n] bool: every sign flipped
+    inverted: np.ndarray  # [n] bool: some but not all flipped
+
+
+# --------------------------------------------------------------------------- the density
+
+
+class NCEDensity:
+    """log q of a sampler's (or any) samples, learned by Eqs. 1–4 (see the module docstring).
+
+    Two modes, fixed at :meth:`fit`: *vectors* ``[N, D]`` (2-D toys; log q is the density of the
+    vectors), and *molecules* ``[N, A, 3]`` Å with ``numbers`` (log q̄ of Eq. 7 on centred
+    Cartesian coordinates). Inputs are standardised per dimension (shift, scale). Up to an
+    additive constant C in both modes.
+    """
+
+    def __init__(self, net: EnergyNet, config: NCEConfig, shift: Tensor, scale: Tensor,
+                 metadata: dict):
+        self.net = net.eval()
+        self.config = config
+        self.shift = shift  # [D]
+        self.scale = scale  # [D]
+        self.metadata = metadata
+
+    @property
+    def numbers(self) -> np.ndarray | None:
+        numbers = self.metadata.get("numbers")
+        return None if numbers is None else np.asarray(numbers, dtype=np.int64)
+
+    @property
+    def quadruples(self) -> np.ndarray:
+        return np.asarray(self.metadata.get("chirality_quadruples", []),
+                          dtype=np.int64).reshape(-1, 4)
+
+    def __repr__(self) -> str:
+        what = "vectors" if self.numbers is None else f"{len(self.numbers)} atoms"
+        return f"NCEDensity({what}, D={len(self.shift)}, {self.config.steps} steps)"
+
+    @classmethod
+    def fit(cls, samples, numbers=None, n: int = 50_000, *, progress: bool = True,
+            config: NCEConfig | None = None, **options) -> NCEDensity:
+        """Fit to ``samples``: a sampler (``n`` frames drawn with ``sample_positions(n,
+        seed)``, its ``numbers``), positions ``[N, A, 3]`` Å with ``numbers`` ``[A]``, or
+        vectors ``[N, D]``. ``options`` are :class:`NCEConfig` fields (steps, seed, ...), or
+        pass a whole ``config``."""
+        config = NCEConfig(**options) if config is None else NCEConfig.from_dict(
+            dict(config.as_dict(), **options))
+        if hasattr(samples, "sample_positions"):
+            numbers = samples.numbers if numbers is None else numbers
+            samples = samples.sample_positions(n, seed=config.seed)
+        samples = np.asarray(samples, dtype=np.float64)
+        if not np.isfinite(samples).all():
+            raise ValueError("samples contain non-finite values")
+        metadata: dict = {"kind": KIND, "n_samples": len(samples)}
+        if samples.ndim == 3:
+            if numbers is None:
+                raise ValueError("positions [N, A, 3] need numbers [A] (atomic numbers)")
+            numbers = np.asarray(numbers, dtype=np.int64)
+            if samples.shape[1:] != (len(numbers), 3):
+                raise ValueError(f"positions must have shape [N, {len(numbers)}, 3] for "
+                                 f"{len(numbers)} atoms, got {samples.shape}")
+            quadruples = chirality_quadruples(numbers, samples)
+            signs = np.sign(signed_volumes(samples, quadruples))  # [N, K]
+            patterns, counts = np.unique(signs, axis=0, return_counts=True)
+            metadata.update(numbers=numbers.tolist(), chirality_quadruples=quadruples.tolist(),
+                            chirality_signs=patterns[np.argmax(counts)].tolist(),
+                            units={"positions": "Å", "log_prob": "log Å^-(3A-3) + C"})
+            features = pair_distances(samples)  # [N, M]
+        elif samples.ndim == 2:
+            if numbers is not None:
+                raise ValueError("numbers are for positions [N, A, 3], not vectors [N, D]")
+            features = samples
+        else:
+            raise ValueError(f"samples must be vectors [N, D] or positions [N, A, 3], got "
+                             f"shape {samples.shape}")
+        if len(features) < 2:
+            raise ValueError("fitting a density needs at least 2 samples")
+        x = torch.as_tensor(features, dtype=torch.float32)
+        shift, scale = x.mean(0), x.std(0).clamp_min(1e-8)  # [D], [D]
+        net, history = fit_energy((x - shift) / scale, config, progress=progress)
+        tail = max(1, config.steps // 10)
+        metadata["final_losses"] = {k: float(np.mean(v[-tail:])) for k, v in history.items()}
+        return cls(net, config, shift, scale, metadata)
+
+    def energy(self, features: np.ndarray, t: float = 0.0, batch_size: int = 8192) -> np.ndarray:
+        """U_θ(x, t) ``[n]`` of unstandardised features or vectors ``[n, D]``."""
+        x = (torch.as_tensor(np.asarray(features), dtype=torch.float32) - self.shift) / self.scale
+        out = []
+        with torch.no_grad():
+            for start in range(0, len(x), batch_size):
+                chunk = x[start:start + batch_size]
+                out.append(self.net(chunk, torch.full((len(chunk),), float(t))))
+        return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+    def log_prob(self, samples) -> np.ndarray:
+        """log q ``[n]`` up to the constant C: vectors ``[n, D]`` → −U_θ(x, 0) − Σ log scale;
+        positions ``[n, A, 3]`` Å → log q̄ of Eq. 7 (per Å^(3A−3) of centred coordinates)."""
+        samples = np.asarray(samples, dtype=np.float64)
+        if self.numbers is None:
+            if samples.ndim != 2 or samples.shape[1] != len(self.shift):
+                raise ValueError(f"expected vectors [n, {len(self.shift)}], got {samples.shape}")
+            return -self.energy(samples) - float(self.scale.log().sum())
+        self._check_positions(samples)
+        return (-self.energy(pair_distances(samples))
+                + log_volume_factor(samples, self.scale.double().numpy()))
+
+    def chirality(self, positions) -> Chirality:
+        """Which frames ``[n, A, 3]`` are mirror images or have inverted centres (Eq. 8)."""
+        positions = self._check_positions(np.asarray(positions, dtype=np.float64))
+        reference = np.asarray(self.metadata["chirality_signs"])  # [K]
+        flipped = np.sign(signed_volumes(positions, self.quadruples)) != reference  # [n, K]
+        some = flipped.any(1)
+        every = flipped.all(1) & (len(reference) > 0)
+        return Chirality(mirror=every, inverted=some & ~every)
+
+    def fold(self, positions) -> np.ndarray:
+        """``positions`` ``[n, A, 3]`` with mirror images reflected (x → −x) into the fitted
+        frames' handedness; log q̄ is unchanged, chiral observables become meaningful."""
+        positions = np.array(positions, dtype=np.float64)
+        mirror = self.chirality(positions).mirror
+        positions[mirror, :, 0] *= -1
+        return positions
+
+    def _check_positions(self, positions: np.ndarray) -> np.ndarray:
+        if self.numbers is None:
+            raise ValueError("this density was fitted on vectors, not positions")
+        if positions.ndim != 3 or positions.shape[1:] != (len(self.numbers), 3):
+            raise ValueError(f"positions must have shape [n, {len(self.numbers)}, 3], got "
+                             f"{positions.shape}")
+        return positions
+
+    def save(self, path: str | Path) -> Path:
+        state = {"net": self.net.state_dict(), "shift": self.shift, "scale": self.scale}
+        return save_checkpoint(path, self.config.as_dict(), state, dict(self.metadata))
+
+    @classmethod
+    def load(cls, path: str | Path) -> NCEDensity:
+        """Read a density written by :meth:`save` (``torch.load(weights_only=True)``)."""
+        payload = load_checkpoint(path, kind=KIND)
+        config = NCEConfig.from_dict(payload["config"])
+        state = payload["state_dict"]
+        net = EnergyNet(len(state["shift"]), config.hidden, config.depth)
+        net.load_state_dict(state["net"])
+        return cls(net, config, state["shift"], state["scale"], payload["metadata"])
