@@ -233,12 +233,11 @@ class EnergyModel(nn.Module):
         self.experts = nn.ModuleList(
             ExpertEnergy(n_features, config.hidden, config.layers, low, high)
             for low, high in pairwise(bounds))
-        self.register_buffer("splits", torch.tensor(config.experts, dtype=torch.float32),
-                             persistent=False)
+        self.splits = config.experts
 
     def expert_index(self, t: Tensor) -> Tensor:
         """Index of the expert of each time ``[B]`` (t = 0.1 belongs to [0.1, 0.6))."""
-        return torch.bucketize(t, self.splits.to(t.dtype), right=True)
+        return torch.bucketize(t, torch.tensor(self.splits, dtype=t.dtype), right=True)
 
     def energy(self, x: Tensor, t: Tensor) -> Tensor:
         """U_θ(x, t) ``[B]`` in kT."""

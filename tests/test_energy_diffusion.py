@@ -1,0 +1,325 @@
+"""Energy-based diffusion (ase_drift.diffusion.energy): the score is −∇U, the weak Fokker–Planck
+residual vanishes exactly for the VP SDE's own densities and not for wrong ones, DSM learns a
+Gaussian's variance, the reverse SDE samples an analytic score's distribution, and the molecular
+model saves, loads, computes forces in eV/Å and rejects bad inputs.
+
+Statistical bounds: z-scores below 5 (two-sided false-failure rate 6·10⁻⁷ per comparison) for
+quantities that must vanish; χ² bounds at 10⁻⁶ where the samples are independent Gaussians."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from scipy.stats import chi2
+
+import ase_drift
+from ase_drift import units
+from ase_drift.checkpoint import load_checkpoint
+from ase_drift.data import Conformations
+from ase_drift.diffusion.energy import (
+    VPSDE,
+    EnergyDiffusion,
+    EnergyDiffusionConfig,
+    EnergyModel,
+    MoleculeFeatures,
+    chiral_quadruples,
+    expert_steps,
+    fp_loss,
+    fp_weak_residual,
+    sample_energy_model,
+    train_energy_model,
+)
+from ase_drift.diffusion.samplers import reverse_sde_sample
+
+SDE = VPSDE(0.1, 20.0)
+F64 = torch.float64
+
+
+def gaussian_vp(mean, variance, variance_error=0.0, normalised=True):
+    """log p_t and its score for Gaussian data N(mean, diag(variance)) under the VP SDE:
+    p_t = N(m μ, m² v + σ²) exactly; ``variance_error`` inflates the noise variance (a wrong
+    density), ``normalised=False`` drops the normaliser (a wrong t-dependence)."""
+    mean, variance = torch.as_tensor(mean, dtype=F64), torch.as_tensor(variance, dtype=F64)
+
+    def log_q(x, t):
+        m, s = SDE.marginal(t)
+        var = m[:, None] ** 2 * variance + (1 + variance_error) * s[:, None] ** 2  # [B, D]
+        out = -0.5 * ((x - m[:, None] * mean) ** 2 / var).sum(-1)
+        return out - 0.5 * torch.log(2 * math.pi * var).sum(-1) if normalised else out
+
+    def log_q_and_score(x, t):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            value = log_q(x, t)
+            (score,) = torch.autograd.grad(value.sum(), x)
+        return value, score
+
+    return log_q_and_score, log_q
+
+
+MEAN, VARIANCE = [1.0, -0.5, 0.3], [0.25, 0.5, 0.1]
+
+
+def residual_means(log_q_and_score, log_q, n_points=6, n_draws=20000, seed=0):
+    """Mean and standard error of R̃(x, t; v) over v at a few fixed (x, t) ``[n_points]``."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0.02, 0.9, n_points, dtype=F64)
+    m, s = SDE.marginal(t)
+    x = (m[:, None] * torch.tensor(MEAN, dtype=F64)
+         + (m[:, None] ** 2 * torch.tensor(VARIANCE, dtype=F64) + s[:, None] ** 2).sqrt()
+         * torch.randn(n_points, 3, generator=g, dtype=F64))
+    xs, ts = x.repeat_interleave(n_draws, 0), t.repeat_interleave(n_draws)
+    v = 1e-4 * torch.randn(xs.shape, generator=g, dtype=F64)
+    r = fp_weak_residual(log_q_and_score, log_q, xs, ts, v, SDE, 1e-4, 1e-3, 3)
+    r = r.view(n_points, n_draws)
+    return r.mean(1), r.std(1) / math.sqrt(n_draws)
+
+
+def test_fp_residual_vanishes_for_the_exact_vp_density():
+    # The VP SDE's Gaussian marginals satisfy the log Fokker–Planck equation (E4), so the weak
+    # residual (E5) has zero mean over v at every (x, t). Dropping any term (the ½βD of div f,
+    # x·s, ‖s‖², the divergence estimate) or a wrong sign makes it nonzero.
+    mean, error = residual_means(*gaussian_vp(MEAN, VARIANCE))
+    assert (mean.abs() / error).max() < 5
+
+
+@pytest.mark.parametrize("wrong", [{"variance_error": 0.1}, {"normalised": False}])
+def test_fp_residual_is_clearly_nonzero_for_a_wrong_density(wrong):
+    # A density with the wrong noise variance, or without its t-dependent normaliser, does not
+    # solve the Fokker–Planck equation: its residual is many standard errors from zero.
+    mean, error = residual_means(*gaussian_vp(MEAN, VARIANCE, **wrong))
+    assert (mean.abs() / error).max() > 20
+
+
+def test_fp_loss_multiplies_two_independent_estimates():
+    # E[R̃₁R̃₂] = (E R̃)² (unbiased square); one estimate squared would add its variance
+    # (here ~100× larger than the squared mean).
+    fns = gaussian_vp(MEAN, VARIANCE, variance_error=0.1)
+    n = 40000
+    x = torch.tensor([[1.2, -0.3, 0.1]], dtype=F64).repeat(n, 1)
+    t = torch.full((n,), 0.3, dtype=F64)
+    g = torch.Generator().manual_seed(1)
+    loss = fp_loss(*fns, x, t, SDE, 1e-4, 1e-3, 3,
+                   lambda shape: torch.randn(shape, generator=g, dtype=F64)) * 9  # × D²
+    r = fp_weak_residual(*fns, x, t, 1e-4 * torch.randn(x.shape, generator=g, dtype=F64), SDE,
+                         1e-4, 1e-3, 3)
+    target = r.mean().item() ** 2
+    assert r.var().item() > 20 * target  # the variance an R̃² estimator would add
+    assert abs(loss.mean().item() - target) < 5 * loss.std().item() / math.sqrt(n)
+
+
+def small_model(dtype=F64, **config) -> tuple[EnergyModel, EnergyDiffusionConfig]:
+    cfg = EnergyDiffusionConfig(hidden=16, layers=2, **config)
+    torch.manual_seed(0)
+    return EnergyModel(2, cfg).to(dtype), cfg
+
+
+def test_score_is_minus_the_gradient_of_the_energy():
+    # s = −∇ₓU by autograd (E2): compare with central differences of U in float64.
+    model, _ = small_model(experts=(0.1, 0.6))
+    x = torch.randn(5, 2, dtype=F64)
+    t = torch.tensor([0.01, 0.2, 0.5, 0.7, 0.95], dtype=F64)
+    score = model.score(x, t)
+    h = 1e-6
+    for d in range(2):
+        step = torch.zeros(2, dtype=F64)
+        step[d] = h
+        numeric = -(model.energy(x + step, t) - model.energy(x - step, t)) / (2 * h)
+        torch.testing.assert_close(score[:, d], numeric, rtol=1e-6, atol=1e-8)
+    log_q, score2 = model.log_q_and_score(x, t, create_graph=False)
+    torch.testing.assert_close(log_q, -model.energy(x, t))
+    torch.testing.assert_close(score2, score)
+
+
+def test_experts_own_disjoint_time_intervals():
+    model, _ = small_model(experts=(0.1, 0.6))
+    t = torch.tensor([0.0, 0.0999, 0.1, 0.5999, 0.6, 1.0], dtype=F64)
+    assert model.expert_index(t).tolist() == [0, 0, 1, 1, 2, 2]
+    x = torch.randn(6, 2, dtype=F64)
+    before = model.energy(x, t)
+    with torch.no_grad():
+        for p in model.experts[1].parameters():
+            p.add_(1.0)
+    after = model.energy(x, t)
+    changed = (after - before).abs() > 1e-9
+    assert changed.tolist() == [False, False, True, True, False, False]
+
+
+def test_step_split_between_experts():
+    assert expert_steps(EnergyDiffusionConfig(steps=900, experts=(0.1, 0.6))) == [600, 150, 150]
+    assert expert_steps(EnergyDiffusionConfig(steps=901, experts=(0.1, 0.6))) == [601, 150, 150]
+    assert expert_steps(EnergyDiffusionConfig(steps=900)) == [900]
+
+
+@pytest.mark.parametrize("probability_flow", [False, True])
+def test_reverse_sampler_reproduces_an_analytic_gaussian(probability_flow):
+    # With the exact VP score of N(μ, diag v), the reverse SDE / probability-flow ODE from
+    # N(0, I) at t = 1 ends at N(μ, diag v) up to the Euler error (≲ 1.5 % at 1,000 steps).
+    mean, var = torch.tensor([1.0, -0.5], dtype=F64), torch.tensor([0.25, 2.25], dtype=F64)
+
+    def score(x, t):
+        m, s = SDE.marginal(t)
+        return -(x - m[:, None] * mean) / (m[:, None] ** 2 * var + s[:, None] ** 2)
+
+    n = 10000
+    g = torch.Generator().manual_seed(3)
+    x = reverse_sde_sample(score,
+                           torch.randn(n, 2, generator=g, dtype=F64),
+                           torch.linspace(1.0, 1e-4, 1001, dtype=F64), SDE.drift, SDE.beta, g,
+                           probability_flow=probability_flow)
+    variance = x.var(0)
+    low, high = chi2.ppf(1e-6 / 2, n - 1) / (n - 1), chi2.ppf(1 - 1e-6 / 2, n - 1) / (n - 1)
+    ratio = variance / var
+    assert ((ratio > low - 0.015) & (ratio < high + 0.015)).all(), ratio
+    assert ((x.mean(0) - mean).abs()
+            < 5 * variance.sqrt() / math.sqrt(n) + 0.01).all()
+
+
+def test_reverse_sampler_rejects_bad_times():
+    with pytest.raises(ValueError, match="decreasing"):
+        reverse_sde_sample(lambda x, t: x, torch.zeros(2, 1), [0.5, 1.0], SDE.drift, SDE.beta,
+                           torch.Generator())
+
+
+@pytest.mark.slow
+def test_dsm_learns_the_variance_of_gaussian_data():
+    # 1-D N(0.5, 0.3²)... variance 0.09 — the i.i.d. samples of a short seeded run reproduce it
+    # within 15 %, and Langevin dynamics on the model's t_min force agrees with them.
+    g = torch.Generator().manual_seed(0)
+    data = 0.5 + 0.3 * torch.randn(20000, 1, generator=g)
+    config = EnergyDiffusionConfig(hidden=32, layers=2, steps=3000, batch_size=256,
+                                   learning_rate=1e-3, experts=(0.1,), sampler_steps=500)
+    model = train_energy_model(data, config, progress=False).model
+    samples = sample_energy_model(model, 8000, (1,), config, torch.Generator().manual_seed(1))
+    assert samples.var().item() == pytest.approx(0.09, rel=0.15)
+    assert samples.mean().item() == pytest.approx(0.5, abs=0.03)
+    from ase_drift.simulate import baoab
+
+    run = baoab(lambda x: model.score(x, x.new_full((len(x),), config.t_min)),
+                samples[:2000].clone(), 1.0, 1.0, 0.01, 1.0, 300,
+                torch.Generator().manual_seed(2))
+    assert run.x.var().item() == pytest.approx(0.09, rel=0.2)
+
+
+# --------------------------------------------------------------------------- molecules
+
+
+def pyramid_data(n=400, seed=0) -> Conformations:
+    """NH3-like frames: N with three H at 1.0 Å in a pyramid, thermal noise 0.03 Å."""
+    rng = np.random.default_rng(seed)
+    angles = np.radians([0, 120, 240])
+    base = np.array([[0, 0, 0.0]] + [[0.94 * np.cos(a), 0.94 * np.sin(a), 0.33] for a in angles])
+    positions = base + 0.03 * rng.standard_normal((n, 4, 3))
+    return Conformations([7, 1, 1, 1], positions, temperature_K=300.0)
+
+
+def test_molecule_features_tell_mirror_images_apart():
+    data = pyramid_data(10)
+    quadruples = chiral_quadruples(data.numbers, data.positions)
+    assert quadruples == [[0, 1, 2, 3]]
+    features = MoleculeFeatures(4, quadruples)
+    x = torch.as_tensor(data.positions[:3], dtype=F64)
+    mirror = x * torch.tensor([1.0, 1.0, -1.0], dtype=F64)
+    phi, phi_mirror = features(x.flatten(1)), features(mirror.flatten(1))
+    torch.testing.assert_close(phi[:, :6], phi_mirror[:, :6])  # distances: equal
+    torch.testing.assert_close(phi[:, 6], -phi_mirror[:, 6])  # signed volume: flipped
+    assert (phi[:, 6].abs() > 0.1).all()
+    rotation = torch.as_tensor(np.linalg.qr(np.random.default_rng(1).normal(size=(3, 3)))[0])
+    rotation = rotation * torch.linalg.det(rotation)  # proper
+    torch.testing.assert_close(features((x @ rotation.T + 2.0).flatten(1)), phi)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    model = EnergyDiffusion.train(pyramid_data(), temperature_K=300.0, fokker_planck=1e-3,
+                                  experts=(0.1,), steps=60, seed=0,
+                                  config=EnergyDiffusionConfig(hidden=16, layers=2,
+                                                               sampler_steps=20),
+                                  progress=False)
+    path = model.save(tmp_path_factory.mktemp("energy") / "nh3.pt")
+    return model, path
+
+
+def test_checkpoint_round_trip_through_ase_drift_load(trained):
+    model, path = trained
+    payload = load_checkpoint(path)  # weights_only=True
+    assert set(payload) == {"format_version", "config", "state_dict", "metadata"}
+    assert payload["metadata"]["kind"] == "energy-diffusion"
+    loaded = ase_drift.load(path)
+    assert isinstance(loaded, EnergyDiffusion)
+    assert loaded.config == model.config and loaded.config.experts == (0.1,)
+    np.testing.assert_array_equal(loaded.sample_positions(5, seed=4),
+                                  model.sample_positions(5, seed=4))
+    positions = pyramid_data(3, seed=9).positions
+    np.testing.assert_array_equal(loaded.compute([7, 1, 1, 1], positions).forces,
+                                  model.compute([7, 1, 1, 1], positions).forces)
+
+
+def test_calculator_reports_ev_and_ev_per_angstrom(trained):
+    # F = kT·∇log q (eV/Å) and E = −kT log q (eV): the forces are −dE/dx of the calculator's own
+    # energies (finite differences in Å), and kT comes from units.kT of the model's temperature.
+    model, _ = trained
+    atoms = Atoms("NH3", positions=pyramid_data(1, seed=5).positions[0])
+    atoms.calc = model.calculator()
+    forces = atoms.get_forces()
+    h = 1e-3
+    for atom, axis in [(0, 2), (1, 0), (3, 1)]:
+        shifted = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[atom, axis] += sign * h
+            moved.calc = model.calculator()
+            shifted.append(moved.get_potential_energy())
+        assert forces[atom, axis] == pytest.approx(-(shifted[0] - shifted[1]) / (2 * h),
+                                                   rel=2e-2, abs=2e-3)
+    x = torch.as_tensor(atoms.positions / model.scale, dtype=torch.float32).reshape(1, -1)
+    score = model.model.score(x, torch.full((1,), model.config.t_min))
+    expected = units.kT(300.0) * score.numpy().reshape(4, 3) / model.scale
+    np.testing.assert_allclose(forces, expected, rtol=1e-5, atol=1e-7)
+    assert np.abs(forces.sum(0)).max() < 1e-5  # translation invariance: no net force
+
+
+def test_sampling_and_simulation_shapes(trained):
+    model, _ = trained
+    atoms = Atoms("NH3", positions=pyramid_data(1).positions[0])
+    frames = model.sample(atoms, 3, seed=0)
+    assert len(frames) == 3 and frames[0].get_chemical_formula() == "H3N"
+    traj = model.simulate(atoms, n_replicas=2, steps=4, timestep_fs=0.5, record_every=2, seed=0,
+                          progress=False)
+    assert traj.shape == (2, 2, 4, 3) and np.isfinite(traj).all()
+    assert model.sample_positions(0).shape == (0, 4, 3)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"experts": (0.6, 0.1)}, "increasing"),
+    ({"experts": (1.2,)}, "increasing"),
+    ({"fokker_planck": -1.0}, "fokker_planck"),
+    ({"steps": 0}, "steps"),
+    ({"beta_min": 30.0}, "beta_min"),
+    ({"temperature_K": -3}, "temperature"),
+])
+def test_config_rejects_bad_settings(options, message):
+    with pytest.raises(ValueError, match=message):
+        EnergyDiffusionConfig(**options)
+
+
+def test_model_rejects_bad_inputs(trained):
+    model, _ = trained
+    with pytest.raises(TypeError, match="Conformations"):
+        EnergyDiffusion.train(np.zeros((3, 4, 3)), temperature_K=300.0)
+    with pytest.raises(ValueError, match="differ"):
+        model.compute([6, 1, 1, 1], np.zeros((4, 3)))
+    with pytest.raises(ValueError, match=r"\[B, 4, 3\]"):
+        model.compute([7, 1, 1, 1], np.zeros((2, 3, 3)))
+    wrong = Atoms("CH3", positions=np.zeros((4, 3)))
+    wrong.calc = model.calculator()
+    with pytest.raises(ValueError, match="species or order"):
+        wrong.get_forces()
+    with pytest.raises(ValueError, match="non-negative"):
+        model.sample_positions(-1)
+    untempered = EnergyDiffusion(model.model, model.numbers, model.scale, model.config,
+                                 dict(model.metadata, temperature_K=None))
+    with pytest.raises(ValueError, match="without a temperature"):
+        untempered.compute([7, 1, 1, 1], np.zeros((4, 3)))
