@@ -172,15 +172,53 @@ class TemplateSampler:
                 f"(template {''.join(chemical_symbols[z] for z in numbers)}, "
                 f"model {''.join(chemical_symbols[z] for z in expected)})")
 
-    def sample(self, atoms, n: int, seed: int | None = None) -> list:
+    def sample(self, atoms, n: int, seed: int | None = None, refine=None, refine_steps: int = 0,
+               refine_step_size: float | None = None) -> list:
         """``n`` copies of ``atoms`` with sampled positions, centred on the template's centroid.
 
         The template's cell, pbc and info are kept; calculators and stored results are not.
+
+        With ``refine`` (a :class:`~ase_drift.forces.ForceSource`), each sample then takes
+        ``refine_steps`` exact MALA steps towards the Boltzmann distribution of ``refine`` at the
+        sampler's temperature (:func:`ase_drift.refine.mala`, step size ``refine_step_size`` Å,
+        default :data:`~ase_drift.refine.DEFAULT_STEP_SIZE`; its seed is ``seed``). Each
+        returned Atoms then carries its energy (eV) and forces (eV/Å) in a
+        ``SinglePointCalculator``, and ``info["mala_steps"]`` and ``info["mala_acceptance"]``
+        (its chain's accepted fraction of moves).
         """
+        if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) \
+                or refine_steps < 0:
+            raise ValueError(f"refine_steps must be a non-negative integer, got {refine_steps!r}")
+        if refine is None and (refine_steps or refine_step_size is not None):
+            raise ValueError("refine_steps and refine_step_size need a force source: pass "
+                             "refine=")
+        if refine is not None and not hasattr(refine, "compute"):
+            raise TypeError(f"refine must be a ForceSource, got {type(refine).__name__}; wrap "
+                            f"an ASE calculator as ase_drift.forces.CalculatorForces(calc)")
+        temperature_K = getattr(self, "metadata", {}).get("temperature_K")
+        if refine is not None and temperature_K is None:
+            raise ValueError("refine needs the sampler's temperature, and this sampler was "
+                             "trained without one")
         self.check_template(atoms)
-        positions = self.sample_positions(n, seed=seed)
-        positions = positions + atoms.positions.mean(axis=0)
-        return atoms_from_positions(atoms, positions)
+        positions = self.sample_positions(n, seed=seed)  # [n, A, 3] Å
+        if refine is None:
+            return atoms_from_positions(atoms, positions + atoms.positions.mean(axis=0))
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        from .refine import DEFAULT_STEP_SIZE, mala
+
+        chains = mala(refine, self.numbers, positions, temperature_K, refine_steps,
+                      step_size=DEFAULT_STEP_SIZE if refine_step_size is None
+                      else refine_step_size, seed=seed)
+        centred = chains.positions - chains.positions.mean(axis=1, keepdims=True)  # [n, A, 3]
+        frames = atoms_from_positions(atoms, centred + atoms.positions.mean(axis=0))
+        for frame, energy, forces, accepted in zip(frames, chains.energies, chains.forces,
+                                                   chains.accepted):
+            frame.calc = SinglePointCalculator(frame, energy=float(energy), forces=forces)
+            frame.info["mala_steps"] = int(refine_steps)
+            frame.info["mala_acceptance"] = (float(accepted / refine_steps) if refine_steps
+                                             else float("nan"))
+        return frames
 
     def to_mdtraj(self, positions: np.ndarray, topology):
         """An ``mdtraj.Trajectory`` of positions ``[n, A, 3]`` in Å (mdtraj stores nm)."""

@@ -1,0 +1,180 @@
+"""Exact refinement of samples with a force field: the Metropolis-adjusted Langevin algorithm.
+
+:func:`mala` runs independent MALA chains, one per sample, with any
+:class:`~ase_drift.forces.ForceSource`; ``sampler.sample(atoms, n, refine=source,
+refine_steps=k)`` applies it to one-step samples, which become a warm start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+from ase.data import atomic_masses
+
+from . import units
+from .forces import ForceSource, LabelingError
+
+#: Mass (amu) of the atom whose random displacement per Cartesian coordinate is ``step_size``:
+#: hydrogen. An atom of mass m moves by ``step_size``·√(m_H/m).
+REFERENCE_MASS_AMU = float(atomic_masses[1])
+#: Default ε in Å (see :func:`mala` for how it was chosen).
+DEFAULT_STEP_SIZE = 0.03
+
+
+class MALAResult(NamedTuple):
+    """The chains' final states and what it cost to reach them."""
+
+    positions: np.ndarray  # [n, A, 3] Å, final state of each chain
+    energies: np.ndarray  # [n] eV of those states
+    forces: np.ndarray  # [n, A, 3] eV/Å of those states
+    accepted: np.ndarray  # [n] accepted moves per chain (int)
+    acceptance: np.ndarray  # [steps] fraction of the chains that moved at each step
+    force_evaluations: int  # frames sent to the source: n·(steps + 1)
+    step_size: float  # ε in Å
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted moves over proposed moves, all chains and steps (NaN without steps)."""
+        return float(self.acceptance.mean()) if len(self.acceptance) else float("nan")
+
+
+def mala(source: ForceSource, numbers, positions, temperature_K: float, steps: int,
+         step_size: float = DEFAULT_STEP_SIZE, seed: int | None = None,
+         callback: Callable[[int, MALAResult], None] | None = None,
+         masses=None) -> MALAResult:
+    """Run ``steps`` MALA steps on each frame of ``positions`` ``[n, A, 3]`` (Å), targeting the
+    Boltzmann distribution π(x) ∝ exp(−E(x)/kT) of ``source`` at ``temperature_K``.
+
+    **The kernel.** With forces F = −∇E (eV/Å), the mass preconditioner
+    C = diag(m_H/m_a) (one entry per atom a of mass m_a, dimensionless;
+    m_H = :data:`REFERENCE_MASS_AMU`), the step size ε (Å) and ξ ~ N(0, I), each chain proposes
+
+        x' = μ(x) + ε C^½ ξ,    μ(x) = x + (ε²/2) C F(x)/kT,
+
+    i.e. one Euler–Maruyama step of Langevin diffusion preconditioned by the inverse masses
+    (hydrogens move by ε per coordinate, carbons by ε/√12), and accepts it with
+    probability min(1, exp(log α)),
+
+        log α = −(E(x') − E(x))/kT + log q(x | x') − log q(x' | x),
+        log q(x' | x) = −‖C^−½ (x' − μ(x))‖² / (2ε²) + const,
+
+    the exact Gaussian proposal densities (the constant, from det C, is the same both ways and
+    cancels). kT = k_B·T in eV (:func:`ase_drift.units.kT`). A proposal whose energy or forces
+    are not finite is rejected (π = 0 there: a hard wall is exact); a
+    :class:`~ase_drift.forces.LabelingError` of the source propagates, naming the step.
+
+    **Why it is exact.** The Metropolis–Hastings acceptance makes the kernel K satisfy
+    detailed balance π(x)K(x, x') = π(x')K(x', x), so π is invariant: πK = π. For any start
+    distribution p, the data-processing inequality for the KL divergence gives
+    KL(pK ‖ πK) ≤ KL(p ‖ π), i.e. KL(pK ‖ π) ≤ KL(p ‖ π): every step can only bring the
+    samples closer to π, never further (the same holds for every f-divergence, TVD included).
+    The step size must stay fixed while the steps are counted: adapting it from the chains'
+    history makes the kernel depend on the past and the argument fails. π is flat in the
+    centre of mass, which therefore random-walks; translation-invariant quantities (distances,
+    energies) are what the argument is about. MALA is local: it corrects the distribution
+    within the basins the samples occupy quickly, but moves mass between basins separated by
+    barriers of many kT (torsional minima) only slowly.
+
+    **Cost.** ``steps + 1`` calls of ``source.compute`` on all n chains at once (the first
+    labels the start), i.e. n·(steps + 1) energy-and-force evaluations; the rest is O(n·A) numpy
+    per step.
+
+    **The default ε = 0.03 Å.** With the mass preconditioner the eigenvalues of C·∇²E/kT are
+    m_H ω²/kT for the vibrational frequencies ω, so ε is limited by the fastest vibrations, the
+    X–H stretches (3,000–3,700 cm⁻¹), which every organic molecule has: one ε in Å of hydrogen
+    displacement fits them all. Equal acceptance needs ε ∝ √T. On ethanol with GFN2-xTB
+    (``python -m benchmarks.refine``), ε = 0.03 Å accepts 0.84 of the moves at 500 K and 0.68
+    at 300 K; 0.04 Å moves the chains ~18 % further per step at 500 K but accepts only 0.35 at
+    300 K. At equal acceptance (0.84–0.86) the mass-preconditioned proposal moved the pair
+    distances 30 % further than the unpreconditioned one. :attr:`MALAResult.acceptance` tells
+    whether to change ε; adapting it is left to the caller and only valid in an uncounted
+    burn-in.
+
+    Args:
+        source: energies (eV) and forces (eV/Å) of batches of frames.
+        numbers: atomic numbers ``[A]`` (they set the masses of the preconditioner).
+        positions: start frames ``[n, A, 3]`` in Å, one chain each.
+        temperature_K: temperature of π in K.
+        steps: MALA steps per chain (0 labels the start frames only).
+        step_size: ε in Å (the random displacement per coordinate of a hydrogen atom).
+        seed: seed of the NumPy generator of proposals and acceptances (None: fresh entropy).
+        callback: called as ``callback(k, state)`` after step k = 1 … ``steps`` with the
+            :class:`MALAResult` after k steps (its arrays are not modified afterwards).
+        masses: m_a ``[A]`` in amu for the preconditioner (default: ASE's atomic masses of
+            ``numbers``); ``np.full(A, REFERENCE_MASS_AMU)`` gives the unpreconditioned
+            proposal C = I. Any positive masses keep the kernel exact.
+
+    Returns:
+        :class:`MALAResult` of the final states.
+    """
+    numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+    x = np.array(positions, dtype=np.float64)  # [n, A, 3] Å
+    if x.ndim != 3 or x.shape[1:] != (len(numbers), 3):
+        raise ValueError(f"positions must have shape [n, {len(numbers)}, 3] for {len(numbers)} "
+                         f"atoms, got {x.shape}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    if not (np.isfinite(step_size) and step_size > 0):
+        raise ValueError(f"step_size must be a positive number of Å, got {step_size!r}")
+    masses = atomic_masses[numbers] if masses is None else np.asarray(masses, dtype=np.float64)
+    if masses.shape != numbers.shape or not (np.isfinite(masses).all() and (masses > 0).all()):
+        raise ValueError(f"masses must be {len(numbers)} positive numbers of amu, got {masses}")
+    kT = units.kT(temperature_K)  # eV
+    rng = np.random.default_rng(seed)
+    preconditioner = (REFERENCE_MASS_AMU / masses)[None, :, None]  # [1, A, 1]
+    noise_scale = step_size * np.sqrt(preconditioner)  # [1, A, 1] Å
+    half_step = 0.5 * step_size**2 * preconditioner / kT  # [1, A, 1] Å²/eV
+
+    energies, forces = _labels(source, numbers, x)  # [n] eV, [n, A, 3] eV/Å
+    if not (np.isfinite(energies).all() and np.isfinite(forces).all()):
+        bad = int(np.flatnonzero(~(np.isfinite(energies)
+                                   & np.isfinite(forces).all(axis=(1, 2))))[0])
+        raise ValueError(f"the start frame {bad} has a non-finite energy ({energies[bad]}) or "
+                         f"forces: MALA cannot start there")
+    accepted = np.zeros(len(x), dtype=np.int64)  # [n]
+    acceptance = np.empty(steps)  # [steps]
+
+    def state(k: int) -> MALAResult:
+        return MALAResult(x, energies, forces, accepted.copy(), acceptance[:k].copy(),
+                          len(x) * (k + 1), float(step_size))
+
+    for k in range(steps):
+        xi = rng.standard_normal(x.shape)  # [n, A, 3]
+        log_u = np.log(rng.random(len(x)))  # [n]
+        proposal = x + half_step * forces + noise_scale * xi  # [n, A, 3] Å
+        try:
+            new_energies, new_forces = _labels(source, numbers, proposal)
+        except LabelingError as err:
+            raise LabelingError(f"MALA step {k + 1} of {steps}: the force source failed on a "
+                                f"proposal: {err}") from err
+        # ‖C^−½(x' − μ(x))‖²/ε² = ‖ξ‖²; the reverse move's residual x − μ(x'), scaled alike
+        backward = (x - proposal - half_step * new_forces) / noise_scale  # [n, A, 3]
+        log_q_forward = -0.5 * np.square(xi).sum(axis=(1, 2))  # [n]
+        log_q_backward = -0.5 * np.square(backward).sum(axis=(1, 2))  # [n]
+        log_alpha = -(new_energies - energies) / kT + log_q_backward - log_q_forward  # [n]
+        finite = np.isfinite(new_energies) & np.isfinite(new_forces).all(axis=(1, 2))
+        move = finite & (log_u < log_alpha)  # [n]; False for NaN
+        x = np.where(move[:, None, None], proposal, x)
+        energies = np.where(move, new_energies, energies)
+        forces = np.where(move[:, None, None], new_forces, forces)
+        accepted += move
+        acceptance[k] = move.mean()
+        if callback is not None:
+            callback(k + 1, state(k + 1))
+    return state(steps)
+
+
+def _labels(source: ForceSource, numbers: np.ndarray, x: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Energies ``[n]`` eV and forces ``[n, A, 3]`` eV/Å of frames ``x`` ``[n, A, 3]`` Å, as
+    float64 arrays of those shapes (ValueError if the source returns other shapes)."""
+    result = source.compute(numbers, x)
+    energies = np.asarray(result.energies, dtype=np.float64)
+    forces = np.asarray(result.forces, dtype=np.float64)
+    if energies.shape != (len(x),) or forces.shape != x.shape:
+        raise ValueError(f"the force source returned energies of shape {energies.shape} and "
+                         f"forces of shape {forces.shape} for {len(x)} frames of shape "
+                         f"{x.shape[1:]}; expected ({len(x)},) and {x.shape}")
+    return energies, forces
