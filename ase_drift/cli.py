@@ -106,6 +106,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {value}")
+    return value
+
+
 def _seed(text: str) -> int:
     from .sampler import MAX_SEED
 
@@ -123,6 +130,7 @@ def _kelvin(text: str) -> float:
 
 
 _positive_int.__name__ = "positive integer"  # argparse names the type in its messages
+_non_negative_int.__name__ = "non-negative integer"
 _seed.__name__ = "seed"
 _kelvin.__name__ = "temperature"
 
@@ -193,20 +201,67 @@ def cmd_train(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from .io import check_output, topology_path, write_positions
-    from .sampler import load
+    from tqdm.auto import tqdm
+
+    from .io import FrameWriter, check_output, topology_path
+    from .sampler import MAX_SEED, DriftSampler, load
 
     output = check_output(args.output, args.n)  # before any work; never overwrites a user's PDB
     sampler = load(args.model)  # any kind: drift, DSM, ...
+    options = {}
+    if args.precision != "fp32":
+        if not isinstance(sampler, DriftSampler):
+            raise ValueError(f"--precision {args.precision} is for drift models; "
+                             f"{args.model} is a {sampler.kind}")
+        options["precision"] = args.precision
+    refine = _refinement(args, sampler)
     seed = fresh_seed() if args.seed is None else args.seed  # recorded: the run can be repeated
+    info = _provenance(sampler, args.model, seed)
+    if refine is not None:
+        info.update(refine_calculator=args.refine, refine_steps=args.refine_steps,
+                    refine_step_size_angstrom=refine.keywords["step_size"])
+    accepted = 0
     start = time.perf_counter()
-    positions = sampler.sample_positions(args.n, seed=seed)
+    # Streamed batch by batch: any n fits in memory, and a failure leaves no half-written file.
+    with FrameWriter(output, sampler.numbers, info, n_frames=args.n) as out, \
+            tqdm(total=args.n, unit="conf", disable=not sys.stderr.isatty() or args.n < 10**5,
+                 desc="sampling") as bar:
+        for batch, positions in enumerate(sampler.iter_positions(args.n, seed=seed, **options)):
+            if refine is None:
+                out.write(positions)
+            else:  # each batch's chains from their own seed: reproducible, streamable
+                chains = refine(positions=positions, seed=(seed + batch) % MAX_SEED)
+                out.write(chains.positions, chains.energies, chains.forces)
+                accepted += int(chains.accepted.sum())
+            bar.update(len(positions))
     elapsed = time.perf_counter() - start
-    write_positions(output, sampler.numbers, positions, info=_provenance(sampler, args.model, seed))
     written = f"{output} (topology {topology_path(output)})" if output.suffix == ".dcd" else output
-    print(f"sampled {args.n} conformations with {sampler!r} (seed {seed}) in {elapsed:.3f} s "
-          f"-> {written}")
+    what = "" if refine is None else (
+        f", each refined by {args.refine_steps} MALA steps with {args.refine} (acceptance "
+        f"{accepted / max(1, args.n * args.refine_steps):.2f})")
+    print(f"sampled {args.n} conformations with {sampler!r} (seed {seed}){what} in "
+          f"{elapsed:.3f} s -> {written}")
     return 0
+
+
+def _refinement(args, sampler):
+    """``--refine``: MALA on each batch (a partial of :func:`ase_drift.refine.mala`), or None."""
+    if args.refine is None:
+        if args.refine_steps or args.refine_step_size is not None:
+            raise ValueError("--refine-steps and --refine-step-size need --refine CALC")
+        return None
+    from functools import partial
+
+    from .forces import source_from_spec
+    from .refine import DEFAULT_STEP_SIZE, mala
+
+    if sampler.temperature_K is None:
+        raise ValueError(f"--refine needs the temperature {args.model} was trained for, and it "
+                         f"records none")
+    step_size = DEFAULT_STEP_SIZE if args.refine_step_size is None else args.refine_step_size
+    return partial(mala, source_from_spec(args.refine), sampler.numbers,
+                   temperature_K=sampler.temperature_K, steps=args.refine_steps,
+                   step_size=step_size)
 
 
 def fresh_seed() -> int:
@@ -382,6 +437,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed,
                    help="repeat a run (default: a fresh seed, printed and stored in the output)")
     p.add_argument("-o", "--output", required=True, help=".extxyz, .xyz, .traj, .pdb or .dcd")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16: the drift generator's hidden layers in bfloat16 (faster on CPUs "
+                        "with bf16 units; see the benchmarks)")
+    p.add_argument("--refine", metavar="SPEC",
+                   help="refine each sample by exact MALA steps with this calculator (any "
+                        "--calculator SPEC of train/label); energies and forces are written")
+    p.add_argument("--refine-steps", type=_non_negative_int, default=0, metavar="K",
+                   help="MALA steps per sample (default 0: only label the samples)")
+    p.add_argument("--refine-step-size", type=float, metavar="Å",
+                   help="MALA step for a hydrogen atom, Å (default 0.03; heavier atoms move "
+                        "less, by √(m_H/m))")
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("evaluate", parents=[debug], help="distance-histogram, stability and bond metrics")

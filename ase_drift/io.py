@@ -160,8 +160,10 @@ class FrameWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return self
 
-    def write(self, positions: np.ndarray) -> None:
-        """Append frames ``[k, A, 3]`` in Å."""
+    def write(self, positions: np.ndarray, energies: np.ndarray | None = None,
+              forces: np.ndarray | None = None) -> None:
+        """Append frames ``[k, A, 3]`` in Å, with their energies ``[k]`` (eV) and forces
+        ``[k, A, 3]`` (eV/Å) if known: kept by extxyz and traj, not by xyz, PDB or DCD."""
         positions = np.asarray(positions)
         if positions.ndim != 3 or positions.shape[1:] != (len(self.numbers), 3):
             raise ValueError(f"frames must have shape [k, {len(self.numbers)}, 3], got "
@@ -178,30 +180,32 @@ class FrameWriter:
             self._write_dcd(positions)
         elif suffix == ".pdb":
             self._write_pdb(positions)
-        elif suffix in self.STREAMED:
-            self._write_ase(positions)
         else:
-            self._whole.append(positions)
+            frames = Conformations(self.numbers, positions, forces, energies)
+            if suffix in self.STREAMED:
+                self._write_ase(frames)
+            else:
+                self._whole.append(frames)
         self.n_written += len(positions)
 
-    def _atoms(self, positions: np.ndarray) -> list:
-        frames = Conformations(self.numbers, positions).to_atoms()
-        for atoms in frames:
+    def _atoms(self, frames: Conformations) -> list:
+        atoms_list = frames.to_atoms()
+        for atoms in atoms_list:
             atoms.info.update(self.info)
-        return frames
+        return atoms_list
 
-    def _write_ase(self, positions: np.ndarray) -> None:
+    def _write_ase(self, frames: Conformations) -> None:
         import ase.io
 
         if self.path.suffix == ".traj":
             if self._file is None:
                 self._file = ase.io.Trajectory(str(self._tmp), "w")
-            for atoms in self._atoms(positions):
+            for atoms in self._atoms(frames):
                 self._file.write(atoms)
             return
         if self._file is None:
             self._file = open(self._tmp, "w")  # noqa: SIM115 - closed in __exit__
-        ase.io.write(self._file, self._atoms(positions), format=self.path.suffix[1:])
+        ase.io.write(self._file, self._atoms(frames), format=self.path.suffix[1:])
 
     def _write_pdb(self, positions: np.ndarray) -> None:
         from mdtraj.formats import PDBTrajectoryFile
@@ -246,8 +250,8 @@ class FrameWriter:
                 import ase.io
                 from ase.io.formats import filetype
 
-                ase.io.write(str(self._tmp), self._atoms(np.concatenate(self._whole)),
-                             format=filetype(str(self.path), read=False))
+                frames = [atoms for chunk in self._whole for atoms in self._atoms(chunk)]
+                ase.io.write(str(self._tmp), frames, format=filetype(str(self.path), read=False))
             if self._pdb_body is not None:
                 _write_pdb(self._tmp, _remarks(self.info), self._pdb_body)
             if self.n_written == 0:

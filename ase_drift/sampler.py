@@ -15,6 +15,7 @@ any file.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -125,17 +126,50 @@ def torch_generator(seed: int | None) -> torch.Generator:
 
 
 class TemplateSampler:
-    """Shared behaviour of samplers: template checks, Atoms and mdtraj export.
+    """Shared behaviour of samplers: drawing in batches, template checks, Atoms and mdtraj
+    export.
 
-    Subclasses set ``numbers``, implement ``sample_positions`` and, when registered with
-    :func:`register_sampler`, ``from_checkpoint``.
+    A subclass implements ``_sample_batch(n, rng, **options)`` (``n`` conformations ``[n, A, 3]``
+    in Å from the ``torch.Generator`` ``rng``) and, when registered with
+    :func:`register_sampler`, ``from_checkpoint``; it sets ``batch_size``, the most conformations
+    drawn at once. :meth:`iter_positions` and :meth:`sample_positions` draw the same
+    conformations for the same seed (and ``batch_size``), whether streamed or at once.
     """
 
     numbers: np.ndarray
     kind: str
+    batch_size: int = 8192
 
-    def sample_positions(self, n: int, seed: int | None = None) -> np.ndarray:
+    def __init__(self, numbers, scale: float, config, metadata: dict):
+        self.numbers = np.asarray(numbers, dtype=np.int64)
+        self.scale = float(scale)  # σ in Å: normalised coordinates × scale = Å
+        self.config = config
+        self.metadata = metadata
+
+    @property
+    def temperature_K(self) -> float | None:
+        """The temperature the sampler was trained for (K), if recorded."""
+        return self.metadata.get("temperature_K")
+
+    def _sample_batch(self, n: int, rng: torch.Generator, **options) -> np.ndarray:
         raise NotImplementedError
+
+    def iter_positions(self, n: int, seed: int | None = None,
+                       **options) -> Iterator[np.ndarray]:
+        """``n`` conformations in batches ``[≤ batch_size, A, 3]`` (Å): for any ``n``, without
+        holding them all in memory (``ase-drift sample`` streams them to disk)."""
+        if n < 0:
+            raise ValueError(f"n must be non-negative, got {n}")
+        rng = torch_generator(seed)
+        for start in range(0, n, self.batch_size):
+            yield self._sample_batch(min(self.batch_size, n - start), rng, **options)
+
+    def sample_positions(self, n: int, seed: int | None = None, **options) -> np.ndarray:
+        """``n`` conformations ``[n, A, 3]`` in Å (float32); ``options`` as the subclass's
+        ``_sample_batch`` takes them."""
+        batches = list(self.iter_positions(n, seed, **options))
+        return (np.concatenate(batches) if batches
+                else np.empty((0, len(self.numbers), 3), dtype=np.float32))
 
     @classmethod
     def from_checkpoint(cls, payload: dict, path: str | Path):
@@ -195,7 +229,7 @@ class TemplateSampler:
         if refine is not None and not hasattr(refine, "compute"):
             raise TypeError(f"refine must be a ForceSource, got {type(refine).__name__}; wrap "
                             f"an ASE calculator as ase_drift.forces.CalculatorForces(calc)")
-        temperature_K = getattr(self, "metadata", {}).get("temperature_K")
+        temperature_K = self.temperature_K
         if refine is not None and temperature_K is None:
             raise ValueError("refine needs the sampler's temperature, and this sampler was "
                              "trained without one")
@@ -273,15 +307,8 @@ class DriftSampler(TemplateSampler):
 
     def __init__(self, generator: MLPGenerator, numbers, scale: float, config: dict,
                  metadata: dict):
+        super().__init__(numbers, scale, config, metadata)
         self.generator = generator.eval()
-        self.numbers = np.asarray(numbers, dtype=np.int64)
-        self.scale = float(scale)
-        self.config = config
-        self.metadata = metadata
-
-    @property
-    def temperature_K(self) -> float:
-        return self.metadata["temperature_K"]
 
     def __repr__(self) -> str:
         meta = self.metadata
@@ -289,19 +316,14 @@ class DriftSampler(TemplateSampler):
                 f"T={meta.get('temperature_K')} K)")
 
     @torch.inference_mode()
-    def sample_positions(self, n: int, seed: int | None = None,
-                         batch_size: int = 8192) -> np.ndarray:
-        """``n`` conformations ``[n, A, 3]`` in Å, centred at the origin (float32)."""
-        if n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
-        rng = torch_generator(seed)
-        out = np.empty((n, len(self.numbers), 3), dtype=np.float32)
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
-            coords = self.generator(self.generator.noise(stop - start, rng))
-            coords = coords - coords.mean(dim=1, keepdim=True)
-            out[start:stop] = (coords * self.scale).numpy()
-        return out
+    def _sample_batch(self, n: int, rng: torch.Generator, precision: str = "fp32") -> np.ndarray:
+        """``n`` conformations ``[n, A, 3]`` in Å, centred at the origin (float32).
+        ``precision="bf16"`` runs the network's hidden layers in bfloat16
+        (:meth:`~ase_drift.models.MLPGenerator.forward`): several times faster on CPUs with
+        bf16 units; docs/benchmarks.md measures what it changes."""
+        coords = self.generator(self.generator.noise(n, rng), precision=precision)
+        coords = coords - coords.mean(dim=1, keepdim=True)
+        return (coords * self.scale).numpy()
 
     def save(self, path: str | Path) -> Path:
         """Write the sampler to ``path``; non-finite weights raise ValueError (never saved)."""
@@ -318,7 +340,7 @@ class DriftSampler(TemplateSampler):
         state = payload["state_dict"]
         if metadata.get("kind") == "drift-trainer":
             state = state["model"]
-        generator = MLPGenerator(GeneratorConfig(**payload["config"]["generator"]))
+        generator = MLPGenerator(GeneratorConfig.from_dict(payload["config"]["generator"]))
         try:
             generator.load_state_dict(state)
         except RuntimeError as exc:

@@ -52,6 +52,7 @@ from .drift import (
     Positives,
     automatic_omega,
     data_force_scale_ratio,
+    field_from_spec,
     field_spec,
     make_field,
 )
@@ -430,10 +431,6 @@ class Trainer:
         payload = load_checkpoint(path, kind="drift-trainer")
         stored = TrainConfig.from_dict(payload["config"]["train"])
         stored_steps = stored.steps
-        if payload["config"].get("field") != self.field_spec():
-            raise CheckpointError(f"{path} was written with another drift field "
-                                  f"(checkpoint {payload['config'].get('field')}, now "
-                                  f"{self.field_spec()})")
         # A larger ``steps`` extends the run (the cosine schedule is re-planned over the new
         # total); everything else must match.
         if replace(stored, steps=self.config.steps) != self.config:
@@ -459,6 +456,12 @@ class Trainer:
                     f"{path} was trained on other labels than given now ({difference}): "
                     f"resuming would mix two training sets. Pass the original labels, or start "
                     f"a new run with another checkpoint file")
+        stored_field = payload["config"].get("field")
+        if not _same_spec(stored_field, self.field_spec()):
+            raise CheckpointError(f"{path} was written with another drift field "
+                                  f"(checkpoint {stored_field}, now {self.field_spec()})")
+        if stored_field is not None:  # the run's own field (an ω chosen from labels that may
+            self.field = field_from_spec(stored_field)  # differ by round-off, see above)
         state = payload["state_dict"]
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -472,6 +475,20 @@ class Trainer:
                                    strict=True):
                 group["lr"] = base * factor
         return self
+
+
+def _same_spec(a, b, rel_tol: float = 1e-5) -> bool:
+    """Field specs equal, numbers to ``rel_tol``: an ω chosen from labels recomputed with
+    round-off (within :data:`LABEL_RTOL`) differs after float32 rounding of the scores."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_spec(a[k], b[k], rel_tol) for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same_spec(x, y, rel_tol) for x, y in zip(a, b))
+    if (isinstance(a, float) or isinstance(b, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool) and isinstance(a, (int, float)) \
+            and isinstance(b, (int, float)):
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
+    return a == b
 
 
 def data_digest(data: Conformations) -> str:

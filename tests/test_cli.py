@@ -126,3 +126,51 @@ def test_evaluate_prints_a_legend_under_the_table_but_not_into_json(labelled_fil
     assert out.index("| samples |") < out.index("Columns:") and "TVD ↓" in out
     assert main(["evaluate", str(labelled_file), str(labelled_file), "--json"]) == 0
     json.loads(capsys.readouterr().out)
+
+
+@pytest.fixture
+def model_file(labelled_file, tmp_path):
+    path = tmp_path / "model.pt"
+    assert main(["train", str(labelled_file), "--steps", "3", "--quiet", "-o", str(path)]) == 0
+    return path
+
+
+def test_sample_streams_batches_to_disk_as_the_api_draws_them(model_file, tmp_path,
+                                                                monkeypatch):
+    from ase_drift.sampler import DriftSampler
+
+    monkeypatch.setattr(DriftSampler, "batch_size", 4)  # 10 samples: batches of 4, 4, 2
+    out = tmp_path / "many.extxyz"
+    assert main(["sample", str(model_file), "-n", "10", "--seed", "3", "-o", str(out)]) == 0
+    np.testing.assert_allclose(read_positions(out).positions,
+                               ase_drift.load(model_file).sample_positions(10, seed=3),
+                               rtol=0, atol=1e-6)
+
+
+def test_sample_refines_with_a_calculator_and_writes_its_labels(model_file, tmp_path, capsys):
+    from ase.calculators.emt import EMT
+
+    out = tmp_path / "refined.extxyz"
+    assert main(["sample", str(model_file), "-n", "4", "--seed", "1", "--refine", "emt",
+                 "--refine-steps", "2", "-o", str(out)]) == 0
+    assert "2 MALA steps with emt (acceptance" in capsys.readouterr().out
+    import ase.io
+
+    frames = ase.io.read(out, ":")
+    assert len(frames) == 4 and frames[0].info["refine_steps"] == 2
+    for atoms in frames:
+        stored = atoms.get_potential_energy()
+        atoms.calc = EMT()
+        assert atoms.get_potential_energy() == pytest.approx(stored, abs=1e-6)
+    assert main(["sample", str(model_file), "-n", "4", "--refine-steps", "2",
+                 "-o", str(tmp_path / "x.extxyz")]) == 2
+    assert "--refine-steps and --refine-step-size need --refine" in capsys.readouterr().err
+
+
+def test_sample_in_bf16_is_close_to_fp32(model_file, tmp_path):
+    paths = [tmp_path / f"{p}.extxyz" for p in ("fp32", "bf16")]
+    for precision, path in zip(("fp32", "bf16"), paths, strict=True):
+        assert main(["sample", str(model_file), "-n", "50", "--seed", "2", "--precision",
+                     precision, "-o", str(path)]) == 0
+    fp32, bf16 = (read_positions(p).positions for p in paths)
+    assert 0 < np.abs(fp32 - bf16).max() < 0.05  # Å

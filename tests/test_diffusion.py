@@ -262,3 +262,16 @@ def test_ve_sigmas_are_exactly_geometric_in_the_requested_dtype():
     for sigma_min, sigma_max in ((0.0, 1.0), (2.0, 1.0)):
         with pytest.raises(ValueError, match="need 0 < sigma_min <= sigma_max"):
             ve_sigmas(3, sigma_min, sigma_max)
+
+
+def test_streamed_batches_are_the_conformations_drawn_at_once(data, monkeypatch):
+    """iter_positions in batches == sample_positions (one generator throughout, same batch
+    size), so ase-drift sample streams what the API returns."""
+    sampler = train_diffusion(data, DiffusionConfig(d_model=16, n_layers=1, n_heads=2, steps=2,
+                                                    batch_size=8, sampler_steps=3),
+                              progress=False)
+    monkeypatch.setattr(sampler, "batch_size", 3)
+    batches = list(sampler.iter_positions(7, seed=4))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    np.testing.assert_array_equal(np.concatenate(batches), sampler.sample_positions(7, seed=4))
+    assert not np.array_equal(batches[0], batches[1])

@@ -365,3 +365,31 @@ def test_fi_chooses_omega_from_the_data_rho_unless_given(data):
     assert stronger.field.omega == pytest.approx(trainer.field.omega / 10, rel=1e-6)
     fixed = Trainer(data, small_config(field="fi", space="cartesian", omega=0.3))
     assert fixed.field.omega == 0.3 and fixed.metadata()["force_scale_ratio"] is None
+
+
+def test_streamed_batches_are_the_conformations_drawn_at_once(data, monkeypatch):
+    sampler = Trainer(data, small_config(steps=2)).run()
+    at_once = sampler.sample_positions(10, seed=4)
+    monkeypatch.setattr(sampler, "batch_size", 4)
+    batches = list(sampler.iter_positions(10, seed=4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    np.testing.assert_allclose(np.concatenate(batches), at_once, rtol=0, atol=1e-6)  # BLAS
+    assert sampler.sample_positions(0).shape == (0, 3, 3)
+    fast = sampler.sample_positions(10, seed=4, precision="bf16")
+    assert fast.dtype == np.float32 and 0 < np.abs(fast - at_once).max() < 0.05  # Å
+
+
+def test_resume_keeps_the_runs_automatic_omega_when_labels_differ_by_round_off(tmp_path, data):
+    """FI's ω comes from the labels; labels recomputed with round-off give an ω that differs in
+    the last digits: resuming continues with the checkpoint's ω, bit for bit."""
+    from dataclasses import replace
+
+    path = tmp_path / "run.ckpt"
+    config = small_config(field="fi", space="cartesian", steps=4)
+    Trainer(data, config).attach(Checkpointer(path), 4).run()
+    noisy = replace(data, forces=data.forces * (1 + 1e-9))
+    resumed = Trainer(noisy, config)
+    recomputed = resumed.field.omega
+    resumed.load_checkpoint(path)
+    stored = load_checkpoint(path)["config"]["field"]["omega"]
+    assert recomputed != stored and resumed.field.omega == stored

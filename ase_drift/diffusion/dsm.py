@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from ..checkpoint import CheckpointError, StoredConfig, save_checkpoint
 from ..data import Conformations, check_temperature
 from ..features import Cartesian
-from ..sampler import TemplateSampler, _formula, register_sampler, torch_generator
+from ..sampler import TemplateSampler, _formula, register_sampler
 from .samplers import pc_sample
 from .schedules import ve_sigma, ve_sigmas
 
@@ -115,13 +115,12 @@ class DiffusionSampler(TemplateSampler):
     ``ase_drift.diffusion``; still read).
     """
 
+    batch_size = 1000
+
     def __init__(self, model: ScoreTransformer, numbers, scale: float, config: DiffusionConfig,
                  metadata: dict):
+        super().__init__(numbers, scale, config, metadata)
         self.model = model.eval()
-        self.numbers = np.asarray(numbers, dtype=np.int64)
-        self.scale = float(scale)
-        self.config = config
-        self.metadata = metadata
 
     def __repr__(self) -> str:
         return (f"DiffusionSampler({_formula(self.numbers)}, {self.config.sampler_steps} levels, "
@@ -134,17 +133,8 @@ class DiffusionSampler(TemplateSampler):
         return 2 * self.config.sampler_steps - 1
 
     @torch.inference_mode()
-    def sample_positions(self, n: int, seed: int | None = None,
-                         batch_size: int = 1000) -> np.ndarray:
-        """Predictor–corrector sampling of ``n`` conformations ``[n, A, 3]`` in Å."""
-        if n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
-        rng = torch_generator(seed)
-        return np.concatenate([self._sample_batch(min(batch_size, n - start), rng)
-                               for start in range(0, n, batch_size)]) if n else \
-            np.empty((0, len(self.numbers), 3), dtype=np.float32)
-
     def _sample_batch(self, n: int, rng: torch.Generator) -> np.ndarray:
+        """Predictor–corrector sampling of ``n`` conformations ``[n, A, 3]`` in Å."""
         cfg = self.config
         shape = (n, len(self.numbers), 3)
 
