@@ -351,6 +351,28 @@ class NCEDensity:
         metadata["final_losses"] = {k: float(np.mean(v[-tail:])) for k, v in history.items()}
         return cls(net, config, shift, scale, metadata)
 
+    @classmethod
+    def for_model(cls, model: str | Path, n: int = 50_000, *, progress: bool = True,
+                  **options) -> NCEDensity:
+        """The density of the sampler stored at ``model``, cached beside it as
+        ``<model>.nce.pt``: read from there when it was fitted to this very file (SHA-256) with
+        the same ``n`` and options (:class:`NCEConfig` fields), else fitted and written."""
+        from .forces import file_sha256
+        from .sampler import load
+
+        model = Path(model)
+        cache = model.with_name(model.name + ".nce.pt")
+        digest, config = file_sha256(model), NCEConfig(**options)
+        if cache.exists():
+            cached = cls.load(cache)
+            if (cached.metadata.get("sampler_sha256"), cached.metadata["n_samples"],
+                    cached.config) == (digest, n, config):
+                return cached
+        density = cls.fit(load(model), n=n, config=config, progress=progress)
+        density.metadata["sampler_sha256"] = digest
+        density.save(cache)
+        return density
+
     def energy(self, features: np.ndarray, t: float = 0.0, batch_size: int = 8192) -> np.ndarray:
         """U_θ(x, t) ``[n]`` of unstandardised features or vectors ``[n, D]``."""
         x = (torch.as_tensor(np.asarray(features), dtype=torch.float32) - self.shift) / self.scale

@@ -168,3 +168,16 @@ def reweight(positions, numbers, log_q, *, forces=None, energies=None,
         raise ValueError("energies are not finite")
     reduced = energies / units.kT(temperature_K)  # [n] E/kT
     return WeightedSamples(positions, normalised_log_weights(-reduced, log_q), reduced, log_q)
+
+
+def reweight_sampler(sampler, density, n: int, *, forces, seed: int | None = None,
+                     progress: bool = True) -> WeightedSamples:
+    """``n`` fresh samples of ``sampler`` with their mirror images folded
+    (:meth:`~ase_drift.likelihood.NCEDensity.fold`), weighted by ``density`` (an
+    :class:`~ase_drift.likelihood.NCEDensity` of this sampler) towards the Boltzmann
+    distribution of ``forces`` at the sampler's temperature."""
+    if density.numbers is None or not np.array_equal(density.numbers, sampler.numbers):
+        raise ValueError("the density was not fitted to this sampler's molecule")
+    positions = density.fold(sampler.sample_positions(n, seed=seed))  # [n, A, 3] Å
+    return reweight(positions, sampler.numbers, density.log_prob(positions), forces=forces,
+                    temperature_K=sampler.temperature_K, progress=progress)

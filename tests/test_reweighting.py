@@ -127,3 +127,38 @@ def test_bad_inputs_raise_clear_errors():
         ws.expectation(lambda r: r[:, 0])
     with pytest.raises(ValueError, match="holds no frame"):
         ws.free_energy_difference(lambda r: r[:, 0, 0] > 100, lambda r: r[:, 0, 0] < 100)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A drift sampler of ethanol after two training steps, saved to a file."""
+    from ase_drift.datasets import load
+    from ase_drift.training import TrainConfig, Trainer
+
+    train, _ = load("ethanol-gfn2-500K")
+    config = TrainConfig(steps=2, hidden=16, depth=1, batch_size=16, n_positives=32,
+                         noise_dim=4)
+    return Trainer(train, config).run().save(tmp_path_factory.mktemp("model") / "tiny.pt")
+
+
+def test_density_cached_beside_the_model_and_samples_reweighted(tiny_model):
+    from ase_drift import load
+    from ase_drift.likelihood import NCEDensity
+    from ase_drift.reweighting import reweight_sampler
+
+    options = {"n": 200, "steps": 2, "hidden": 8, "depth": 1, "progress": False}
+    density = NCEDensity.for_model(tiny_model, **options)
+    cache = tiny_model.with_name("tiny.pt.nce.pt")
+    written = cache.stat().st_mtime_ns
+    assert NCEDensity.for_model(tiny_model, **options).metadata == density.metadata
+    assert cache.stat().st_mtime_ns == written  # read, not refitted
+    refitted = NCEDensity.for_model(tiny_model, **dict(options, steps=3))
+    assert refitted.config.steps == 3 and cache.stat().st_mtime_ns != written
+    sampler = load(tiny_model)
+    ws = reweight_sampler(sampler, density, 30, forces=SpringForces(), seed=0)
+    assert ws.positions.shape == (30, 9, 3) and ws.weights.sum() == pytest.approx(1.0)
+    assert not density.chirality(ws.positions).mirror.any()
+    other = NCEDensity.fit(np.random.default_rng(0).normal(size=(50, 2)), steps=1, hidden=4,
+                           depth=1, progress=False)
+    with pytest.raises(ValueError, match="not fitted to this sampler's molecule"):
+        reweight_sampler(sampler, other, 5, forces=SpringForces())

@@ -1,0 +1,174 @@
+"""The BoltzNCE toy ablation: KL(p ‖ q) on a 100 × 100 grid over [−2, 2]² for energy models
+trained by score matching only, InfoNCE only, and both (:class:`ase_drift.likelihood.NCEDensity`
+on vectors), on 8 Gaussians on a circle and a checkerboard, beside the paper's figures.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.nce_toys          # ≈ 25 min on one core
+    python -m benchmarks.nce_toys --quick                    # seed 0 only, ≈ 8 min
+    python -m benchmarks.nce_toys --table-only --docs        # re-tabulate, write the docs
+
+The data and metric follow the paper's notebook: 10,000 samples; 8 Gaussians of std 0.1 with
+centres on the unit circle; a checkerboard of 0.4-wide squares on [−2, 2]²; both log-densities
+normalised over the grid, KL = Σ p (log p − log q). Its training setup is cut to fit a shared
+CPU: a 128-wide, 4-block residual MLP (paper: 256 wide, 7 layers), batches of 512 for 3,000
+steps (paper: full batches of 10,000 for 10,000 steps), the paper's linear interpolant and one
+uniform contrast time. Each (case, variant, seed) is stored in ``benchmarks/results/
+nce_toys.json`` as it finishes, so a rerun resumes; the seed-0 densities are drawn into
+``docs/img/nce_toys.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+from scipy.special import logsumexp
+
+from ase_drift.likelihood import NCEConfig, NCEDensity
+from ase_drift.metrics import render_table
+from benchmarks.common import ROOT, write_section
+
+RESULTS_PATH = ROOT / "benchmarks" / "results" / "nce_toys.json"
+GRIDS_PATH = ROOT / "benchmarks" / "results" / "samples" / "nce_toys_grids.npz"
+FIGURE_PATH = ROOT / "docs" / "img" / "nce_toys.png"
+N_DATA, GRID, SEEDS = 10_000, 100, (0, 1, 2)
+CONFIG = NCEConfig(hidden=128, depth=4, batch_size=512, steps=3000, interpolant="linear",
+                   n_negatives=1, window=None, learning_rate=1e-3)
+#: (λ_SM, λ_NCE) of each ablation variant.
+VARIANTS = {"score matching only": (1.0, 0.0), "InfoNCE only": (0.0, 1.0), "both (BoltzNCE)": (1.0, 1.0)}
+#: The paper's KL (Table: ablation); None where it reports none.
+PAPER = {("8 Gaussians", "score matching only"): 0.2199, ("8 Gaussians", "InfoNCE only"): 0.2395,
+         ("8 Gaussians", "both (BoltzNCE)"): 0.0150, ("checkerboard", "InfoNCE only"): 3.8478,
+         ("checkerboard", "both (BoltzNCE)"): 0.1987}
+CENTRES = np.stack([np.cos(np.arange(8) * np.pi / 4), np.sin(np.arange(8) * np.pi / 4)], 1)
+STD, SQUARE, HALF_WIDTH = 0.1, 0.4, 2.0
+
+
+def gaussians_sample(n: int, rng: np.random.Generator) -> np.ndarray:
+    return CENTRES[rng.integers(8, size=n)] + STD * rng.standard_normal((n, 2))
+
+
+def gaussians_log_prob(x: np.ndarray) -> np.ndarray:
+    squared = ((x[:, None] - CENTRES) ** 2).sum(-1)  # [n, 8]
+    return logsumexp(-squared / (2 * STD**2), axis=1)  # up to a constant
+
+
+def checkerboard_inside(x: np.ndarray) -> np.ndarray:
+    cells = np.floor(x / SQUARE).astype(int).sum(1)
+    return (np.abs(x) < HALF_WIDTH).all(1) & (cells % 2 == 0)
+
+
+def checkerboard_sample(n: int, rng: np.random.Generator) -> np.ndarray:
+    out = np.empty((0, 2))
+    while len(out) < n:
+        x = rng.uniform(-HALF_WIDTH, HALF_WIDTH, (2 * n, 2))
+        out = np.concatenate([out, x[checkerboard_inside(x)]])
+    return out[:n]
+
+
+def checkerboard_log_prob(x: np.ndarray) -> np.ndarray:
+    return np.where(checkerboard_inside(x), 0.0, -1000.0)  # the notebook's "zero" density
+
+
+CASES = {"8 Gaussians": (gaussians_sample, gaussians_log_prob),
+         "checkerboard": (checkerboard_sample, checkerboard_log_prob)}
+
+
+def grid_points() -> np.ndarray:
+    axis = np.linspace(-2.0, 2.0, GRID)
+    return np.stack(np.meshgrid(axis, axis, indexing="xy"), -1).reshape(-1, 2)  # [G², 2]
+
+
+def grid_kl(log_p: np.ndarray, log_q: np.ndarray) -> float:
+    """KL(p ‖ q) = Σ p (log p − log q) of two log-densities normalised over the grid."""
+    log_p, log_q = log_p - logsumexp(log_p), log_q - logsumexp(log_q)
+    return float(np.sum(np.exp(log_p) * (log_p - log_q)))
+
+
+def run(case: str, variant: str, seed: int) -> tuple[dict, np.ndarray]:
+    """Fit one density; its KL, time and grid of log q ``[G²]``."""
+    sample, _ = CASES[case]
+    data = sample(N_DATA, np.random.default_rng(1000 + seed))
+    score_weight, nce_weight = VARIANTS[variant]
+    start = time.perf_counter()
+    density = NCEDensity.fit(data, config=CONFIG, seed=seed, score_weight=score_weight,
+                             nce_weight=nce_weight)
+    seconds = time.perf_counter() - start
+    log_q = density.log_prob(grid_points())
+    return {"kl": grid_kl(CASES[case][1](grid_points()), log_q), "seconds": seconds}, log_q
+
+
+def load_results() -> dict:
+    return json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
+
+
+def table(results: dict) -> str:
+    rows = []
+    for case in CASES:
+        for variant in VARIANTS:
+            kls = [r["kl"] for k, r in results.items() if k.startswith(f"{case}/{variant}/")]
+            paper = PAPER.get((case, variant))
+            mean = np.mean(kls) if kls else np.nan
+            rows.append([case, variant, len(kls), np.round(kls, 4).tolist() if kls else None,
+                         paper if paper is not None else "—",
+                         mean / paper if paper and kls else "—"])
+    header = ["case", "loss", "seeds", "KL (mean ± std)", "paper", "ratio to paper"]
+    return render_table(header, rows, digits=[0, 0, 0, 4, 4, 2])
+
+
+def figure(grids: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(CASES), 1 + len(VARIANTS), figsize=(12, 6))
+    points = grid_points()
+    for row, (case, (_, log_prob)) in enumerate(CASES.items()):
+        panels = [("truth", log_prob(points))] + [
+            (variant, grids[f"{case}/{variant}"]) for variant in VARIANTS
+            if f"{case}/{variant}" in grids]
+        for ax, (title, log_q) in zip(axes[row], panels):
+            ax.imshow(np.exp(log_q - logsumexp(log_q)).reshape(GRID, GRID), origin="lower",
+                      extent=(-2, 2, -2, 2), cmap="viridis")
+            ax.set_title(f"{case}: {title}", fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    FIGURE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURE_PATH, dpi=90)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="seed 0 only")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--docs", action="store_true", help="write the table into the docs")
+    args = parser.parse_args(argv)
+    results = load_results()
+    grids = dict(np.load(GRIDS_PATH)) if GRIDS_PATH.exists() else {}
+    if not args.table_only:
+        for seed in SEEDS[:1] if args.quick else SEEDS:
+            for case in CASES:
+                for variant in VARIANTS:
+                    key = f"{case}/{variant}/{seed}"
+                    if key in results:
+                        continue
+                    print(f"{key} …", flush=True)
+                    results[key], log_q = run(case, variant, seed)
+                    print(f"{key}: KL {results[key]['kl']:.4f} "
+                          f"({results[key]['seconds']:.0f} s)", flush=True)
+                    RESULTS_PATH.write_text(json.dumps(results, indent=1))
+                    if seed == 0:
+                        grids[f"{case}/{variant}"] = log_q
+                        GRIDS_PATH.parent.mkdir(parents=True, exist_ok=True)
+                        np.savez(GRIDS_PATH, **grids)
+        figure(grids)
+    text = table(results)
+    print(text)
+    if args.docs:
+        write_section("benchmarks.md", "nce-toys", text)
+
+
+if __name__ == "__main__":
+    main()
