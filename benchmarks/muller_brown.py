@@ -227,6 +227,23 @@ def _paper(value) -> str:
     return "–" if value is None else f"{value[0]} ± {value[1]}"
 
 
+def _cost(stored: dict) -> str:
+    """Training cost with and without the regulariser, measured inside each "both" run (its
+    regularised small-t expert against its two plain experts: same process, same load)."""
+    ratios = []
+    for key, r in stored["runs"].items():
+        if key.startswith("both/"):
+            small, *plain = r["expert_seconds"]
+            n_small = round(2 / 3 * r["steps"])
+            ratios.append((small / n_small) / (sum(plain) / (r["steps"] - n_small)))
+    if not ratios:
+        return ""
+    return (f"Training cost: a step with the Fokker–Planck term costs {np.mean(ratios):.1f}× a "
+            f"plain DSM step (range {min(ratios):.1f}–{max(ratios):.1f}×, measured within each "
+            f"'both' run, whose experts share process and load; the paper reports ~6×). Whole "
+            f"runs: the 'train (s)' column, on 2 cores shared with other jobs.")
+
+
 def table(stored: dict, methods) -> str:
     """Markdown: ours (mean ± std over seeds) beside the paper's figures, plus costs."""
     setup = stored["setup"]
@@ -250,6 +267,7 @@ def table(stored: dict, methods) -> str:
                      f"{_cell(get['iid', 'pmf'])} | {_cell(get['sim', 'pmf'])} | {train:.0f} | "
                      + " | ".join(_paper(v) for v in PAPER[method]) + " |")
     finite = min(r["sim_finite_fraction"] for r in stored["runs"].values())
+    lines += ["", _cost(stored)]
     lines += ["", (f"{setup['steps']:,} training steps per model (batch 512, learning rate "
               f"10⁻³ cosine; with experts 2/3 of them on the smallest-t expert), α = {ALPHA}; "
               f"{setup['data_frames']:,} training frames and an independent reference of as "

@@ -537,8 +537,9 @@ class EnergyDiffusion(TemplateSampler):
             raise ValueError(f"positions must be [B, {len(self.numbers)}, 3], got "
                              f"{positions.shape}")
         x = torch.as_tensor(positions / self.scale, dtype=torch.float32).flatten(1)
-        log_q, force, _ = self.force_field(x)
-        return ForceResult(log_q.double().numpy(), force.double().numpy().reshape(positions.shape))
+        energy, force, _ = self.force_field(x)
+        return ForceResult(energy.double().numpy(),
+                           force.double().numpy().reshape(positions.shape))
 
     def force_field(self, x: Tensor) -> tuple[Tensor, Tensor, float]:
         """(energy eV ``[B]``, force eV/Å ``[B, 3A]``, kT eV) at t_min for normalised, flattened
