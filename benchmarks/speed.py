@@ -45,6 +45,9 @@ def main():
     n = 200_000
     rate = n / best_of(lambda: sampler.sample_positions(n, seed=0), 5)
     rows.append(("sample_positions (conformers/s)", rate, "≥ 50,000"))
+    sampler.sample_positions(1000, seed=0, precision="bf16")
+    rate = n / best_of(lambda: sampler.sample_positions(n, seed=0, precision="bf16"), 5)
+    rows.append(("sample_positions, bf16 hidden layers (conformers/s)", rate, "≥ 250,000"))
 
     atoms = train_set.to_atoms()[0]
     atoms.calc = None
