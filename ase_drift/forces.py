@@ -728,17 +728,19 @@ SOURCE_KINDS = {
     "emt": "emt (ASE's effective-medium theory: H, C, N, O, Al, Ni, Cu, Pd, Ag, Pt, Au)",
     "lj": "lj (ASE's Lennard-Jones, default parameters: for tests)",
     "openmm": "openmm:SYSTEM.xml (a serialized openmm.System)",
-    "mace": "mace:MODEL.pt (a MACE model saved with torch.save)",
-    "schnetpack": "schnetpack:MODEL (a SchNetPack model saved with torch.save; "
-                  "5 Å neighbour list)",
+    "mace": "mace:MODEL.pt (a MACE model saved with torch.save; eV, Å; many frames per call)",
+    "schnetpack": "schnetpack:MODEL (a SchNetPack model saved with torch.save; eV, Å; "
+                  "5 Å neighbour list; many frames per call)",
 }
 
 
 def source_from_spec(spec: str) -> ForceSource:
     """The force source named by a command-line ``spec`` ``KIND[:ARGUMENT]``: ``tblite:GFN2-xTB``,
     ``emt``, ``lj``, ``openmm:system.xml``, ``mace:model.pt`` or ``schnetpack:model`` (see
-    :data:`SOURCE_KINDS`). Optional packages (tblite, OpenMM, MACE, SchNetPack) are imported
-    here only. An unknown kind, a missing argument or a missing file raises ValueError."""
+    :data:`SOURCE_KINDS`); the neural potentials as the batched sources of
+    :mod:`ase_drift.neural_forces`, in float64. Optional packages (tblite, OpenMM, MACE,
+    SchNetPack) are imported here only. An unknown kind, a missing argument or a missing file
+    raises ValueError."""
     kind, _, argument = spec.partition(":")
     kind = kind.strip().lower()
     known = "; ".join(SOURCE_KINDS.values())
@@ -775,7 +777,7 @@ def source_from_spec(spec: str) -> ForceSource:
             raise ValueError(f"calculator {spec!r}: {argument} holds a "
                              f"{type(system).__name__}, not an openmm.System")
         return OpenMMForces(system)
-    from . import potentials  # imports torch; mace and schnetpack inside its functions
+    from . import neural_forces  # imports torch; mace and schnetpack inside its classes
 
-    make = potentials.mace_calculator if kind == "mace" else potentials.painn_calculator
-    return CalculatorForces(make(argument), model_file=argument)
+    return (neural_forces.MACEForces if kind == "mace"
+            else neural_forces.SchNetPackForces)(argument)

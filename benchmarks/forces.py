@@ -1,18 +1,28 @@
 """Force-source speed: forces per second of each engine on ethanol and alanine dipeptide.
 
     python -m benchmarks.forces [--frames 200] [--threads 1]
+    python -m benchmarks.forces --batched [--frames 1000] [--threads 1 [2]] [--docs]
 
 Each engine labels ``--frames`` frames of the bundled data sets through ase_drift's force
 sources (what training with ``forces=...`` does). The neural potentials are the examples'
 architectures (PaiNN 32×3; MACE 16x0e+16x1o, 2 interactions) with freshly initialised weights:
 speed does not depend on the weights. Prints a markdown table.
+
+``--batched`` compares, for each neural potential on ``--frames`` ethanol frames and each
+``--threads`` count, its per-frame ASE calculator (``CalculatorForces``) with the batched
+source of the same model file (``SchNetPackForces``, ``MACEForces``) at several frames per
+model call; ``--docs`` writes that table into docs/benchmarks.md. Give ``--threads 1 2`` on a
+machine with two idle cores only: with other work on them, OpenMP's second thread is
+descheduled and the first waits for it (a two-thread run here took over half an hour).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +30,7 @@ import numpy as np
 from ase_drift import potentials
 from ase_drift.datasets import load, topology_pdb
 from ase_drift.forces import CalculatorForces, LabelForces, OpenMMForces
+from benchmarks.common import best_of, write_section
 
 SYSTEMS = {"ethanol": "ethanol-gfn2-500K",
            "alanine dipeptide": "alanine-dipeptide-amber99sbildn-300K-small"}
@@ -43,34 +54,34 @@ def openmm_amber(data, workdir):
     return OpenMMForces(make_system(app.PDBFile(str(pdb)).topology))
 
 
-def schnetpack_painn(data, workdir):
-    import schnetpack.transform as trn
+def painn_file(data, workdir) -> Path:
+    """The examples' PaiNN (32 features, 3 interactions), saved as SchNetPack saves models."""
     import torch
-    from schnetpack import properties
-    from schnetpack.interfaces import SpkCalculator
 
     model = potentials.build_painn(32, 3, float(data.energies.mean()) / data.n_atoms, seed=0)
     path = Path(workdir) / f"painn-{data.n_atoms}.model"
     torch.save(model, path)
-    return CalculatorForces(SpkCalculator(
-        model=str(path),
-        neighbor_list=trn.ASENeighborList(cutoff=potentials.PAINN_CUTOFF_ANGSTROM),
-        energy_key=properties.energy, force_key=properties.forces, energy_unit="eV",
-        position_unit="Ang", dtype=torch.float64))
+    return path
 
 
-def mace_small(data, workdir):
+def mace_file(data, workdir) -> Path:
+    """The examples' MACE (16x0e+16x1o, 2 interactions), saved in float64."""
     import torch
-    from mace.calculators import MACECalculator
-    from mace.tools import AtomicNumberTable
 
-    z_table = AtomicNumberTable(sorted(set(data.numbers.tolist())))
-    model = potentials.build_mace(16, z_table, float(data.energies.mean()) / data.n_atoms,
+    model = potentials.build_mace(16, potentials.atomic_number_table(data),
+                                  float(data.energies.mean()) / data.n_atoms,
                                   float(np.sqrt(np.mean(data.forces ** 2))), 8.0, seed=0)
     path = Path(workdir) / f"mace-{data.n_atoms}.model"
     torch.save(model.double(), path)
-    return CalculatorForces(MACECalculator(model_paths=str(path), device="cpu",
-                                           default_dtype="float64"))
+    return path
+
+
+def schnetpack_painn(data, workdir):
+    return CalculatorForces(potentials.painn_calculator(painn_file(data, workdir)))
+
+
+def mace_small(data, workdir):
+    return CalculatorForces(potentials.mace_calculator(mace_file(data, workdir)))
 
 
 ENGINES = {
@@ -89,37 +100,105 @@ UNITS = {
 }
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+#: Per neural potential: its model file, per-frame ASE calculator and batched source.
+NEURAL = {
+    "PaiNN (SchNetPack 2.2)": (painn_file, potentials.painn_calculator, "SchNetPackForces"),
+    "MACE 0.3.16": (mace_file, potentials.mace_calculator, "MACEForces"),
+}
+#: Frames per model call of the batched sources in ``--batched``.
+BATCH_SIZES = (16, 64, 256)
+
+
+def engine_speeds(frames: int, threads: int) -> str:
+    """Forces/s of every engine on ``frames`` frames of each system, as a markdown table."""
     import torch
 
-    torch.set_num_threads(args.threads)
-    data = {name: load(dataset)[0][: args.frames] for name, dataset in SYSTEMS.items()}
+    torch.set_num_threads(threads)
+    data = {name: load(dataset)[0][:frames] for name, dataset in SYSTEMS.items()}
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for engine, build in ENGINES.items():
             rates = []
-            for frames in data.values():
+            for labelled in data.values():
                 try:
-                    source = build(frames, workdir)
+                    source = build(labelled, workdir)
                 except ImportError:
                     source = None
                 if source is None:
                     rates.append("—")
                     continue
-                source.compute(frames.numbers, frames.positions[:2])  # warm-up
+                source.compute(labelled.numbers, labelled.positions[:2])  # warm-up
                 start = time.perf_counter()
-                source.compute(frames.numbers, frames.positions)
-                rates.append(f"{len(frames) / (time.perf_counter() - start):,.0f}")
+                source.compute(labelled.numbers, labelled.positions)
+                rates.append(f"{len(labelled) / (time.perf_counter() - start):,.0f}")
             rows.append((engine, UNITS[engine], *rates))
-    print(f"{args.frames} frames per system, {args.threads} thread(s)\n")
-    print("| engine | units at the engine → boundary | ethanol (forces/s) | "
-          "alanine dipeptide (forces/s) |\n|---|---|---:|---:|")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    header = ("| engine | units at the engine → boundary | ethanol (forces/s) | "
+              "alanine dipeptide (forces/s) |")
+    lines = [f"{frames} frames per system, {threads} thread(s)", "", header, "|---|---|---:|---:|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def batched_speeds(frames: int, thread_counts: list[int]) -> str:
+    """Frames/s of each neural potential's per-frame calculator and batched source on
+    ``frames`` ethanol frames, per thread count, as a markdown table with the speed-ups. The
+    per-frame calculator is timed once, each batched size as the best of 3, all after a
+    warm-up call; the largest difference between the two sources' forces is checked."""
+    import torch
+
+    from ase_drift import neural_forces
+
+    ethanol = load(SYSTEMS["ethanol"])[0]
+    numbers, positions = ethanol.numbers, ethanol.positions[:frames]  # [A], [N, A, 3] Å
+    header = ("| model | threads | per-frame calculator (frames/s) | "
+              + " | ".join(f"batched, {size}/call (frames/s)" for size in BATCH_SIZES)
+              + " | best speed-up |")
+    lines = [header, "|---|---:|" + "---:|" * (len(BATCH_SIZES) + 2)]
+    with tempfile.TemporaryDirectory() as workdir:
+        for model, (save, calculator, batched) in NEURAL.items():
+            path = save(ethanol, workdir)
+            for threads in thread_counts:
+                torch.set_num_threads(threads)
+                per_frame = CalculatorForces(calculator(path))
+                per_frame.compute(numbers, positions[:2])  # warm-up
+                start = time.perf_counter()
+                reference = per_frame.compute(numbers, positions)
+                rates = [frames / (time.perf_counter() - start)]
+                for size in BATCH_SIZES:
+                    source = getattr(neural_forces, batched)(path, batch_size=size)
+                    source.compute(numbers, positions[:size])  # warm-up
+                    got = source.compute(numbers, positions)
+                    worst = float(np.abs(got.forces - reference.forces).max())  # eV/Å
+                    if worst > 1e-5:
+                        raise AssertionError(f"{model}: batched forces differ by {worst:g} eV/Å")
+                    rates.append(frames / best_of(partial(source.compute, numbers, positions)))
+                cells = [f"{rate:,.0f}" for rate in rates]
+                lines.append(f"| {model} | {threads} | {' | '.join(cells)} | "
+                             f"{max(rates[1:]) / rates[0]:.1f}× |")
+                print(lines[-1], file=sys.stderr, flush=True)  # progress: a row a few minutes
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batched", action="store_true",
+                        help="per-frame calculators against the batched neural sources")
+    parser.add_argument("--frames", type=int, help="200 by default; 1,000 with --batched")
+    parser.add_argument("--threads", type=int, nargs="+",
+                        help="torch thread counts (1 by default)")
+    parser.add_argument("--docs", action="store_true",
+                        help="with --batched: write the table into docs/benchmarks.md")
+    args = parser.parse_args()
+    if not args.batched:
+        print(engine_speeds(args.frames or 200, args.threads[0] if args.threads else 1))
+        return
+    frames, threads = args.frames or 1000, args.threads or [1]
+    table = batched_speeds(frames, threads)
+    command = (f"python -m benchmarks.forces --batched --frames {frames} --threads "
+               + " ".join(map(str, threads)))
+    text = f"`{command}`: {frames} ethanol frames.\n\n{table}"
+    print(text)
+    if args.docs:
+        write_section("benchmarks.md", "batched-forces", text)
 
 
 if __name__ == "__main__":
