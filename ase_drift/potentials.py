@@ -286,10 +286,15 @@ def fit_mace(model, loader, epochs: int, learning_rate: float, energy_weight: fl
 
 
 def mace_calculator(model_path: str | Path) -> Calculator:
-    """MACE's ``MACECalculator`` for a model saved with ``torch.save``, in float64 on the CPU."""
+    """MACE's ``MACECalculator`` for a model saved with ``torch.save``, in float64 on the CPU.
+
+    The model is unpickled here with ``weights_only=False`` said explicitly (a MACE model file is
+    a pickled module: load only files you trust), not by MACECalculator's bare ``torch.load``,
+    which works only while importing mace's ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set."""
     from mace.calculators import MACECalculator
 
-    return MACECalculator(model_paths=str(model_path), device="cpu", default_dtype="float64")
+    model = torch.load(model_path, map_location="cpu", weights_only=False)
+    return MACECalculator(models=model, device="cpu", default_dtype="float64")
 
 
 # ----------------------------------------------------------------------------- either
