@@ -319,3 +319,41 @@ def test_model_rejects_bad_inputs(trained):
                                  dict(model.metadata, temperature_K=None))
     with pytest.raises(ValueError, match="without a temperature"):
         untempered.compute([7, 1, 1, 1], np.zeros((4, 3)))
+
+
+# --------------------------------------------------------------------------- 2-D metrics
+
+LIMITS = ((0.0, 1.0), (0.0, 1.0))
+
+
+def test_histogram_2d_counts_escaped_points_in_its_own_bin():
+    from ase_drift.metrics.density2d import histogram_2d
+
+    points = np.array([[0.1, 0.1], [0.9, 0.9], [5.0, 0.5], [0.5, -2.0]])
+    h = histogram_2d(points, LIMITS, bins=2)
+    assert h.tolist() == [0.25, 0.0, 0.0, 0.25, 0.5]
+
+
+def test_js_2d_is_zero_for_equal_sets_and_log2_for_disjoint_ones():
+    from ase_drift.metrics.density2d import js_2d
+
+    a = np.array([[0.1, 0.1], [0.2, 0.3]])
+    assert js_2d(a, a, LIMITS, bins=4) == 0.0
+    assert js_2d(a, a + 0.6, LIMITS, bins=4) == pytest.approx(math.log(2))
+
+
+def test_pmf_error_is_the_mixture_weighted_squared_free_energy_difference():
+    # p: all in one bin A; q: half in A, half in B (p_B = baseline 1e-6). Weights (p + q)/2 over
+    # the occupied bins, normalised; error (log p − log q)² in kT².
+    from ase_drift.metrics.density2d import pmf_error
+
+    p = np.array([[0.05, 0.05]] * 4)
+    q = np.array([[0.05, 0.05]] * 2 + [[0.95, 0.95]] * 2)
+    w_a, w_b = (1 + 0.5) / 2, (1e-6 + 0.5) / 2
+    expected = (w_a * math.log(2) ** 2 + w_b * math.log(1e-6 / 0.5) ** 2) / (w_a + w_b)
+    assert pmf_error(p, q, LIMITS, bins=8) == pytest.approx(expected)
+    assert pmf_error(p, p, LIMITS, bins=8) == 0.0
+    # beyond the limits, points land in the outermost bins (as ScoreMD's grid)
+    assert pmf_error(p + 10.0, np.array([[1.5, 1.5]] * 4), LIMITS, bins=8) == 0.0
+    with pytest.raises(ValueError, match=r"\[N, 2\]"):
+        pmf_error(np.zeros((3, 3)), p, LIMITS)
