@@ -208,7 +208,7 @@ def table(results: dict) -> str:
                      Estimate(*r["dF_gauche_trans"])])
     rows.append([f"noise floor ({N_FLOOR:,} frames)", "—", "—",
                  Estimate(*ref["noise floor"]["tvd"]), "—", "—"])
-    text = render_table(header, rows, digits=[0, 0, 3, 3, 1, 2])
+    text = render_table(header, rows, digits=[0, 0, 5, 3, 1, 2])
     per_seed = [results[s] for s in seeds]
     errors = [1000 * results[s]["rows"]["reweighted"]["mean_energy_eV"][1] for s in seeds]
     notes = (f"\n\nBootstrap error of one seed's reweighted mean energy: "
@@ -228,7 +228,7 @@ def table(results: dict) -> str:
                   f"frames (draws from π) and read on the other {check['frames_read']:,}: "
                   f"corr(log q̄, −E/kT) {check['corr_logq_minus_E']:.3f}, std(log q̄ + E/kT) "
                   f"{check['std_logq_plus_E_over_kT']:.2f} against std(E/kT) "
-                  f"{check['std_E_over_kT']:.2f}, ESS of those frames {check['ess']:.3f} "
+                  f"{check['std_E_over_kT']:.2f}, ESS of those frames {check['ess']:.5f} "
                   f"(1 for an exact density).")
     return text + notes
 
