@@ -162,3 +162,9 @@ def test_density_cached_beside_the_model_and_samples_reweighted(tiny_model):
                            depth=1, progress=False)
     with pytest.raises(ValueError, match="not fitted to this sampler's molecule"):
         reweight_sampler(sampler, other, 5, forces=SpringForces())
+    sampler.metadata = {}
+    with pytest.raises(ValueError, match="records no temperature"):
+        reweight_sampler(sampler, density, 5, forces=SpringForces())
+    hot = reweight_sampler(sampler, density, 30, forces=SpringForces(), seed=0,
+                           temperature_K=1000.0)
+    np.testing.assert_allclose(hot.reduced_energies, ws.reduced_energies * 500.0 / 1000.0)
