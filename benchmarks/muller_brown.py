@@ -5,6 +5,8 @@ regulariser, and both?
 
     python -m benchmarks.muller_brown                  # 3 seeds, writes docs/benchmarks.md
     python -m benchmarks.muller_brown --quick          # 1 seed, fewer steps and frames
+    python -m benchmarks.muller_brown --steps 12000 --methods diffusion both \
+        --results benchmarks/results/muller_brown-12k.json --marker muller-brown-12k
 
 Data: the project's own BAOAB Langevin runs (:func:`ase_drift.simulate.baoab`) on ScoreMD's
 unscaled Müller–Brown potential at kT = 23, mass 0.5, friction 1, time step 5·10⁻³, a frame
@@ -168,6 +170,8 @@ def main():
     parser.add_argument("--docs", action=argparse.BooleanOptionalAction, default=None,
                         help="write the table into docs/benchmarks.md (default: unless --quick)")
     parser.add_argument("--results", type=Path, default=None)
+    parser.add_argument("--marker", default="muller-brown",
+                        help="the docs/benchmarks.md section to write (one per setup)")
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.steps, args.frames, args.data_frames = [0], 2000, 5000, 20000
@@ -213,7 +217,7 @@ def main():
     text = table(stored, args.methods)
     print(text)
     if docs:
-        write_section("benchmarks.md", "muller-brown", text)
+        write_section("benchmarks.md", args.marker, text)
 
 
 def _cell(values) -> str:
