@@ -38,6 +38,7 @@ VARIANTS = {
     "drift": {"field": "drift"},
     "FK energy form": {"field": "fk-energy"},
     "FK force form": {"field": "fk"},
+    "FI+FK": {"field": "fi+fk"},  # FI's ω chosen from the data's ρ
     "FK force, plain MLP (no init, skip, warm-up; noise 3A)": {
         "field": "fk", "initialize_from_data": False, "noise_dim": "3A", "affine_skip": False,
         "warmup_steps": 0},
