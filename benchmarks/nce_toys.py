@@ -2,8 +2,8 @@
 trained by score matching only, InfoNCE only, and both (:class:`ase_drift.likelihood.NCEDensity`
 on vectors), on 8 Gaussians on a circle and a checkerboard, beside the paper's figures.
 
-    OMP_NUM_THREADS=1 python -m benchmarks.nce_toys          # ≈ 30 min on a loaded core
-    python -m benchmarks.nce_toys --quick                    # seed 0 only, ≈ 10 min
+    OMP_NUM_THREADS=1 python -m benchmarks.nce_toys          # ≈ 75 min (5 min a run, loaded core)
+    python -m benchmarks.nce_toys --quick                    # seed 0 only, ≈ 25 min
     python -m benchmarks.nce_toys --table-only --docs        # re-tabulate, write the docs
 
 The data and metric follow the paper's notebook: 10,000 samples; 8 Gaussians of std 0.1 with
