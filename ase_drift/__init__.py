@@ -33,6 +33,8 @@ from .forces import (
     OpenMMForces,
     label,
 )
+from .likelihood import NCEConfig, NCEDensity
+from .reweighting import WeightedSamples, reweight, reweight_sampler
 from .sampler import DriftSampler, Sampler, load
 from .training import TrainConfig, Trainer, train
 
@@ -51,6 +53,8 @@ __all__ = [
     "GaussianDrift",
     "LabelForces",
     "LabelingError",
+    "NCEConfig",
+    "NCEDensity",
     "OpenMMCalculator",
     "OpenMMForces",
     "PairwiseDistances",
@@ -59,11 +63,14 @@ __all__ = [
     "Sampler",
     "TrainConfig",
     "Trainer",
+    "WeightedSamples",
     "__version__",
     "field_from_spec",
     "field_spec",
     "label",
     "load",
     "make_field",
+    "reweight",
+    "reweight_sampler",
     "train",
 ]
