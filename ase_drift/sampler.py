@@ -158,8 +158,8 @@ class TemplateSampler:
                        **options) -> Iterator[np.ndarray]:
         """``n`` conformations in batches ``[≤ batch_size, A, 3]`` (Å): for any ``n``, without
         holding them all in memory (``ase-drift sample`` streams them to disk)."""
-        if n < 0:
-            raise ValueError(f"n must be non-negative, got {n}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"n must be a non-negative integer, got {n!r}")
         rng = torch_generator(seed)
         for start in range(0, n, self.batch_size):
             yield self._sample_batch(min(self.batch_size, n - start), rng, **options)

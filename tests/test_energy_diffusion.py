@@ -357,3 +357,14 @@ def test_pmf_error_is_the_mixture_weighted_squared_free_energy_difference():
     assert pmf_error(p + 10.0, np.array([[1.5, 1.5]] * 4), LIMITS, bins=8) == 0.0
     with pytest.raises(ValueError, match=r"\[N, 2\]"):
         pmf_error(np.zeros((3, 3)), p, LIMITS)
+
+
+def test_the_shell_samples_an_energy_diffusion_model_as_the_api_does(trained, tmp_path):
+    from ase_drift.cli import main
+    from ase_drift.io import read_positions
+
+    model, path = trained
+    out = tmp_path / "samples.extxyz"
+    assert main(["sample", str(path), "-n", "3", "--seed", "2", "-o", str(out)]) == 0
+    np.testing.assert_allclose(read_positions(out).positions, model.sample_positions(3, seed=2),
+                               rtol=0, atol=1e-6)

@@ -49,7 +49,7 @@ from ..checkpoint import CheckpointError, StoredConfig, save_checkpoint
 from ..data import Conformations, check_temperature
 from ..features import PairwiseDistances
 from ..forces import ForceResult
-from ..sampler import TemplateSampler, _formula, register_sampler, torch_generator
+from ..sampler import TemplateSampler, _formula, register_sampler
 from .samplers import reverse_sde_sample
 
 
@@ -450,13 +450,12 @@ class EnergyDiffusion(TemplateSampler):
     centred training frames; the diffusion lives in the centred subspace (D = 3A − 3).
     """
 
+    batch_size = 1000
+
     def __init__(self, model: EnergyModel, numbers, scale: float, config: EnergyDiffusionConfig,
                  metadata: dict):
+        super().__init__(numbers, scale, config, metadata)
         self.model = model.eval()
-        self.numbers = np.asarray(numbers, dtype=np.int64)
-        self.scale = float(scale)
-        self.config = config
-        self.metadata = metadata
 
     def __repr__(self) -> str:
         return (f"EnergyDiffusion({_formula(self.numbers)}, {len(self.model.experts)} "
@@ -508,18 +507,11 @@ class EnergyDiffusion(TemplateSampler):
     def _project(self, z: Tensor) -> Tensor:
         return _centre(z, len(self.numbers))
 
-    def sample_positions(self, n: int, seed: int | None = None,
-                         batch_size: int = 1000) -> np.ndarray:
+    def _sample_batch(self, n: int, rng: torch.Generator) -> np.ndarray:
         """``n`` i.i.d. conformations ``[n, A, 3]`` in Å, centred (reverse diffusion to
         t_min)."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise ValueError(f"n must be a non-negative integer, got {n!r}")
-        rng = torch_generator(seed)
-        shape = (3 * len(self.numbers),)
-        chunks = [sample_energy_model(self.model, min(batch_size, n - start), shape,
-                                      self.config, rng, self._project)
-                  for start in range(0, n, batch_size)]
-        flat = torch.cat(chunks) if chunks else torch.empty(0, *shape)
+        flat = sample_energy_model(self.model, n, (3 * len(self.numbers),), self.config, rng,
+                                   self._project)
         return (flat.view(n, len(self.numbers), 3) * self.scale).numpy().astype(np.float32)
 
     def compute(self, numbers, positions) -> ForceResult:
