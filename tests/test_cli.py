@@ -174,3 +174,15 @@ def test_sample_in_bf16_is_close_to_fp32(model_file, tmp_path):
                      precision, "-o", str(path)]) == 0
     fp32, bf16 = (read_positions(p).positions for p in paths)
     assert 0 < np.abs(fp32 - bf16).max() < 0.05  # Å
+
+
+def test_every_built_in_kind_is_registered_in_a_fresh_process():
+    """ase_drift.load must find every kind without the caller importing its module first."""
+    import subprocess
+    import sys
+
+    code = ("from ase_drift.sampler import sampler_kinds; "
+            "print(' '.join(sorted(sampler_kinds())))")
+    kinds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert {"drift-sampler", "drift-trainer", "dsm-sampler", "energy-diffusion"} <= set(kinds)
