@@ -3,6 +3,7 @@
     ase-drift label DATA --calculator tblite:GFN2-xTB -o LABELLED.extxyz
     ase-drift train DATA --temperature 500 --field fk-energy --space distance -o MODEL.pt
     ase-drift sample MODEL.pt -n 1000 -o samples.extxyz
+    ase-drift reweight MODEL.pt --calculator tblite:GFN2-xTB -n 10000 -o weighted.extxyz
     ase-drift evaluate samples.extxyz REFERENCE [--json] [--plot DIR [--model MODEL.pt]]
     ase-drift demo
     ase-drift data [NAME]
@@ -138,11 +139,17 @@ _kelvin.__name__ = "temperature"
 def _write_atomically(data, output: Path) -> None:
     """Write conformations to ``output`` in the format its name says, atomically: a reader
     never sees half a file."""
+    _write_frames_atomically(data.to_atoms(), output)
+
+
+def _write_frames_atomically(frames: list, output: Path) -> None:
+    """Write ``ase.Atoms`` frames to ``output`` (format from its name) atomically."""
+    import ase.io
     from ase.io.formats import filetype
 
     tmp = output.with_name(f".{output.name}.tmp")
     try:
-        data.write(tmp, format=filetype(str(output), read=False))
+        ase.io.write(str(tmp), frames, format=filetype(str(output), read=False))
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
@@ -262,6 +269,38 @@ def _refinement(args, sampler):
     return partial(mala, source_from_spec(args.refine), sampler.numbers,
                    temperature_K=sampler.temperature_K, steps=args.refine_steps,
                    step_size=step_size)
+
+
+def cmd_reweight(args) -> int:
+    from ase import Atoms
+
+    from .forces import source_from_spec
+    from .io import check_output
+    from .likelihood import NCEDensity
+    from .reweighting import reweight_sampler
+    from .sampler import atoms_from_positions, load
+
+    output = check_output(args.output, args.n)
+    if output.suffix not in LABELLED_SUFFIXES:
+        raise ValueError(f"-o {output}: weighted frames are written as "
+                         f"{', '.join(LABELLED_SUFFIXES)} (formats that keep per-frame info)")
+    source = source_from_spec(args.calculator)  # an unknown kind fails before any work
+    sampler = load(args.model)
+    density = NCEDensity.for_model(args.model, n=args.fit_samples, steps=args.fit_steps,
+                                   seed=args.seed, progress=sys.stderr.isatty())
+    weighted = reweight_sampler(sampler, density, args.n, forces=source, seed=args.seed,
+                                progress=sys.stderr.isatty())
+    frames = atoms_from_positions(Atoms(numbers=sampler.numbers), weighted.positions)
+    for atoms, weight, log_weight, reduced in zip(frames, weighted.weights,
+                                                  weighted.log_weights,
+                                                  weighted.reduced_energies, strict=True):
+        atoms.info.update(weight=float(weight), log_weight=float(log_weight),
+                          energy_kT=float(reduced))
+    _write_frames_atomically(frames, output)
+    print(f"weighted {args.n} samples of {sampler!r} with {args.calculator}: Kish ESS "
+          f"{weighted.ess:.4f} of the samples (density cached as {args.model}.nce.pt) -> "
+          f"{output}")
+    return 0
 
 
 def fresh_seed() -> int:
@@ -449,6 +488,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MALA step for a hydrogen atom, Å (default 0.03; heavier atoms move "
                         "less, by √(m_H/m))")
     p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("reweight", parents=[debug],
+                       help="importance weights of a model's samples towards the Boltzmann "
+                            "distribution of a calculator (NCE likelihood)")
+    p.add_argument("model", help="a saved sampler of any kind")
+    p.add_argument("--calculator", required=True, metavar="SPEC",
+                   help="the energies' calculator (any SPEC of label/train)")
+    p.add_argument("-n", type=_positive_int, required=True)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("--fit-samples", type=_positive_int, default=50_000,
+                   help="samples the density is fitted on (cached beside the model)")
+    p.add_argument("--fit-steps", type=_positive_int, default=10_000)
+    p.add_argument("-o", "--output", required=True,
+                   help="weighted frames (weight, log_weight, energy_kT in each frame's info): "
+                        + ", ".join(LABELLED_SUFFIXES))
+    p.set_defaults(run=cmd_reweight)
 
     p = sub.add_parser("evaluate", parents=[debug], help="distance-histogram, stability and bond metrics")
     p.add_argument("samples")

@@ -168,3 +168,22 @@ def test_density_cached_beside_the_model_and_samples_reweighted(tiny_model):
     hot = reweight_sampler(sampler, density, 30, forces=SpringForces(), seed=0,
                            temperature_K=1000.0)
     np.testing.assert_allclose(hot.reduced_energies, ws.reduced_energies * 500.0 / 1000.0)
+
+
+def test_cli_reweight_writes_normalised_weights_into_each_frame(tiny_model, tmp_path, capsys):
+    import ase.io
+
+    from ase_drift.cli import main
+
+    out = tmp_path / "weighted.extxyz"
+    assert main(["reweight", str(tiny_model), "--calculator", "emt", "-n", "20",
+                 "--fit-samples", "200", "--fit-steps", "2", "-o", str(out)]) == 0
+    assert "Kish ESS" in capsys.readouterr().out
+    frames = ase.io.read(out, ":")
+    weights = np.array([atoms.info["weight"] for atoms in frames])
+    log_weights = np.array([atoms.info["log_weight"] for atoms in frames])
+    assert len(frames) == 20 and weights.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(np.exp(log_weights), weights, rtol=1e-9)
+    assert main(["reweight", str(tiny_model), "--calculator", "emt", "-n", "5",
+                 "-o", str(tmp_path / "w.pdb")]) == 2
+    assert "weighted frames are written as" in capsys.readouterr().err
