@@ -156,6 +156,8 @@ def _write_frames_atomically(frames: list, output: Path) -> None:
 
 
 def cmd_train(args) -> int:
+    if args.method == "energy-diffusion":
+        return _train_energy_diffusion(args)
     from .data import species_difference
     from .io import check_writable
     from .training import train
@@ -204,6 +206,68 @@ def cmd_train(args) -> int:
                     **options)
     path = sampler.save(args.output)
     print(f"trained {sampler!r} in {time.perf_counter() - start:.1f} s -> {path}")
+    return 0
+
+
+#: ``train`` options that only the drift method reads.
+DRIFT_ONLY_OPTIONS = ("omega", "beta", "bandwidths", "calculator", "cache", "scheduler",
+                      "checkpoint", "resume", "reference")
+
+
+def _train_energy_diffusion(args) -> int:
+    """``train --method energy-diffusion``: :meth:`EnergyDiffusion.train` on the positions."""
+    from .diffusion import EnergyDiffusion
+    from .io import check_writable
+
+    given = [f"--{name.replace('_', '-')}" for name in DRIFT_ONLY_OPTIONS
+             if getattr(args, name) not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: drift options, not read by --method "
+                         f"energy-diffusion")
+    check_writable(args.output, "-o")
+    data = _read_data(args.data, args.temperature, args.energy_unit, "drop", args.energy_key,
+                      args.forces_key)
+    if args.frames is not None:
+        if args.frames > len(data):
+            raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
+        data = data.head(args.frames)
+    start = time.perf_counter()
+    model = EnergyDiffusion.train(data, temperature_K=args.temperature,
+                                  fokker_planck=args.fokker_planck,
+                                  experts=None if args.experts is None else tuple(args.experts),
+                                  steps=args.steps, seed=args.seed, progress=not args.quiet)
+    path = model.save(args.output)
+    print(f"trained {model!r} in {time.perf_counter() - start:.1f} s -> {path}")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    """Batched Langevin dynamics on a model that is a force field (energy diffusion)."""
+    from .io import FrameWriter, check_output, read_positions
+    from .sampler import load
+
+    n_frames = (args.steps // args.record_every) * args.replicas
+    if n_frames == 0:
+        raise ValueError(f"--steps {args.steps} records no frame every {args.record_every} "
+                         f"steps: give more steps or a smaller --record-every")
+    output = check_output(args.output, n_frames)
+    model = load(args.model)
+    if not hasattr(model, "simulate"):
+        raise ValueError(f"{args.model} is a {model.kind} model, which is no force field: "
+                         f"simulate needs an energy-diffusion model")
+    start = read_positions(args.start)
+    atoms = start.to_atoms()[0]
+    frames = model.simulate(atoms, args.replicas, args.steps, timestep_fs=args.timestep_fs,
+                            friction_per_fs=args.friction_per_fs,
+                            record_every=args.record_every, seed=args.seed,
+                            progress=sys.stderr.isatty())  # [F, R, A, 3] Å
+    info = {"model_file": Path(args.model).name, "replicas": args.replicas,
+            "record_every_steps": args.record_every, "timestep_fs": args.timestep_fs,
+            "order": "frame k*replicas + r is replica r at record k"}
+    with FrameWriter(output, model.numbers, info, n_frames=n_frames) as out:
+        out.write(frames.reshape(-1, len(model.numbers), 3))
+    print(f"simulated {args.replicas} replicas × {args.steps} steps with {model!r} -> {output} "
+          f"({n_frames} frames)")
     return 0
 
 
@@ -439,6 +503,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="Force-Aligned Kernel strength β")
     p.add_argument("--bandwidths", type=float, nargs="+",
                    help="kernel bandwidths as multiples of the median distance (default 0.25)")
+    p.add_argument("--method", choices=("drift", "energy-diffusion"), default="drift",
+                   help="drift: the one-step generator (default); energy-diffusion: an "
+                        "energy-based diffusion model that is also a force field")
+    p.add_argument("--fokker-planck", type=float, metavar="ALPHA",
+                   help="energy-diffusion: weight of the Fokker–Planck regulariser")
+    p.add_argument("--experts", type=float, nargs="+", metavar="T",
+                   help="energy-diffusion: diffusion times splitting [0, 1] between experts")
     p.add_argument("--steps", type=_positive_int, default=20000)
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--frames", type=_positive_int, help="use only the first N frames")
@@ -488,6 +559,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MALA step for a hydrogen atom, Å (default 0.03; heavier atoms move "
                         "less, by √(m_H/m))")
     p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("simulate", parents=[debug],
+                       help="Langevin dynamics of replicas on a model that is a force field")
+    p.add_argument("model", help="an energy-diffusion model")
+    p.add_argument("--start", required=True,
+                   help="file whose first frame starts every replica")
+    p.add_argument("--replicas", type=_positive_int, default=1)
+    p.add_argument("--steps", type=_positive_int, required=True)
+    p.add_argument("--timestep-fs", type=float, default=1.0)
+    p.add_argument("--friction-per-fs", type=float, default=0.01)
+    p.add_argument("--record-every", type=_positive_int, default=100)
+    p.add_argument("--seed", type=_seed, default=0)
+    p.add_argument("-o", "--output", required=True, help=".dcd, .extxyz, .traj, .pdb, ...")
+    p.set_defaults(run=cmd_simulate)
 
     p = sub.add_parser("reweight", parents=[debug],
                        help="importance weights of a model's samples towards the Boltzmann "

@@ -368,3 +368,30 @@ def test_the_shell_samples_an_energy_diffusion_model_as_the_api_does(trained, tm
     assert main(["sample", str(path), "-n", "3", "--seed", "2", "-o", str(out)]) == 0
     np.testing.assert_allclose(read_positions(out).positions, model.sample_positions(3, seed=2),
                                rtol=0, atol=1e-6)
+
+
+def test_the_shell_trains_and_simulates_an_energy_diffusion_model(trained, tmp_path, capsys):
+    from ase_drift.cli import main
+    from ase_drift.io import read_positions
+
+    data = tmp_path / "nh3.extxyz"
+    pyramid_data(40).write(data)
+    path = tmp_path / "ed.pt"
+    assert main(["train", str(data), "--method", "energy-diffusion", "--temperature", "300",
+                 "--experts", "0.1", "--fokker-planck", "0.001", "--steps", "2", "--quiet",
+                 "-o", str(path)]) == 0
+    loaded = ase_drift.load(path)
+    assert isinstance(loaded, EnergyDiffusion) and loaded.config.experts == (0.1,)
+    assert loaded.config.fokker_planck == 0.001 and loaded.temperature_K == 300.0
+    assert main(["train", str(data), "--method", "energy-diffusion", "--omega", "0.1",
+                 "-o", str(path)]) == 2
+    assert "--omega: drift options" in capsys.readouterr().err
+
+    model, model_path = trained
+    out = tmp_path / "traj.extxyz"
+    assert main(["simulate", str(model_path), "--start", str(data), "--replicas", "2",
+                 "--steps", "4", "--record-every", "2", "--seed", "1", "-o", str(out)]) == 0
+    frames = model.simulate(pyramid_data(40).to_atoms()[0], 2, 4, record_every=2, seed=1,
+                            progress=False)
+    np.testing.assert_allclose(read_positions(out).positions, frames.reshape(-1, 4, 3),
+                               rtol=0, atol=1e-6)
