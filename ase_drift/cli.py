@@ -38,6 +38,15 @@ def _read_data(path: str, temperature_K: float | None, energy_unit: str,
                               forces_key=forces_key)
 
 
+def _first_frames(data, args):
+    """``data`` cut to ``--frames`` (all of it when not given); more than it has is an error."""
+    if args.frames is None:
+        return data
+    if args.frames > len(data):
+        raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
+    return data.head(args.frames)
+
+
 def _labels_cache(args, output: str) -> Path:
     """``--cache``, else ``<output stem>.labels.h5`` beside the output; checked writable."""
     from .io import check_writable
@@ -80,10 +89,7 @@ def cmd_label(args) -> int:
     source = source_from_spec(args.calculator)  # an unknown kind fails before reading the data
     data = _read_data(args.data, args.temperature, "eV", "drop", args.energy_key,
                       args.forces_key)
-    if args.frames is not None:
-        if args.frames > len(data):
-            raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
-        data = data.head(args.frames)
+    data = _first_frames(data, args)
     labelled = _label(data, source, cache, args)
     _write_atomically(labelled, output)
     print(f"labelled {labelled!r} with {args.calculator} -> {output}")
@@ -181,10 +187,7 @@ def cmd_train(args) -> int:
     data = _read_data(args.data, args.temperature, args.energy_unit,
                       "drop" if source else args.partial_labels, args.energy_key,
                       args.forces_key)
-    if args.frames is not None:
-        if args.frames > len(data):
-            raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
-        data = data.head(args.frames)
+    data = _first_frames(data, args)
     options = {k: v for k, v in (("omega", args.omega), ("beta", args.beta)) if v is not None}
     if args.bandwidths:
         options["bandwidths"] = tuple(args.bandwidths)
@@ -227,10 +230,7 @@ def _train_energy_diffusion(args) -> int:
     check_writable(args.output, "-o")
     data = _read_data(args.data, args.temperature, args.energy_unit, "drop", args.energy_key,
                       args.forces_key)
-    if args.frames is not None:
-        if args.frames > len(data):
-            raise ValueError(f"--frames {args.frames}, but {args.data} has {len(data)} frames")
-        data = data.head(args.frames)
+    data = _first_frames(data, args)
     start = time.perf_counter()
     model = EnergyDiffusion.train(data, temperature_K=args.temperature,
                                   fokker_planck=args.fokker_planck,
