@@ -18,12 +18,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt -e ".[xtb,openmm,test,docs,cluster]"
 	touch $(STAMP)
 
-# Neural potentials for the force-source integration tests and examples.
+# Neural potentials for the force-source integration tests and examples, and the chemistry
+# extras (RDKit, QM9) for molecule generation.
 # SchNetPack 2.2.0 declares Python>=3.12 but works on 3.11: its dependencies first, then itself.
 install-nn: $(NN_STAMP)
 
 $(NN_STAMP): $(STAMP)
-	$(PIP) install -q -c constraints.txt -e ".[nn]"
+	$(PIP) install -q -c constraints.txt -e ".[nn,chem]"
 	$(PIP) install -q --no-deps --ignore-requires-python schnetpack==2.2.0
 	touch $(NN_STAMP)
 
