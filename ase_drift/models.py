@@ -21,6 +21,19 @@ class GeneratorConfig(StoredConfig):
     hidden: int = 512
     depth: int = 6
     affine_skip: bool = True
+    residual: bool = False
+
+
+class ResidualBlock(nn.Module):
+    """h + W SiLU(LayerNorm(h)): a pre-norm residual block of width ``hidden``."""
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(hidden)
+        self.linear = nn.Linear(hidden, hidden)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.linear(nn.functional.silu(self.norm(h)))
 
 
 #: Arithmetic of :meth:`MLPGenerator.forward`: float32, or bfloat16 hidden layers.
@@ -34,17 +47,25 @@ class MLPGenerator(nn.Module):
     :meth:`initialize_from_data` sets b and W to the data's mean and principal axes, so training
     starts from the Gaussian fit of the data instead of a point; the MLP then learns the
     non-Gaussian part. Both paths are trained.
+
+    With ``residual`` the hidden layers after the first are pre-norm residual blocks
+    (:class:`ResidualBlock`, same number of weight matrices) instead of a plain SiLU stack.
     """
 
     def __init__(self, config: GeneratorConfig):
         super().__init__()
         self.config = config
         layers: list[nn.Module] = []
-        width = config.noise_dim
-        for _ in range(config.depth):
-            layers += [nn.Linear(width, config.hidden), nn.SiLU()]
-            width = config.hidden
-        layers.append(nn.Linear(width, 3 * config.n_atoms))
+        if config.residual:
+            layers.append(nn.Linear(config.noise_dim, config.hidden))
+            layers += [ResidualBlock(config.hidden) for _ in range(config.depth - 1)]
+            layers.append(nn.SiLU())
+        else:
+            width = config.noise_dim
+            for _ in range(config.depth):
+                layers += [nn.Linear(width, config.hidden), nn.SiLU()]
+                width = config.hidden
+        layers.append(nn.Linear(config.hidden, 3 * config.n_atoms))
         self.net = nn.Sequential(*layers)
         self.skip = nn.Linear(config.noise_dim, 3 * config.n_atoms) if config.affine_skip else None
         if self.skip is not None:

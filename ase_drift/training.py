@@ -120,7 +120,9 @@ class TrainConfig(StoredConfig):
     hidden: int = 512
     depth: int = 6
     affine_skip: bool = True
+    residual: bool = False
     initialize_from_data: bool = True
+    ema_decay: float = 0.0
     seed: int = 0
     log_every: int = 10
 
@@ -131,6 +133,9 @@ class TrainConfig(StoredConfig):
         for name in ("steps", "batch_size", "n_positives", "depth", "hidden", "noise_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got "
+                             f"{self.ema_decay}")
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -217,9 +222,13 @@ class Trainer:
             torch.manual_seed(config.seed)
             self.model = MLPGenerator(GeneratorConfig(data.n_atoms, config.noise_dim,
                                                       config.hidden, config.depth,
-                                                      config.affine_skip))
+                                                      config.affine_skip, config.residual))
         if config.initialize_from_data:
             self.model.initialize_from_data(self.prepared.aligned_coords)
+        # Exponential moving average of the weights: what the sampler draws with when on.
+        self.ema = (None if config.ema_decay == 0 else torch.optim.swa_utils.AveragedModel(
+            self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(
+                config.ema_decay)))
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.learning_rate,
                                           fused=True)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -268,6 +277,8 @@ class Trainer:
             self._diverged("the gradient is not finite (e.g. two generated atoms coincide)")
         self.optimizer.step()
         self.schedule.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         self.step_count += 1
         drift_norm = drift.norm(dim=-1).mean().item()
         if self.step_count % self.config.log_every == 0:
@@ -299,11 +310,12 @@ class Trainer:
         """Raise :class:`TrainingDiverged` unless the weights are finite and a fixed-noise batch
         (its own generator: the training RNG is untouched) has finite features within
         :data:`DIVERGENCE_FACTOR` times the data's RMS. Run before any checkpoint is written."""
-        if not all(bool(p.isfinite().all()) for p in self.model.parameters()):
+        model = self.sampling_model
+        if not all(bool(p.isfinite().all()) for p in model.parameters()):
             self._diverged("the weights are not finite", applied=True)
         with torch.no_grad():
-            probe = self.model.noise(HEALTH_PROBE_SAMPLES, torch.Generator().manual_seed(0))
-            rms = self.representation.features(self.model(probe)).square().mean().sqrt().item()
+            probe = model.noise(HEALTH_PROBE_SAMPLES, torch.Generator().manual_seed(0))
+            rms = self.representation.features(model(probe)).square().mean().sqrt().item()
         if not rms <= DIVERGENCE_FACTOR * self.feature_rms:
             self._diverged(f"generated features have RMS {rms:.3g}, "
                            f"{rms / self.feature_rms:.3g} times the data's", applied=True)
@@ -401,17 +413,24 @@ class Trainer:
         return {"generator": self.model.config.as_dict(), "train": self.config.as_dict(),
                 "field": self.field_spec()}
 
+    @property
+    def sampling_model(self) -> MLPGenerator:
+        """The generator samples are drawn with: the weights' moving average when
+        ``config.ema_decay`` is set, else the trained weights."""
+        return self.model if self.ema is None else self.ema.module
+
     def sampler(self) -> DriftSampler:
         """The trained sampler; a diverged state raises :class:`TrainingDiverged`."""
         import copy
 
         self.check_health()
-        return DriftSampler(copy.deepcopy(self.model), self.data.numbers, self.prepared.scale,
-                            self.stored_config(), self.metadata())
+        return DriftSampler(copy.deepcopy(self.sampling_model), self.data.numbers,
+                            self.prepared.scale, self.stored_config(), self.metadata())
 
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            **({} if self.ema is None else {"ema": self.ema.state_dict()}),
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "rng": self.rng.get_state(),
@@ -464,6 +483,8 @@ class Trainer:
             self.field = field_from_spec(stored_field)  # differ by round-off, see above)
         state = payload["state_dict"]
         self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.rng.set_state(state["rng"])

@@ -41,3 +41,26 @@ def test_unknown_precision_is_refused():
     model = generator()
     with pytest.raises(ValueError, match="precision must be one of .*'fp16'"):
         model(model.noise(2, torch.Generator()), precision="fp16")
+
+
+def test_residual_generator_is_a_stack_of_pre_norm_residual_blocks():
+    """residual=True: h₁ = W₀z + b₀, h_{k+1} = h_k + W_k SiLU(LayerNorm(h_k)), out = W SiLU(h) + b
+    (+ the affine path), with as many hidden weight matrices as the plain MLP."""
+    config = GeneratorConfig(n_atoms=5, noise_dim=8, hidden=16, depth=3, residual=True)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = MLPGenerator(config).eval()
+    for parameter in model.parameters():  # LayerNorm's affine part away from 1/0 as well
+        torch.nn.init.normal_(parameter, std=0.3)
+    z = model.noise(4, torch.Generator().manual_seed(1))
+    first, *blocks, _, last = model.net
+    h = z @ first.weight.T + first.bias
+    for block in blocks:
+        normed = torch.nn.functional.layer_norm(h, (16,), block.norm.weight, block.norm.bias)
+        h = h + torch.nn.functional.silu(normed) @ block.linear.weight.T + block.linear.bias
+    expected = torch.nn.functional.silu(h) @ last.weight.T + last.bias + model.skip(z)
+    with torch.no_grad():
+        torch.testing.assert_close(model(z), expected.view(4, 5, 3))
+    plain = MLPGenerator(GeneratorConfig(n_atoms=5, noise_dim=8, hidden=16, depth=3))
+    linears = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == len([m for m in plain.net if isinstance(m, torch.nn.Linear)]) == 4

@@ -393,3 +393,40 @@ def test_resume_keeps_the_runs_automatic_omega_when_labels_differ_by_round_off(t
     resumed.load_checkpoint(path)
     stored = load_checkpoint(path)["config"]["field"]["omega"]
     assert recomputed != stored and resumed.field.omega == stored
+
+
+# ----------------------------------------------------------------------------- EMA of weights
+def test_ema_weights_follow_the_exponential_moving_average_and_the_sampler_uses_them(data):
+    """ema_decay=d: after step 1 the average is the weights, then ā ← d·ā + (1 − d)·θ_k; the
+    sampler draws with ā, not θ."""
+    decay = 0.9
+    trainer = Trainer(data, small_config(steps=6, ema_decay=decay))
+    expected = None
+    for _ in range(6):
+        trainer.step()
+        current = [p.detach().clone() for p in params(trainer.model)]
+        expected = current if expected is None else [
+            decay * a + (1 - decay) * p for a, p in zip(expected, current, strict=True)]
+    for a, b in zip(params(trainer.ema.module), expected, strict=True):
+        torch.testing.assert_close(a, b)
+    sampler = trainer.sampler()
+    for a, b in zip(params(sampler.generator), expected, strict=True):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(params(sampler.generator)[0], params(trainer.model)[0])
+
+
+def test_resume_restores_the_weight_average(tmp_path, data):
+    config = small_config(steps=8, ema_decay=0.9)
+    straight = Trainer(data, config)
+    straight.run()
+    path = tmp_path / "run.ckpt"
+    Trainer(data, config).attach(Checkpointer(path), 4).run(steps=4)
+    resumed = Trainer(data, config).load_checkpoint(path)
+    resumed.run()
+    for a, b in zip(params(straight.ema.module), params(resumed.ema.module), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_ema_decay_outside_0_1_is_refused():
+    with pytest.raises(ValueError, match="ema_decay must lie in"):
+        TrainConfig(ema_decay=1.0)
