@@ -26,7 +26,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from ase import units as ase_units
 from torch import Tensor
 
 from . import units
@@ -146,8 +145,8 @@ def simulate(source, numbers, positions, temperature_K: float, steps: int,
         raise ValueError(f"timestep_fs must be positive, got {timestep_fs}")
     kt = units.kT(temperature_K)
     masses = torch.as_tensor(atomic_masses[numbers], dtype=torch.float64)[:, None]  # [A, 1]
-    dt = timestep_fs * ase_units.fs  # ASE time unit: Å √(amu/eV)
-    friction = friction_per_fs / ase_units.fs
+    dt = float(units.fs_to_ase_time(timestep_fs))
+    friction = friction_per_fs / float(units.fs_to_ase_time(1.0))
     rng = torch_generator(seed)
     if hasattr(source, "force_field"):  # learned potential: stay in torch, normalised coords
         scale = source.scale

@@ -37,6 +37,12 @@ def energy_to_eV(value, unit: str):
         raise ValueError(f"unknown energy unit {unit!r}; use one of {sorted(ENERGY_UNITS)}") from None
 
 
+def fs_to_ase_time(value):
+    """Femtoseconds to ASE's time unit Å·√(amu/eV) (what ASE's integrators and
+    :func:`ase_drift.simulate.baoab` with Å, amu and eV take); friction per fs divides by it."""
+    return np.asarray(value) * _ase.fs
+
+
 def nm_to_angstrom(value):
     return np.asarray(value) * ANGSTROM_PER_NM
 

@@ -4,6 +4,8 @@ Reference values are written out (CODATA 2014, as ASE uses) rather than taken fr
 k_B = 8.617330e-5 eV/K, 1 kcal/mol = 0.0433641 eV, 1 kJ/mol = 0.01036427 eV, 1 nm = 10 Å.
 """
 
+import math
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,14 @@ def test_reduced_forces_are_F_over_kT():
 def test_kT_accepts_any_positive_temperature():
     """Only T ≤ 0 is rejected: a fraction of a kelvin is a valid temperature."""
     assert units.kT(0.5) == pytest.approx(0.5 * 8.617330e-5, rel=1e-6)
+
+
+def test_femtoseconds_in_ase_time_units():
+    """ASE's time unit is Å·√(amu/eV) ≈ 10.18 fs: 1 fs is 0.0982 of it (CODATA 2014 constants)."""
+    from ase_drift.units import fs_to_ase_time
+
+    amu_kg, ev_j = 1.66053904e-27, 1.6021766208e-19
+    ase_time_s = 1e-10 * math.sqrt(amu_kg / ev_j)
+    assert float(fs_to_ase_time(1.0)) == pytest.approx(1e-15 / ase_time_s, rel=1e-8)
+    np.testing.assert_allclose(fs_to_ase_time([0.5, 2.0]), [0.5 * 1e-15 / ase_time_s,
+                                                             2e-15 / ase_time_s], rtol=1e-8)

@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from ..units import fs_to_ase_time
+
 
 @dataclass(frozen=True)
 class MDProtocol:
@@ -65,7 +67,6 @@ def langevin_frames(atoms, protocol: MDProtocol, n_skip_steps: int, n_frames: in
                     stride_steps: int, seed: int, desc: str, position: int = 0):
     """Run Langevin MD from ``atoms``; return (positions, forces, energies) of ``n_frames``
     frames taken every ``stride_steps`` after ``n_skip_steps`` steps."""
-    from ase import units
     from ase.md.langevin import Langevin
     from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
     from tqdm.auto import tqdm
@@ -74,9 +75,10 @@ def langevin_frames(atoms, protocol: MDProtocol, n_skip_steps: int, n_frames: in
     atoms.calc = gfn2()
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=protocol.temperature_K, rng=rng)
-    dyn = Langevin(atoms, timestep=protocol.timestep_fs * units.fs,
+    dyn = Langevin(atoms, timestep=float(fs_to_ase_time(protocol.timestep_fs)),
                    temperature_K=protocol.temperature_K,
-                   friction=protocol.friction_per_fs / units.fs, fixcm=False, rng=rng)
+                   friction=protocol.friction_per_fs / float(fs_to_ase_time(1.0)), fixcm=False,
+                   rng=rng)
     positions = np.empty((n_frames, len(atoms), 3))
     forces = np.empty_like(positions)
     energies = np.empty(n_frames)
