@@ -198,7 +198,9 @@ def train_diffusion(data: Conformations, config: DiffusionConfig = DiffusionConf
         loss.backward()
         optimizer.step()
         schedule.step()
+    reference = data.positions[0] - data.positions[0].mean(axis=0)  # the frames' alignment
     metadata = {"numbers": data.numbers.tolist(), "scale_angstrom": scale,
+                "reference_angstrom": reference.tolist(),
                 "temperature_K": temperature, "force_guided": uses_forces,
                 "units": {"positions": "Å"}, "training_frames": len(data)}
     return DiffusionSampler(copy.deepcopy(model), data.numbers, scale, config, metadata)
