@@ -1,0 +1,250 @@
+"""Alanine dipeptide free-energy truth by umbrella sampling along φ + MBAR, against plain MD and
+against reweighted one-step samples (drift sampler + NCE density + amber energies).
+
+    OMP_NUM_THREADS=1 python -m benchmarks.alanine_free_energy          # 36 windows × 1 ns
+    OMP_NUM_THREADS=1 python -m benchmarks.alanine_free_energy --quick  # 24 windows × 100 ps
+    python -m benchmarks.alanine_free_energy --skip-reweight --no-docs  # the truth only
+
+The truth: :func:`ase_drift.free_energy.umbrella_sampling` (amber99sb-ildn, vacuum, 300 K, the
+project's alanine protocol) and :func:`~ase_drift.free_energy.mbar_free_energies`: PMF along φ
+and ΔF = F(αL/C7ax) − F(C7eq/β/αR), ΔF = F(C5/β) − F(C7eq/αR) (regions of
+:func:`~ase_drift.free_energy.alanine_regions`) with bootstrap errors over decorrelated frames.
+Plain MD: the bundled reference runs (block-bootstrap errors). Reweighting (docs/likelihoods.md,
+Eq. 9): an FK drift sampler (distance space) trained on the bundled biased 1 ns set, an
+:class:`~ase_drift.likelihood.NCEDensity` fitted to 20,000 of its samples, 10,000 fresh samples
+(mirror images folded) weighted with OpenMM energies at 300 K. Windows are stored in
+``bench_out/alanine_free_energy/<run>/`` as they finish and the sampler, density and results
+beside them, so an interrupted run resumes. Writes the PMF figure to ``docs/img`` and the
+tables into ``docs/free-energies.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ase_drift import load as load_sampler
+from ase_drift.datasets import data_path, load_npz
+from ase_drift.datasets.alanine import make_system, starting_structure
+from ase_drift.forces import OpenMMForces
+from ase_drift.free_energy import (
+    UmbrellaConfig,
+    alanine_regions,
+    mbar_free_energies,
+    umbrella_sampling,
+)
+from ase_drift.likelihood import NCEConfig, NCEDensity
+from ase_drift.metrics import block_bootstrap, free_energy_difference, render_table
+from ase_drift.metrics.tables import Estimate
+from ase_drift.peptides import backbone_dihedrals, topology_from_pdb
+from ase_drift.reweighting import WeightedSamples, reweight_sampler
+from ase_drift.training import ProgressBar, TrainConfig, Trainer
+from benchmarks.common import ROOT, write_section
+
+DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
+RUNS = {
+    "full": (UmbrellaConfig(), 100, 4000),  # (umbrella, bootstrap replicates, drift steps)
+    "quick": (UmbrellaConfig(n_windows=24, force_constant=30.0, equilibration_ps=20.0,
+                             production_ps=100.0), 50, 1000),
+}
+BINS = 72  # PMF bins of 5°
+N_FIT, N_EVAL = 20_000, 10_000
+DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=3000)
+
+
+def save_json(path: Path, results: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    os.replace(tmp, path)
+
+
+def md_reference(topology_pdb: str, reference) -> dict:
+    """Plain MD: ΔF of each region pair (block bootstrap over time; None when a region is never
+    visited) and the φ histogram of the bundled reference runs."""
+    phi, psi = backbone_dihedrals(reference.positions, topology_from_pdb(topology_pdb))
+    series = np.stack([phi, psi], 1)  # [n, 2] in time order, run after run
+    out = {"n_frames": len(phi)}
+    for name, (in_a, in_b) in alanine_regions().items():
+        a, b = in_a(phi, psi), in_b(phi, psi)
+        out[name] = {"frames": [int(a.sum()), int(b.sum())], "delta_f": list(block_bootstrap(
+            lambda s, in_a=in_a, in_b=in_b: free_energy_difference(
+                s[:, 0], in_a(s[:, 0], s[:, 1]), in_b(s[:, 0], s[:, 1])), series))
+            if a.any() and b.any() else None}
+    out["phi"] = phi.tolist()
+    return out
+
+
+def drift_sampler(path: Path, train_set, steps: int, seed: int):
+    """An FK drift sampler in distance space on the biased set, trained once and kept."""
+    if path.exists():
+        return load_sampler(path)
+    trainer = Trainer(train_set, TrainConfig(field="fk", space="distance", steps=steps,
+                                             seed=seed))
+    trainer.attach(ProgressBar(steps, desc=f"FK drift sampler, seed {seed}"), 1)
+    sampler = trainer.run()
+    sampler.save(path)
+    return sampler
+
+
+def reweighted(directory: Path, train_set, topology, steps: int, seed: int) -> dict:
+    """ESS and ΔF of every region pair, unweighted and reweighted, for one seed."""
+    started = time.perf_counter()
+    sampler = drift_sampler(directory / f"drift-fk-seed{seed}.pt", train_set, steps, seed)
+    trained = time.perf_counter()
+    density_path = directory / f"drift-fk-seed{seed}.nce.pt"
+    if density_path.exists():
+        density = NCEDensity.load(density_path)
+    else:
+        density = NCEDensity.fit(sampler, n=N_FIT, config=DENSITY, seed=seed)
+        density.save(density_path)
+    fitted = time.perf_counter()
+    forces = OpenMMForces(make_system(starting_structure()[0]))
+    ws = reweight_sampler(sampler, density, N_EVAL, forces=forces, seed=1000 + seed,
+                          temperature_K=train_set.temperature_K)
+    phi, psi = backbone_dihedrals(ws.positions, topology)
+    uniform = WeightedSamples(ws.positions, np.full(len(phi), -np.log(len(phi))),
+                           ws.reduced_energies, ws.log_q)
+    out = {"ess": ws.ess, "max_weight": float(ws.weights.max()),
+           "seconds": {"train": trained - started, "fit": fitted - trained,
+                       "reweight": time.perf_counter() - fitted}}
+    for name, (in_a, in_b) in alanine_regions().items():
+        a, b = in_a(phi, psi), in_b(phi, psi)
+        out[name] = {"frames": [int(a.sum()), int(b.sum())]}
+        for label, w in (("unweighted", uniform), ("reweighted", ws)):
+            out[name][label] = list(w.free_energy_difference(
+                lambda r, a=a: a, lambda r, b=b: b)) if a.any() and b.any() else None
+    out["phi"], out["log_weights"] = phi.tolist(), ws.log_weights.tolist()
+    return out
+
+
+def pmf_table(result) -> str:
+    rows = [[f"{np.degrees(c):.0f}", Estimate(f, e)]
+            for c, f, e in zip(result.centres[1::3], result.pmf[1::3], result.pmf_error[1::3])]
+    return render_table(["φ (°)", "PMF (kT)"], rows, digits=[0, 2])
+
+
+def plot(path: Path, result, md_phi, samples: dict) -> None:
+    """Umbrella PMF (band: bootstrap error) with plain MD's and the samples' −ln p(φ)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.subplots()
+    x = np.degrees(result.centres)
+    ax.plot(x, result.pmf, color="k", label="umbrella sampling + MBAR")
+    ax.fill_between(x, result.pmf - result.pmf_error, result.pmf + result.pmf_error,
+                    color="k", alpha=0.2)
+    anchor = int(np.nanargmin(result.pmf))
+    for (name, (phi, log_w)), style in zip({"plain MD (bundled)": (md_phi, None),
+                                            **samples}.items(), ("C0", "C1--", "C2:")):
+        weights = None if log_w is None else np.exp(log_w)
+        hist, _ = np.histogram(phi, bins=result.edges, weights=weights)
+        with np.errstate(divide="ignore"):
+            f = -np.log(hist / hist.sum())
+        f = np.where(np.isfinite(f), f, np.nan)
+        ax.plot(x, f - f[anchor] if np.isfinite(f[anchor]) else f - np.nanmin(f), style,
+                label=name)
+    ax.axvspan(0, np.degrees(2.2), color="C3", alpha=0.08, label="αL/C7ax region")
+    ax.set(xlabel="φ (°)", ylabel="free energy (kT)", xlim=(-180, 180),
+           ylim=(0, np.nanmax(result.pmf) + 1))
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="drift sampler seeds for the reweighting comparison")
+    parser.add_argument("--skip-reweight", action="store_true")
+    parser.add_argument("--no-docs", action="store_true")
+    args = parser.parse_args(argv)
+    run = "quick" if args.quick else "full"
+    config, n_boot, drift_steps = RUNS[run]
+    directory = ROOT / "bench_out" / "alanine_free_energy" / run
+    results_path = directory / "results.json"
+    directory.mkdir(parents=True, exist_ok=True)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+
+    started = time.perf_counter()
+    samples = umbrella_sampling(config, directory)
+    simulated = time.perf_counter()
+    truth = mbar_free_energies(samples, bins=BINS, n_boot=n_boot)
+    analysed = time.perf_counter()
+    results["umbrella"] = {
+        "config": repr(config),
+        "delta_f": {k: list(v) for k, v in truth.delta_f.items()},
+        "g": [float(truth.statistical_inefficiency.min()),
+              float(np.median(truth.statistical_inefficiency)),
+              float(truth.statistical_inefficiency.max())],
+        "n_uncorrelated": int(truth.n_uncorrelated.sum()),
+        "seconds_this_invocation": {"simulate": simulated - started,
+                                    "mbar": analysed - simulated}}
+    save_json(results_path, results)
+
+    path = data_path(DATASET)
+    train_set, reference = load_npz(path)
+    pdb = str(np.load(path)["pdb"])
+    topology = topology_from_pdb(pdb)
+    if "md" not in results:
+        results["md"] = md_reference(pdb, reference)
+        save_json(results_path, results)
+    if not args.skip_reweight:
+        for seed in args.seeds:
+            key = f"reweighted seed {seed}"
+            if key not in results:
+                results[key] = reweighted(directory, train_set, topology, drift_steps, seed)
+                save_json(results_path, results)
+
+    header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
+    seeds = sorted(k for k in results if k.startswith("reweighted seed"))
+    for key in seeds:
+        header += [f"drift FK ({key[11:]}), unweighted", "reweighted"]
+    rows = []
+    for name in truth.delta_f:
+        md = results["md"][name]
+        row = [name, truth.delta_f[name],
+               Estimate(*md["delta_f"]) if md["delta_f"] else
+               f"∞ (frames {md['frames'][0]:,} / {md['frames'][1]:,})"]
+        for key in seeds:
+            r = results[key][name]
+            row += [Estimate(*r[label]) if r[label] else
+                    f"∞ (frames {r['frames'][0]:,} / {r['frames'][1]:,})"
+                    for label in ("unweighted", "reweighted")]
+        rows.append(row)
+    text = render_table(header, rows, digits=[0] + [2] * (len(header) - 1))
+    u = results["umbrella"]
+    note = (f"Run: `python -m benchmarks.alanine_free_energy{' --quick' if args.quick else ''}`"
+            f" — {config.n_windows} windows, κ = {config.force_constant:g} kT/rad², "
+            f"{config.equilibration_ps:g} ps equilibration + {config.production_ps:g} ps "
+            f"production each (frames every {config.stride_ps:g} ps); statistical inefficiency "
+            f"g min / median / max {u['g'][0]:.1f} / {u['g'][1]:.1f} / {u['g'][2]:.1f}, "
+            f"{u['n_uncorrelated']:,} uncorrelated frames, {n_boot} bootstrap replicates "
+            f"(MBAR {u['seconds_this_invocation']['mbar']:.0f} s). Plain MD: "
+            f"{results['md']['n_frames']:,} bundled reference frames.")
+    for key in seeds:
+        r = results[key]
+        note += (f" Drift FK {key[11:]}: {drift_steps:,} training steps on the biased 1 ns set, "
+                 f"ESS {r['ess']:.2e} of {N_EVAL:,} (largest weight {r['max_weight']:.2f}); "
+                 "minutes train / fit / reweight " + " / ".join(
+                     f"{r['seconds'][k] / 60:.1f}" for k in ("train", "fit", "reweight")) + ".")
+    text = f"{note}\n\n{text}\n\nPMF along φ (every third 5° bin):\n\n{pmf_table(truth)}"
+    print(text)
+    curves = {f"drift FK ({k[11:]}), {label}": (np.array(results[k]["phi"]), log_w)
+              for k in seeds[:1] for label, log_w in
+              (("unweighted", None), ("reweighted", np.array(results[k]["log_weights"])))}
+    figure = f"alanine_free_energy_{run}.png"
+    plot(ROOT / "bench_out" / figure, truth, np.array(results["md"]["phi"]), curves)
+    if not args.no_docs:
+        plot(ROOT / "docs" / "img" / figure, truth, np.array(results["md"]["phi"]), curves)
+        write_section("free-energies.md", f"alanine-fe-{run}",
+                      f"{text}\n\n![PMF along φ](img/{figure})")
+
+
+if __name__ == "__main__":
+    main()
