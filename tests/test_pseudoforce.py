@@ -1,0 +1,304 @@
+"""Generative pseudo-force fields (GPFF): the training target, the alignment, the network's
+symmetries, the ASE calculator, generation with scaffolds, files and the CLI.
+
+The network tests use a tiny untrained PaiNN: the properties tested (equivariance, the
+calculator equals the model, fixed atoms stay, round trips) hold for any weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.constraints import FixAtoms
+from ase.optimize import FIRE
+
+from ase_drift.calculators import PseudoForceCalculator
+from ase_drift.checkpoint import CheckpointError, save_checkpoint
+from ase_drift.cli import main
+from ase_drift.diffusion import pseudoforce as pf
+
+TINY = pf.PseudoForceConfig(n_features=16, n_interactions=2, n_rbf=12)
+ELEMENTS = [1, 6, 7, 8, 9]
+
+
+def tiny_model(time_conditioned: bool = False, seed: int = 0) -> pf.PseudoForceField:
+    torch.manual_seed(seed)
+    config = pf.PseudoForceConfig(**{**TINY.as_dict(), "time_conditioned": time_conditioned})
+    return pf.PseudoForceField(pf.PseudoForceNet(config), None, {"elements": ELEMENTS})
+
+
+def random_rotation(seed: int) -> np.ndarray:
+    q, r = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    return q if np.linalg.det(q) > 0 else -q
+
+
+# ---- training target and alignment (paper Eqs. 7-9, A.8)
+
+
+def test_hungarian_alignment_recovers_a_permutation_within_elements():
+    ethanol = molecule("CH3CH2OH")
+    numbers, reference = ethanol.numbers, ethanol.positions
+    rng = np.random.default_rng(0)
+    perm = np.arange(len(numbers))
+    for z in np.unique(numbers):  # shuffle the atoms of each element among themselves
+        atoms = np.flatnonzero(numbers == z)
+        perm[atoms] = rng.permutation(atoms)
+    noisy = reference[perm] + 0.01 * rng.normal(size=reference.shape) + 5.0  # moved, too
+    assert np.array_equal(pf.hungarian_alignment(reference, noisy, numbers), perm)
+
+
+def test_hungarian_alignment_never_matches_across_elements():
+    numbers = np.array([6, 1])
+    reference = np.array([[0.0, 0, 0], [1.0, 0, 0]])
+    swapped = reference[::-1].copy()  # the C now sits where the H was: a cross match is closer
+    assert np.array_equal(pf.hungarian_alignment(reference, swapped, numbers), [0, 1])
+
+
+def test_target_is_reference_minus_noisy_after_alignment():
+    water = molecule("H2O")
+    numbers = torch.as_tensor(water.numbers)
+    reference = torch.as_tensor(water.positions - water.positions.mean(0), dtype=torch.float32)
+    noisy = reference[[0, 2, 1]] + 0.02  # the two hydrogens swapped (and shifted)
+    idx_m = torch.zeros(3, dtype=torch.long)
+    target = pf.pseudo_force_targets(reference, noisy, numbers, idx_m)
+    torch.testing.assert_close(target, reference[[0, 2, 1]] - noisy)
+    # without alignment the label is the (longer) displacement to the swapped atoms
+    unaligned = pf.pseudo_force_targets(reference, noisy, numbers, idx_m, align=False)
+    assert unaligned.norm() > 10 * target.norm()
+
+
+def test_gpff_loss_is_weighted_squared_error_of_the_aligned_pseudo_forces():
+    """Eq. 9 with a perfect predictor of the aligned target is 0; with a zero predictor it is
+    w(σ)·‖x₀ − x̃‖², w = min(1/σ, 1000), averaged over molecules."""
+    water = molecule("H2O")
+    numbers = torch.as_tensor(np.tile(water.numbers, 2))
+    one = torch.as_tensor(water.positions - water.positions.mean(0), dtype=torch.float32)
+    reference = torch.cat([one, one])
+    idx_m = torch.tensor([0, 0, 0, 1, 1, 1])
+
+    class Zero(torch.nn.Module):
+        config = pf.PseudoForceConfig()
+
+        def forward(self, numbers, positions, idx_m, n_molecules, sigma=None):
+            return torch.zeros_like(positions)
+
+    rng = torch.Generator().manual_seed(3)
+    loss = pf.training_loss(Zero(), numbers, reference, idx_m, 2, rng)
+    rng = torch.Generator().manual_seed(3)  # replay the same draws
+    sigma = pf.sample_sigmas(2, Zero.config, rng)
+    eps = torch.randn(reference.shape, generator=rng)
+    eps = eps - pf.molecule_mean(eps, idx_m, 2)
+    noisy = reference + sigma[idx_m, None] * eps
+    target = pf.pseudo_force_targets(reference, noisy, numbers, idx_m)
+    per_molecule = torch.stack([target[idx_m == m].square().sum() for m in range(2)])
+    torch.testing.assert_close(loss, (pf.loss_weights(sigma) * per_molecule).mean())
+    assert torch.allclose(pf.loss_weights(torch.tensor([1e-5, 0.5])), torch.tensor([1e3, 2.0]))
+
+
+def test_training_noise_levels_follow_the_clipped_log_normal():
+    config = pf.PseudoForceConfig(p_mean=0.0, p_std=1.5, sigma_min=0.01, sigma_max=30.0)
+    sigma = pf.sample_sigmas(100_000, config, torch.Generator().manual_seed(0))
+    assert sigma.min() >= 0.01 and sigma.max() <= 30.0
+    assert abs(float(sigma.log().median())) < 0.02  # median σ = exp(p_mean) = 1 Å
+    expected = torch.distributions.Normal(0.0, 1.5).cdf(torch.tensor(np.log(30.0)))
+    assert abs(float((sigma == 30.0).float().mean()) - float(1 - expected)) < 0.003
+
+
+def test_all_pairs_are_the_ordered_pairs_within_each_molecule():
+    idx_i, idx_j = pf.all_pairs(torch.tensor([2, 3]))
+    pairs = set(zip(idx_i.tolist(), idx_j.tolist()))
+    assert pairs == {(0, 1), (1, 0), (2, 3), (2, 4), (3, 2), (3, 4), (4, 2), (4, 3)}
+
+
+# ---- the network's symmetries and the calculator
+
+
+@pytest.mark.parametrize("time_conditioned", [False, True])
+def test_predicted_vectors_are_rotation_equivariant_and_translation_invariant(time_conditioned):
+    model = tiny_model(time_conditioned)
+    atoms = molecule("CH3CH2OH")
+    x = torch.as_tensor(atoms.positions[None], dtype=torch.float32) * 1.3  # [1, A, 3]
+    numbers = torch.as_tensor(atoms.numbers[None])
+    sigma = torch.tensor([0.7]) if time_conditioned else None
+    rotation = torch.as_tensor(random_rotation(1), dtype=torch.float32)
+    out = model._network(numbers, x, sigma)
+    assert out.abs().max() > 1e-4  # not trivially zero
+    torch.testing.assert_close(model._network(numbers, x @ rotation.T, sigma), out @ rotation.T,
+                               atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(model._network(numbers, x + torch.tensor([3.0, -2, 7]), sigma),
+                               out, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out.sum(1), torch.zeros(1, 3), atol=1e-5, rtol=0)  # no net force
+
+
+def test_calculator_forces_are_the_models_pseudo_forces_and_energy_is_quadratic():
+    model = tiny_model()
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = model.calculator()
+    expected = model.pseudo_forces(atoms.numbers, atoms.positions)
+    np.testing.assert_allclose(atoms.get_forces(), expected, rtol=1e-6, atol=1e-7)
+    assert atoms.get_potential_energy() == pytest.approx(0.5 * (expected**2).sum())
+    gpff = model.denoiser(torch.as_tensor(atoms.numbers[None]))
+    x = torch.as_tensor(atoms.positions[None])
+    np.testing.assert_allclose((gpff(x, torch.ones(1)) - x)[0].numpy(), expected, atol=1e-6)
+
+
+class ExactPseudoForces:
+    """The exact pseudo-forces of the quadratic pseudo-PES around x₀ (k = 1 eV/Å²)."""
+
+    def __init__(self, reference):
+        self.reference = reference
+
+    def pseudo_forces(self, numbers, positions):
+        return self.reference - positions
+
+
+def test_fire_with_the_calculator_is_direct_denoising_and_reduces_sigma_hat():
+    atoms = molecule("CH3CH2OH")
+    reference = atoms.positions.copy()
+    atoms.positions += np.random.default_rng(0).normal(scale=0.3, size=reference.shape)
+    atoms.calc = PseudoForceCalculator(ExactPseudoForces(reference))
+    atoms.get_forces()
+    before = atoms.calc.results["sigma_hat"]  # ‖F‖/√(3A), Eq. 18
+    FIRE(atoms, logfile=None).run(fmax=0.01, steps=500)
+    atoms.get_forces()
+    after = atoms.calc.results["sigma_hat"]
+    assert before > 0.2 and after < 0.01 and after < before / 20
+    np.testing.assert_allclose(atoms.positions, reference, atol=0.02)
+
+
+def test_fix_atoms_hold_under_fire_with_the_calculator():
+    atoms = molecule("CH3CH2OH")
+    reference = atoms.positions.copy()
+    atoms.positions += np.random.default_rng(1).normal(scale=0.3, size=reference.shape)
+    start = atoms.positions.copy()
+    atoms.set_constraint(FixAtoms(indices=[0, 1, 2]))
+    atoms.calc = PseudoForceCalculator(ExactPseudoForces(reference))
+    FIRE(atoms, logfile=None).run(fmax=0.01, steps=500)
+    np.testing.assert_array_equal(atoms.positions[:3], start[:3])
+    np.testing.assert_allclose(atoms.positions[3:], reference[3:], atol=0.02)
+
+
+def test_baseline_is_not_a_force_field():
+    with pytest.raises(ValueError, match="not a force field"):
+        tiny_model(time_conditioned=True).pseudo_forces([6, 1], [[0, 0, 0], [1.0, 0, 0]])
+
+
+# ---- generation
+
+
+@pytest.mark.parametrize("sampler", pf.SAMPLERS)
+def test_generate_returns_molecules_of_the_formula(sampler):
+    frames = tiny_model().generate("CH2O", 3, sampler=sampler, nfe=4, seed=0)
+    assert [a.get_chemical_formula() for a in frames] == ["CH2O"] * 3
+    assert all(0 < a.info["nfe"] <= 4 and np.isfinite(a.positions).all() for a in frames)
+    np.testing.assert_allclose(frames[0].positions.mean(0), 0, atol=1e-5)
+
+
+def test_generate_is_reproducible_by_seed():
+    model = tiny_model()
+    one, two = (model.generate("C2H6O", 2, sampler="sdd", nfe=3, seed=5) for _ in range(2))
+    np.testing.assert_array_equal(one[1].positions, two[1].positions)
+
+
+def test_fixed_atoms_of_a_scaffold_do_not_move_in_generate():
+    template = molecule("CH3CH2OH")
+    template.set_constraint(FixAtoms(indices=[0, 1, 2]))
+    for sampler in ("dd", "stochastic-heun"):
+        frames = tiny_model().generate(template, 2, sampler=sampler, nfe=6, seed=1)
+        for atoms in frames:
+            np.testing.assert_array_equal(atoms.positions[:3].astype(np.float32),
+                                          template.positions[:3].astype(np.float32))
+            assert np.abs(atoms.positions[3:] - template.positions[3:]).max() > 1e-3
+            assert isinstance(atoms.constraints[0], FixAtoms)
+
+
+@pytest.mark.parametrize("formula", ["C4Xx", "", "C2H6Si"])
+def test_bad_formula_is_a_clear_error(formula):
+    with pytest.raises(ValueError, match="element|formula"):
+        tiny_model().generate(formula, 1)
+
+
+def test_bad_sampler_and_shape_without_prior_are_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="unknown sampler"):
+        model.generate("CH4", 1, sampler="euler")
+    with pytest.raises(ValueError, match="shape prior"):
+        model.generate("CH4", 1, shape="rod")
+    with pytest.raises(ValueError, match="need sampler 'dd' or 'sdd'"):
+        model.generate("CH4", 1, sampler="heun", shape="rod")
+
+
+# ---- shape prior (paper A.5, A.6)
+
+
+def test_cholesky_log_vector_round_trips_and_any_vector_is_a_covariance():
+    covariance = np.array([[4.0, 1.0, 0.5], [1.0, 2.0, 0.3], [0.5, 0.3, 1.0]])
+    np.testing.assert_allclose(pf.covariance_from_vector(pf.cholesky_log_vector(covariance)),
+                               covariance, atol=1e-12)
+    vectors = np.random.default_rng(0).normal(size=(100, 6)) * 2
+    assert (np.linalg.eigvalsh(pf.covariance_from_vector(vectors)) > 0).all()
+
+
+def test_shape_prior_reproduces_principal_variances_and_shapes_the_prior():
+    rng = np.random.default_rng(0)
+    scales = np.array([2.0, 1.0, 0.5])  # a prolate family of 6-atom "molecules"
+    molecules = [rng.normal(size=(6, 3)) * scales for _ in range(400)]
+
+    class Set:
+        n_atoms = np.full(400, 6)
+
+        def __getitem__(self, m):
+            return None, molecules[m]
+
+    prior = pf.fit_shape_prior(Set(), seed=0)
+    sampled = pf.sample_shape_covariances(prior, 6, 2000, np.random.default_rng(1))
+    observed = np.mean([np.diag(pf.principal_covariance(m)) for m in molecules], axis=0)
+    np.testing.assert_allclose(np.diagonal(sampled, axis1=1, axis2=2).mean(0), observed,
+                               rtol=0.1)
+    with pytest.raises(ValueError, match="atoms"):
+        pf.sample_shape_covariances(prior, 7, 1, rng)
+    model = tiny_model()
+    model.shape_prior = prior
+    variances = pf.shape_variances(model, 6, 500, "rod", np.random.default_rng(2))
+    np.testing.assert_allclose(variances / variances.sum(1, keepdims=True),
+                               np.tile([0.8, 0.1, 0.1], (500, 1)), atol=1e-12)
+    frames = model.generate("CH4O", 2, sampler="sdd", nfe=3, shape="gmm", seed=0)
+    assert len(frames) == 2
+
+
+# ---- files and the command line
+
+
+def test_checkpoint_round_trip_and_clear_errors(tmp_path):
+    model = tiny_model()
+    model.shape_prior = {"5": {"weights": [1.0], "means": [[0.0] * 6],
+                               "covariances": [np.eye(6).tolist()]}}
+    path = model.save(tmp_path / "gpff.pt")
+    loaded = pf.PseudoForceField.load(path)
+    atoms = molecule("CH4")
+    np.testing.assert_array_equal(loaded.pseudo_forces(atoms.numbers, atoms.positions),
+                                  model.pseudo_forces(atoms.numbers, atoms.positions))
+    assert loaded.shape_prior == model.shape_prior and loaded.config == model.config
+    (tmp_path / "bad.pt").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(CheckpointError):
+        pf.PseudoForceField.load(tmp_path / "bad.pt")
+    save_checkpoint(tmp_path / "other.pt", {}, {}, {"kind": "drift-sampler"})
+    with pytest.raises(CheckpointError, match="'drift-sampler' checkpoint, not a 'gpff'"):
+        pf.PseudoForceField.load(tmp_path / "other.pt")
+
+
+def test_cli_generate_writes_n_molecules_of_the_formula(tmp_path, capsys):
+    import ase.io
+
+    model = tiny_model().save(tmp_path / "gpff.pt")
+    out = tmp_path / "out.extxyz"
+    code = main(["generate", "C3H8O", "-n", "3", "--sampler", "dd", "--adaptive", "--nfe", "4",
+                 "--model", str(model), "--seed", "2", "-o", str(out)])
+    assert code == 0
+    frames = ase.io.read(out, index=":")
+    assert len(frames) == 3 and {a.get_chemical_formula() for a in frames} == {"C3H8O"}
+    assert frames[0].info["seed"] == 2
+    code = main(["generate", "C3Qq", "-n", "1", "--model", str(model), "-o", str(out)])
+    assert code == 2 and "element" in capsys.readouterr().err
