@@ -302,3 +302,22 @@ def test_cli_generate_writes_n_molecules_of_the_formula(tmp_path, capsys):
     assert frames[0].info["seed"] == 2
     code = main(["generate", "C3Qq", "-n", "1", "--model", str(model), "-o", str(out)])
     assert code == 2 and "element" in capsys.readouterr().err
+
+
+def test_conformer_sampler_trains_samples_and_round_trips(tmp_path):
+    from ase_drift.data import Conformations
+    from ase_drift.sampler import Sampler
+
+    ethanol = molecule("CH3CH2OH")
+    rng = np.random.default_rng(0)
+    frames = ethanol.positions + 0.05 * rng.normal(size=(20, len(ethanol), 3))
+    data = Conformations(ethanol.numbers, frames)
+    sampler = pf.PseudoForceField.train_conformers(
+        data, pf.TrainingConfig(steps=3, minutes=None, batch_size=4), TINY, progress=False,
+        sampler="sdd", nfe=3)
+    assert isinstance(sampler, Sampler)
+    positions = sampler.sample_positions(5, seed=1)
+    assert positions.shape == (5, 9, 3) and np.isfinite(positions).all()
+    loaded = pf.ConformerSampler.load(sampler.save(tmp_path / "conformers.pt"))
+    np.testing.assert_array_equal(loaded.sample_positions(5, seed=1), positions)
+    assert [a.get_chemical_formula() for a in loaded.sample(ethanol, 2, seed=0)] == ["C2H6O"] * 2

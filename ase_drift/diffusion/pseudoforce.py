@@ -49,7 +49,7 @@ import torch
 from torch import Tensor, nn
 
 from ..checkpoint import CheckpointError, StoredConfig, load_checkpoint, save_checkpoint
-from ..sampler import register_sampler
+from ..sampler import TemplateSampler, register_sampler
 
 #: Clip of the loss weight 1/σ (paper §3.2, A.4).
 MAX_LOSS_WEIGHT = 1000.0
@@ -301,7 +301,8 @@ def _trainer_state(net, ema, optimizer, step, elapsed, history) -> tuple[dict, d
 
 def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: TrainingConfig,
                              validation=None,
-                             checkpoint: str | None = None, progress: bool = True):
+                             checkpoint: str | None = None, progress: bool = True,
+                             initial: PseudoForceNet | None = None):
     """Train a GPFF (or, with ``config.time_conditioned``, the EDM baseline) on ``molecules``.
 
     Each step draws ``batch_size`` molecules uniformly (with replacement across steps), noise
@@ -309,6 +310,9 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
     Randomness is a function of (``seed``, step), so a run resumed from ``checkpoint`` (written
     atomically every ``checkpoint_minutes``) continues exactly where it stopped; each checkpoint
     records the EMA net's :func:`validation_loss` on the molecule set ``validation``.
+
+    ``initial``: a net to fine-tune (its configuration replaces ``config``) instead of a fresh
+    one.
 
     Returns ``(ema_net, record)``: the exponential moving average of the weights and a record
     {steps, wall time, loss history (mean training loss per 50 steps, validation losses)}.
@@ -321,9 +325,12 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
 
     if training.steps is None and training.minutes is None:
         raise ValueError("give steps or minutes (or both): training needs a budget")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(training.seed)
-        net = PseudoForceNet(config)
+    if initial is not None:
+        net, config = copy.deepcopy(initial).train().requires_grad_(True), initial.config
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(training.seed)
+            net = PseudoForceNet(config)
     ema = copy.deepcopy(net).requires_grad_(False)
     optimizer = torch.optim.AdamW(net.parameters(), lr=training.learning_rate,
                                   weight_decay=training.weight_decay)
@@ -537,6 +544,43 @@ class PseudoForceField:
             raise ValueError(f"unknown pretrained model {name!r}; available: "
                              f"{', '.join(PRETRAINED)}")
         return cls.load(bundled_path(PRETRAINED[name]))
+
+    @staticmethod
+    def train_conformers(conformations, training: TrainingConfig | None = None,
+                         config: PseudoForceConfig | None = None,
+                         base: PseudoForceField | None = None, progress: bool = True,
+                         sampler: str = "stochastic-heun", nfe: int = 64,
+                         **sampling) -> ConformerSampler:
+        """A GPFF of one molecule trained on its ``conformations``
+        (:class:`~ase_drift.data.Conformations`, Å), behind the Sampler protocol.
+
+        Each conformation is a reference equilibrium of the pseudo-PES, so the field pulls noisy
+        structures towards the conformational ensemble; samples are drawn with ``sampler`` and
+        ``nfe`` (and ``sampling`` options of :meth:`generate`) from the Gaussian prior. ``base``
+        (e.g. ``PseudoForceField.load_pretrained("qm9")``) is fine-tuned instead of training a
+        fresh ``config`` network. Default training: 2,000 steps of 32 conformations.
+        """
+        from ..datasets.qm9 import QM9
+
+        numbers = np.asarray(conformations.numbers, dtype=np.int64)
+        positions = np.asarray(conformations.positions, dtype=np.float32)  # [N, A, 3]
+        count, n_atoms = positions.shape[:2]
+        molecules = QM9(np.tile(numbers, count), positions.reshape(-1, 3),
+                        np.arange(count + 1) * n_atoms, np.arange(count))
+        training = training or TrainingConfig(steps=2000, minutes=None)
+        net, record = train_pseudo_force_field(molecules, config or PseudoForceConfig(),
+                                               training, progress=progress,
+                                               initial=None if base is None else base.net)
+        elements = sorted(set(numbers.tolist()) | set((base.metadata.get("elements") or [])
+                                                      if base is not None else []))
+        field = PseudoForceField(net, None, {"elements": elements})
+        metadata = {"numbers": numbers.tolist(), "training": {k: record[k] for k in
+                                                               ("steps", "wall_time_s")},
+                    "training_frames": count, "fine_tuned": base is not None,
+                    "temperature_K": getattr(conformations, "temperature_K", None),
+                    "units": {"positions": "Å"}}
+        return ConformerSampler(field, numbers, {"sampler": sampler, "nfe": nfe, **sampling},
+                                metadata)
 
     # ---- forces and denoisers
 
@@ -775,3 +819,47 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
         return samplers.heun_sample(denoiser, x, nfe, **schedule)
     return samplers.stochastic_heun_sample(denoiser, x, nfe, rng, **schedule,
                                            **{k: v for k, v in extra.items() if k == "s_churn"})
+
+
+@register_sampler("gpff-conformers")
+class ConformerSampler(TemplateSampler):
+    """A GPFF of one molecule (:meth:`PseudoForceField.train_conformers`) behind the
+    :class:`~ase_drift.sampler.Sampler` protocol: each batch is a run of the stored sampler
+    (``sampling``: sampler, nfe and :meth:`PseudoForceField.generate` options) from the
+    Gaussian prior; ``sample_positions(n, seed, **options)`` overrides them per call."""
+
+    batch_size = 1000
+
+    def __init__(self, field: PseudoForceField, numbers, sampling: dict, metadata: dict):
+        super().__init__(numbers, 1.0, field.config, metadata)
+        self.field = field
+        self.sampling = dict(sampling)
+
+    def __repr__(self) -> str:
+        from ..sampler import _formula
+
+        return (f"ConformerSampler({_formula(self.numbers)}, GPFF, {self.sampling['sampler']} "
+                f"{self.sampling['nfe']} NFE)")
+
+    def _sample_batch(self, n: int, rng: torch.Generator, **options) -> np.ndarray:
+        """``n`` conformations ``[n, A, 3]`` (Å, centred, float32)."""
+        settings = {**self.sampling, **options}
+        sampler, nfe = settings.pop("sampler"), settings.pop("nfe")
+        adaptive = settings.pop("adaptive", False)
+        seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+        run = generate_positions(self.field, self.numbers, n, sampler, nfe, adaptive, None, seed,
+                                 **settings)
+        return (run.x - run.x.mean(1, keepdim=True)).numpy().astype(np.float32)
+
+    def save(self, path) -> Path:
+        metadata = dict(self.metadata, kind=self.kind, elements=self.field.metadata["elements"])
+        return save_checkpoint(path, {"model": self.field.config.as_dict(),
+                                      "sampling": self.sampling},
+                               self.field.net.state_dict(), metadata)
+
+    @classmethod
+    def from_checkpoint(cls, payload: dict, path) -> ConformerSampler:
+        field = PseudoForceField.from_checkpoint(payload, path)
+        metadata = {k: v for k, v in payload["metadata"].items()
+                    if k not in ("kind", "shape_prior", "elements")}
+        return cls(field, metadata["numbers"], payload["config"]["sampling"], metadata)
