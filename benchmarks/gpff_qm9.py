@@ -1,0 +1,328 @@
+"""Generative pseudo-force fields on QM9: validity against network evaluations for every sampler,
+GPFF against the time-conditioned EDM baseline, adaptive against fixed schedules, the
+max-pair-distance bias of direct denoising and its removal by the shape prior, GFN2-xTB energies,
+and generation speed.
+
+    python -m benchmarks.gpff_qm9 --quick     # 64 molecules per point, NFE 4 … 256 (< 30 min)
+    python -m benchmarks.gpff_qm9             # 1,000 molecules per point, all NFE (hours)
+
+Molecules: the ``--formulas`` most frequent formulas of QM9's test split (the split of
+:mod:`ase_drift.datasets.qm9`; the models never saw these molecules; default 2: C7H10O2 and
+C7H11NO, 581 and 570 test molecules), ``n / formulas`` molecules each, one formula per batch (a batch of
+one formula lets the adaptive samplers drop finished molecules; few formulas keep the batches
+large on a CPU). The QM9 reference for the distribution metrics is every test molecule with one
+of those formulas. Validity: :func:`ase_drift.metrics.chemistry.validity`
+(RDKit: bonds from geometry, sanitisable, one fragment, no radicals). Every (model, sampler,
+NFE) point is stored in ``--results`` as soon as it is measured, so an interrupted run resumes.
+Speed is molecules per second on one thread, the whole batch of a formula at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT, write_section
+
+NFE_FULL = (4, 6, 8, 16, 32, 64, 128, 256)
+NFE_QUICK = (4, 6, 8, 16, 32, 64, 256)
+#: (label, model, sampler, adaptive, shape)
+CONFIGS = [
+    ("GPFF DD", "qm9", "dd", False, None),
+    ("GPFF DD (stop at σ̂ < 0.005 Å)", "qm9", "dd", True, None),
+    ("GPFF SDD", "qm9", "sdd", False, None),
+    ("GPFF SDD+shape", "qm9", "sdd", False, "gmm"),
+    ("GPFF ancestral", "qm9", "ancestral", False, None),
+    ("GPFF ancestral AS", "qm9", "ancestral", True, None),
+    ("GPFF Heun", "qm9", "heun", False, None),
+    ("GPFF Heun AS", "qm9", "heun", True, None),
+    ("GPFF stochastic Heun", "qm9", "stochastic-heun", False, None),
+    ("GPFF stochastic Heun AS", "qm9", "stochastic-heun", True, None),
+    ("EDM baseline ancestral", "qm9-baseline", "ancestral", False, None),
+    ("EDM baseline Heun", "qm9-baseline", "heun", False, None),
+    ("EDM baseline stochastic Heun", "qm9-baseline", "stochastic-heun", False, None),
+]
+#: Configurations whose max-pair-distance and energy distributions are compared with QM9.
+DISTRIBUTION_CONFIGS = ("GPFF DD", "GPFF SDD", "GPFF SDD+shape", "GPFF stochastic Heun",
+                        "EDM baseline stochastic Heun")
+BINS = 20  # histogram bins of the JS divergences (few samples: 100 bins would be mostly empty)
+
+
+def js_divergence(a: np.ndarray, b: np.ndarray, bins: int = BINS) -> float:
+    """Jensen–Shannon divergence (natural log, in [0, ln 2]) of two samples' histograms on
+    ``bins`` common bins over their joint range."""
+    from scipy.spatial.distance import jensenshannon
+
+    edges = np.histogram_bin_edges(np.concatenate([a, b]), bins=bins)
+    p, q = np.histogram(a, edges)[0], np.histogram(b, edges)[0]
+    return float(jensenshannon(p, q) ** 2)
+
+
+def pick_formulas(qm9, test: np.ndarray, count: int) -> list[tuple]:
+    """The ``count`` most frequent formulas of QM9's test split, each with its test molecules
+    and the atomic numbers to generate (QM9's atom order, from the first of them):
+    [(formula, [molecule index, ...], numbers)]."""
+    from ase.symbols import Symbols
+
+    by_formula: dict[str, list[int]] = {}
+    for m in test:
+        by_formula.setdefault(Symbols(qm9[m][0]).get_chemical_formula(), []).append(int(m))
+    chosen = sorted(by_formula, key=lambda f: (-len(by_formula[f]), f))[:count]
+    return [(f, by_formula[f], qm9[by_formula[f][0]][0]) for f in chosen]
+
+
+def max_pair_distances(frames) -> np.ndarray:
+    from ase_drift.metrics.chemistry import max_pair_distance
+
+    return np.array([max_pair_distance(a.positions) for a in frames])
+
+
+def xtb_energies(frames) -> np.ndarray:
+    """GFN2-xTB energies (eV) of molecules (tblite)."""
+    from ase.calculators.calculator import CalculationFailed, InputError
+    from tblite.ase import TBLite
+
+    energies = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+        try:
+            energies.append(atoms.get_potential_energy())
+        except (CalculationFailed, InputError):  # SCF failure on a broken geometry
+            energies.append(np.nan)
+    return np.array(energies)
+
+
+def run_point(model, formulas, per_formula: int, sampler: str, nfe: int, adaptive: bool,
+              shape, seed: int):
+    """Generate ``per_formula`` molecules of each formula; (frames, seconds, mean NFE)."""
+    from ase import Atoms
+
+    frames, seconds = [], 0.0
+    for k, (_, _, numbers) in enumerate(formulas):
+        start = time.perf_counter()
+        frames += model.generate(Atoms(numbers=numbers), per_formula, sampler=sampler, nfe=nfe,
+                                 adaptive=adaptive, shape=shape, seed=seed + 1000 * k)
+        seconds += time.perf_counter() - start
+    return frames, seconds, float(np.mean([a.info["nfe"] for a in frames]))
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("-n", type=int, help="molecules per point (quick 64, full 1000)")
+    parser.add_argument("--formulas", type=int, default=2,
+                        help="the most frequent formulas of the test split to generate")
+    parser.add_argument("--xtb", type=int, default=48, help="molecules per side for xTB energies")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", default=str(ROOT / "bench_out" / "gpff_qm9.json"))
+    parser.add_argument("--configs", nargs="*", help="labels to run (default all)")
+    parser.add_argument("--no-docs", action="store_true")
+    parser.add_argument("--ethanol", action="store_true",
+                        help="only the single-molecule part: the QM9 GPFF fine-tuned on the "
+                             "bundled ethanol training set, scored like benchmarks/ethanol.py")
+    parser.add_argument("--ethanol-steps", type=int, default=600)
+    args = parser.parse_args(argv)
+    if args.ethanol:
+        return ethanol(args)
+
+    from ase_drift.datasets.qm9 import load_qm9, split
+    from ase_drift.diffusion.pseudoforce import PseudoForceField
+    from ase_drift.metrics.chemistry import validity, validity_fraction
+
+    n = args.n or (64 if args.quick else 1000)
+    nfes = NFE_QUICK if args.quick else NFE_FULL
+    qm9 = load_qm9()
+    _, _, test = split(len(qm9), seed=0)
+    formulas = pick_formulas(qm9, test, args.formulas)
+    per_formula = max(1, n // len(formulas))
+    results_path = Path(args.results)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results.setdefault("points", {})
+    results["setup"] = {"molecules_per_point": per_formula * len(formulas),
+                        "formulas": [f for f, _, _ in formulas], "nfe": list(nfes),
+                        "quick": args.quick}
+    models = {}
+
+    def save():
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = results_path.with_name(results_path.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        os.replace(tmp, results_path)
+
+    reference = [qm9.atoms(m) for _, members, _ in formulas for m in members]
+    results["reference"] = {"molecules": len(reference),
+                            "validity": validity_fraction(reference)}
+    for label, name, sampler, adaptive, shape in CONFIGS:
+        if args.configs and label not in args.configs:
+            continue
+        if name not in models:
+            models[name] = PseudoForceField.load_pretrained(name)
+        for nfe in nfes:
+            key = f"{label} @ {nfe}"
+            if key in results["points"]:
+                continue
+            frames, seconds, spent = run_point(models[name], formulas, per_formula, sampler,
+                                               nfe, adaptive, shape, args.seed)
+            point = {"label": label, "nfe_budget": nfe, "nfe_mean": spent,
+                     "validity": validity_fraction(frames),
+                     "molecules_per_s": len(frames) / seconds}
+            if label in DISTRIBUTION_CONFIGS and nfe == max(nfes):
+                point["mpd"] = max_pair_distances(frames).tolist()
+                valid = [a for a in frames if validity(a)][:args.xtb]
+                point["xtb"] = {"formula": [a.get_chemical_formula() for a in valid],
+                                "energy": xtb_energies(valid).tolist()}
+            results["points"][key] = point
+            save()
+            print(f"{key}: validity {point['validity']:.3f}, {point['molecules_per_s']:.1f} "
+                  f"mol/s", flush=True)
+    distributions(results, reference, args)
+    save()
+    table = markdown(results)
+    print(table)
+    if not args.no_docs:
+        write_section("pseudo-force-fields.md", "gpff-qm9", table)
+
+
+def distributions(results: dict, reference, args) -> None:
+    """Max-pair-distance JS against QM9 (all generated molecules) and GFN2-xTB energy JS (valid
+    ones, energies relative to each formula's mean QM9 energy) of the configurations of
+    :data:`DISTRIBUTION_CONFIGS` at the largest NFE."""
+    nfe = max(results["setup"]["nfe"])
+    reference_mpd = max_pair_distances(reference)
+    if "reference_energies" not in results:
+        pick = np.random.default_rng(args.seed).choice(len(reference),
+                                                       min(args.xtb, len(reference)),
+                                                       replace=False)
+        results["reference_energies"] = {
+            "formula": [reference[i].get_chemical_formula() for i in pick],
+            "energy": xtb_energies([reference[i] for i in pick]).tolist()}
+
+    def relative(xtb: dict) -> np.ndarray:
+        ref = results["reference_energies"]
+        mean = {f: np.nanmean([e for g, e in zip(ref["formula"], ref["energy"]) if g == f])
+                for f in set(ref["formula"])}
+        values = np.array([e - mean[f] for f, e in zip(xtb["formula"], xtb["energy"])
+                           if f in mean])
+        return values[np.isfinite(values)]
+
+    reference_relative = relative(results["reference_energies"])
+    stats = {"QM9 reference": {"mpd_mean": float(reference_mpd.mean()),
+                               "molecules": len(reference)}}
+    for label in DISTRIBUTION_CONFIGS:
+        point = results["points"].get(f"{label} @ {nfe}")
+        if point is None or "mpd" not in point:
+            continue
+        mpd = np.array(point["mpd"])
+        entry = {"mpd_js": js_divergence(mpd, reference_mpd), "mpd_mean": float(mpd.mean())}
+        energies = relative(point["xtb"])
+        if len(energies) >= 5:
+            entry.update(energy_js=js_divergence(energies, reference_relative),
+                         energy_median_eV=float(np.median(energies)),
+                         energy_molecules=len(energies))
+        stats[label] = entry
+    results["distributions"] = stats
+
+
+ETHANOL_SAMPLERS = (("stochastic-heun", 64), ("ancestral", 64), ("sdd", 64), ("dd", 64))
+
+
+def ethanol(args) -> None:
+    """Single-molecule use (:meth:`PseudoForceField.train_conformers`): the shipped QM9 GPFF
+    fine-tuned on ethanol's biased training set (3,000 frames, GFN2-xTB 500 K), 1,000 samples
+    per sampler scored against the reference with :func:`ase_drift.metrics.evaluate` (pair
+    distance TVD, energy W1 in kT from GFN2-xTB) as benchmarks/ethanol.py does."""
+    from ase_drift.datasets import load
+    from ase_drift.diffusion.pseudoforce import PseudoForceField, TrainingConfig
+    from ase_drift.metrics import evaluate
+    from benchmarks.ethanol import DATASET, N_SAMPLES, gfn2_energies
+
+    train_set, reference = load(DATASET)
+    kw = {"reference_energies": reference.energies, "temperature_K": reference.temperature_K}
+    results_path = Path(args.results).with_name("gpff_ethanol.json")
+    start = time.perf_counter()
+    sampler = PseudoForceField.train_conformers(
+        train_set, TrainingConfig(steps=args.ethanol_steps, minutes=None, seed=args.seed),
+        base=PseudoForceField.load_pretrained("qm9"))
+    rows = {"training": {"steps": args.ethanol_steps,
+                         "seconds": round(time.perf_counter() - start, 1)},
+            "training set (biased, 3,000 frames)": evaluate(
+                train_set.positions, reference.positions, reference.numbers,
+                energies=train_set.energies, **kw).as_dict()}
+    for name, nfe in ETHANOL_SAMPLERS:
+        start = time.perf_counter()
+        samples = sampler.sample_positions(N_SAMPLES, seed=args.seed, sampler=name, nfe=nfe)
+        seconds = time.perf_counter() - start
+        report = evaluate(samples, reference.positions, reference.numbers,
+                          energies=gfn2_energies(samples, reference.numbers), **kw)
+        rows[f"GPFF {name} {nfe} NFE"] = dict(report.as_dict(), sample_1000_s=seconds)
+        results_path.write_text(json.dumps(rows, indent=1))
+        print(f"{name}: TVD {report.tvd:.3f}, energy W1 {report.energy_w1:.2f} kT", flush=True)
+    lines = ["| ethanol (GFN2-xTB, 500 K) | TVD | energy W1 (kT) | bond stability | s / 1,000 |",
+             "|---|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        if name != "training":
+            lines.append(f"| {name} | {row['tvd']:.3f} | {row['energy_w1']:.2f} | "
+                         f"{row['bond_stability']:.3f} | {row.get('sample_1000_s', float('nan')):.1f} |")
+    table = "\n".join(lines)
+    print(table)
+    if not args.no_docs:
+        write_section("pseudo-force-fields.md", "gpff-ethanol", table)
+
+
+def markdown(results: dict) -> str:
+    nfes = results["setup"]["nfe"]
+    points = results["points"]
+    lines = [(f"Molecules per point: {results['setup']['molecules_per_point']} "
+             f"({len(results['setup']['formulas'])} formulas of QM9's test split: "
+             f"{', '.join(results['setup']['formulas'])}); QM9's own validity under the same "
+             f"check: {results['reference']['validity']:.3f} "
+             f"({results['reference']['molecules']} test molecules of these formulas)."), "",
+             "Validity against the NFE budget (mean NFE spent in brackets when adaptive):", "",
+             "| sampler | " + " | ".join(str(k) for k in nfes) + " |",
+             "|---|" + "---:|" * len(nfes)]
+    for label, *_ in CONFIGS:
+        cells = []
+        for nfe in nfes:
+            point = points.get(f"{label} @ {nfe}")
+            if point is None:
+                cells.append("–")
+                continue
+            spent = (f" ({point['nfe_mean']:.1f})" if point["nfe_mean"] < nfe - 0.05 else "")
+            cells.append(f"{point['validity']:.2f}{spent}")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Generation speed (molecules/s, one thread):", "",
+              "| sampler | " + " | ".join(str(k) for k in nfes) + " |",
+              "|---|" + "---:|" * len(nfes)]
+    for label, *_ in CONFIGS:
+        cells = [f"{points[f'{label} @ {k}']['molecules_per_s']:.1f}"
+                 if f"{label} @ {k}" in points else "–" for k in nfes]
+        if any(c != "–" for c in cells):
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    stats = results.get("distributions", {})
+    if stats:
+        ref = stats.get("QM9 reference", {})
+        lines += ["", (f"Distributions at {max(nfes)} NFE against QM9 (JS divergence, natural log, "
+                      f"{BINS} bins; max pair distance of all generated molecules, GFN2-xTB "
+                      f"energy of valid ones relative to each formula's mean QM9 energy; QM9's "
+                      f"mean max pair distance {ref.get('mpd_mean', float('nan')):.2f} Å):"), "",
+                  ("| sampler | MPD JS | mean MPD (Å) | energy JS | median ΔE (eV) | molecules "
+                  "(xTB) |"), "|---|---:|---:|---:|---:|---:|"]
+        for label in DISTRIBUTION_CONFIGS:
+            if label in stats:
+                s = stats[label]
+                lines.append(f"| {label} | {s['mpd_js']:.3f} | {s['mpd_mean']:.2f} | "
+                             f"{s.get('energy_js', float('nan')):.3f} | "
+                             f"{s.get('energy_median_eV', float('nan')):.2f} | "
+                             f"{s.get('energy_molecules', 0)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
