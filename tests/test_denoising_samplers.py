@@ -1,0 +1,470 @@
+"""Denoising samplers of the GPFF paper (DD, SDD, ancestral, Heun, stochastic Heun, adaptive
+sampling, DD+shape, DD+scaffold) against exact references.
+
+References used:
+
+* Gaussian data N(μ, s² I) has the exact EDM denoiser D(x, σ) = μ + s²/(s² + σ²)(x − μ), and
+  every sampler step is then a linear map of x − μ plus independent Gaussian noise: the final
+  variance v_N follows a scalar recursion (``_expected_variance``), written here from the
+  papers' update formulas (Song et al. 2021's ancestral step, Karras et al. 2022's Algorithms
+  1–2). Samples are iid N(μ, v_N) per coordinate, so n·V̂/v_N ~ χ²_n with V̂ the mean squared
+  deviation from the known mean: tests accept inside the two-sided 1 − 10⁻⁴ interval
+  (false-failure rate 10⁻⁴ per test).
+* Point-mass data (D(x) = x₀ exactly): x = x₀ + σ ε gives d·σ̂²/σ² ~ χ²_d (Eq. 18).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from scipy.stats import chi2
+
+from ase_drift.diffusion.samplers import (
+    ancestral_sample,
+    dd_sample,
+    heun_sample,
+    noise_level,
+    sdd_sample,
+    shape_constraint,
+    stochastic_heun_sample,
+)
+from ase_drift.diffusion.schedules import edm_sigmas
+
+ALPHA = 1e-4  # false-failure rate of each statistical test
+SIGMA_MIN, SIGMA_MAX = 0.01, 10.0
+
+
+def gaussian_denoiser(mu, s: float):
+    """Exact denoiser of N(mu, s² I): D(x, σ) = mu + s²/(s² + σ²)(x − mu)."""
+
+    def denoise(x, sigma):
+        shrink = (s**2 / (s**2 + sigma**2)).reshape(-1, *[1] * (x.ndim - 1))
+        return mu + shrink * (x - mu)
+
+    return denoise
+
+
+def point_mass(x0):
+    """Exact denoiser of the single point x0 [A, 3] (or [B, A, 3] matching the batch)."""
+    return lambda x, sigma: x0.expand_as(x).clone()
+
+
+class Counting:
+    """Wrap a denoiser; count the rows it is evaluated on and record the batch sizes."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.rows, self.sizes = denoiser, 0, []
+
+    def __call__(self, x, sigma):
+        assert sigma.shape == (x.shape[0],)
+        self.rows += x.shape[0]
+        self.sizes.append(x.shape[0])
+        return self.denoiser(x, sigma)
+
+
+def _expected_variance(kind: str, sigmas, s: float, gamma: float = 0.0) -> float:
+    """Per-coordinate variance after the sampler ``kind`` walks ``sigmas`` (ending with 0) on
+    N(μ, s² I) from the prior N(μ, (s² + σ_0²) I), with y = x − μ mapped linearly."""
+    v = s**2 + sigmas[0] ** 2
+    def keep(sig):  # D − μ = keep(σ)·y
+        return s**2 / (s**2 + sig**2)
+
+    for sig, nxt in itertools.pairwise(sigmas):
+        if kind == "ancestral":  # y' = y + (σ² − σ'²)·score + √(σ'²(σ² − σ'²)/σ²) z
+            score = -(1 - keep(sig)) / sig**2  # score = (D − x)/σ² = score·y
+            v = (1 + (sig**2 - nxt**2) * score) ** 2 * v + nxt**2 * (sig**2 - nxt**2) / sig**2
+            continue
+        hat = sig * (1 + gamma)  # stochastic Heun: raise the level, add the noise variance
+        v = v + hat**2 - sig**2
+        h = nxt - hat
+        slope = (1 - keep(hat)) / hat  # d = (x − D)/σ = slope·y
+        if nxt == 0:
+            map_ = 1 + h * slope
+        else:
+            euler = 1 + h * slope
+            map_ = 1 + 0.5 * h * (slope + (1 - keep(nxt)) / nxt * euler)
+        v = map_**2 * v
+    return v
+
+
+def _chi2_bounds(n: int) -> tuple[float, float]:
+    return chi2.ppf(ALPHA / 2, n) / n, chi2.ppf(1 - ALPHA / 2, n) / n
+
+
+def _run(kind: str, denoiser, x, nfe: int, rng, **kwargs):
+    if kind == "ancestral":
+        return ancestral_sample(denoiser, x, nfe, rng, **kwargs)
+    if kind == "heun":
+        return heun_sample(denoiser, x, nfe, **kwargs)
+    return stochastic_heun_sample(denoiser, x, nfe, rng, **kwargs)
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_edm_sigmas_is_eq_17():
+    n, rho = 6, 5.0
+    sigmas = edm_sigmas(n, 0.01, 30.0, rho, dtype=torch.float64)
+    i = torch.arange(n, dtype=torch.float64)
+    expected = (30.0 ** (1 / rho) + i / (n - 1) * (0.01 ** (1 / rho) - 30.0 ** (1 / rho))) ** rho
+    assert torch.allclose(sigmas[:-1], expected, rtol=1e-12)
+    assert sigmas[-1] == 0 and len(sigmas) == n + 1
+    steps = sigmas[:-1] ** (1 / rho)  # equal steps in ρ-space
+    assert torch.allclose(steps.diff(), steps.diff()[0].expand(n - 1), rtol=1e-10)
+    assert edm_sigmas(1, 0.01, 30.0).tolist() == [30.0, 0.0]
+    with pytest.raises(ValueError, match="sigma_min"):
+        edm_sigmas(3, 2.0, 1.0)
+
+
+# --------------------------------------------------------------------------- Gaussian data
+
+GAUSS_S, GAUSS_MU = 1.0, 0.5
+
+
+@pytest.mark.parametrize("kind", ["ancestral", "heun", "stochastic_heun"])
+def test_gaussian_variance_follows_the_exact_discrete_map(kind):
+    """On Gaussian data every sampler is linear: its final variance is the recursion's v_N."""
+    nfe = 24
+    batch, dim = 10_000, 2
+    rng = torch.Generator().manual_seed(1)
+    x = GAUSS_MU + math.sqrt(GAUSS_S**2 + SIGMA_MAX**2) * torch.randn(
+        batch, dim, generator=rng, dtype=torch.float64)
+    extra = {}
+    gamma = 0.0
+    if kind == "stochastic_heun":  # churn at every level
+        extra = {"s_churn": 3.0, "s_tmin": 0.0, "s_tmax": math.inf}
+        gamma = min(3.0 / 12, math.sqrt(2) - 1)
+    run = _run(kind, gaussian_denoiser(GAUSS_MU, GAUSS_S), x, nfe, rng, sigma_min=SIGMA_MIN,
+               sigma_max=SIGMA_MAX, **extra)
+    levels = (nfe if kind == "ancestral" else (nfe + 1) // 2)
+    sigmas = edm_sigmas(levels, SIGMA_MIN, SIGMA_MAX, dtype=torch.float64).tolist()
+    expected = _expected_variance(kind.split("_")[0], sigmas, GAUSS_S, gamma)
+    observed = ((run.x - GAUSS_MU) ** 2).mean().item()
+    low, high = _chi2_bounds(batch * dim)
+    assert low < observed / expected < high, (observed, expected)
+
+
+@pytest.mark.parametrize("kind", ["ancestral", "heun", "stochastic"])
+def test_discrete_map_converges_to_the_data_variance(kind):
+    """The recursion above (i.e. each sampler, by the previous test) tends to s²: the samplers
+    sample N(μ, s² I) in the limit of many levels. Ancestral sampling is first order (its error
+    falls like 1/N); Heun's is below 10⁻³ already at 16 levels."""
+    errors = []
+    for levels in (16, 256, 4096):
+        sigmas = edm_sigmas(levels, SIGMA_MIN, SIGMA_MAX, dtype=torch.float64).tolist()
+        gamma = 0.0 if kind != "stochastic" else min(40.0 / levels, math.sqrt(2) - 1)
+        errors.append(abs(_expected_variance(kind, sigmas, GAUSS_S, gamma) / GAUSS_S**2 - 1))
+    if kind == "ancestral":
+        assert errors[0] > errors[1] > errors[2]
+        assert 8 < errors[1] / errors[2] < 32  # ~16 = 4096/256: first order
+    assert errors[2] < (0.01 if kind == "ancestral" else 0.001)
+    if kind == "heun":
+        assert max(errors[1:]) < 1e-3
+
+
+def test_heun_samples_the_gaussian():
+    """End to end, no recursion: Heun at 255 evaluations gives variance s² (discretisation
+    error 0.1 %, far inside the χ² interval)."""
+    batch, dim = 8_000, 3
+    rng = torch.Generator().manual_seed(2)
+    x = GAUSS_MU + math.sqrt(GAUSS_S**2 + SIGMA_MAX**2) * torch.randn(
+        batch, dim, generator=rng, dtype=torch.float64)
+    run = heun_sample(gaussian_denoiser(GAUSS_MU, GAUSS_S), x, 255, sigma_min=SIGMA_MIN,
+                      sigma_max=SIGMA_MAX)
+    low, high = _chi2_bounds(batch * dim)
+    assert low < ((run.x - GAUSS_MU) ** 2).mean().item() / GAUSS_S**2 < high
+    assert (run.nfe == 255).all()
+
+
+# --------------------------------------------------------------------------- direct denoising
+
+
+def _molecules(batch: int, atoms: int, scale: float, seed: int):
+    rng = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(atoms, 3, generator=rng, dtype=torch.float64)
+    return x0, x0 + scale * torch.randn(batch, atoms, 3, generator=rng, dtype=torch.float64), rng
+
+
+def test_dd_reaches_a_point_mass_in_one_step():
+    x0, x, _ = _molecules(5, 7, 3.0, seed=3)
+    seen = []
+    run = dd_sample(point_mass(x0), x, 10, tolerance=1e-6,
+                    callback=lambda info: seen.append(info["x"].clone()))
+    assert torch.equal(seen[0], x0.expand_as(x))  # the first update lands on x₀
+    assert torch.equal(run.x, x0.expand_as(x))
+    # the second evaluation, at x₀, sees σ̂ = 0 < tolerance: convergence costs one more call
+    assert run.nfe.tolist() == [2] * 5 and (run.sigma_hat == 0).all()
+    first = noise_level(x, x0.expand_as(x))
+    assert torch.allclose(first, (x - x0).flatten(1).norm(dim=1) / math.sqrt(21))
+    spent = dd_sample(point_mass(x0), x, 10)  # no tolerance: the whole budget
+    assert spent.nfe.tolist() == [10] * 5
+
+
+def test_dd_tolerance_masks_converged_samples():
+    """A contraction D(x) = x₀ + (x − x₀)/2 halves σ̂ per step: each sample stops at its own
+    step, and the denoiser only sees the rows still running."""
+    x0 = torch.zeros(4, 3, dtype=torch.float64)
+    x = torch.stack([torch.full((4, 3), 2.0**k, dtype=torch.float64) for k in (0, 3, 6)])
+    count = Counting(lambda y, sigma: 0.5 * y)
+    run = dd_sample(count, x - x0, 20, tolerance=1e-2)
+    # σ̂ of evaluation k = 0, 1, … is 2^(e−k−1): stop after the first with σ̂ < 10⁻², k = e + 6
+    assert run.nfe.tolist() == [7, 10, 13]
+    assert count.sizes == [3] * 7 + [2] * 3 + [1] * 3
+    assert count.rows == int(run.nfe.sum())
+    assert (run.sigma_hat < 1e-2).all()
+
+
+def test_sdd_noise_decays_linearly_to_zero():
+    """SDD on a point mass: after step k the sample is x₀ + η_k z with η_k = η(K−1−k)/(K−1);
+    the last step is noise-free."""
+    atoms, batch, steps, eta = 30, 200, 5, 0.3
+    x0, x, rng = _molecules(batch, atoms, 2.0, seed=4)
+    spreads = []
+    run = sdd_sample(point_mass(x0), x, steps, rng, noise_scale=eta,
+                     callback=lambda info: spreads.append(((info["x"] - x0) ** 2).mean().item()))
+    n = batch * atoms * 3
+    low, high = _chi2_bounds(n)
+    for k, spread in enumerate(spreads[:-1]):
+        expected = (eta * (steps - 1 - k) / (steps - 1)) ** 2
+        assert low < spread / expected < high
+    assert spreads[-1] == 0 and torch.equal(run.x, x0.expand_as(x))
+    assert run.nfe.tolist() == [steps] * batch
+
+
+def test_samplers_draw_only_from_their_generator():
+    x0, x, _ = _molecules(3, 4, 1.0, seed=5)
+    runs = []
+    for global_seed in (0, 1):
+        torch.manual_seed(global_seed)
+        rng = torch.Generator().manual_seed(7)
+        runs.append(sdd_sample(point_mass(x0), x, 4, rng, noise_scale=0.5).x)
+        rng = torch.Generator().manual_seed(7)
+        runs.append(stochastic_heun_sample(gaussian_denoiser(0.0, 1.0), x, 6, rng,
+                                           sigma_min=0.01, sigma_max=5.0).x)
+    assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[3])
+
+
+# --------------------------------------------------------------------------- budgets, masks
+
+
+def _all_samplers(**common):
+    kwargs = dict(sigma_min=0.01, sigma_max=5.0, **common)
+    return {
+        "dd": lambda d, x, n, g: dd_sample(d, x, n, **common),
+        "dd_tol": lambda d, x, n, g: dd_sample(d, x, n, tolerance=0.05, **common),
+        "sdd": lambda d, x, n, g: sdd_sample(d, x, n, g, **common),
+        "ancestral": lambda d, x, n, g: ancestral_sample(d, x, n, g, **kwargs),
+        "heun": lambda d, x, n, g: heun_sample(d, x, n, **kwargs),
+        "stochastic_heun": lambda d, x, n, g: stochastic_heun_sample(d, x, n, g, **kwargs),
+        "ancestral_as": lambda d, x, n, g: ancestral_sample(d, x, n, g, adaptive=True,
+                                                            **kwargs),
+        "heun_as": lambda d, x, n, g: heun_sample(d, x, n, adaptive=True, **kwargs),
+        "stochastic_heun_as": lambda d, x, n, g: stochastic_heun_sample(
+            d, x, n, g, adaptive=True, **kwargs),
+    }
+
+
+SAMPLERS = list(_all_samplers())
+EXACT_NFE = {"dd": lambda n: n, "sdd": lambda n: n, "ancestral": lambda n: n,
+             "heun": lambda n: 2 * ((n + 1) // 2) - 1,
+             "stochastic_heun": lambda n: 2 * ((n + 1) // 2) - 1}
+
+
+def _denoisers(x0):
+    rng = torch.Generator().manual_seed(11)
+    return {
+        "point mass": point_mass(x0),
+        "gaussian": gaussian_denoiser(x0, 0.3),
+        "erratic": lambda x, sigma: x + torch.randn(x.shape, generator=rng, dtype=x.dtype)
+        * torch.rand(x.shape[0], 1, 1, generator=rng, dtype=x.dtype) * 10,
+    }
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("budget", [1, 2, 7, 16])
+def test_budget_is_counted_exactly_and_never_exceeded(name, budget):
+    x0, x, _ = _molecules(6, 5, 5.0, seed=6)
+    for denoiser in _denoisers(x0).values():
+        count = Counting(denoiser)
+        run = _all_samplers()[name](count, x, budget, torch.Generator().manual_seed(0))
+        assert run.nfe.dtype == torch.int64 and run.nfe.shape == (6,)
+        assert count.rows == int(run.nfe.sum())
+        assert int(run.nfe.max()) <= budget
+        if name in EXACT_NFE:
+            assert run.nfe.tolist() == [EXACT_NFE[name](budget)] * 6
+        assert run.x.shape == x.shape and run.sigma_hat.shape == (6,)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_fixed_atoms_never_move(name, per_sample):
+    """DD+scaffold: fixed atoms keep their positions bit for bit, the others reach x₀."""
+    x0, x, _ = _molecules(4, 6, 2.0, seed=8)
+    fixed = torch.tensor([True, False, False, True, False, False])
+    if per_sample:
+        fixed = torch.stack([fixed, fixed.roll(1), fixed.roll(2), ~fixed])
+    mask = fixed.expand(4, 6)
+    first = []
+    run = _all_samplers(fixed=fixed, callback=lambda info: first.append(
+        info["sigma_hat"].clone()))[name](point_mass(x0), x, 9, torch.Generator().manual_seed(0))
+    assert torch.equal(run.x[mask], x[mask])
+    assert torch.allclose(run.x[~mask], x0.expand_as(x)[~mask], atol=1e-9)
+    # σ̂ is taken over the free coordinates only
+    free = (x - x0).masked_fill(mask[..., None], 0.0)
+    expected = free.flatten(1).norm(dim=1) / (3 * (~mask).sum(dim=1)).sqrt()
+    if not name.startswith("stochastic"):  # (stochastic Heun adds noise before evaluating)
+        assert torch.allclose(first[0], expected)
+
+
+def test_constraint_is_applied_before_each_step_and_respects_fixed_atoms():
+    _, x, _ = _molecules(3, 8, 2.0, seed=9)
+    fixed = torch.zeros(8, dtype=torch.bool)
+    fixed[0] = True
+    steps = []
+
+    def constrain(y, step):
+        steps.append(step)
+        return y + 1.0  # moves every atom, including the fixed one
+
+    seen = []
+    run = dd_sample(lambda y, sigma: (seen.append(y.clone()), y)[1], x, 3, constrain=constrain,
+                    fixed=fixed)
+    assert steps == [0, 1, 2]
+    assert torch.equal(seen[0][:, 1:], x[:, 1:] + 1.0)  # the denoiser sees constrained input
+    assert torch.equal(run.x[:, 0], x[:, 0])  # the fixed atom stayed
+    assert torch.allclose(run.x[:, 1:], x[:, 1:] + 3.0)
+
+
+# --------------------------------------------------------------------------- DD+shape
+
+
+def _principal_variances(x):
+    centred = x - x.mean(dim=1, keepdim=True)
+    return torch.linalg.eigvalsh(centred.transpose(1, 2) @ centred / x.shape[1]).flip(-1)
+
+
+def test_shape_constraint_sets_the_target_principal_variances():
+    rng = torch.Generator().manual_seed(10)
+    x = torch.randn(5, 9, 3, generator=rng, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5],
+                                                                                dtype=torch.float64)
+    target = torch.tensor([[4.0, 2.0, 1.0]] * 4 + [[0.3, 5.0, 1.0]], dtype=torch.float64)
+    strict = shape_constraint(x, target, 1.0)
+    assert torch.allclose(_principal_variances(strict),
+                          target.sort(dim=-1, descending=True).values, rtol=1e-10)
+    assert torch.allclose(strict.mean(dim=1), x.mean(dim=1))  # the centroid stays
+    assert torch.equal(shape_constraint(x, target, 0.0), x)  # identity at strictness 0
+    half = shape_constraint(x, target[0], 0.5)  # [3] target for all
+    assert torch.allclose(half, 0.5 * (x + shape_constraint(x, target[0], 1.0)))
+
+
+def test_shape_constraint_is_rotation_and_translation_equivariant():
+    rng = torch.Generator().manual_seed(12)
+    x = torch.randn(4, 7, 3, generator=rng, dtype=torch.float64)
+    rotation, _ = torch.linalg.qr(torch.randn(3, 3, generator=rng, dtype=torch.float64))
+    shift = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    target = torch.tensor([3.0, 1.0, 0.2], dtype=torch.float64)
+    moved = shape_constraint(x @ rotation.T + shift, target, 0.7)
+    assert torch.allclose(moved, shape_constraint(x, target, 0.7) @ rotation.T + shift,
+                          atol=1e-10)
+
+
+def test_shape_constraint_rejects_bad_input():
+    x = torch.zeros(2, 4, 3)
+    with pytest.raises(ValueError, match="strictness"):
+        shape_constraint(x, [1.0, 1.0, 1.0], 1.5)
+    with pytest.raises(ValueError, match="positive"):
+        shape_constraint(x, [1.0, 0.0, 1.0], 0.5)
+    with pytest.raises(ValueError, match=r"\[B, A, 3\]"):
+        shape_constraint(torch.zeros(4, 3), [1.0, 1.0, 1.0], 0.5)
+    with pytest.raises(ValueError, match="target_variances"):
+        shape_constraint(x, torch.ones(3, 3), 0.5)
+
+
+# --------------------------------------------------------------------------- adaptive sampling
+
+ATOMS, TRACK_BATCH = 30, 256
+
+
+@pytest.mark.parametrize("kind", ["ancestral", "heun", "stochastic_heun"])
+def test_adaptive_noise_estimate_tracks_the_schedule_for_an_exact_model(kind):
+    """Point-mass data, exact denoiser: σ̂ of every step matches the level the step started
+    from (χ² with d = 90 per sample; stochastic Heun: the raised level σ(1 + γ)), so the
+    adaptive run follows its target schedule: its evaluations match the target's."""
+    x0, _, rng = _molecules(1, ATOMS, 0.0, seed=13)
+    x = x0 + SIGMA_MAX * torch.randn(TRACK_BATCH, ATOMS, 3, generator=rng, dtype=torch.float64)
+    target, budget = 10, 64
+    gamma = min(2.0 / target, math.sqrt(2) - 1)
+    extra = ({"s_churn": 2.0, "s_tmin": 0.0, "s_tmax": math.inf, "churn_correction": 1.0}
+             if kind == "stochastic_heun" else {})
+    ratios = []
+
+    def record(info):
+        rows = info["active"] & (info["sigma"] > 0)
+        raised = info["sigma"][rows] * (1 + gamma if kind == "stochastic_heun" else 1)
+        ratios.append((((info["sigma_hat"][rows] / raised) ** 2).mean().item(), int(rows.sum())))
+
+    run = _run(kind, point_mass(x0), x, budget, rng, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX,
+               adaptive=True, target_steps=target, callback=record, **extra)
+    # mean of b·d χ²_1/1 variables: 5 standard deviations, √(2/(b·d)) each
+    assert all(abs(r - 1) < 5 * math.sqrt(2 / (b * ATOMS * 3)) for r, b in ratios), ratios
+    per_level = 1 if kind == "ancestral" else 2
+    expected = per_level * target - (per_level - 1)  # the target schedule's evaluations
+    assert abs(run.nfe.double().mean().item() - expected) <= per_level
+    assert torch.allclose(run.x, x0.expand_as(x), atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["ancestral", "heun", "stochastic_heun"])
+def test_adaptive_run_saves_evaluations_when_the_model_denoises_faster(kind):
+    """Gaussian data with s = 1: the exact denoiser's σ̂ = σ²/√(s² + σ²) falls below σ, the
+    adaptive steps grow and the run ends before the budget the fixed schedule spends."""
+    rng = torch.Generator().manual_seed(14)
+    x = math.sqrt(1 + SIGMA_MAX**2) * torch.randn(64, ATOMS, 3, generator=rng,
+                                                   dtype=torch.float64)
+    budget = 40
+    runs = [_run(kind, gaussian_denoiser(0.0, 1.0), x, budget, rng, sigma_min=SIGMA_MIN,
+                 sigma_max=SIGMA_MAX, adaptive=adaptive, target_steps=budget // 2)
+            for adaptive in (False, True)]
+    assert (runs[0].nfe == EXACT_NFE[kind](budget)).all()
+    assert runs[1].nfe.double().mean() < 0.75 * EXACT_NFE[kind](budget)
+
+
+@pytest.mark.parametrize("kind", ["ancestral", "heun", "stochastic_heun"])
+def test_adaptive_run_without_progress_ends_on_the_upper_bound(kind):
+    """A model whose noise estimate never falls (σ̂ = 100 always) would stall an adaptive
+    schedule: the upper-bound schedule stops it exactly at the budget."""
+    rng = torch.Generator().manual_seed(15)
+    x = torch.randn(3, 4, 3, generator=rng, dtype=torch.float64)
+    stuck = lambda y, sigma: y + 100.0
+    run = _run(kind, stuck, x, 9, rng, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, adaptive=True,
+               target_steps=2)
+    assert (run.nfe == EXACT_NFE[kind](9)).all()
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def test_bad_input_raises():
+    x = torch.zeros(2, 3, 3)
+    rng = torch.Generator()
+    identity = lambda y, sigma: y
+    with pytest.raises(ValueError, match="nfe"):
+        dd_sample(identity, x, 0)
+    with pytest.raises(ValueError, match="nfe"):
+        heun_sample(identity, x, 2.5, sigma_min=0.1, sigma_max=1.0)
+    with pytest.raises(ValueError, match="non-finite"):
+        dd_sample(identity, torch.full((2, 3, 3), float("nan")), 3)
+    with pytest.raises(ValueError, match="batch"):
+        dd_sample(identity, torch.zeros(3), 3)
+    with pytest.raises(ValueError, match="fixed"):
+        dd_sample(identity, x, 3, fixed=torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="sigma_min"):
+        ancestral_sample(identity, x, 3, rng, sigma_min=2.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="tolerance"):
+        dd_sample(identity, x, 3, tolerance=0.0)
+    with pytest.raises(ValueError, match="shaped like"):
+        dd_sample(lambda y, sigma: y[:1], x, 3)
+    with pytest.raises(TypeError, match="Generator"):
+        sdd_sample(identity, x, 3, 0)
