@@ -346,6 +346,11 @@ def _principal_variances(x):
     return torch.linalg.eigvalsh(centred.transpose(1, 2) @ centred / x.shape[1]).flip(-1)
 
 
+def _principal_axes(x):
+    centred = x - x.mean(dim=1, keepdim=True)
+    return torch.linalg.eigh(centred.transpose(1, 2) @ centred)[1]  # [B, 3, 3] columns
+
+
 def test_shape_constraint_sets_the_target_principal_variances():
     rng = torch.Generator().manual_seed(10)
     x = torch.randn(5, 9, 3, generator=rng, dtype=torch.float64) * torch.tensor([3.0, 1.0, 0.5],
@@ -355,6 +360,8 @@ def test_shape_constraint_sets_the_target_principal_variances():
     assert torch.allclose(_principal_variances(strict),
                           target.sort(dim=-1, descending=True).values, rtol=1e-10)
     assert torch.allclose(strict.mean(dim=1), x.mean(dim=1))  # the centroid stays
+    # targets pair with the principal axes by size: the longest axis stays the longest
+    assert torch.allclose(_principal_axes(strict).abs(), _principal_axes(x).abs(), atol=1e-8)
     assert torch.equal(shape_constraint(x, target, 0.0), x)  # identity at strictness 0
     half = shape_constraint(x, target[0], 0.5)  # [3] target for all
     assert torch.allclose(half, 0.5 * (x + shape_constraint(x, target[0], 1.0)))
