@@ -475,3 +475,13 @@ def test_bad_input_raises():
         dd_sample(lambda y, sigma: y[:1], x, 3)
     with pytest.raises(TypeError, match="Generator"):
         sdd_sample(identity, x, 3, 0)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_dtype_follows_the_input(name):
+    x0, x, _ = _molecules(3, 4, 1.0, seed=16)
+    x32 = x.float()
+    run = _all_samplers()[name](gaussian_denoiser(x0.float(), 0.3), x32, 5,
+                                torch.Generator().manual_seed(0))
+    assert run.x.dtype == torch.float32 and run.sigma_hat.dtype == torch.float32
+    assert torch.isfinite(run.x).all()

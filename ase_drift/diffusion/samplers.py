@@ -19,6 +19,7 @@ diffusion lives in a subspace (e.g. centred coordinates).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -247,11 +248,16 @@ def _check_batch(x: Tensor) -> None:
         raise ValueError("x contains non-finite values (NaN or inf)")
 
 
+def _is_count(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) \
+        and value >= 1
+
+
 def _check_budget(nfe) -> int:
-    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+    if not _is_count(nfe):
         raise ValueError(f"nfe (the budget of denoiser evaluations per sample) must be an "
                          f"integer >= 1, got {nfe!r}")
-    return nfe
+    return int(nfe)
 
 
 def _check_rng(rng) -> None:
@@ -504,10 +510,9 @@ class _Levels:
         self.adaptive, self.rho, self.n_levels = adaptive, rho, n_levels
         if target_steps is None:
             target_steps = (n_levels + 1) // 2
-        if isinstance(target_steps, bool) or not isinstance(target_steps, int) \
-                or target_steps < 1:
+        if not _is_count(target_steps):
             raise ValueError(f"target_steps must be an integer >= 1, got {target_steps!r}")
-        self.target_steps = target_steps
+        self.target_steps = int(target_steps)
         span = sigma_max ** (1 / rho) - sigma_min ** (1 / rho)
         self.u_min = sigma_min ** (1 / rho)
         self.delta_target = span / (target_steps - 1) if target_steps > 1 else math.inf
