@@ -8,6 +8,8 @@ Submodules:
   bootstrap;
 * :mod:`~ase_drift.metrics.peptides`: Ramachandran histograms, JS divergence, PMF RMSE, basins
   and their free-energy difference;
+* :mod:`~ase_drift.metrics.chemistry`: RDKit validity of generated molecules (bonds from
+  geometry, sanitisable, one fragment, no radicals), max pair distance, histogram JS;
 * :mod:`~ase_drift.metrics.plots`: the figures (matplotlib);
 * :mod:`~ase_drift.metrics.tables`: the one markdown table renderer.
 
@@ -30,6 +32,14 @@ Contract
   (DESIGN.md, "Metrics"; definitions and reasons in docs/maths.md, "Metrics").
 """
 
+from .chemistry import (
+    ValidityResult,
+    histogram_js,
+    max_pair_distance,
+    validity,
+    validity_counts,
+    validity_fraction,
+)
 from .distances import (
     BOND_SCALE,
     BOND_TOLERANCE,
@@ -75,6 +85,7 @@ __all__ = [
     "DistanceReport",
     "Estimate",
     "NoiseFloor",
+    "ValidityResult",
     "basin_masks_phi",
     "basin_masks_psi",
     "block_bootstrap",
@@ -84,10 +95,12 @@ __all__ = [
     "evaluate",
     "format_cell",
     "free_energy_difference",
+    "histogram_js",
     "histogram_tvd",
     "integrated_autocorrelation_time",
     "js_divergence",
     "markdown_table",
+    "max_pair_distance",
     "noise_floor",
     "noise_floor_subsets",
     "normalised_histogram",
@@ -105,5 +118,8 @@ __all__ = [
     "render_table",
     "sorted_within_types",
     "stability",
+    "validity",
+    "validity_counts",
+    "validity_fraction",
     "wasserstein2",
 ]
