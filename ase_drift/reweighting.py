@@ -173,16 +173,20 @@ def reweight(positions, numbers, log_q, *, forces=None, energies=None,
 def reweight_sampler(sampler, density, n: int, *, forces, seed: int | None = None,
                      temperature_K: float | None = None, progress: bool = True
                      ) -> WeightedSamples:
-    """``n`` fresh samples of ``sampler`` (any kind) with their mirror images folded
-    (:meth:`~ase_drift.likelihood.NCEDensity.fold`), weighted by ``density`` (an
-    :class:`~ase_drift.likelihood.NCEDensity` of this sampler) towards the Boltzmann
-    distribution of ``forces`` at ``temperature_K`` (default: the one the sampler records)."""
+    """``n`` fresh samples of ``sampler`` (any kind: drift, DSM, energy diffusion) weighted by
+    ``density`` towards the Boltzmann distribution of ``forces`` at ``temperature_K`` (default:
+    the one the sampler records). ``density`` is an :class:`~ase_drift.likelihood.NCEDensity`
+    of this sampler, whose :meth:`~ase_drift.likelihood.NCEDensity.fold` first reflects mirror
+    images, or any object with ``numbers`` and ``log_prob(positions)`` in the same convention,
+    e.g. a diffusion sampler itself (its probability-flow ODE likelihood)."""
     if density.numbers is None or not np.array_equal(density.numbers, sampler.numbers):
         raise ValueError("the density was not fitted to this sampler's molecule")
     if temperature_K is None:
         temperature_K = getattr(sampler, "metadata", {}).get("temperature_K")
         if temperature_K is None:
             raise ValueError("the sampler records no temperature: pass temperature_K")
-    positions = density.fold(sampler.sample_positions(n, seed=seed))  # [n, A, 3] Å
+    positions = sampler.sample_positions(n, seed=seed)  # [n, A, 3] Å
+    if hasattr(density, "fold"):
+        positions = density.fold(positions)
     return reweight(positions, sampler.numbers, density.log_prob(positions), forces=forces,
                     temperature_K=temperature_K, progress=progress)

@@ -148,6 +148,53 @@ class DiffusionSampler(TemplateSampler):
                       snr=cfg.snr, n_corrector=1, noise_sampler=centred_noise)
         return (x * self.scale).numpy().astype(np.float32)
 
+    def log_prob(self, positions, divergence: str = "exact", seed: int | None = None,
+                 batch_size: int = 64, rtol: float = 1e-5, atol: float = 1e-5) -> np.ndarray:
+        """log q̄ ``[n]`` of conformations ``positions`` ``[n, A, 3]`` (Å) under this model's
+        probability-flow ODE (F1–F3, F5, F7 of docs/likelihoods.md; ``divergence`` "exact" or
+        "hutchinson", its probes seeded by ``seed``), per Å^(3A − 3) of centred coordinates up
+        to a constant: the convention of :meth:`~ase_drift.likelihood.NCEDensity.log_prob`, so
+        either can go to :func:`~ase_drift.reweighting.reweight`.
+
+        The model was trained on frames Kabsch-aligned to one reference: its density at σ_min
+        is that of the aligned section S smoothed by N(0, σ_min²) across it, whose value on S is
+        q_S × a constant. Each frame is therefore aligned (s ∈ S), read there by the ODE from
+        σ_min to σ_max (prior N(0, σ_max² I) on the 3A − 3 centred dimensions), and spread
+        uniformly over rotations: log q̄ = log p_{σ_min}(s/scale) − (3A − 3) log scale
+        − log det(tr H · I − H) (F7). The ODE density is that of the model's probability-flow
+        samples; the predictor–corrector sampler's samples follow it as far as the score is
+        exact. Mirror images are not folded: their alignment is poor and their q̄ tiny.
+        """
+        from ..features import align_frames
+        from ..sampler import torch_generator
+        from .flow_likelihood import centre_flat, orbit_log_volume, ve_log_prob
+
+        reference = self.metadata.get("reference_angstrom")
+        if reference is None:
+            raise ValueError("this DSM checkpoint does not record the frame its training data "
+                             "were aligned to (reference_angstrom): retrain it to read "
+                             "likelihoods")
+        n_atoms = len(self.numbers)
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.ndim != 3 or positions.shape[1:] != (n_atoms, 3):
+            raise ValueError(f"positions must have shape [n, {n_atoms}, 3], got "
+                             f"{positions.shape}")
+        reference = np.asarray(reference, dtype=np.float64)  # [A, 3], centred
+        aligned = align_frames(positions, reference)[0]  # [n, A, 3] Å, on S
+        x = torch.as_tensor(aligned / self.scale, dtype=torch.float32).flatten(1)  # [n, 3A]
+        rng = torch_generator(seed)
+
+        def score(z: Tensor, sigma: Tensor) -> Tensor:
+            return self.model(z.view(len(z), n_atoms, 3), sigma).flatten(1)  # [B, 3A]
+
+        out = [ve_log_prob(score, chunk, self.config.sigma_min, self.config.sigma_max,
+                           dim=3 * n_atoms - 3, project=lambda z: centre_flat(z, n_atoms),
+                           divergence=divergence, rng=rng, rtol=rtol, atol=atol).log_prob
+               for chunk in x.split(batch_size)]
+        log_p = torch.cat(out).double().numpy() if out else np.zeros(0)
+        return (log_p - (3 * n_atoms - 3) * math.log(self.scale)
+                - orbit_log_volume(aligned, reference))
+
     def save(self, path: str | Path) -> Path:
         metadata = dict(self.metadata, kind=self.kind)
         return save_checkpoint(path, {"diffusion": self.config.as_dict()},

@@ -514,6 +514,40 @@ class EnergyDiffusion(TemplateSampler):
                                    self._project)
         return (flat.view(n, len(self.numbers), 3) * self.scale).numpy().astype(np.float32)
 
+    def log_prob(self, positions, divergence: str = "exact", seed: int | None = None,
+                 batch_size: int = 64, rtol: float = 1e-5, atol: float = 1e-5) -> np.ndarray:
+        """log q ``[n]`` of conformations ``positions`` ``[n, A, 3]`` (Å) under this model's
+        probability-flow ODE (F1, F2, F4, F5 of docs/likelihoods.md: from t_min to 1, prior
+        N(0, I) on the 3A − 3 centred dimensions; ``divergence`` "exact" or "hutchinson", its
+        probes seeded by ``seed``), per Å^(3A − 3) of centred coordinates up to a constant, as
+        :meth:`~ase_drift.likelihood.NCEDensity.log_prob`. The energy is a function of
+        invariant features, so q is already rotation invariant: no alignment. −U_θ(x, t_min)
+        (:meth:`compute`) is the same density up to a constant when the model is consistent
+        (what the Fokker–Planck term asks for), at one network evaluation."""
+        from ..sampler import torch_generator
+        from .flow_likelihood import vp_log_prob
+
+        n_atoms = len(self.numbers)
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.ndim != 3 or positions.shape[1:] != (n_atoms, 3):
+            raise ValueError(f"positions must have shape [n, {n_atoms}, 3], got "
+                             f"{positions.shape}")
+        centred = positions - positions.mean(axis=1, keepdims=True)
+        x = torch.as_tensor(centred / self.scale, dtype=torch.float32).flatten(1)  # [n, 3A]
+        sde = VPSDE(self.config.beta_min, self.config.beta_max)
+        rng = torch_generator(seed)
+
+        def score(z: Tensor, t: Tensor) -> Tensor:  # ∇ log q with its graph, for the divergence
+            (grad,) = torch.autograd.grad(self.model.log_q(z, t).sum(), z, create_graph=True)
+            return grad
+
+        out = [vp_log_prob(score, chunk, sde.beta, self.config.t_min, dim=3 * n_atoms - 3,
+                           project=self._project, divergence=divergence, rng=rng, rtol=rtol,
+                           atol=atol).log_prob
+               for chunk in x.split(batch_size)]
+        log_p = torch.cat(out).double().numpy() if out else np.zeros(0)
+        return log_p - (3 * n_atoms - 3) * math.log(self.scale)
+
     def compute(self, numbers, positions) -> ForceResult:
         """The model as a :class:`~ase_drift.forces.ForceSource` at t_min: energies
         −kT log q (eV, up to one constant) ``[B]`` and forces kT ∇ log q (eV/Å) ``[B, A, 3]``
