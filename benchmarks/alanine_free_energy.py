@@ -1,8 +1,9 @@
 """Alanine dipeptide free-energy truth by umbrella sampling along φ + MBAR, against plain MD and
 against reweighted one-step samples (drift sampler + NCE density + amber energies).
 
-    OMP_NUM_THREADS=1 python -m benchmarks.alanine_free_energy          # 36 windows × 1 ns
-    OMP_NUM_THREADS=1 python -m benchmarks.alanine_free_energy --quick  # 24 windows × 100 ps
+    OMP_NUM_THREADS=1 python -m benchmarks.alanine_free_energy          # 48 windows × 500 ps
+    OMP_NUM_THREADS=1 python -m benchmarks.alanine_free_energy --quick  # 36 windows × 100 ps
+    python -m benchmarks.alanine_free_energy --run k60                  # 36 windows × 1 ns
     python -m benchmarks.alanine_free_energy --skip-reweight --no-docs  # the truth only
 
 The truth: :func:`ase_drift.free_energy.umbrella_sampling` (amber99sb-ildn, vacuum, 300 K, the
@@ -14,7 +15,8 @@ Eq. 9): an FK drift sampler (distance space) trained on the bundled biased 1 ns 
 :class:`~ase_drift.likelihood.NCEDensity` fitted to 20,000 of its samples, 10,000 fresh samples
 (mirror images folded) weighted with OpenMM energies at 300 K. Windows are stored in
 ``bench_out/alanine_free_energy/<run>/`` as they finish and the sampler, density and results
-beside them, so an interrupted run resumes. Writes the PMF figure to ``docs/img`` and the
+beside them, so an interrupted run resumes. The drift samplers, densities and their results
+(``reweighting.json``) are shared by the runs. Writes the PMF figure to ``docs/img`` and the
 tables into ``docs/free-energies.md``.
 """
 
@@ -33,6 +35,7 @@ from ase_drift.datasets import data_path, load_npz
 from ase_drift.datasets.alanine import make_system, starting_structure
 from ase_drift.forces import OpenMMForces
 from ase_drift.free_energy import (
+    FreeEnergyResult,
     UmbrellaConfig,
     alanine_regions,
     mbar_free_energies,
@@ -47,10 +50,17 @@ from ase_drift.training import ProgressBar, TrainConfig, Trainer
 from benchmarks.common import ROOT, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
+# name: (umbrella, bootstrap replicates, drift training steps). κ must exceed the PMF's curvature
+# at the barrier tops (≈ 40 kT/rad² at φ = 0, ≈ 80 at φ ≈ 125°), or windows slide off them and
+# leave gaps MBAR cannot bridge: "k60", the first full run, left the top of the 125° barrier
+# thin (neighbour overlap 0.07); a 24-window κ = 30 quick run left both barrier tops empty and
+# was 5 kT off.
 RUNS = {
-    "full": (UmbrellaConfig(), 100, 4000),  # (umbrella, bootstrap replicates, drift steps)
-    "quick": (UmbrellaConfig(n_windows=24, force_constant=30.0, equilibration_ps=20.0,
+    "full": (UmbrellaConfig(), 100, 4000),
+    "quick": (UmbrellaConfig(n_windows=36, force_constant=100.0, equilibration_ps=20.0,
                              production_ps=100.0), 50, 1000),
+    "k60": (UmbrellaConfig(n_windows=36, force_constant=60.0, equilibration_ps=50.0,
+                           production_ps=1000.0), 100, 4000),
 }
 BINS = 72  # PMF bins of 5°
 N_FIT, N_EVAL = 20_000, 10_000
@@ -61,6 +71,27 @@ def save_json(path: Path, results: dict) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(results, indent=1))
     os.replace(tmp, path)
+
+
+def cached_truth(directory: Path, samples, n_boot: int) -> FreeEnergyResult:
+    """:func:`mbar_free_energies` of the run's windows, stored beside them once computed."""
+    path = directory / f"mbar-bins{BINS}-boot{n_boot}.npz"
+    if path.exists():
+        with np.load(path) as stored:
+            names = [str(n) for n in stored["names"]]
+            return FreeEnergyResult(
+                stored["edges"], stored["pmf"], stored["pmf_error"],
+                {n: Estimate(float(v), float(e)) for n, v, e in
+                 zip(names, stored["delta_f"], stored["delta_f_error"])},
+                stored["f_k"], stored["g"], stored["n_k"])
+    truth = mbar_free_energies(samples, bins=BINS, n_boot=n_boot)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, edges=truth.edges, pmf=truth.pmf, pmf_error=truth.pmf_error,
+             names=np.array(list(truth.delta_f)), delta_f=[v for v, _ in truth.delta_f.values()],
+             delta_f_error=[e for _, e in truth.delta_f.values()], f_k=truth.f_k,
+             g=truth.statistical_inefficiency, n_k=truth.n_uncorrelated)
+    os.replace(tmp, path)
+    return truth
 
 
 def md_reference(topology_pdb: str, reference) -> dict:
@@ -94,9 +125,10 @@ def drift_sampler(path: Path, train_set, steps: int, seed: int):
 def reweighted(directory: Path, train_set, topology, steps: int, seed: int) -> dict:
     """ESS and ΔF of every region pair, unweighted and reweighted, for one seed."""
     started = time.perf_counter()
-    sampler = drift_sampler(directory / f"drift-fk-seed{seed}.pt", train_set, steps, seed)
+    model = directory / f"drift-fk-steps{steps}-seed{seed}.pt"
+    sampler = drift_sampler(model, train_set, steps, seed)
     trained = time.perf_counter()
-    density_path = directory / f"drift-fk-seed{seed}.nce.pt"
+    density_path = model.with_name(model.name + ".nce.pt")
     if density_path.exists():
         density = NCEDensity.load(density_path)
     else:
@@ -158,23 +190,26 @@ def plot(path: Path, result, md_phi, samples: dict) -> None:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--run", choices=sorted(RUNS), default="full")
+    parser.add_argument("--quick", action="store_true", help="the same as --run quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="drift sampler seeds for the reweighting comparison")
     parser.add_argument("--skip-reweight", action="store_true")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(argv)
-    run = "quick" if args.quick else "full"
+    run = "quick" if args.quick else args.run
     config, n_boot, drift_steps = RUNS[run]
-    directory = ROOT / "bench_out" / "alanine_free_energy" / run
-    results_path = directory / "results.json"
+    shared = ROOT / "bench_out" / "alanine_free_energy"
+    directory = shared / run
+    results_path, reweighting_path = directory / "results.json", shared / "reweighting.json"
     directory.mkdir(parents=True, exist_ok=True)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    samplers = (json.loads(reweighting_path.read_text()) if reweighting_path.exists() else {})
 
     started = time.perf_counter()
     samples = umbrella_sampling(config, directory)
     simulated = time.perf_counter()
-    truth = mbar_free_energies(samples, bins=BINS, n_boot=n_boot)
+    truth = cached_truth(directory, samples, n_boot)
     analysed = time.perf_counter()
     results["umbrella"] = {
         "config": repr(config),
@@ -196,15 +231,16 @@ def main(argv=None) -> None:
         save_json(results_path, results)
     if not args.skip_reweight:
         for seed in args.seeds:
-            key = f"reweighted seed {seed}"
-            if key not in results:
-                results[key] = reweighted(directory, train_set, topology, drift_steps, seed)
-                save_json(results_path, results)
+            key = f"steps={drift_steps} seed={seed}"
+            if key not in samplers:
+                samplers[key] = reweighted(shared, train_set, topology, drift_steps, seed)
+                save_json(reweighting_path, samplers)
 
     header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
-    seeds = sorted(k for k in results if k.startswith("reweighted seed"))
+    seeds = [f"steps={drift_steps} seed={seed}" for seed in args.seeds
+             if f"steps={drift_steps} seed={seed}" in samplers]
     for key in seeds:
-        header += [f"drift FK ({key[11:]}), unweighted", "reweighted"]
+        header += [f"drift FK ({key.split()[1]}), unweighted", "reweighted"]
     rows = []
     for name in truth.delta_f:
         md = results["md"][name]
@@ -212,32 +248,32 @@ def main(argv=None) -> None:
                Estimate(*md["delta_f"]) if md["delta_f"] else
                f"∞ (frames {md['frames'][0]:,} / {md['frames'][1]:,})"]
         for key in seeds:
-            r = results[key][name]
+            r = samplers[key][name]
             row += [Estimate(*r[label]) if r[label] else
                     f"∞ (frames {r['frames'][0]:,} / {r['frames'][1]:,})"
                     for label in ("unweighted", "reweighted")]
         rows.append(row)
     text = render_table(header, rows, digits=[0] + [2] * (len(header) - 1))
     u = results["umbrella"]
-    note = (f"Run: `python -m benchmarks.alanine_free_energy{' --quick' if args.quick else ''}`"
+    note = (f"Run: `python -m benchmarks.alanine_free_energy --run {run}`"
             f" — {config.n_windows} windows, κ = {config.force_constant:g} kT/rad², "
             f"{config.equilibration_ps:g} ps equilibration + {config.production_ps:g} ps "
             f"production each (frames every {config.stride_ps:g} ps); statistical inefficiency "
             f"g min / median / max {u['g'][0]:.1f} / {u['g'][1]:.1f} / {u['g'][2]:.1f}, "
-            f"{u['n_uncorrelated']:,} uncorrelated frames, {n_boot} bootstrap replicates "
-            f"(MBAR {u['seconds_this_invocation']['mbar']:.0f} s). Plain MD: "
+            f"{u['n_uncorrelated']:,} uncorrelated frames, {n_boot} bootstrap replicates. "
+            f"Plain MD: "
             f"{results['md']['n_frames']:,} bundled reference frames.")
     for key in seeds:
-        r = results[key]
-        note += (f" Drift FK {key[11:]}: {drift_steps:,} training steps on the biased 1 ns set, "
+        r = samplers[key]
+        note += (f" Drift FK {key.split()[1]}: {drift_steps:,} training steps on the biased 1 ns set, "
                  f"ESS {r['ess']:.2e} of {N_EVAL:,} (largest weight {r['max_weight']:.2f}); "
                  "minutes train / fit / reweight " + " / ".join(
                      f"{r['seconds'][k] / 60:.1f}" for k in ("train", "fit", "reweight")) + ".")
     text = f"{note}\n\n{text}\n\nPMF along φ (every third 5° bin):\n\n{pmf_table(truth)}"
     print(text)
-    curves = {f"drift FK ({k[11:]}), {label}": (np.array(results[k]["phi"]), log_w)
+    curves = {f"drift FK ({k.split()[1]}), {label}": (np.array(samplers[k]["phi"]), log_w)
               for k in seeds[:1] for label, log_w in
-              (("unweighted", None), ("reweighted", np.array(results[k]["log_weights"])))}
+              (("unweighted", None), ("reweighted", np.array(samplers[k]["log_weights"])))}
     figure = f"alanine_free_energy_{run}.png"
     plot(ROOT / "bench_out" / figure, truth, np.array(results["md"]["phi"]), curves)
     if not args.no_docs:

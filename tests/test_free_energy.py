@@ -182,7 +182,7 @@ def test_bad_input_raises():
 
 
 def test_umbrella_sampling_runs_resumes_and_guards_its_directory(tmp_path):
-    """A tiny OpenMM run: each window's φ stays near its centre (κ = 60 kT/rad², σ ≈ 0.13 rad),
+    """A tiny OpenMM run: each window's φ stays near its centre (κ = 120 kT/rad², σ ≈ 0.09 rad),
     the energies are the unbiased ones (finite, tens of kT at most above the minimum), and a
     second call reads the windows back instead of rerunning; another config is refused."""
     config = UmbrellaConfig(n_windows=3, equilibration_ps=1.0, production_ps=2.0, stride_ps=0.1)
