@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ase_drift.datasets import data_path
 from ase_drift.free_energy import (
     BIAS_GROUP,
     UmbrellaConfig,
     UmbrellaSamples,
     kj_per_mol,
+    load_positions,
     mbar_free_energies,
     periodic_difference,
     reduced_bias,
@@ -18,6 +20,7 @@ from ase_drift.free_energy import (
     umbrella_sampling,
 )
 from ase_drift.metrics import free_energy_difference
+from ase_drift.peptides import backbone_dihedrals, topology_from_pdb
 
 T = 300.0
 
@@ -193,6 +196,12 @@ def test_umbrella_sampling_runs_resumes_and_guards_its_directory(tmp_path):
     assert np.all(np.isfinite(first.energies))
     again = umbrella_sampling(config, tmp_path, progress=False)
     np.testing.assert_array_equal(again.phi, first.phi)
+    positions = load_positions(tmp_path, 3)  # [K, N, A, 3] Å: the stored frames are φ's frames
+    assert positions.shape == (3, 20, 22, 3)
+    topology = topology_from_pdb(str(np.load(data_path(
+        "alanine-dipeptide-amber99sbildn-300K-small"))["pdb"]))
+    phi, _ = backbone_dihedrals(positions.reshape(-1, 22, 3), topology)
+    np.testing.assert_allclose(phi.reshape(3, 20), first.phi, atol=1e-5)
     with pytest.raises(ValueError, match="another configuration"):
         umbrella_sampling(UmbrellaConfig(n_windows=3, equilibration_ps=1.0, production_ps=2.0,
                                          stride_ps=0.1, seed=1), tmp_path, progress=False)
