@@ -50,6 +50,7 @@ from scipy.special import logsumexp
 from . import units
 from .metrics.peptides import basin_masks_phi, basin_masks_psi
 from .metrics.tables import Estimate
+from .peptides import backbone_dihedrals
 
 #: OpenMM force group of the umbrella restraint (the unbiased energy is every other group).
 BIAS_GROUP = 31
@@ -227,8 +228,6 @@ def umbrella_sampling(config: UmbrellaConfig, directory: str | Path, system=None
     import openmm
     import openmm.unit as u
     from tqdm.auto import tqdm
-
-    from .peptides import backbone_dihedrals
 
     if system is None:
         from .datasets.alanine import make_system, minimised_start
