@@ -35,7 +35,7 @@ DATASET = "ethanol-gfn2-500K"
 DSM_STEPS = 3000
 FULL = {"sampler_steps": 1000, "n_fit": 20_000, "n_eval": 2000, "n_exact": 500,
         "nce_steps": 3000}
-QUICK = {"sampler_steps": 100, "n_fit": 2000, "n_eval": 400, "n_exact": 60, "nce_steps": 1500}
+QUICK = {"sampler_steps": 100, "n_fit": 2000, "n_eval": 400, "n_exact": 200, "nce_steps": 1500}
 TOLERANCE = {"rtol": 1e-5, "atol": 1e-5}
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "likelihood_cost.json"
 MODEL_PATH = ROOT / "bench_out" / "likelihood-cost-dsm.pt"
