@@ -321,3 +321,18 @@ def test_conformer_sampler_trains_samples_and_round_trips(tmp_path):
     loaded = pf.ConformerSampler.load(sampler.save(tmp_path / "conformers.pt"))
     np.testing.assert_array_equal(loaded.sample_positions(5, seed=1), positions)
     assert [a.get_chemical_formula() for a in loaded.sample(ethanol, 2, seed=0)] == ["C2H6O"] * 2
+
+
+def test_ase_drift_load_reads_both_gpff_kinds_in_a_fresh_process(tmp_path):
+    """ase_drift.load knows 'gpff' and 'gpff-conformers' without the caller importing the
+    pseudoforce module first (a new interpreter: the registry starts empty)."""
+    import subprocess
+    import sys
+
+    path = tiny_model().save(tmp_path / "gpff.pt")
+    code = ("import ase_drift, sys; m = ase_drift.load(sys.argv[1]); "
+            "from ase_drift.sampler import sampler_kinds; "
+            "print(type(m).__name__, sorted(k for k in sampler_kinds() if 'gpff' in k))")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["PseudoForceField", "['gpff',", "'gpff-conformers']"]
