@@ -8,7 +8,8 @@ ratio to the noise floor at 1,000 frames (two independent parts of the reference
 target is ≤ 1.5×), and the W1 of GFN2-xTB energies (kT) beside the floor's. The training data is
 unbiased, so every error left is the generator's. One option changes per row against the
 baseline (the defaults of :class:`ase_drift.training.TrainConfig` at ``--steps``); a row wins when
-its mean beats the baseline's by more than both standard deviations over seeds.
+its mean beats the baseline's by more than both standard deviations over seeds (a verdict each for
+TVD and energy W1).
 
 Each (molecule, variant, seed) result goes into ``--results`` as soon as it is computed, so an
 interrupted run resumes and later invocations add variants or seeds.
@@ -71,6 +72,16 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
+def _verdict(ours: tuple[float, float], baseline: tuple[float, float]) -> str:
+    """'better'/'worse' when the means (lower is better) differ by more than the two standard
+    deviations added, else 'within noise'; with one seed only the direction."""
+    if ours[1] == 0 or baseline[1] == 0:  # one seed: no spread to compare with
+        return ("lower" if ours[0] < baseline[0] else "higher") + " (one seed)"
+    margin = baseline[1] + ours[1]
+    return ("better" if ours[0] < baseline[0] - margin else
+            "worse" if ours[0] > baseline[0] + margin else "within noise")
+
+
 def table(stored: dict, molecules: list[str], steps: int) -> str:
     lines = []
     for molecule in molecules:
@@ -79,7 +90,8 @@ def table(stored: dict, molecules: list[str], steps: int) -> str:
         lines += [(f"**{name}**: noise floor at 1,000 frames TVD {floor['tvd']:.4f} ± "
                    f"{floor['tvd_std']:.4f}, energy W1 {floor['energy_w1']:.2f} ± "
                    f"{floor['energy_w1_std']:.2f} kT"), "",
-                  "| variant | seeds | TVD | ÷ floor | energy W1 (kT) | train (s) | verdict |",
+                  ("| variant | seeds | TVD | ÷ floor | energy W1 (kT) | train (s) | "
+                   "verdict (TVD, energy) |"),
                   "|---|---|---|---|---|---|---|"]
         baseline = None
         for variant in VARIANTS:
@@ -90,11 +102,10 @@ def table(stored: dict, molecules: list[str], steps: int) -> str:
             tvd = _mean_std([r["tvd"] for r in runs])
             w1 = _mean_std([r["energy_w1"] for r in runs])
             if baseline is None:
-                baseline, verdict = tvd, "—"
+                baseline, verdict = (tvd, w1), "—"
             else:
-                margin = baseline[1] + tvd[1]
-                verdict = ("better" if tvd[0] < baseline[0] - margin else
-                           "worse" if tvd[0] > baseline[0] + margin else "within noise")
+                verdict = ", ".join(_verdict(ours, theirs)
+                                    for ours, theirs in zip((tvd, w1), baseline, strict=True))
             lines.append(f"| {variant} | {len(runs)} | {tvd[0]:.4f} ± {tvd[1]:.4f} | "
                          f"{tvd[0] / floor['tvd']:.2f}× | {w1[0]:.2f} ± {w1[1]:.2f} | "
                          f"{np.mean([r['train_s'] for r in runs]):.0f} | {verdict} |")
