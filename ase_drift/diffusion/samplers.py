@@ -679,14 +679,8 @@ def heun_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, sigma_min: float,
     evaluation uses the planned level.
 
     Args:
-        denoiser, x, nfe, sigma_min, sigma_max, rho, fixed, callback: as in
-            :func:`ancestral_sample`.
-        adaptive: the paper's adaptive sampling (AS): each step starts from the denoiser's
-            estimate σ̂ instead of the scheduled level, the step size follows the observed
-            progress (:class:`_Levels`), finished samples leave the batch, and no sample
-            exceeds the budget.
-        target_steps: AS's ambitious target schedule, in levels (default: half the budget's
-            levels, rounded up; the paper's value was lost in extraction).
+        denoiser, x, nfe, sigma_min, sigma_max, rho, adaptive, target_steps, fixed, callback:
+            as in :func:`ancestral_sample`.
 
     Returns:
         :class:`DenoiseRun`.
@@ -726,15 +720,9 @@ def stochastic_heun_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.G
     choice). N in γ is then ``target_steps``.
 
     Args:
-        denoiser, x, nfe, rng, sigma_min, sigma_max, rho, fixed, callback: as in
-            :func:`ancestral_sample`.
+        denoiser, x, nfe, rng, sigma_min, sigma_max, rho, adaptive, target_steps, fixed,
+            callback: as in :func:`ancestral_sample`.
         s_churn, s_tmin, s_tmax, s_noise: EDM's churn parameters (levels in x's unit).
-        adaptive: the paper's adaptive sampling (AS): each step starts from the denoiser's
-            estimate σ̂ instead of the scheduled level, the step size follows the observed
-            progress (:class:`_Levels`), finished samples leave the batch, and no sample
-            exceeds the budget.
-        target_steps: AS's ambitious target schedule, in levels (default: half the budget's
-            levels, rounded up; the paper's value was lost in extraction).
         churn_correction: λ ≥ 0 above (adaptive runs only).
 
     Returns:
