@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import numpy as np
 
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import write_section
+from benchmarks.common import write_json, write_section
 from benchmarks.fk_study import gfn2_energies, molecule_data, reference_groups
 
 # name → TrainConfig options changed against the baseline (all plain drifting, distance space).
@@ -141,10 +140,7 @@ def main():
                 if key in stored:
                     continue
                 stored[key] = run(run0, run1, VARIANTS[variant], seed, args.steps, desc=key)
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                tmp = args.results.with_suffix(".tmp")
-                tmp.write_text(json.dumps(stored, indent=1))
-                os.replace(tmp, args.results)
+                write_json(args.results, stored)
     text = table(stored, args.molecules, args.steps)
     print(text)
     if args.docs:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -64,7 +63,7 @@ from ase_drift.peptides import (
     topology_from_pdb,
 )
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import ROOT, write_json, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
 # (row name, field, space, TrainConfig options); plain drifting is the control without forces.
@@ -235,9 +234,7 @@ def main():
                     desc=f"{name} {space}, {label}")
                 sample_file.parent.mkdir(parents=True, exist_ok=True)
                 np.save(sample_file, positions)
-                tmp = results_path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(stored, indent=1))
-                os.replace(tmp, results_path)
+                write_json(results_path, stored)
             samples[key] = np.load(sample_file)
     elapsed = time.perf_counter() - started
 

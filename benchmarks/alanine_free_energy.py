@@ -47,7 +47,7 @@ from ase_drift.metrics.tables import Estimate
 from ase_drift.peptides import backbone_dihedrals, topology_from_pdb
 from ase_drift.reweighting import WeightedSamples, reweight_sampler
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import ROOT, write_json, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
 # name: (umbrella, bootstrap replicates, drift training steps). κ must exceed the PMF's curvature
@@ -65,12 +65,6 @@ RUNS = {
 BINS = 72  # PMF bins of 5°
 N_FIT, N_EVAL = 20_000, 10_000
 DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=3000)
-
-
-def save_json(path: Path, results: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    os.replace(tmp, path)
 
 
 def cached_truth(directory: Path, samples, n_boot: int) -> FreeEnergyResult:
@@ -220,7 +214,7 @@ def main(argv=None) -> None:
         "n_uncorrelated": int(truth.n_uncorrelated.sum()),
         "seconds_this_invocation": {"simulate": simulated - started,
                                     "mbar": analysed - simulated}}
-    save_json(results_path, results)
+    write_json(results_path, results)
 
     path = data_path(DATASET)
     train_set, reference = load_npz(path)
@@ -228,13 +222,13 @@ def main(argv=None) -> None:
     topology = topology_from_pdb(pdb)
     if "md" not in results:
         results["md"] = md_reference(pdb, reference)
-        save_json(results_path, results)
+        write_json(results_path, results)
     if not args.skip_reweight:
         for seed in args.seeds:
             key = f"steps={drift_steps} seed={seed}"
             if key not in samplers:
                 samplers[key] = reweighted(shared, train_set, topology, drift_steps, seed)
-                save_json(reweighting_path, samplers)
+                write_json(reweighting_path, samplers)
 
     header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
     seeds = [f"steps={drift_steps} seed={seed}" for seed in args.seeds

@@ -24,6 +24,18 @@ def write_section(page: str, marker: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically (a results file that an interrupted
+    run resumes from is never left half-written), creating its directory."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
 def best_of(fn, repeats: int = 3) -> float:
     """Shortest wall time of ``repeats`` calls of ``fn()`` (s)."""
     times = []

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -43,7 +42,7 @@ from ase_drift.metrics.distances import BOND_TOLERANCE, covalent_bonds, pair_dis
 from ase_drift.metrics.timeseries import integrated_autocorrelation_time
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
-from benchmarks.common import write_section
+from benchmarks.common import write_json, write_section
 from benchmarks.fk_study import gfn2_energies
 
 DATASET = "ethanol-gfn2-500K"
@@ -260,10 +259,7 @@ def main():
     stored = json.loads(results.read_text()) if results.exists() else {}
 
     def save():
-        results.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results.with_suffix(".tmp")
-        tmp.write_text(json.dumps(stored))
-        os.replace(tmp, results)
+        write_json(results, stored)
 
     _, reference = load(DATASET)
     runs = reference_runs(DATASET)

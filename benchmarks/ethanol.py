@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from ase_drift.diffusion import DiffusionConfig, train_diffusion
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import ROOT, write_json, write_section
 
 DATASET = "ethanol-gfn2-500K"
 N_SAMPLES = 1000  # generated samples scored per (row, seed), and the noise floor's sample size
@@ -187,9 +186,7 @@ def main():
             stored[key] = run_row(row, seed, steps, dsm_steps, sampler_steps, data, target,
                                   samples_path(row, seed))
             computed += 1
-            tmp = results_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(stored, indent=1))
-            os.replace(tmp, results_path)
+            write_json(results_path, stored)
     elapsed = time.perf_counter() - started
 
     results = baseline_rows(train_set, reference)

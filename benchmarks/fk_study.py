@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from ase_drift.features import PairwiseDistances
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import write_section
+from benchmarks.common import write_json, write_section
 
 # name → TrainConfig options (all in distance space).
 VARIANTS = {
@@ -122,10 +121,7 @@ def main():
                     continue
                 stored[key] = run(train_set, reference, VARIANTS[variant], seed, args.steps,
                                   desc=key)
-                args.results.parent.mkdir(parents=True, exist_ok=True)
-                tmp = args.results.with_suffix(".tmp")
-                tmp.write_text(json.dumps(stored, indent=1))
-                os.replace(tmp, args.results)
+                write_json(args.results, stored)
     text = f"{decomposition_table(data)}\n\n{table(stored, data, args.steps)}"
     print(text)
     if args.docs:

@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import ROOT, write_json, write_section
 
 NFE_FULL = (4, 6, 8, 16, 32, 64, 128, 256)
 NFE_QUICK = (4, 6, 8, 16, 32, 64, 256)
@@ -140,10 +139,7 @@ def main(argv=None) -> None:
     models = {}
 
     def save():
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = results_path.with_name(results_path.name + ".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, results_path)
+        write_json(results_path, results)
 
     reference = [qm9.atoms(m) for _, members, _ in formulas for m in members]
     results["reference"] = {"molecules": len(reference),

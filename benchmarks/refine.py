@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, noise_floor, pair_distances, render_table
 from ase_drift.refine import DEFAULT_STEP_SIZE, REFERENCE_MASS_AMU, MALAResult, mala
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import ROOT, write_json, write_section
 
 DATASET = "ethanol-gfn2-500K"
 N_SAMPLES = 1000
@@ -235,10 +234,7 @@ def main():
                    "scan": scan_rows(samples, reference),
                    "step_size": DEFAULT_STEP_SIZE,
                    "minutes": (time.perf_counter() - started) / 60}
-        RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-        tmp = RESULTS_PATH.with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=1))
-        os.replace(tmp, RESULTS_PATH)
+        write_json(RESULTS_PATH, results)
     note = (f"`python -m benchmarks.refine` (one thread; the chains and the scan took "
             f"{results['minutes']:.0f} min, training not counted): {N_SAMPLES:,} samples of plain drifting (distance space, "
             f"{TRAIN_STEPS:,} steps, seed {SEED}) refined by MALA with GFN2-xTB at 500 K, "
