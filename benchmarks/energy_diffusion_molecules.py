@@ -116,13 +116,14 @@ def run_method(method: str, seed: int, args, run0, run1, drift_starts: np.ndarra
         wall = time.perf_counter() - start
         finite = bool(np.isfinite(frames).all())
         scored = frames[thin - 1::thin]  # [T / thin, R, A, 3]
-        entry = {"wall_s": wall, "finite": finite, "tvd_curve": [
-            evaluate(f, run1.positions, run1.numbers).tvd for f in scored] if finite else None}
+        # one report per scored time (the ensemble of replicas): the TVD curve and bond stability
+        reports = [evaluate(f, run1.positions, run1.numbers) for f in scored] if finite else None
+        entry = {"wall_s": wall, "finite": finite,
+                 "tvd_curve": [r.tvd for r in reports] if finite else None}
         if name == "training frames" and finite:
             kept = scored[len(scored) // 10:]  # after 10 % burn-in
             entry.update(scores(kept.reshape(-1, *kept.shape[2:]), run1))
-            entry["worst_bond_stability"] = min(
-                evaluate(f, run1.positions, run1.numbers).bond_stability for f in scored)
+            entry["worst_bond_stability"] = min(r.bond_stability for r in reports)
             # τ of the potential energy the dynamics runs on (the model's), per replica
             tail = frames[len(frames) // 10:]  # [T', R, A, 3]
             energies = model.compute(model.numbers, tail.reshape(-1, *tail.shape[2:])).energies
