@@ -43,6 +43,42 @@ def backbone_dihedrals(positions: np.ndarray, topology) -> tuple[np.ndarray, np.
     return phi[:, 0], psi[:, 0]
 
 
+def backbone_beads(topology) -> np.ndarray:
+    """Atom indices ``[5]`` of the backbone beads C(i−1), N, CA, C, N(i+1) of the first residue
+    that has both φ and ψ (alanine dipeptide: ACE C, ALA N, CA, C, NME N; the 5-bead
+    coarse-graining of ScoreMD). φ is the dihedral of beads 0–3, ψ of beads 1–4."""
+    import mdtraj
+
+    empty = mdtraj.Trajectory(np.zeros((1, topology.n_atoms, 3)), topology)
+    phi_atoms, psi_atoms = mdtraj.compute_phi(empty)[0], mdtraj.compute_psi(empty)[0]
+    for phi in phi_atoms:
+        for psi in psi_atoms:
+            if np.array_equal(phi[1:], psi[:3]):  # the same residue's N, CA, C
+                return np.append(phi, psi[3])
+    raise ValueError("the topology has no residue with both φ and ψ")
+
+
+def dihedral(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Dihedral angle (rad, in (−π, π]) of points a–b–c–d ``[..., 3]`` → ``[...]``, IUPAC sign:
+    atan2(|b₂| b₁·(b₂ × b₃), (b₁ × b₂)·(b₂ × b₃)) with b₁ = b − a, b₂ = c − b, b₃ = d − c
+    (positive when, looking along b → c, the near bond a–b turns clockwise onto the far bond
+    c–d)."""
+    b1, b2, b3 = b - a, c - b, d - c
+    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
+    y = np.linalg.norm(b2, axis=-1) * np.einsum("...i,...i->...", b1, n2)
+    return np.arctan2(y, np.einsum("...i,...i->...", n1, n2))
+
+
+def bead_dihedrals(beads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(φ, ψ) ``[n]`` of 5-bead backbone frames ``[n, 5, 3]`` (:func:`backbone_beads` order);
+    the same angles as :func:`backbone_dihedrals` of the all-atom frames they come from."""
+    beads = np.asarray(beads, dtype=np.float64)
+    if beads.ndim != 3 or beads.shape[1:] != (5, 3):
+        raise ValueError(f"beads must be [n, 5, 3], got {beads.shape}")
+    points = [beads[:, k] for k in range(5)]
+    return dihedral(*points[:4]), dihedral(*points[1:])
+
+
 def alpha_carbon_chirality(positions: np.ndarray, topology) -> np.ndarray:
     """Sign of the improper (N, C, CB) volume about each α-carbon ``[n, n_chiral]``.
 

@@ -227,6 +227,25 @@ def test_molecule_features_tell_mirror_images_apart():
     torch.testing.assert_close(features((x @ rotation.T + 2.0).flatten(1)), phi)
 
 
+
+def test_given_quadruples_make_a_chain_tell_its_mirror_image_apart():
+    # an unbranched C–N–C–C chain at a gauche dihedral: no atom has three bonded neighbours
+    rng = np.random.default_rng(0)
+    base = np.array([[1.2, 0.8, 0.0], [0, 0, 0], [0, 0, 1.45], [1.0, 0.9, 1.9]])
+    data = Conformations([6, 7, 6, 6], base + 0.03 * rng.standard_normal((200, 4, 3)),
+                         temperature_K=300.0)
+    assert chiral_quadruples(data.numbers, data.positions) == []
+    config = EnergyDiffusionConfig(hidden=16, layers=2, steps=30)
+    frames = data.positions[:5]
+    mirror = frames * np.array([1.0, 1.0, -1.0])
+    for quadruples, tells_apart in ((None, False), ([[0, 1, 2, 3]], True)):
+        model = EnergyDiffusion.train(data, config=config, quadruples=quadruples,
+                                      progress=False)
+        energy = model.compute(data.numbers, frames).energies
+        energy_mirror = model.compute(data.numbers, mirror).energies
+        assert (np.abs(energy - energy_mirror).max() > 1e-4) == tells_apart
+        assert model.metadata["chiral_quadruples"] == (quadruples or [])
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     model = EnergyDiffusion.train(pyramid_data(), temperature_K=300.0, fokker_planck=1e-3,

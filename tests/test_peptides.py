@@ -6,7 +6,10 @@ from ase_drift.datasets import load, topology_pdb
 from ase_drift.metrics import pair_distances
 from ase_drift.peptides import (
     alpha_carbon_chirality,
+    backbone_beads,
     backbone_dihedrals,
+    bead_dihedrals,
+    dihedral,
     mirrored_fraction,
     restore_chirality,
     topology_from_pdb,
@@ -40,3 +43,27 @@ def test_restore_chirality_reflects_exactly_the_mirrored_samples():
     assert mirrored_fraction(fixed, reference.positions, topology) == 0.0
     np.testing.assert_allclose(pair_distances(fixed), pair_distances(frames), atol=1e-6)
     np.testing.assert_array_equal(fixed[1::4], frames[1::4])  # the L samples are untouched
+
+
+def test_five_bead_dihedrals_equal_the_all_atom_ones():
+    _, reference = load(NAME)
+    topology = topology_from_pdb(topology_pdb(NAME))
+    beads = backbone_beads(topology)
+    names = [(topology.atom(i).residue.name, topology.atom(i).name) for i in beads]
+    assert names == [("ACE", "C"), ("ALA", "N"), ("ALA", "CA"), ("ALA", "C"), ("NME", "N")]
+    frames = reference.positions[::50].astype(float)
+    phi, psi = backbone_dihedrals(frames, topology)
+    bead_phi, bead_psi = bead_dihedrals(frames[:, beads])
+    np.testing.assert_allclose(bead_phi, phi, atol=1e-5)
+    np.testing.assert_allclose(bead_psi, psi, atol=1e-5)
+    mirror_phi, _ = bead_dihedrals(frames[:, beads] * np.array([-1.0, 1.0, 1.0]))
+    np.testing.assert_allclose(mirror_phi, -phi, atol=1e-5)  # the sign convention is IUPAC's
+
+
+def test_dihedral_of_a_known_geometry():
+    a, b, c = np.array([1.0, 0, 0]), np.zeros(3), np.array([0, 0, 1.0])
+    # d turned by t about b → c (+z) from a's direction: looking along +z, x → y is clockwise,
+    # so the IUPAC dihedral is +t
+    angles = [dihedral(a, b, c, c + np.array([np.cos(t), np.sin(t), 0])) for t in
+              (0.0, np.pi / 2, np.pi, -np.pi / 3)]
+    np.testing.assert_allclose(angles, [0.0, np.pi / 2, np.pi, -np.pi / 3], atol=1e-12)

@@ -475,11 +475,16 @@ class EnergyDiffusion(TemplateSampler):
     def train(cls, data: Conformations, temperature_K: float | None = None,
               fokker_planck: float | None = None, experts: tuple[float, ...] | None = None,
               steps: int | None = None, seed: int | None = None,
-              config: EnergyDiffusionConfig | None = None,
+              config: EnergyDiffusionConfig | None = None, quadruples=None,
               progress: bool = True) -> EnergyDiffusion:
         """Train on the positions of ``data`` (forces are not used). ``temperature_K`` (else
         ``config.temperature_K``, else ``data.temperature_K``) fixes the energy scale kT of
-        forces and energies; the other keyword arguments, when given, override ``config``."""
+        forces and energies; the other keyword arguments, when given, override ``config``.
+
+        ``quadruples`` ``[Q, 4]`` replaces the signed volumes' atom quadruples found by
+        :func:`chiral_quadruples` (with ``config.chirality``): a chain without branched atoms,
+        such as a coarse-grained backbone, has none, yet the sign of each of its dihedrals
+        is a mirror-image property — the volume of four consecutive atoms carries it."""
         if not isinstance(data, Conformations):
             raise TypeError(f"data must be Conformations, got {type(data).__name__}")
         if data.n_atoms < 2:
@@ -492,7 +497,10 @@ class EnergyDiffusion(TemplateSampler):
         temperature = config.temperature_K or data.temperature_K
         positions = data.positions - data.positions.mean(axis=1, keepdims=True)  # [N, A, 3]
         scale = float(positions.std())
-        quadruples = chiral_quadruples(data.numbers, data.positions) if config.chirality else []
+        if quadruples is None:
+            quadruples = (chiral_quadruples(data.numbers, data.positions) if config.chirality
+                          else [])
+        quadruples = np.asarray(quadruples, dtype=np.int64).reshape(-1, 4).tolist()
         n_atoms = data.n_atoms
         features = MoleculeFeatures(n_atoms, quadruples)
         x0 = torch.as_tensor(positions / scale, dtype=torch.float32).flatten(1)  # [N, 3A]
