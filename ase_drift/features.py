@@ -107,29 +107,55 @@ class Cartesian:
 
 
 class PairwiseDistances:
-    """φ(R) = (‖r_a − r_b‖)_{a<b} ``[B, M]`` (paper Eq. 26), pairs in ``numpy.triu_indices`` order."""
+    """φ(R) = (‖r_a − r_b‖ / w_ab)_{a<b} ``[B, M]`` (paper Eq. 26 when w = 1), pairs in
+    ``numpy.triu_indices`` order.
+
+    ``pair_scale_exponent`` α sets per-pair weights w_ab = (s_ab / s̄)^α, with s_ab the standard
+    deviation of distance ab over the data :meth:`prepare` sees and s̄ their mean (beyond the
+    paper). A Gaussian kernel on raw distances barely sees a stiff bond (s ≈ 0.02 Å) beside a
+    torsion-coupled pair (s ≈ 0.5 Å), so the generator's bonds stay loose and cost energy;
+    α = 1 gives every pair unit spread, α = 0 is the paper's map. The weights are fitted by
+    :meth:`prepare` (ones before); the Jacobian and the feature scores are those of φ.
+    """
 
     name = "distance"
-    normalization = "frames centred; coordinates / scale_angstrom"
 
-    def __init__(self, n_atoms: int):
+    def __init__(self, n_atoms: int, pair_scale_exponent: float = 0.0):
         if n_atoms < 2:
             raise ValueError("pairwise distances need at least 2 atoms")
+        if not 0.0 <= pair_scale_exponent <= 1.0:
+            raise ValueError(f"pair_scale_exponent must lie in [0, 1], got {pair_scale_exponent}")
         i, j = np.triu_indices(n_atoms, k=1)
         self.n_atoms = n_atoms
         self.pair_i = torch.as_tensor(i)
         self.pair_j = torch.as_tensor(j)
+        self.pair_scale_exponent = float(pair_scale_exponent)
+        self.pair_weights = torch.ones(len(i))  # [M]  w_ab, fitted by prepare()
 
-    def features(self, coords: Tensor) -> Tensor:
+    @property
+    def normalization(self) -> str:
+        text = "frames centred; coordinates / scale_angstrom"
+        if self.pair_scale_exponent:
+            text += (f"; distances / (their std over the data / mean std)^"
+                     f"{self.pair_scale_exponent:g}")
+        return text
+
+    def distances(self, coords: Tensor) -> Tensor:
+        """The plain interatomic distances ``[B, M]``."""
         diff = coords[:, self.pair_i] - coords[:, self.pair_j]  # [B, M, 3]
         # The tiny offset keeps the gradient finite if two generated atoms coincide.
         return (diff.square().sum(-1) + 1e-12).sqrt()  # [B, M]
 
+    def features(self, coords: Tensor) -> Tensor:
+        return self.distances(coords) / self.pair_weights.to(coords.dtype)
+
     def jacobian(self, coords: Tensor) -> Tensor:
-        """J = ∂φ/∂R ``[B, M, 3A]``: row ab holds +u_ab at atom a, −u_ab at atom b (Eq. 27)."""
+        """J = ∂φ/∂R ``[B, M, 3A]``: row ab holds +u_ab/w_ab at atom a, −u_ab/w_ab at atom b
+        (Eq. 27)."""
         batch, n_atoms, _ = coords.shape
         diff = coords[:, self.pair_i] - coords[:, self.pair_j]  # [B, M, 3]
-        unit = diff / diff.norm(dim=-1, keepdim=True)  # [B, M, 3]
+        unit = diff / diff.norm(dim=-1, keepdim=True) / self.pair_weights.to(coords.dtype)[:, None]
+        # [B, M, 3]
         n_pairs = len(self.pair_i)
         jac = coords.new_zeros(batch, n_pairs, n_atoms, 3)
         rows = torch.arange(n_pairs)
@@ -155,18 +181,34 @@ class PairwiseDistances:
             out.append((jac @ solved)[..., 0])  # [N, M]
         return torch.cat(out)
 
+    def fit_pair_weights(self, coords: Tensor) -> None:
+        """Set w_ab = (s_ab / s̄)^α from frames ``[N, A, 3]``; pairs that never move (s_ab
+        below 10⁻³ s̄, e.g. a single frame) are floored there so no weight vanishes."""
+        spread = self.distances(coords).std(0) if len(coords) > 1 else None  # [M]
+        if spread is None or spread.mean() == 0:
+            self.pair_weights = torch.ones(len(self.pair_i))
+            return
+        relative = (spread / spread.mean()).clamp_min(1e-3)
+        self.pair_weights = relative ** self.pair_scale_exponent
+
     def prepare(self, data: Conformations, temperature_K: float) -> Prepared:
-        """Centre and normalise; distances need no rotation (``aligned_coords`` are aligned
-        all the same, for initialising a generator)."""
+        """Fit the pair weights, centre and normalise; distances need no rotation
+        (``aligned_coords`` are aligned all the same, for initialising a generator)."""
+        centred = data.positions - data.positions.mean(axis=1, keepdims=True)
+        self.fit_pair_weights(torch.as_tensor(centred, dtype=torch.float32))
         return _prepare(self, data, temperature_K, rotate_frames=False)
 
 
-def make_representation(space: str, n_atoms: int) -> Representation:
-    """'cartesian' or 'distance'."""
+def make_representation(space: str, n_atoms: int,
+                        pair_scale_exponent: float = 0.0) -> Representation:
+    """'cartesian' or 'distance' (with per-pair weights of exponent ``pair_scale_exponent``,
+    see :class:`PairwiseDistances`; distance space only)."""
     if space == "cartesian":
+        if pair_scale_exponent:
+            raise ValueError("pair_scale_exponent weights pair distances: use space='distance'")
         return Cartesian()
     if space == "distance":
-        return PairwiseDistances(n_atoms)
+        return PairwiseDistances(n_atoms, pair_scale_exponent)
     raise ValueError(f"unknown space {space!r}; use 'cartesian' or 'distance'")
 
 

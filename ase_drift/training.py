@@ -100,6 +100,8 @@ class TrainConfig(StoredConfig):
     to the trainer; the checkpoint stores the field's spec beside this config. ``temperature_K`` None means: take
     it from the data. ``omega`` None means, for the FI fields: chosen from the data's ρ
     (:func:`ase_drift.drift.automatic_omega`; the field spec records the value).
+    ``pair_scale_exponent`` weights each pair distance by its spread over the data (distance
+    space; see :class:`ase_drift.features.PairwiseDistances`).
     """
 
     field: str = DEFAULT_FIELD
@@ -108,6 +110,7 @@ class TrainConfig(StoredConfig):
     beta: float | None = None
     density_correction: bool = False
     standardize: bool | None = None
+    pair_scale_exponent: float = 0.0
     normalize_force_scale: bool = False
     bandwidths: tuple[float, ...] = (0.25,)
     temperature_K: float | None = None
@@ -133,6 +136,11 @@ class TrainConfig(StoredConfig):
         for name in ("steps", "batch_size", "n_positives", "depth", "hidden", "noise_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.pair_scale_exponent and self.space != "distance":
+            raise ValueError("pair_scale_exponent weights pair distances: use space='distance'")
+        if not 0.0 <= self.pair_scale_exponent <= 1.0:
+            raise ValueError(f"pair_scale_exponent must lie in [0, 1], got "
+                             f"{self.pair_scale_exponent}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got "
                              f"{self.ema_decay}")
@@ -203,7 +211,8 @@ class Trainer:
         self.positions_digest = hashlib.sha256(
             np.ascontiguousarray(data.positions).tobytes()).hexdigest()
         self.label_summary = label_summary(data)
-        self.representation = make_representation(config.space, data.n_atoms)
+        self.representation = make_representation(config.space, data.n_atoms,
+                                                  config.pair_scale_exponent)
         self.prepared = self.representation.prepare(data, temperature)
         _check_prepared(self.prepared, data, config)
         self.force_scale_ratio = None  # ρ of Eq. 33 on the data, when it chose FI's ω

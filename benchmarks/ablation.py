@@ -38,6 +38,7 @@ VARIANTS = {
     "batch 512, 1024 positives": {"batch_size": 512, "n_positives": 1024},
     "multi-scale bandwidths (0.1, 0.25, 0.5)": {"bandwidths": (0.1, 0.25, 0.5)},
     "3× longer (×3 steps)": {"steps_factor": 3},
+    "pair distances weighted by spread^0.5": {"pair_scale_exponent": 0.5},
 }
 
 

@@ -119,6 +119,52 @@ def test_cartesian_features_are_centred():
     assert scores.sum(dim=1).abs().max() < 1e-12
 
 
+def weighted_distances(exponent, coords):
+    """A PairwiseDistances whose pair weights are fitted on ``coords``."""
+    rep = PairwiseDistances(coords.shape[1], exponent)
+    rep.fit_pair_weights(coords)
+    return rep
+
+
+@pytest.mark.parametrize("exponent", [0.5, 1.0])
+def test_pair_weights_scale_each_pair_by_its_spread(exponent):
+    """w_ab = (s_ab / s̄)^α: with α = 1 every weighted distance has the same spread s̄; with
+    any α the weights' ratio is the spreads' ratio to the power α."""
+    coords = ethanol(200, noise=0.05)
+    spread = PairwiseDistances(9).features(coords).std(0)
+    rep = weighted_distances(exponent, coords)
+    torch.testing.assert_close(rep.pair_weights, (spread / spread.mean()) ** exponent)
+    if exponent == 1.0:
+        weighted_spread = rep.features(coords).std(0)
+        torch.testing.assert_close(weighted_spread, torch.full_like(spread, spread.mean().item()))
+
+
+def test_pair_weights_with_zero_exponent_or_one_frame_are_ones():
+    coords = ethanol(50)
+    assert torch.equal(weighted_distances(0.0, coords).pair_weights, torch.ones(36))
+    assert torch.equal(weighted_distances(1.0, coords[:1]).pair_weights, torch.ones(36))
+    rigid = weighted_distances(1.0, coords[:1].expand(5, 9, 3))  # nothing moves
+    assert torch.equal(rigid.pair_weights, torch.ones(36))
+
+
+def test_weighted_distance_jacobian_and_feature_force():
+    """φ = d/w keeps the representation contract: analytic J = autograd = differences, and the
+    feature score satisfies Jᵀ F_φ = F."""
+    coords = ethanol(8)
+    rep = weighted_distances(1.0, coords)
+    assert rep.pair_weights.std() > 0.1  # the weights differ, so a missing 1/w would show
+    assert assert_jacobian(rep, coords) < 1e-8
+    forces = remove_rigid_motions(coords, random_forces(coords))
+    assert assert_feature_force_consistent(rep, coords, forces) < 1e-8
+
+
+def test_pair_scale_exponent_is_validated():
+    with pytest.raises(ValueError, match="pair_scale_exponent"):
+        PairwiseDistances(3, 1.5)
+    with pytest.raises(ValueError, match="space='distance'"):
+        make_representation("cartesian", 3, pair_scale_exponent=0.5)
+
+
 # ----------------------------------------------------------------------------- feature force
 @pytest.mark.parametrize("make", [ethanol, random_geometry], ids=["ethanol", "random12"])
 def test_feature_force_reproduces_cartesian_force(make):

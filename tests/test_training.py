@@ -430,3 +430,18 @@ def test_resume_restores_the_weight_average(tmp_path, data):
 def test_ema_decay_outside_0_1_is_refused():
     with pytest.raises(ValueError, match="ema_decay must lie in"):
         TrainConfig(ema_decay=1.0)
+
+
+def test_pair_scale_exponent_weights_the_training_features(data):
+    """With pair_scale_exponent = 1 the prepared positives spread equally in every pair (the
+    O–H bonds as much as the H–H distance), and checkpoints say how features were made."""
+    plain = Trainer(data, small_config()).prepared.features.std(0)
+    assert plain.max() / plain.min() > 1.5  # the triatomic's pairs differ in stiffness
+    trainer = Trainer(data, small_config(pair_scale_exponent=1.0))
+    weighted = trainer.prepared.features.std(0)
+    torch.testing.assert_close(weighted, torch.full_like(weighted, weighted.mean().item()))
+    assert "std over the data" in trainer.metadata()["normalization"]
+    with pytest.raises(ValueError, match="space='distance'"):
+        small_config(space="cartesian", pair_scale_exponent=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        small_config(pair_scale_exponent=-0.1)
