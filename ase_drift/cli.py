@@ -188,7 +188,9 @@ def cmd_train(args) -> int:
                       "drop" if source else args.partial_labels, args.energy_key,
                       args.forces_key)
     data = _first_frames(data, args)
-    options = {k: v for k, v in (("omega", args.omega), ("beta", args.beta)) if v is not None}
+    options = {k: v for k, v in (("omega", args.omega), ("beta", args.beta),
+                                 ("pair_scale_exponent", args.pair_scale_exponent))
+               if v is not None}
     if args.bandwidths:
         options["bandwidths"] = tuple(args.bandwidths)
     reference = None
@@ -213,8 +215,8 @@ def cmd_train(args) -> int:
 
 
 #: ``train`` options that only the drift method reads.
-DRIFT_ONLY_OPTIONS = ("omega", "beta", "bandwidths", "calculator", "cache", "scheduler",
-                      "checkpoint", "resume", "reference")
+DRIFT_ONLY_OPTIONS = ("omega", "beta", "bandwidths", "pair_scale_exponent", "calculator", "cache",
+                      "scheduler", "checkpoint", "resume", "reference")
 
 
 def _train_energy_diffusion(args) -> int:
@@ -524,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="Force-Aligned Kernel strength β")
     p.add_argument("--bandwidths", type=float, nargs="+",
                    help="kernel bandwidths as multiples of the median distance (default 0.25)")
+    p.add_argument("--pair-scale-exponent", type=float, metavar="ALPHA",
+                   help="distance space: divide each pair distance by (its spread over the "
+                        "data / the mean spread)^ALPHA, 0 (the paper) to 1")
     p.add_argument("--method", choices=("drift", "energy-diffusion"), default="drift",
                    help="drift: the one-step generator (default); energy-diffusion: an "
                         "energy-based diffusion model that is also a force field")

@@ -78,7 +78,11 @@ SAMPLERS = [("FK β=0.5", "fk", "distance", {}), ("FI ω=0.1", "fi", "distance",
             ("FI ω=0.001", "fi", "cartesian", {"omega": 0.001}),
             ("Drifting", "drift", "distance", {}), ("Drifting", "drift", "cartesian", {}),
             ("FK β=0.5, τ = (0.05, 0.1, 0.25) × median", "fk", "distance",
-             {"bandwidths": (0.05, 0.1, 0.25)})]
+             {"bandwidths": (0.05, 0.1, 0.25)}),
+            ("Drifting, pairs weighted by spread^0.5", "drift", "distance",
+             {"pair_scale_exponent": 0.5}),
+            ("FK β=0.5, pairs weighted by spread^0.5", "fk", "distance",
+             {"pair_scale_exponent": 0.5})]
 QUICK_SAMPLERS = ("Drifting (distance)", "FK β=0.5 (distance)", "FI ω=0.005 (distance)")
 N_SAMPLES = 20_000
 N_TRAIN = 2_000  # frames in each training set (the bundled biased set has 2,000 too)

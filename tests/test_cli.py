@@ -186,3 +186,14 @@ def test_every_built_in_kind_is_registered_in_a_fresh_process():
     kinds = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            check=True).stdout.split()
     assert {"drift-sampler", "drift-trainer", "dsm-sampler", "energy-diffusion"} <= set(kinds)
+
+
+def test_train_pair_scale_exponent_reaches_the_config(labelled_file, tmp_path):
+    from ase_drift.checkpoint import load_checkpoint
+
+    model = tmp_path / "weighted.pt"
+    assert main(["train", str(labelled_file), "--pair-scale-exponent", "0.5", "--steps", "3",
+                 "-o", str(model)]) == 0
+    checkpoint = load_checkpoint(model)
+    assert checkpoint["config"]["train"]["pair_scale_exponent"] == 0.5
+    assert "std over the data" in checkpoint["metadata"]["normalization"]
