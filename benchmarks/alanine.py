@@ -81,9 +81,12 @@ SAMPLERS = [("FK β=0.5", "fk", "distance", {}), ("FI ω=0.1", "fi", "distance",
              {"bandwidths": (0.05, 0.1, 0.25)}),
             ("Drifting, pairs weighted by spread^0.5", "drift", "distance",
              {"pair_scale_exponent": 0.5}),
+            ("Drifting, pairs weighted by spread^1", "drift", "distance",
+             {"pair_scale_exponent": 1.0}),
             ("FK β=0.5, pairs weighted by spread^0.5", "fk", "distance",
              {"pair_scale_exponent": 0.5})]
 QUICK_SAMPLERS = ("Drifting (distance)", "FK β=0.5 (distance)", "FI ω=0.005 (distance)")
+TRAINING_SETS = ("biased 1 ns", "unbiased subset")
 N_SAMPLES = 20_000
 N_TRAIN = 2_000  # frames in each training set (the bundled biased set has 2,000 too)
 MIN_COUNT = 10
@@ -185,6 +188,8 @@ def main():
     parser.add_argument("--samplers", nargs="+",
                         help="run only the samplers whose 'name (space)' contains one of these")
     parser.add_argument("--results", type=Path)
+    parser.add_argument("--training-sets", nargs="+", choices=TRAINING_SETS,
+                        default=list(TRAINING_SETS), help="train on these sets only")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     steps = args.steps or (2000 if args.quick else 4000)
@@ -226,6 +231,8 @@ def main():
     samples = {}
     started = time.perf_counter()
     for label, data in (("biased 1 ns", train_set), ("unbiased subset", unbiased)):
+        if label not in args.training_sets:
+            continue
         for name, field, space, options in samplers:
             key = f"{name} ({space})|{label}|steps={steps}|seed={args.seed}"
             sample_file = results_path.parent / "samples" / (
@@ -243,7 +250,7 @@ def main():
     elapsed = time.perf_counter() - started
 
     rows = {}  # each training set, then what was trained on it, then the noise floor
-    for label in ("biased 1 ns", "unbiased subset"):
+    for label in TRAINING_SETS:
         rows[f"training set|{label}"] = baselines.pop(f"training set|{label}")
         rows.update({key: stored[key] for key in samples if key.split("|")[1] == label})
     rows.update(baselines)
@@ -265,7 +272,7 @@ def main():
     if args.no_docs:
         return
     marker = "alanine-quick" if args.quick else "alanine"
-    for label in ("biased 1 ns", "unbiased subset"):
+    for label in TRAINING_SETS:
         panels = {"reference MD": ref_angles}
         source = train_set if label.startswith("biased") else unbiased
         panels[f"training set ({label})"] = backbone_dihedrals(source.positions, topology)
