@@ -39,6 +39,8 @@ VARIANTS = {
     "multi-scale bandwidths (0.1, 0.25, 0.5)": {"bandwidths": (0.1, 0.25, 0.5)},
     "3× longer (×3 steps)": {"steps_factor": 3},
     "pair distances weighted by spread^0.5": {"pair_scale_exponent": 0.5},
+    "pair distances weighted by spread^0.25": {"pair_scale_exponent": 0.25},
+    "pair distances weighted by spread^1": {"pair_scale_exponent": 1.0},
 }
 
 
