@@ -84,12 +84,15 @@ INTERPOLANTS = ("linear", "trig")
 # --------------------------------------------------------------------------- the interpolant
 
 
-def interpolant_coefficients(t: Tensor, kind: str) -> tuple[Tensor, Tensor]:
-    """(α_t, σ_t) of Eq. 1, shaped like ``t``: data at t = 0, noise at t = 1."""
+def interpolant_coefficients(t: Tensor, kind: str, power: float = 1.0) -> tuple[Tensor, Tensor]:
+    """(α_t, σ_t) of Eq. 1 read at τ = t^``power``, shaped like ``t``: data at t = 0, noise at
+    t = 1. A power p > 1 is a slower schedule (σ ≈ t^p near the data): of the uniformly drawn
+    times, a fraction s^(1/p) instead of s has σ < s, where the finest detail of p_t lives."""
+    tau = t if power == 1 else t**power
     if kind == "linear":
-        return 1 - t, t
+        return 1 - tau, tau
     if kind == "trig":
-        return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
+        return torch.cos(0.5 * math.pi * tau), torch.sin(0.5 * math.pi * tau)
     raise ValueError(f"unknown interpolant {kind!r}; use one of {INTERPOLANTS}")
 
 
@@ -113,17 +116,33 @@ def negative_times(t: Tensor, n_negatives: int, window: float | None,
 # --------------------------------------------------------------------------- the network
 
 
-class EnergyNet(nn.Module):
-    """U_θ(x, t): a residual SiLU MLP on the concatenation [x, t] ``[B, D + 1]`` → ``[B]``."""
+def fourier_features(x: Tensor, frequencies: Tensor) -> Tensor:
+    """γ(x) = [sin 2πxB, cos 2πxB] ``[B, 2F]`` of ``x`` ``[B, D]`` for frequencies B ``[D, F]``
+    (random Fourier features, Tancik et al. 2020): an MLP on x alone learns detail finer than
+    the data's spread only slowly (spectral bias); γ gives it that detail as inputs."""
+    phase = 2 * math.pi * x @ frequencies  # [B, F]
+    return torch.cat([phase.sin(), phase.cos()], dim=1)
 
-    def __init__(self, dim: int, hidden: int, depth: int):
+
+class EnergyNet(nn.Module):
+    """U_θ(x, t): a residual SiLU MLP on the concatenation [x, γ(x), t] ``[B, D + 2F + 1]`` →
+    ``[B]``; γ (:func:`fourier_features`) only with ``n_fourier`` F > 0, its frequencies drawn
+    once from N(0, ``fourier_scale``²) per unit of x and stored with the weights."""
+
+    def __init__(self, dim: int, hidden: int, depth: int, n_fourier: int = 0,
+                 fourier_scale: float = 1.0):
         super().__init__()
-        self.inp = nn.Linear(dim + 1, hidden)
+        self.register_buffer("frequencies", fourier_scale * torch.randn(dim, n_fourier)
+                             if n_fourier else None)  # [D, F]; None is left out of state_dict
+        self.inp = nn.Linear(dim + 2 * n_fourier + 1, hidden)
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth))
         self.out = nn.Linear(hidden, 1)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        h = nn.functional.silu(self.inp(torch.cat([x, t[:, None]], dim=1)))  # [B, H]
+        inputs = [x, t[:, None]]
+        if self.frequencies is not None:
+            inputs.insert(1, fourier_features(x, self.frequencies))
+        h = nn.functional.silu(self.inp(torch.cat(inputs, dim=1)))  # [B, H]
         for block in self.blocks:
             h = h + nn.functional.silu(block(h))
         return self.out(h)[:, 0]  # [B]
@@ -138,11 +157,12 @@ class NCELosses(NamedTuple):
 
 
 def nce_losses(net: nn.Module, x: Tensor, t: Tensor, noise: Tensor, t_negative: Tensor,
-               interpolant: str, need_score: bool = True) -> NCELosses:
+               interpolant: str, need_score: bool = True, power: float = 1.0) -> NCELosses:
     """L_SM (Eq. 2) and L_NCE (Eq. 3) for data ``x`` ``[B, D]``, times ``t`` ``[B]``, noise
-    ``[B, D]`` and contrast times ``t_negative`` ``[B, K]``. Without ``need_score`` L_SM is
-    not computed (zero), which skips the double backward pass."""
-    alpha, sigma = interpolant_coefficients(t, interpolant)  # [B], [B]
+    ``[B, D]`` and contrast times ``t_negative`` ``[B, K]``, the interpolant read at t^``power``
+    (:func:`interpolant_coefficients`; U_θ is conditioned on t itself). Without
+    ``need_score`` L_SM is not computed (zero), which skips the double backward pass."""
+    alpha, sigma = interpolant_coefficients(t, interpolant, power)  # [B], [B]
     x_t = (alpha[:, None] * x + sigma[:, None] * noise).requires_grad_(need_score)  # [B, D]
     energy = net(x_t, t)  # [B]
     if need_score:
@@ -163,11 +183,17 @@ class NCEConfig(StoredConfig):
     (0 switches a term off: the ablations); ``window`` None draws t' uniformly (the paper's
     toys), else from N(t, window²) reflected into [0, 1]. The defaults (trig interpolant, four
     contrast times within 0.1) fitted a 2-D Gaussian best in a short run (tests). The learning
-    rate decays to zero on a cosine."""
+    rate decays to zero on a cosine. ``time_power`` p reads the interpolant at t^p
+    (:func:`interpolant_coefficients`), ``fourier_features`` F > 0 adds random Fourier features
+    of the standardised input, frequencies ~ N(0, ``fourier_scale``²) (:class:`EnergyNet`):
+    both for densities with detail much finer than their spread (the toys' modes and cells)."""
 
     hidden: int = 256
     depth: int = 4
+    fourier_features: int = 0
+    fourier_scale: float = 1.0
     interpolant: str = "trig"
+    time_power: float = 1.0
     score_weight: float = 1.0
     nce_weight: float = 1.0
     n_negatives: int = 4
@@ -188,6 +214,11 @@ class NCEConfig(StoredConfig):
         if self.score_weight < 0 or self.nce_weight < 0 or \
                 self.score_weight + self.nce_weight == 0:
             raise ValueError("score_weight and nce_weight must be non-negative, not both zero")
+        if not self.time_power > 0:
+            raise ValueError(f"time_power must be positive, got {self.time_power}")
+        if self.fourier_features < 0 or not self.fourier_scale > 0:
+            raise ValueError("fourier_features must be non-negative and fourier_scale positive, "
+                             f"got {self.fourier_features} and {self.fourier_scale}")
         if self.window is not None and not self.window > 0:
             raise ValueError(f"window must be positive or None, got {self.window}")
 
@@ -199,7 +230,8 @@ def fit_energy(x: Tensor, config: NCEConfig, progress: bool = True) -> tuple[Ene
 
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
         torch.manual_seed(config.seed)
-        net = EnergyNet(x.shape[1], config.hidden, config.depth).to(x.dtype)
+        net = EnergyNet(x.shape[1], config.hidden, config.depth, config.fourier_features,
+                        config.fourier_scale).to(x.dtype)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * min(1.0, step / config.steps))))
@@ -212,7 +244,7 @@ def fit_energy(x: Tensor, config: NCEConfig, progress: bool = True) -> tuple[Ene
         noise = torch.randn(x0.shape, generator=rng, dtype=x.dtype)  # [B, D]
         t_neg = negative_times(t, config.n_negatives, config.window, rng)  # [B, K]
         losses = nce_losses(net, x0, t, noise, t_neg, config.interpolant,
-                            need_score=config.score_weight > 0)
+                            need_score=config.score_weight > 0, power=config.time_power)
         loss = config.score_weight * losses.score_matching + config.nce_weight * losses.infonce
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -430,6 +462,7 @@ class NCEDensity:
         payload = load_checkpoint(path, kind=KIND)
         config = NCEConfig.from_dict(payload["config"])
         state = payload["state_dict"]
-        net = EnergyNet(len(state["shift"]), config.hidden, config.depth)
+        net = EnergyNet(len(state["shift"]), config.hidden, config.depth,
+                        config.fourier_features, config.fourier_scale)
         net.load_state_dict(state["net"])
         return cls(net, config, state["shift"], state["scale"], payload["metadata"])

@@ -11,10 +11,12 @@ from scipy.spatial.transform import Rotation
 from ase_drift.checkpoint import CheckpointError, save_checkpoint
 from ase_drift.datasets import load
 from ase_drift.likelihood import (
+    EnergyNet,
     NCEConfig,
     NCEDensity,
     NCELosses,
     chirality_quadruples,
+    fourier_features,
     interpolant_coefficients,
     log_volume_factor,
     nce_losses,
@@ -31,10 +33,21 @@ def ethanol():
 
 
 @pytest.mark.parametrize("kind", ["linear", "trig"])
-def test_interpolant_ends_at_data_and_noise(kind):
-    alpha, sigma = interpolant_coefficients(torch.tensor([0.0, 1.0]), kind)
+@pytest.mark.parametrize("power", [1.0, 2.0])
+def test_interpolant_ends_at_data_and_noise(kind, power):
+    alpha, sigma = interpolant_coefficients(torch.tensor([0.0, 1.0]), kind, power)
     assert torch.allclose(alpha, torch.tensor([1.0, 0.0]), atol=1e-7)
     assert torch.allclose(sigma, torch.tensor([0.0, 1.0]), atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["linear", "trig"])
+def test_time_power_reads_the_interpolant_at_t_to_the_power(kind):
+    t = torch.linspace(0, 1, 11, dtype=torch.float64)
+    powered, squared = interpolant_coefficients(t, kind, 2.0), interpolant_coefficients(t**2, kind)
+    for got, want in zip(powered, squared):
+        torch.testing.assert_close(got, want)
+    _, sigma = interpolant_coefficients(torch.tensor([0.5]), "linear", 2.0)
+    assert sigma.item() == pytest.approx(0.25)
 
 
 def test_reflected_contrast_times_are_symmetric():
@@ -49,15 +62,15 @@ def test_reflected_contrast_times_are_symmetric():
 
 
 class GaussianEnergy(torch.nn.Module):
-    """The exact U(x, t) = −log p_t(x) of 1-D data N(0, s²) under the trig interpolant, plus
-    optional distortions f(t) and g(x)."""
+    """The exact U(x, t) = −log p_t(x) of 1-D data N(0, s²) under the trig interpolant read at
+    t^power, plus optional distortions f(t) and g(x)."""
 
-    def __init__(self, s=0.5, time_term=None, space_term=None):
+    def __init__(self, s=0.5, time_term=None, space_term=None, power=1.0):
         super().__init__()
-        self.s, self.time_term, self.space_term = s, time_term, space_term
+        self.s, self.time_term, self.space_term, self.power = s, time_term, space_term, power
 
     def forward(self, x, t):
-        alpha, sigma = interpolant_coefficients(t, "trig")
+        alpha, sigma = interpolant_coefficients(t, "trig", self.power)
         var = alpha**2 * self.s**2 + sigma**2
         u = x[:, 0] ** 2 / (2 * var) + 0.5 * torch.log(2 * math.pi * var)
         if self.time_term is not None:
@@ -67,11 +80,12 @@ class GaussianEnergy(torch.nn.Module):
         return u
 
 
-@pytest.mark.parametrize("window", [None, 0.1])
-def test_exact_log_density_minimises_both_losses(window):
+@pytest.mark.parametrize("window, power", [(None, 1.0), (0.1, 1.0), (None, 2.0)])
+def test_exact_log_density_minimises_both_losses(window, power):
     """Eq. 2 fixes U up to c(t), Eq. 3 up to c(x): adding f(t) leaves L_SM unchanged and raises
     L_NCE; adding g(x) leaves L_NCE unchanged and raises L_SM. Common random numbers make the
-    differences exact up to round-off; a sign error in either loss breaks these inequalities."""
+    differences exact up to round-off; a sign error in either loss breaks these inequalities.
+    With a time power p, the exact U is that of the schedule read at t^p, not at t."""
     rng = torch.Generator().manual_seed(0)
     n = 100_000
     x = 0.5 * torch.randn(n, 1, generator=rng, dtype=torch.float64)
@@ -80,13 +94,17 @@ def test_exact_log_density_minimises_both_losses(window):
     t_neg = negative_times(t, 4, window, rng)
 
     def losses(net):
-        return NCELosses(*(float(v.detach()) for v in nce_losses(net, x, t, noise, t_neg,
-                                                                       "trig")))
+        return NCELosses(*(float(v.detach()) for v in nce_losses(
+            net, x, t, noise, t_neg, "trig", power=power)))
 
-    exact = losses(GaussianEnergy())
-    time_shifted = losses(GaussianEnergy(time_term=lambda t: 2.0 * t))
-    space_shifted = losses(GaussianEnergy(space_term=lambda x: 0.5 * torch.sin(3 * x)))
-    too_wide = losses(GaussianEnergy(s=0.6))
+    exact = losses(GaussianEnergy(power=power))
+    time_shifted = losses(GaussianEnergy(time_term=lambda t: 2.0 * t, power=power))
+    space_shifted = losses(GaussianEnergy(space_term=lambda x: 0.5 * torch.sin(3 * x),
+                                          power=power))
+    too_wide = losses(GaussianEnergy(s=0.6, power=power))
+    other_schedule = losses(GaussianEnergy(power=3.0 - power))
+    assert other_schedule.score_matching > exact.score_matching + 1e-3
+    assert other_schedule.infonce > exact.infonce + 1e-3
     assert time_shifted.score_matching == pytest.approx(exact.score_matching, rel=1e-12)
     assert space_shifted.infonce == pytest.approx(exact.infonce, rel=1e-12)
     assert time_shifted.infonce > exact.infonce + 1e-3
@@ -128,6 +146,36 @@ def test_vector_log_prob_includes_the_standardisation():
                           torch.zeros(len(z))).detach().double().numpy()
     np.testing.assert_allclose(density.log_prob(test),
                                direct - np.log(density.scale.numpy()).sum(), atol=1e-5)
+
+
+def test_fourier_features_are_sines_and_cosines_of_two_pi_x_b():
+    """γ(x) = [sin 2πxB, cos 2πxB]: phases π/2, π/4 and (two dimensions summed) π."""
+    x = torch.tensor([[1.0, 0.0], [0.5, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    frequencies = torch.tensor([[0.25], [0.125]], dtype=torch.float64)
+    half = math.sqrt(0.5)
+    expected = torch.tensor([[1.0, 0.0], [half, half], [0.0, -1.0]], dtype=torch.float64)
+    torch.testing.assert_close(fourier_features(x, frequencies), expected, atol=1e-12, rtol=0)
+
+
+def test_energy_net_reads_fourier_features_of_x_and_stores_their_frequencies(tmp_path):
+    """The first layer sees [x, γ(x), t]; frequencies ~ N(0, scale²) are saved and loaded with
+    the weights; without features the state has no ``frequencies`` (older files load)."""
+    torch.manual_seed(0)
+    net = EnergyNet(2, 8, 1, n_fourier=256, fourier_scale=2.0).double()
+    assert net.frequencies.shape == (2, 256)
+    assert net.frequencies.std().item() == pytest.approx(2.0, rel=0.1)
+    x, t = torch.randn(5, 2, dtype=torch.float64), torch.rand(5, dtype=torch.float64)
+    first = net.inp(torch.cat([x, fourier_features(x, net.frequencies), t[:, None]], dim=1))
+    h = torch.nn.functional.silu(first)
+    h = h + torch.nn.functional.silu(net.blocks[0](h))
+    torch.testing.assert_close(net(x, t), net.out(h)[:, 0])
+    assert "frequencies" not in EnergyNet(2, 8, 1).state_dict()
+    train, test, _ = _gaussian_2d()
+    density = NCEDensity.fit(train, steps=2, hidden=8, depth=1, fourier_features=4,
+                             fourier_scale=3.0, progress=False)
+    loaded = NCEDensity.load(density.save(tmp_path / "fourier.pt"))
+    torch.testing.assert_close(loaded.net.frequencies, density.net.frequencies)
+    np.testing.assert_array_equal(loaded.log_prob(test), density.log_prob(test))
 
 
 def test_volume_factor_of_a_triangle_is_the_product_of_its_sides():
@@ -235,3 +283,7 @@ def test_bad_inputs_raise_clear_errors(ethanol, ethanol_density):
         NCEConfig(interpolant="cosine")
     with pytest.raises(ValueError, match="window must be positive"):
         NCEConfig(window=0.0)
+    with pytest.raises(ValueError, match="fourier_scale positive"):
+        NCEConfig(fourier_features=8, fourier_scale=0.0)
+    with pytest.raises(ValueError, match="time_power must be positive"):
+        NCEConfig(time_power=0.0)
