@@ -188,9 +188,10 @@ def cmd_train(args) -> int:
                       "drop" if source else args.partial_labels, args.energy_key,
                       args.forces_key)
     data = _first_frames(data, args)
-    options = {k: v for k, v in (("omega", args.omega), ("beta", args.beta),
-                                 ("pair_scale_exponent", args.pair_scale_exponent))
-               if v is not None}
+    options = {k: v for k, v in (("omega", args.omega), ("beta", args.beta)) if v is not None}
+    if args.pair_scale_exponent:
+        exponents = tuple(args.pair_scale_exponent)
+        options["pair_scale_exponent"] = exponents[0] if len(exponents) == 1 else exponents
     if args.bandwidths:
         options["bandwidths"] = tuple(args.bandwidths)
     reference = None
@@ -526,9 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beta", type=float, help="Force-Aligned Kernel strength β")
     p.add_argument("--bandwidths", type=float, nargs="+",
                    help="kernel bandwidths as multiples of the median distance (default 0.25)")
-    p.add_argument("--pair-scale-exponent", type=float, metavar="ALPHA",
+    p.add_argument("--pair-scale-exponent", type=float, nargs="+", metavar="ALPHA",
                    help="distance space: divide each pair distance by (its spread over the "
-                        "data / the mean spread)^ALPHA, 0 (the paper) to 1")
+                        "data / the mean spread)^ALPHA, 0 (the paper) to 1; several values "
+                        "stack one block of features per value (e.g. 0 1)")
     p.add_argument("--method", choices=("drift", "energy-diffusion"), default="drift",
                    help="drift: the one-step generator (default); energy-diffusion: an "
                         "energy-based diffusion model that is also a force field")

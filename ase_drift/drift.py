@@ -224,6 +224,21 @@ class EnergyTilt:
         return self.beta * align[None, :]  # [1, N]
 
 
+def blockwise_drift(field, x: Tensor, positives: Positives, sizes: tuple[int, ...]) -> Tensor:
+    """The field applied to each block of features on its own ``[B, D]``, D = Σ sizes.
+
+    For representations that stack several feature maps (e.g. raw and whitened distances): each
+    block gets its own kernel, bandwidth and drift, so the loss is the sum of the blocks' drift
+    losses (Eq. 9 per block). Energies and densities are per sample and shared by every block.
+    """
+    scores = (positives.scores.split(sizes, -1) if positives.scores is not None
+              else (None,) * len(sizes))
+    return torch.cat([field(block, positives._replace(features=features, scores=score))
+                      for block, features, score in zip(x.split(sizes, -1),
+                                                        positives.features.split(sizes, -1),
+                                                        scores, strict=True)], -1)
+
+
 @dataclass(frozen=True)
 class GaussianDrift:
     """Gaussian-kernel drift with optional force guidance: the paper's drifting, FI, FK, FI+FK.

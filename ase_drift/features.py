@@ -108,36 +108,47 @@ class Cartesian:
 
 class PairwiseDistances:
     """φ(R) = (‖r_a − r_b‖ / w_ab)_{a<b} ``[B, M]`` (paper Eq. 26 when w = 1), pairs in
-    ``numpy.triu_indices`` order.
+    ``numpy.triu_indices`` order; with several exponents, one such block per exponent ``[B, K·M]``.
 
     ``pair_scale_exponent`` α sets per-pair weights w_ab = (s_ab / s̄)^α, with s_ab the standard
     deviation of distance ab over the data :meth:`prepare` sees and s̄ their mean (beyond the
     paper). A Gaussian kernel on raw distances barely sees a stiff bond (s ≈ 0.02 Å) beside a
     torsion-coupled pair (s ≈ 0.5 Å), so the generator's bonds stay loose and cost energy;
-    α = 1 gives every pair unit spread, α = 0 is the paper's map. The weights are fitted by
-    :meth:`prepare` (ones before); the Jacobian and the feature scores are those of φ.
+    α = 1 gives every pair unit spread (and in turn barely sees the torsions), α = 0 is the
+    paper's map. A tuple such as (0, 1) stacks one block per exponent; the trainer applies the
+    drift field to each block separately (:attr:`block_sizes`) and sums the losses, so the raw
+    block keeps the torsions and the whitened one the bonds. The weights are fitted by
+    :meth:`prepare` (ones before); the Jacobian and the feature scores are those of φ, block by
+    block (Eq. 31 for each block's map).
     """
 
     name = "distance"
 
-    def __init__(self, n_atoms: int, pair_scale_exponent: float = 0.0):
+    def __init__(self, n_atoms: int, pair_scale_exponent: float | tuple[float, ...] = 0.0):
         if n_atoms < 2:
             raise ValueError("pairwise distances need at least 2 atoms")
-        if not 0.0 <= pair_scale_exponent <= 1.0:
-            raise ValueError(f"pair_scale_exponent must lie in [0, 1], got {pair_scale_exponent}")
+        exponents = tuple(float(a) for a in np.atleast_1d(pair_scale_exponent))
+        if not exponents or not all(0.0 <= a <= 1.0 for a in exponents):
+            raise ValueError(f"pair_scale_exponent must lie in [0, 1] (one value or several), "
+                             f"got {pair_scale_exponent}")
         i, j = np.triu_indices(n_atoms, k=1)
         self.n_atoms = n_atoms
         self.pair_i = torch.as_tensor(i)
         self.pair_j = torch.as_tensor(j)
-        self.pair_scale_exponent = float(pair_scale_exponent)
-        self.pair_weights = torch.ones(len(i))  # [M]  w_ab, fitted by prepare()
+        self.exponents = exponents
+        self.pair_weights = torch.ones(len(exponents), len(i))  # [K, M]  w_ab, fitted by prepare()
+
+    @property
+    def block_sizes(self) -> tuple[int, ...]:
+        """Features per block: M for each exponent."""
+        return (len(self.pair_i),) * len(self.exponents)
 
     @property
     def normalization(self) -> str:
         text = "frames centred; coordinates / scale_angstrom"
-        if self.pair_scale_exponent:
-            text += (f"; distances / (their std over the data / mean std)^"
-                     f"{self.pair_scale_exponent:g}")
+        if self.exponents != (0.0,):
+            text += ("; distances / (their std over the data / mean std)^α, one block per α in "
+                     + ", ".join(f"{a:g}" for a in self.exponents))
         return text
 
     def distances(self, coords: Tensor) -> Tensor:
@@ -147,49 +158,56 @@ class PairwiseDistances:
         return (diff.square().sum(-1) + 1e-12).sqrt()  # [B, M]
 
     def features(self, coords: Tensor) -> Tensor:
-        return self.distances(coords) / self.pair_weights.to(coords.dtype)
+        weighted = self.distances(coords)[:, None] / self.pair_weights.to(coords.dtype)  # [B, K, M]
+        return weighted.flatten(1)  # [B, K·M]
 
     def jacobian(self, coords: Tensor) -> Tensor:
-        """J = ∂φ/∂R ``[B, M, 3A]``: row ab holds +u_ab/w_ab at atom a, −u_ab/w_ab at atom b
-        (Eq. 27)."""
+        """J = ∂φ/∂R ``[B, K·M, 3A]``: row ab of block k holds +u_ab/w_kab at atom a and
+        −u_ab/w_kab at atom b (Eq. 27)."""
         batch, n_atoms, _ = coords.shape
         diff = coords[:, self.pair_i] - coords[:, self.pair_j]  # [B, M, 3]
-        unit = diff / diff.norm(dim=-1, keepdim=True) / self.pair_weights.to(coords.dtype)[:, None]
-        # [B, M, 3]
+        unit = diff / diff.norm(dim=-1, keepdim=True)  # [B, M, 3]
         n_pairs = len(self.pair_i)
         jac = coords.new_zeros(batch, n_pairs, n_atoms, 3)
         rows = torch.arange(n_pairs)
         jac[:, rows, self.pair_i] = unit
         jac[:, rows, self.pair_j] = -unit
-        return jac.reshape(batch, n_pairs, 3 * n_atoms)
+        jac = jac.reshape(batch, 1, n_pairs, 3 * n_atoms)
+        weights = self.pair_weights.to(coords.dtype)[None, :, :, None]  # [1, K, M, 1]
+        return (jac / weights).flatten(1, 2)  # [B, K·M, 3A]
 
     def feature_scores(self, coords: Tensor, scores: Tensor, chunk: int = 4096) -> Tensor:
-        """Exact feature-space score F_φ = J G⁺ F with G = JᵀJ (paper Eq. 31).
+        """Exact feature-space score F_φ = J G⁺ F with G = JᵀJ (paper Eq. 31), per block.
 
-        The minimum-norm solution of Jᵀ F_φ = F; G (3A×3A, rank 3A−6) is pseudo-inverted by a
-        batched eigendecomposition, dropping the rigid-motion zero modes.
+        The minimum-norm solution of J_kᵀ F_φk = F for each block k; G (3A×3A, rank 3A−6) is
+        pseudo-inverted by a batched eigendecomposition, dropping the rigid-motion zero modes.
         """
         out = []
+        n_pairs = len(self.pair_i)
         for start in range(0, len(coords), chunk):
-            jac = self.jacobian(coords[start:start + chunk])  # [N, M, 3A]
-            gram = jac.transpose(1, 2) @ jac  # [N, 3A, 3A]
-            eigval, eigvec = torch.linalg.eigh(gram)
-            cutoff = eigval[:, -1:] * 1e-6  # relative to the stiffest mode
-            inv = torch.where(eigval > cutoff, 1 / eigval, torch.zeros_like(eigval))
+            jac = self.jacobian(coords[start:start + chunk])  # [N, K·M, 3A]
             flat = scores[start:start + chunk].flatten(1)  # [N, 3A]
-            solved = eigvec @ (inv * (eigvec.transpose(1, 2) @ flat[..., None])[..., 0])[..., None]
-            out.append((jac @ solved)[..., 0])  # [N, M]
+            blocks = []
+            for block in jac.split(n_pairs, dim=1):  # [N, M, 3A]
+                gram = block.transpose(1, 2) @ block  # [N, 3A, 3A]
+                eigval, eigvec = torch.linalg.eigh(gram)
+                cutoff = eigval[:, -1:] * 1e-6  # relative to the stiffest mode
+                inv = torch.where(eigval > cutoff, 1 / eigval, torch.zeros_like(eigval))
+                solved = eigvec @ (inv * (eigvec.transpose(1, 2) @ flat[..., None])[..., 0]
+                                   )[..., None]
+                blocks.append((block @ solved)[..., 0])  # [N, M]
+            out.append(torch.cat(blocks, -1))
         return torch.cat(out)
 
     def fit_pair_weights(self, coords: Tensor) -> None:
-        """Set w_ab = (s_ab / s̄)^α from frames ``[N, A, 3]``; pairs that never move (s_ab
+        """Set w_kab = (s_ab / s̄)^α_k from frames ``[N, A, 3]``; pairs that never move (s_ab
         below 10⁻³ s̄, e.g. a single frame) are floored there so no weight vanishes."""
         spread = self.distances(coords).std(0) if len(coords) > 1 else None  # [M]
         if spread is None or spread.mean() == 0:
-            self.pair_weights = torch.ones(len(self.pair_i))
+            self.pair_weights = torch.ones(len(self.exponents), len(self.pair_i))
             return
         relative = (spread / spread.mean()).clamp_min(1e-3)
-        self.pair_weights = relative ** self.pair_scale_exponent
+        self.pair_weights = torch.stack([relative ** a for a in self.exponents])  # [K, M]
 
     def prepare(self, data: Conformations, temperature_K: float) -> Prepared:
         """Fit the pair weights, centre and normalise; distances need no rotation
@@ -200,11 +218,11 @@ class PairwiseDistances:
 
 
 def make_representation(space: str, n_atoms: int,
-                        pair_scale_exponent: float = 0.0) -> Representation:
-    """'cartesian' or 'distance' (with per-pair weights of exponent ``pair_scale_exponent``,
+                        pair_scale_exponent: float | tuple[float, ...] = 0.0) -> Representation:
+    """'cartesian' or 'distance' (with per-pair weights of exponent(s) ``pair_scale_exponent``,
     see :class:`PairwiseDistances`; distance space only)."""
     if space == "cartesian":
-        if pair_scale_exponent:
+        if np.any(pair_scale_exponent):
             raise ValueError("pair_scale_exponent weights pair distances: use space='distance'")
         return Cartesian()
     if space == "distance":

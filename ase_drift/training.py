@@ -51,6 +51,7 @@ from .drift import (
     DriftField,
     Positives,
     automatic_omega,
+    blockwise_drift,
     data_force_scale_ratio,
     field_from_spec,
     field_spec,
@@ -110,7 +111,7 @@ class TrainConfig(StoredConfig):
     beta: float | None = None
     density_correction: bool = False
     standardize: bool | None = None
-    pair_scale_exponent: float = 0.0
+    pair_scale_exponent: float | tuple[float, ...] = 0.0
     normalize_force_scale: bool = False
     bandwidths: tuple[float, ...] = (0.25,)
     temperature_K: float | None = None
@@ -136,11 +137,16 @@ class TrainConfig(StoredConfig):
         for name in ("steps", "batch_size", "n_positives", "depth", "hidden", "noise_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.pair_scale_exponent and self.space != "distance":
+        exponents = self.pair_scale_exponent
+        exponents = (float(exponents) if np.ndim(exponents) == 0
+                     else tuple(float(a) for a in exponents))
+        object.__setattr__(self, "pair_scale_exponent", exponents)
+        if np.any(exponents) and self.space != "distance":
             raise ValueError("pair_scale_exponent weights pair distances: use space='distance'")
-        if not 0.0 <= self.pair_scale_exponent <= 1.0:
-            raise ValueError(f"pair_scale_exponent must lie in [0, 1], got "
-                             f"{self.pair_scale_exponent}")
+        if np.size(exponents) == 0 or not np.all((np.asarray(exponents) >= 0)
+                                                 & (np.asarray(exponents) <= 1)):
+            raise ValueError(f"pair_scale_exponent must lie in [0, 1] (one value or several), "
+                             f"got {self.pair_scale_exponent}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got "
                              f"{self.ema_decay}")
@@ -271,7 +277,9 @@ class Trainer:
         x = self.representation.features(self.model(noise))  # [B, D]
         positives = self.positives()
         with torch.no_grad():
-            drift = self.field(x.detach(), positives)  # [B, D]
+            sizes = getattr(self.representation, "block_sizes", (x.shape[-1],))
+            drift = (self.field(x.detach(), positives) if len(sizes) == 1 else
+                     blockwise_drift(self.field, x.detach(), positives, sizes))  # [B, D]
         loss = (x - (x.detach() + drift)).square().sum(-1).mean()
         x_rms = x.detach().square().mean().sqrt().item()
         if not math.isfinite(loss.item()):

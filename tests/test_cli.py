@@ -197,3 +197,6 @@ def test_train_pair_scale_exponent_reaches_the_config(labelled_file, tmp_path):
     checkpoint = load_checkpoint(model)
     assert checkpoint["config"]["train"]["pair_scale_exponent"] == 0.5
     assert "std over the data" in checkpoint["metadata"]["normalization"]
+    assert main(["train", str(labelled_file), "--pair-scale-exponent", "0", "1", "--steps", "3",
+                 "-o", str(model)]) == 0
+    assert load_checkpoint(model)["config"]["train"]["pair_scale_exponent"] == (0.0, 1.0)

@@ -30,6 +30,7 @@ from ase_drift.drift import (
     GaussianDrift,
     Positives,
     attraction,
+    blockwise_drift,
     deng_drift,
     energy_alignment,
     field_from_spec,
@@ -258,6 +259,21 @@ def test_bandwidth_drifts_are_summed():
                                + GaussianDrift(bandwidths=(0.5,))(x, pos))
     tau = 0.25 * median_distance(x, y)
     torch.testing.assert_close(GaussianDrift()(x, pos), standard_drift(x, y, tau))
+
+
+def test_blockwise_drift_applies_the_field_to_each_block_alone():
+    """Blocks of sizes (3, 5): V = [field(x₁, y₁, s₁), field(x₂, y₂, s₂)], each block with its
+    own median bandwidth and scores, and not the field on the concatenated features."""
+    x, y = cloud(6, dim=8), cloud(15, dim=8, seed=1)
+    scores = cloud(15, dim=8, seed=2)
+    energies = torch.linspace(-1, 1, 15, dtype=F64)
+    field = make_field("fi+fk", "distance", omega=0.3, beta=0.5)
+    positives = Positives(y, scores, energies)
+    expected = torch.cat([field(x[:, :3], Positives(y[:, :3], scores[:, :3], energies)),
+                          field(x[:, 3:], Positives(y[:, 3:], scores[:, 3:], energies))], -1)
+    blocks = blockwise_drift(field, x, positives, (3, 5))
+    torch.testing.assert_close(blocks, expected)
+    assert not torch.allclose(blocks, field(x, positives))
 
 
 def test_make_field_defaults_and_rejections():

@@ -133,7 +133,7 @@ def test_pair_weights_scale_each_pair_by_its_spread(exponent):
     coords = ethanol(200, noise=0.05)
     spread = PairwiseDistances(9).features(coords).std(0)
     rep = weighted_distances(exponent, coords)
-    torch.testing.assert_close(rep.pair_weights, (spread / spread.mean()) ** exponent)
+    torch.testing.assert_close(rep.pair_weights[0], (spread / spread.mean()) ** exponent)
     if exponent == 1.0:
         weighted_spread = rep.features(coords).std(0)
         torch.testing.assert_close(weighted_spread, torch.full_like(spread, spread.mean().item()))
@@ -141,10 +141,10 @@ def test_pair_weights_scale_each_pair_by_its_spread(exponent):
 
 def test_pair_weights_with_zero_exponent_or_one_frame_are_ones():
     coords = ethanol(50)
-    assert torch.equal(weighted_distances(0.0, coords).pair_weights, torch.ones(36))
-    assert torch.equal(weighted_distances(1.0, coords[:1]).pair_weights, torch.ones(36))
+    assert torch.equal(weighted_distances(0.0, coords).pair_weights, torch.ones(1, 36))
+    assert torch.equal(weighted_distances(1.0, coords[:1]).pair_weights, torch.ones(1, 36))
     rigid = weighted_distances(1.0, coords[:1].expand(5, 9, 3))  # nothing moves
-    assert torch.equal(rigid.pair_weights, torch.ones(36))
+    assert torch.equal(rigid.pair_weights, torch.ones(1, 36))
 
 
 def test_weighted_distance_jacobian_and_feature_force():
@@ -158,9 +158,27 @@ def test_weighted_distance_jacobian_and_feature_force():
     assert assert_feature_force_consistent(rep, coords, forces) < 1e-8
 
 
+def test_stacked_blocks_are_the_single_exponent_maps_side_by_side():
+    """Exponents (0, 1): φ = [d, d/w] ``[B, 2M]``, J and the feature scores of each block equal
+    the single-exponent representation's (each block reproduces F on its own)."""
+    coords = ethanol(8)
+    stacked = weighted_distances((0.0, 1.0), coords)
+    assert stacked.block_sizes == (36, 36)
+    forces = remove_rigid_motions(coords, random_forces(coords))
+    for block, exponent in enumerate((0.0, 1.0)):
+        single = weighted_distances(exponent, coords)
+        part = slice(36 * block, 36 * (block + 1))
+        torch.testing.assert_close(stacked.features(coords)[:, part], single.features(coords))
+        torch.testing.assert_close(stacked.jacobian(coords)[:, part], single.jacobian(coords))
+        torch.testing.assert_close(stacked.feature_scores(coords, forces)[:, part],
+                                   single.feature_scores(coords, forces))
+    assert assert_jacobian(stacked, coords) < 1e-8
+
+
 def test_pair_scale_exponent_is_validated():
-    with pytest.raises(ValueError, match="pair_scale_exponent"):
-        PairwiseDistances(3, 1.5)
+    for bad in (1.5, (0.0, -1.0), ()):
+        with pytest.raises(ValueError, match="pair_scale_exponent"):
+            PairwiseDistances(3, bad)
     with pytest.raises(ValueError, match="space='distance'"):
         make_representation("cartesian", 3, pair_scale_exponent=0.5)
 

@@ -445,3 +445,21 @@ def test_pair_scale_exponent_weights_the_training_features(data):
         small_config(space="cartesian", pair_scale_exponent=0.5)
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         small_config(pair_scale_exponent=-0.1)
+
+
+def test_stacked_pair_scale_exponents_train_blockwise_and_round_trip(tmp_path, data):
+    """(0, 1): two blocks of the triatomic's 3 distances, the field called once per block, and
+    the tuple survives the checkpoint's JSON config."""
+    config = small_config(pair_scale_exponent=[0, 1], steps=4)
+    assert config.pair_scale_exponent == (0.0, 1.0)
+    trainer = Trainer(data, config)
+    assert trainer.prepared.features.shape[-1] == 6
+    calls = []
+    field = trainer.field
+    trainer.field = lambda x, positives: calls.append(x.shape[-1]) or field(x, positives)
+    trainer.step()
+    assert calls == [3, 3]
+    trainer.field = field
+    path = trainer.run().save(tmp_path / "stacked.pt")
+    stored = TrainConfig.from_dict(load_checkpoint(path)["config"]["train"])
+    assert stored.pair_scale_exponent == (0.0, 1.0)
