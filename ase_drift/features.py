@@ -212,8 +212,7 @@ class PairwiseDistances:
     def prepare(self, data: Conformations, temperature_K: float) -> Prepared:
         """Fit the pair weights, centre and normalise; distances need no rotation
         (``aligned_coords`` are aligned all the same, for initialising a generator)."""
-        centred = data.positions - data.positions.mean(axis=1, keepdims=True)
-        self.fit_pair_weights(torch.as_tensor(centred, dtype=torch.float32))
+        self.fit_pair_weights(torch.as_tensor(data.positions, dtype=torch.float32))
         return _prepare(self, data, temperature_K, rotate_frames=False)
 
 

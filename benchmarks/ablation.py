@@ -41,6 +41,8 @@ VARIANTS = {
     "pair distances weighted by spread^0.5": {"pair_scale_exponent": 0.5},
     "pair distances weighted by spread^0.25": {"pair_scale_exponent": 0.25},
     "pair distances weighted by spread^1": {"pair_scale_exponent": 1.0},
+    "spread^0.5 weights, 3× longer": {"pair_scale_exponent": 0.5, "steps_factor": 3},
+    "raw + spread-whitened distances (blocks α = 0, 1)": {"pair_scale_exponent": (0.0, 1.0)},
 }
 
 

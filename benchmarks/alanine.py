@@ -83,6 +83,8 @@ SAMPLERS = [("FK β=0.5", "fk", "distance", {}), ("FI ω=0.1", "fi", "distance",
              {"pair_scale_exponent": 0.5}),
             ("Drifting, pairs weighted by spread^1", "drift", "distance",
              {"pair_scale_exponent": 1.0}),
+            ("Drifting, raw + spread-whitened distances", "drift", "distance",
+             {"pair_scale_exponent": (0.0, 1.0)}),
             ("FK β=0.5, pairs weighted by spread^0.5", "fk", "distance",
              {"pair_scale_exponent": 0.5})]
 QUICK_SAMPLERS = ("Drifting (distance)", "FK β=0.5 (distance)", "FI ω=0.005 (distance)")

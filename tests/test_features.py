@@ -145,6 +145,7 @@ def test_pair_weights_with_zero_exponent_or_one_frame_are_ones():
     assert torch.equal(weighted_distances(1.0, coords[:1]).pair_weights, torch.ones(1, 36))
     rigid = weighted_distances(1.0, coords[:1].expand(5, 9, 3))  # nothing moves
     assert torch.equal(rigid.pair_weights, torch.ones(1, 36))
+    assert not torch.equal(weighted_distances(1.0, coords[:2]).pair_weights, torch.ones(1, 36))
 
 
 def test_weighted_distance_jacobian_and_feature_force():
