@@ -139,10 +139,15 @@ def table(results: dict) -> str:
             paper = PAPER.get((case, variant))
             mean = np.mean(kls) if kls else np.nan
             rows.append([case, variant, len(kls), np.round(kls, 4).tolist() if kls else None,
+                         ", ".join(f"{kl:.4f}" for kl in kls) or "—",
                          paper if paper is not None else "—",
                          mean / paper if paper and kls else "—"])
-    header = ["case", "loss", "seeds", "KL (mean ± std)", "paper", "ratio to paper"]
-    return render_table(header, rows, digits=[0, 0, 0, 4, 4, 2])
+    header = ["case", "loss", "seeds", "KL (mean ± std)", "KL per seed", "paper",
+              "ratio to paper"]
+    setup = ", ".join(f"{name}={value}" for name, value in CONFIG.as_dict().items()
+                      if name not in ("score_weight", "nce_weight", "seed"))
+    return (render_table(header, rows, digits=[0, 0, 0, 4, 0, 4, 2])
+            + f"\n\nSeeds {', '.join(map(str, SEEDS))}; {N_DATA:,} samples; NCEConfig: {setup}.")
 
 
 def figure(grids: dict) -> None:
