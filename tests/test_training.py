@@ -435,7 +435,7 @@ def test_ema_decay_outside_0_1_is_refused():
 def test_pair_scale_exponent_weights_the_training_features(data):
     """With pair_scale_exponent = 1 the prepared positives spread equally in every pair (the
     O–H bonds as much as the H–H distance), and checkpoints say how features were made."""
-    plain = Trainer(data, small_config()).prepared.features.std(0)
+    plain = Trainer(data, small_config(pair_scale_exponent=0)).prepared.features.std(0)
     assert plain.max() / plain.min() > 1.5  # the triatomic's pairs differ in stiffness
     trainer = Trainer(data, small_config(pair_scale_exponent=1.0))
     weighted = trainer.prepared.features.std(0)
@@ -463,3 +463,15 @@ def test_stacked_pair_scale_exponents_train_blockwise_and_round_trip(tmp_path, d
     path = trainer.run().save(tmp_path / "stacked.pt")
     stored = TrainConfig.from_dict(load_checkpoint(path)["config"]["train"])
     assert stored.pair_scale_exponent == (0.0, 1.0)
+
+
+def test_pair_scale_exponent_default_per_space_and_for_old_checkpoints():
+    """None: the default exponent in distance space, 0 in Cartesian space; a stored config
+    without the field (written before it existed) reads back as 0, what it was trained with."""
+    from ase_drift.training import DEFAULT_PAIR_SCALE_EXPONENT
+
+    assert TrainConfig().pair_scale_exponent == DEFAULT_PAIR_SCALE_EXPONENT > 0
+    assert TrainConfig(space="cartesian").pair_scale_exponent == 0.0
+    old = TrainConfig().as_dict()
+    del old["pair_scale_exponent"]
+    assert TrainConfig.from_dict(old).pair_scale_exponent == 0.0
