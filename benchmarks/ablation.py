@@ -26,7 +26,7 @@ import numpy as np
 
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, write_json, write_section
 from benchmarks.fk_study import gfn2_energies, molecule_data, reference_groups
 
 # name → TrainConfig options changed against the baseline (all plain drifting, distance space).
@@ -51,7 +51,7 @@ def run(run0, run1, options: dict, seed: int, steps: int, desc: str) -> dict:
     steps *= options.pop("steps_factor", 1)
     start = time.perf_counter()
     trainer = Trainer(run0, TrainConfig(field="drift", space="distance", steps=steps, seed=seed,
-                                        **options))
+                                        **{**PAPER_DISTANCES, **options}))
     trainer.attach(progress_hook(steps, desc=desc), 1)
     samples = trainer.run().sample_positions(1000, seed=seed)
     train_s = time.perf_counter() - start

@@ -63,7 +63,7 @@ from ase_drift.peptides import (
     topology_from_pdb,
 )
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import ROOT, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
 # (row name, field, space, TrainConfig options); plain drifting is the control without forces.
@@ -241,7 +241,7 @@ def main():
                 "ala2_" + "".join(c if c.isalnum() else "_" for c in key) + ".npy")
             if key not in stored or not sample_file.exists():
                 config = TrainConfig(field=field, space=space, steps=steps, seed=args.seed,
-                                     **options)
+                                     **{**PAPER_DISTANCES, **options})
                 stored[key], positions = train_and_score(
                     data, config, reference, ref_angles, topology, forces,
                     desc=f"{name} {space}, {label}")

@@ -47,7 +47,7 @@ from ase_drift.metrics.tables import Estimate
 from ase_drift.peptides import backbone_dihedrals, topology_from_pdb
 from ase_drift.reweighting import WeightedSamples, reweight_sampler
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
-from benchmarks.common import ROOT, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
 # name: (umbrella, bootstrap replicates, drift training steps). κ must exceed the PMF's curvature
@@ -109,7 +109,7 @@ def drift_sampler(path: Path, train_set, steps: int, seed: int):
     if path.exists():
         return load_sampler(path)
     trainer = Trainer(train_set, TrainConfig(field="fk", space="distance", steps=steps,
-                                             seed=seed))
+                                             seed=seed, **PAPER_DISTANCES))
     trainer.attach(ProgressBar(steps, desc=f"FK drift sampler, seed {seed}"), 1)
     sampler = trainer.run()
     sampler.save(path)

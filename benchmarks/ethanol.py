@@ -27,7 +27,7 @@ from ase_drift.diffusion import DiffusionConfig, train_diffusion
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import ROOT, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
 
 DATASET = "ethanol-gfn2-500K"
 N_SAMPLES = 1000  # generated samples scored per (row, seed), and the noise floor's sample size
@@ -98,7 +98,8 @@ def run_row(row: Row, seed: int, steps: int, dsm_steps: int, sampler_steps: int,
     """Train, draw 1,000 samples (saved to ``samples_path``) and score them."""
     start = time.perf_counter()
     if row.kind == "drift":
-        trainer = Trainer(train_set, TrainConfig(steps=steps, seed=seed, **row.options))
+        trainer = Trainer(train_set, TrainConfig(steps=steps, seed=seed,
+                                                 **{**PAPER_DISTANCES, **row.options}))
         trainer.attach(progress_hook(steps, desc=f"{row.name} seed {seed}"), 1)
         sampler = trainer.run()
     else:

@@ -30,7 +30,7 @@ from ase_drift.features import PairwiseDistances
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, write_json, write_section
 
 # name → TrainConfig options (all in distance space).
 VARIANTS = {
@@ -83,7 +83,8 @@ def alignment_decomposition(train_set, reference, beta: float = 0.5, seed: int =
 def run(train_set, reference, options: dict, seed: int, steps: int, desc: str) -> dict:
     options = {k: (3 * train_set.n_atoms if v == "3A" else v) for k, v in options.items()}
     start = time.perf_counter()
-    trainer = Trainer(train_set, TrainConfig(space="distance", steps=steps, seed=seed, **options))
+    trainer = Trainer(train_set, TrainConfig(space="distance", steps=steps, seed=seed,
+                                             **{**PAPER_DISTANCES, **options}))
     trainer.attach(progress_hook(steps, desc=desc), 1)
     samples = trainer.run().sample_positions(1000, seed=seed)
     train_s = time.perf_counter() - start

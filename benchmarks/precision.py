@@ -19,7 +19,7 @@ from ase_drift.datasets import load
 from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, render_table
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import ROOT, best_of, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, best_of, write_section
 
 N_SAMPLES = 10_000
 N_ENERGIES = 1_000
@@ -35,7 +35,7 @@ def main():
     if model.exists():
         sampler = ase_drift.load(model)
     else:
-        trainer = Trainer(train_set, TrainConfig(steps=args.steps, seed=0))
+        trainer = Trainer(train_set, TrainConfig(steps=args.steps, seed=0, **PAPER_DISTANCES))
         trainer.attach(progress_hook(args.steps, desc="drift (distance)"), 1)
         sampler = trainer.run()
         model.parent.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, noise_floor, pair_distances, render_table
 from ase_drift.refine import DEFAULT_STEP_SIZE, REFERENCE_MASS_AMU, MALAResult, mala
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
-from benchmarks.common import ROOT, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
 
 DATASET = "ethanol-gfn2-500K"
 N_SAMPLES = 1000
@@ -58,7 +58,7 @@ def drift_sampler(train_set):
     """The plain drifting sampler of the ethanol quick row, trained once and kept on disk."""
     if SAMPLER_PATH.exists():
         return load_sampler(SAMPLER_PATH)
-    trainer = Trainer(train_set, TrainConfig(steps=TRAIN_STEPS, seed=SEED))
+    trainer = Trainer(train_set, TrainConfig(steps=TRAIN_STEPS, seed=SEED, **PAPER_DISTANCES))
     trainer.attach(ProgressBar(TRAIN_STEPS, desc="drift sampler"), 1)
     sampler = trainer.run()
     SAMPLER_PATH.parent.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ from ase_drift.metrics import (
 from ase_drift.metrics.tables import Estimate
 from ase_drift.reweighting import WeightedSamples, reweight, weighted_histogram
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, write_section
 
 DATASET = "ethanol-gfn2-500K"
 SEEDS, TRAIN_STEPS, N_FIT, N_EVAL, BINS = (0, 1, 2), 4000, 20_000, 10_000, 100
@@ -59,7 +59,7 @@ def drift_sampler(train_set, seed: int):
     path = sampler_path(seed)
     if path.exists():
         return load_sampler(path)
-    trainer = Trainer(train_set, TrainConfig(steps=TRAIN_STEPS, seed=seed))
+    trainer = Trainer(train_set, TrainConfig(steps=TRAIN_STEPS, seed=seed, **PAPER_DISTANCES))
     trainer.attach(ProgressBar(TRAIN_STEPS, desc=f"drift sampler, seed {seed}"), 1)
     sampler = trainer.run()
     path.parent.mkdir(parents=True, exist_ok=True)
