@@ -7,7 +7,8 @@ bundled molecule and scored against run 1 with 1,000 samples: TVD of pooled pair
 ratio to the noise floor at 1,000 frames (two independent parts of the reference; the issue's
 target is ≤ 1.5×), and the W1 of GFN2-xTB energies (kT) beside the floor's. The training data is
 unbiased, so every error left is the generator's. One option changes per row against the
-baseline (the defaults of :class:`ase_drift.training.TrainConfig` at ``--steps``); a row wins when
+baseline (the defaults of :class:`ase_drift.training.TrainConfig` at ``--steps`` on the
+paper's unweighted distances, :data:`benchmarks.common.PAPER_DISTANCES`); a row wins when
 its mean beats the baseline's by more than both standard deviations over seeds (a verdict each for
 TVD and energy W1).
 
