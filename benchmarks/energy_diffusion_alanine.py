@@ -69,6 +69,7 @@ CHAIN_VOLUMES = [[0, 1, 2, 3], [1, 2, 3, 4]]  # signed volumes carrying the sign
 # 0.10 on 5,000 samples, for 2× the training time.
 BATCH_SIZE = 512
 N_IID = 20_000
+N_PLOTTED = 10_000  # (φ, ψ) kept per panel for the plot, float16: a small results file
 MIN_COUNT = 10
 
 
@@ -152,8 +153,9 @@ def run_method(method: str, seed: int, args, run0, run1) -> tuple[dict, dict]:
               "iid": scores(iid, run1), "sim": sim}
     pooled = kept.reshape(-1, 5, 3)
     pooled = pooled[np.isfinite(pooled).all(axis=(1, 2))]
-    sim_angles = bead_dihedrals(pooled[np.linspace(0, len(pooled) - 1, N_IID).astype(int)])
-    return result, {"iid": bead_dihedrals(iid), "simulation": sim_angles}
+    return result, {name: bead_dihedrals(frames[np.linspace(0, len(frames) - 1, N_PLOTTED)
+                                                .astype(int)])
+                    for name, frames in (("iid", iid), ("simulation", pooled))}
 
 
 def openmm_md_cost(start_angstrom: np.ndarray, steps: int, seed: int,
@@ -325,7 +327,8 @@ def main():
             save()
             if seed == args.seeds[0]:  # the Ramachandran plot shows the first seed
                 kept = dict(np.load(angles_path)) if angles_path.exists() else {}
-                kept.update({f"{method}|{name}": np.stack(a) for name, a in angles.items()})
+                kept.update({f"{method}|{name}": np.stack(a).astype(np.float16)
+                             for name, a in angles.items()})
                 np.savez_compressed(angles_path, **kept)
     shown = {k: v for k, v in stored.items() if k.endswith(tag)}
     text = tables(shown, args, floor, stored["openmm_md"],
@@ -339,7 +342,8 @@ def main():
         kept = np.load(angles_path)
         panels = {"reference MD (run 1)": bead_dihedrals(run1.positions),
                   "training set (run 0)": bead_dihedrals(run0.positions)}
-        panels.update({f"{key.replace('|', ', ')} (seed {args.seeds[0]})": tuple(kept[key])
+        panels.update({f"{key.replace('|', ', ')} (seed {args.seeds[0]})":
+                       tuple(kept[key].astype(np.float64))
                        for key in kept.files})
         name = f"energy_diffusion_{marker.replace('-', '_')}.png"
         plot_ramachandran(ROOT / "docs" / "img" / name, panels, columns=3)
