@@ -42,7 +42,7 @@ from ase_drift.metrics.distances import BOND_TOLERANCE, covalent_bonds, pair_dis
 from ase_drift.metrics.timeseries import integrated_autocorrelation_time
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
-from benchmarks.common import write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, write_json, write_section
 from benchmarks.fk_study import gfn2_energies
 
 DATASET = "ethanol-gfn2-500K"
@@ -267,7 +267,8 @@ def main():
     run0, run1 = reference[runs == 0], reference[runs == 1]
     drift_steps = args.drift_steps
     if "drift" not in stored:
-        drift = Trainer(run0, TrainConfig(field="drift", steps=drift_steps, seed=0)).run()
+        drift = Trainer(run0, TrainConfig(field="drift", steps=drift_steps, seed=0,
+                                          **PAPER_DISTANCES)).run()
         samples = drift.sample_positions(max(args.replicas, 1000), seed=1)
         start = time.perf_counter()
         drift.sample_positions(10000, seed=2)
