@@ -35,10 +35,8 @@ Methods as in :mod:`benchmarks.energy_diffusion_molecules`. Each result is store
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -60,7 +58,7 @@ from ase_drift.peptides import backbone_beads, bead_dihedrals, topology_from_pdb
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
 from benchmarks.common import ROOT, write_json, write_section
-from benchmarks.energy_diffusion_molecules import METHODS, _mean_std
+from benchmarks.energy_diffusion_molecules import METHODS, _mean_std, run_arguments
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
 TIMESTEP_FS, FRICTION_PER_FS = 1.0, 1e-3  # the data's LangevinMiddle protocol: 1 fs, 1/ps
@@ -271,22 +269,11 @@ def tables(stored: dict, args, floor: dict, md: dict, drift: dict) -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 2,000 training steps, 20 replicas × 2,000 steps")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None)
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--replicas", type=int, default=None)
-    parser.add_argument("--sim-steps", type=int, default=None)
-    parser.add_argument("--record-every", type=int, default=10)
-    parser.add_argument("--score-every", type=int, default=100,
-                        help="steps between bond-stability scores of the replica ensemble")
+    parser = run_arguments(__doc__, "1 seed, 2,000 training steps, 20 replicas × 2,000 steps",
+                           "steps between bond-stability scores of the replica ensemble")
     parser.add_argument("--md-steps", type=int, default=None,
                         help="steps of the OpenMM run that measures MD's cost")
     parser.add_argument("--drift-steps", type=int, default=None)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--no-docs", action="store_true")
-    parser.add_argument("--results", type=Path, default=None)
     args = parser.parse_args()
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])

@@ -231,23 +231,29 @@ def tables(stored: dict, args, floor, replica_floor, md: dict, drift: dict) -> s
     return "\n".join(lines)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="1 seed, 4,000 training steps, 50 replicas × 4,000 steps")
+def run_arguments(doc: str, quick_help: str, score_help: str) -> argparse.ArgumentParser:
+    """The command line shared by the energy-diffusion benchmarks (seeds, training and
+    simulation lengths, methods, results file)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--replicas", type=int, default=None)
     parser.add_argument("--sim-steps", type=int, default=None)
     parser.add_argument("--record-every", type=int, default=10,
-                        help="steps between recorded frames (the energy autocorrelation uses all)")
-    parser.add_argument("--score-every", type=int, default=100,
-                        help="steps between frames scored against the reference (GFN2-xTB)")
-    parser.add_argument("--drift-steps", type=int, default=4000,
-                        help="training steps of the drift sampler whose samples start the hybrid")
+                        help="steps between recorded frames")
+    parser.add_argument("--score-every", type=int, default=100, help=score_help)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--results", type=Path, default=None)
+    return parser
+
+
+def main():
+    parser = run_arguments(__doc__, "1 seed, 4,000 training steps, 50 replicas × 4,000 steps",
+                           "steps between frames scored against the reference (GFN2-xTB)")
+    parser.add_argument("--drift-steps", type=int, default=4000,
+                        help="training steps of the drift sampler whose samples start the hybrid")
     args = parser.parse_args()
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
