@@ -13,6 +13,11 @@ reference MD, beside the biased training set and the noise floor at 1,000 frames
 scan on the first 200 samples (20 steps) measures acceptance and how far the chains move, with
 and without the mass preconditioner, at 500 K and 300 K. Results go to
 ``benchmarks/results/refine.json``; the figure to ``docs/img/refine.png``.
+
+    python -m benchmarks.refine --pair-scale-exponent 0.5 --docs   # the default pair weights
+
+refines a sampler trained with pair weights instead (``bench_out/refine-pairs0.5.pt``,
+``benchmarks/results/refine-pairs0.5.json``, its own section in docs/benchmarks.md; no scan).
 """
 
 from __future__ import annotations
@@ -43,9 +48,16 @@ SCAN_CHAINS, SCAN_STEPS = 200, 20
 SCAN = ((500.0, True, (0.01, 0.02, 0.03, 0.04, 0.05)),
         (500.0, False, (0.01, 0.02, 0.03)),
         (300.0, True, (0.02, 0.03, 0.04)))
-SAMPLER_PATH = ROOT / "bench_out" / "refine-sampler.pt"
-RESULTS_PATH = ROOT / "benchmarks" / "results" / "refine.json"
-FIGURE_PATH = ROOT / "docs" / "img" / "refine.png"
+
+
+def variant_paths(pair_scale_exponent: float) -> tuple[str, Path, Path, Path]:
+    """(name, sampler, results, figure) of a run: the stored table's sampler on the paper's
+    unweighted distances keeps the plain names, a pair-weighted one gets its own."""
+    name = "refine" if pair_scale_exponent == 0 else f"refine-pairs{pair_scale_exponent:g}"
+    suffix = "-sampler" if pair_scale_exponent == 0 else ""
+    return (name, ROOT / "bench_out" / f"{name}{suffix}.pt",
+            ROOT / "benchmarks" / "results" / f"{name}.json",
+            ROOT / "docs" / "img" / f"{name}.png")
 
 
 def gfn2() -> CalculatorForces:
@@ -54,15 +66,18 @@ def gfn2() -> CalculatorForces:
     return CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0))
 
 
-def drift_sampler(train_set):
-    """The plain drifting sampler of the ethanol quick row, trained once and kept on disk."""
-    if SAMPLER_PATH.exists():
-        return load_sampler(SAMPLER_PATH)
-    trainer = Trainer(train_set, TrainConfig(steps=TRAIN_STEPS, seed=SEED, **PAPER_DISTANCES))
+def drift_sampler(train_set, path: Path, pair_scale_exponent: float):
+    """The plain drifting sampler of the ethanol quick row (with the given pair weights),
+    trained once and kept on disk."""
+    if path.exists():
+        return load_sampler(path)
+    config = TrainConfig(steps=TRAIN_STEPS, seed=SEED, **{
+        **PAPER_DISTANCES, "pair_scale_exponent": pair_scale_exponent})
+    trainer = Trainer(train_set, config)
     trainer.attach(ProgressBar(TRAIN_STEPS, desc="drift sampler"), 1)
     sampler = trainer.run()
-    SAMPLER_PATH.parent.mkdir(parents=True, exist_ok=True)
-    sampler.save(SAMPLER_PATH)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sampler.save(path)
     return sampler
 
 
@@ -221,34 +236,45 @@ def main():
     parser.add_argument("--docs", action="store_true",
                         help="write the tables into docs/benchmarks.md and the figure into docs/img")
     parser.add_argument("--table-only", action="store_true",
-                        help="compute nothing: tabulate benchmarks/results/refine.json")
+                        help="compute nothing: tabulate the stored results")
+    parser.add_argument("--pair-scale-exponent", type=float, default=0.0,
+                        help="pair weights of the sampler (0: the stored main table's; other "
+                             "values get their own files and section, without the scan)")
     args = parser.parse_args()
+    exponent = args.pair_scale_exponent
+    name, sampler_path, results_path, figure_path = variant_paths(exponent)
     train_set, reference = load(DATASET)
     baseline = baseline_rows(train_set, reference)
     if args.table_only:
-        results = json.loads(RESULTS_PATH.read_text())
+        results = json.loads(results_path.read_text())
     else:
-        samples = drift_sampler(train_set).sample_positions(N_SAMPLES, seed=SEED)  # [N, A, 3] Å
+        sampler = drift_sampler(train_set, sampler_path, exponent)
+        samples = sampler.sample_positions(N_SAMPLES, seed=SEED)  # [N, A, 3] Å
         started = time.perf_counter()
-        results = {"refine": refinement_rows(samples, reference),
-                   "scan": scan_rows(samples, reference),
-                   "step_size": DEFAULT_STEP_SIZE,
-                   "minutes": (time.perf_counter() - started) / 60}
-        write_json(RESULTS_PATH, results)
-    note = (f"`python -m benchmarks.refine` (one thread; the chains and the scan took "
-            f"{results['minutes']:.0f} min, training not counted): {N_SAMPLES:,} samples of plain drifting (distance space, "
-            f"{TRAIN_STEPS:,} steps, seed {SEED}) refined by MALA with GFN2-xTB at 500 K, "
-            f"ε = {results['step_size']:g} Å (mass-preconditioned); k counts the steps of the "
-            f"same chains. Evaluations include labelling the start; k = 0 is the one-step "
-            f"sampler, labelled to score its energies.")
-    text = (f"{note}\n\n{refinement_table(results, baseline)}\n\n"
-            f"Step sizes ({SCAN_CHAINS} of the samples, {SCAN_STEPS} steps; Δd: change of the "
-            f"pair distances of a chain):\n\n{scan_table(results)}")
+        results = {"refine": refinement_rows(samples, reference)}
+        results["scan"] = scan_rows(samples, reference) if exponent == 0 else None
+        results.update(step_size=DEFAULT_STEP_SIZE, minutes=(time.perf_counter() - started) / 60)
+        write_json(results_path, results)
+    options = "" if exponent == 0 else f" --pair-scale-exponent {exponent:g}"
+    weights = ("unweighted distances" if exponent == 0 else
+               f"pair distances weighted by spread^{exponent:g}")
+    note = (f"`python -m benchmarks.refine{options}` (one thread; the chains"
+            f"{' and the scan' if results['scan'] else ''} took {results['minutes']:.0f} min, "
+            f"training not counted): {N_SAMPLES:,} samples of plain drifting (distance space, "
+            f"{weights}, {TRAIN_STEPS:,} steps, seed {SEED}) refined by MALA with GFN2-xTB at "
+            f"500 K, ε = {results['step_size']:g} Å (mass-preconditioned); k counts the steps "
+            f"of the same chains. Evaluations include labelling the start; k = 0 is the "
+            f"one-step sampler, labelled to score its energies.")
+    text = f"{note}\n\n{refinement_table(results, baseline)}"
+    if results["scan"]:
+        text += (f"\n\nStep sizes ({SCAN_CHAINS} of the samples, {SCAN_STEPS} steps; Δd: change "
+                 f"of the pair distances of a chain):\n\n{scan_table(results)}")
     print(text)
     if args.docs:
-        plot(results, baseline, FIGURE_PATH)
-        figure = "![energy W1 and distance TVD against the MALA steps k](img/refine.png)"
-        write_section("benchmarks.md", "refine", f"{text}\n\n{figure}")
+        plot(results, baseline, figure_path)
+        figure = (f"![energy W1 and distance TVD against the MALA steps k]"
+                  f"(img/{figure_path.name})")
+        write_section("benchmarks.md", name, f"{text}\n\n{figure}")
 
 
 if __name__ == "__main__":
