@@ -127,10 +127,7 @@ class PairwiseDistances:
     def __init__(self, n_atoms: int, pair_scale_exponent: float | tuple[float, ...] = 0.0):
         if n_atoms < 2:
             raise ValueError("pairwise distances need at least 2 atoms")
-        exponents = tuple(float(a) for a in np.atleast_1d(pair_scale_exponent))
-        if not exponents or not all(0.0 <= a <= 1.0 for a in exponents):
-            raise ValueError(f"pair_scale_exponent must lie in [0, 1] (one value or several), "
-                             f"got {pair_scale_exponent}")
+        exponents = tuple(np.atleast_1d(check_pair_scale_exponent(pair_scale_exponent)))
         i, j = np.triu_indices(n_atoms, k=1)
         self.n_atoms = n_atoms
         self.pair_i = torch.as_tensor(i)
@@ -216,13 +213,25 @@ class PairwiseDistances:
         return _prepare(self, data, temperature_K, rotate_frames=False)
 
 
+def check_pair_scale_exponent(value, space: str = "distance") -> float | tuple[float, ...]:
+    """``value`` as a float (one exponent) or a tuple of floats (several), each in [0, 1];
+    anything but 0 only in distance space. Raises ValueError naming what is wrong."""
+    exponents = float(value) if np.ndim(value) == 0 else tuple(float(a) for a in value)
+    if np.size(exponents) == 0 or not np.all((np.asarray(exponents) >= 0)
+                                             & (np.asarray(exponents) <= 1)):
+        raise ValueError(f"pair_scale_exponent must lie in [0, 1] (one value or several), "
+                         f"got {value}")
+    if np.any(exponents) and space != "distance":
+        raise ValueError("pair_scale_exponent weights pair distances: use space='distance'")
+    return exponents
+
+
 def make_representation(space: str, n_atoms: int,
                         pair_scale_exponent: float | tuple[float, ...] = 0.0) -> Representation:
     """'cartesian' or 'distance' (with per-pair weights of exponent(s) ``pair_scale_exponent``,
     see :class:`PairwiseDistances`; distance space only)."""
     if space == "cartesian":
-        if np.any(pair_scale_exponent):
-            raise ValueError("pair_scale_exponent weights pair distances: use space='distance'")
+        check_pair_scale_exponent(pair_scale_exponent, space)
         return Cartesian()
     if space == "distance":
         return PairwiseDistances(n_atoms, pair_scale_exponent)

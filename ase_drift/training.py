@@ -57,7 +57,7 @@ from .drift import (
     field_spec,
     make_field,
 )
-from .features import make_representation
+from .features import check_pair_scale_exponent, make_representation
 from .forces import label
 from .kernels import kde_log_density
 from .models import GeneratorConfig, MLPGenerator
@@ -152,15 +152,8 @@ class TrainConfig(StoredConfig):
         exponents = self.pair_scale_exponent
         if exponents is None:
             exponents = DEFAULT_PAIR_SCALE_EXPONENT if self.space == "distance" else 0.0
-        exponents = (float(exponents) if np.ndim(exponents) == 0
-                     else tuple(float(a) for a in exponents))
-        object.__setattr__(self, "pair_scale_exponent", exponents)
-        if np.any(exponents) and self.space != "distance":
-            raise ValueError("pair_scale_exponent weights pair distances: use space='distance'")
-        if np.size(exponents) == 0 or not np.all((np.asarray(exponents) >= 0)
-                                                 & (np.asarray(exponents) <= 1)):
-            raise ValueError(f"pair_scale_exponent must lie in [0, 1] (one value or several), "
-                             f"got {self.pair_scale_exponent}")
+        object.__setattr__(self, "pair_scale_exponent",
+                           check_pair_scale_exponent(exponents, self.space))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got "
                              f"{self.ema_decay}")
@@ -234,6 +227,9 @@ class Trainer:
         self.representation = make_representation(config.space, data.n_atoms,
                                                   config.pair_scale_exponent)
         self.prepared = self.representation.prepare(data, temperature)
+        # Feature blocks the field sees one at a time (one block but for stacked exponents).
+        self.block_sizes = getattr(self.representation, "block_sizes",
+                                   (self.prepared.features.shape[-1],))
         _check_prepared(self.prepared, data, config)
         self.force_scale_ratio = None  # ρ of Eq. 33 on the data, when it chose FI's ω
         if config.field in ("fi", "fi+fk") and config.omega is None:
@@ -291,9 +287,8 @@ class Trainer:
         x = self.representation.features(self.model(noise))  # [B, D]
         positives = self.positives()
         with torch.no_grad():
-            sizes = getattr(self.representation, "block_sizes", (x.shape[-1],))
-            drift = (self.field(x.detach(), positives) if len(sizes) == 1 else
-                     blockwise_drift(self.field, x.detach(), positives, sizes))  # [B, D]
+            drift = blockwise_drift(self.field, x.detach(), positives,
+                                    self.block_sizes)  # [B, D]
         loss = (x - (x.detach() + drift)).square().sum(-1).mean()
         x_rms = x.detach().square().mean().sqrt().item()
         if not math.isfinite(loss.item()):
