@@ -12,6 +12,7 @@ from ase.build import molecule
 pytest.importorskip("rdkit")
 
 from ase_drift.metrics.chemistry import (
+    cross_ring_contacts,
     REASONS,
     histogram_js,
     max_pair_distance,
@@ -59,11 +60,107 @@ def test_a_stretched_bond_breaks_the_molecule():
 
 
 def test_a_moderately_stretched_bond_is_still_valid():
-    """+15 % on the C–O bond stays within RDKit's covalent cutoff (radii × 1.3)."""
+    """+15 % on the C–O bond stays within connect-the-dots' tolerance (r_C + r_O + 0.45 Å)."""
     atoms = _ethanol()
     move = np.linalg.norm(atoms.positions - atoms.positions[2], axis=1) < 1.1  # O + its H
     atoms.positions[move] += 0.15 * (atoms.positions[2] - atoms.positions[1])
     assert validity(atoms).valid
+
+
+def test_cross_ring_contacts():
+    """A square of four carbons (1.5 Å sides) with its diagonal 0–2 given as a bond: the two
+    ends share neighbours 1 and 3 and d = 2.12 Å > 1.12 (r_C + r_C) = 1.70 Å, a contact. Folded
+    until the diagonal is 1.60 Å (bicyclobutane's central bond) it is a bond; a 1,3 pair with
+    one common neighbour is never a ring contact."""
+    numbers = np.array([6, 6, 6, 6])
+    side = 1.5
+    square = np.array([[0, 0, 0], [side, 0, 0], [side, side, 0], [0, side, 0]], float)
+    ring = [(0, 1), (1, 2), (2, 3), (3, 0)]
+    assert cross_ring_contacts(numbers, square, [*ring, (0, 2)]) == [(0, 2)]
+    assert cross_ring_contacts(numbers, square, ring) == []
+    # fold the square about the 1–3 diagonal until atoms 0 and 2 are 1.60 Å apart
+    centre, half = (square[1] + square[3]) / 2, 0.8
+    axis = square[2] - square[0]
+    axis /= np.linalg.norm(axis)
+    height = np.sqrt(np.linalg.norm(square[0] - centre) ** 2 - half**2)
+    folded = square.copy()
+    folded[0] = centre - half * axis + [0, 0, height]
+    folded[2] = centre + half * axis + [0, 0, height]
+    assert np.linalg.norm(folded[0] - folded[2]) == pytest.approx(1.6)
+    assert np.linalg.norm(folded[0] - folded[1]) == pytest.approx(side)
+    assert cross_ring_contacts(numbers, folded, [*ring, (0, 2)]) == []
+    # a chain 0–1–2 with a 2.12 Å contact 0–2: one common neighbour
+    assert cross_ring_contacts(numbers[:3], square[:3], [(0, 1), (1, 2), (0, 2)]) == []
+
+
+@pytest.mark.parametrize("smiles", ["C1C2CC1C2", "OC1C2CC1O2", "C12(CC(C1)C2)O"])
+def test_strained_cages_are_valid(smiles):
+    """Cages like QM9's (bicyclo[1.1.1]pentane, oxetane cages) whose cross-ring C···C / C···O
+    distance (1.9 Å) lies inside connect-the-dots' tolerance: RDKit's plain DetermineBonds
+    bonds it and fails, the check reads the right molecule."""
+    from rdkit import Chem, rdBase
+    from rdkit.Chem import AllChem, rdDetermineBonds
+
+    from ase_drift.metrics.chemistry import xyz_block
+
+    mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
+    assert AllChem.EmbedMolecule(mol, randomSeed=0) == 0
+    AllChem.MMFFOptimizeMolecule(mol)
+    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    positions = mol.GetConformer().GetPositions()
+    result = validity((numbers, positions))
+    assert result.valid
+    perceived = Chem.MolFromSmiles(result.smiles)
+    Chem.RemoveStereochemistry(perceived)  # the geometry adds the cage's stereocentres
+    assert Chem.MolToSmiles(perceived) == Chem.MolToSmiles(Chem.MolFromSmiles(smiles))
+    with rdBase.BlockLogs(), pytest.raises((ValueError, RuntimeError)):
+        plain = Chem.MolFromXYZBlock(xyz_block(numbers, positions))
+        rdDetermineBonds.DetermineBonds(plain, charge=0)
+        Chem.SanitizeMol(plain)
+
+
+def test_a_squeezed_angle_is_invalid():
+    """Ethanol with its C–C–O angle closed until C···O is 1.8 Å (inside connect-the-dots'
+    1.87 Å, d/(r_C + r_O) = 1.27, but one common neighbour: not a ring contact): a
+    five-bonded carbon, invalid, as a too-compact generated molecule should be."""
+    from scipy.spatial.transform import Rotation
+
+    atoms = _ethanol()
+    c1, c2, o = atoms.positions[:3]
+    normal = np.cross(o - c2, c1 - c2)  # turning O about it closes the angle
+    move = np.linalg.norm(atoms.positions - o, axis=1) < 1.1  # O + its H
+    for degrees in np.arange(1.0, 60.0, 0.5):
+        turn = Rotation.from_rotvec(np.radians(degrees) * normal / np.linalg.norm(normal))
+        squeezed = atoms.copy()
+        squeezed.positions[move] = c2 + turn.apply(atoms.positions[move] - c2)
+        if squeezed.get_distance(0, 2) < 1.8:
+            break
+    assert 1.7 < squeezed.get_distance(0, 2) < 1.8
+    assert validity(squeezed).reason == "bond_orders"
+
+
+def test_a_zwitterion_is_valid():
+    """Glycine's zwitterion (H3N+–CH2–COO−) is neutral overall: charged fragments are allowed."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("[NH3+]CC(=O)[O-]"))
+    assert AllChem.EmbedMolecule(mol, randomSeed=0) == 0
+    AllChem.MMFFOptimizeMolecule(mol)
+    numbers = np.array([a.GetAtomicNum() for a in mol.GetAtoms()])
+    result = validity((numbers, mol.GetConformer().GetPositions()))
+    assert result.valid and result.smiles == "[NH3+]CC(=O)[O-]"
+
+
+def test_noisy_geometries_are_rejected():
+    """Gaussian noise of 0.3 Å per coordinate on the real molecules of REAL breaks (nearly) all
+    of them; 0.02 Å keeps them all."""
+    rng = np.random.default_rng(0)
+    atoms = [molecule(name) for name in REAL if len(molecule(name)) > 4]
+    for sigma, low, high in ((0.02, 1.0, 1.0), (0.3, 0.0, 0.2)):
+        noisy = [(a.numbers, a.positions + sigma * rng.normal(size=a.positions.shape))
+                 for a in atoms for _ in range(5)]
+        assert low <= validity_fraction(noisy) <= high
 
 
 def test_a_missing_hydrogen_is_a_radical():
