@@ -12,8 +12,8 @@ from ase.build import molecule
 pytest.importorskip("rdkit")
 
 from ase_drift.metrics.chemistry import (
-    cross_ring_contacts,
     REASONS,
+    cross_ring_contacts,
     histogram_js,
     max_pair_distance,
     validity,
