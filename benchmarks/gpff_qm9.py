@@ -173,6 +173,27 @@ def main(argv=None) -> None:
     print(table)
     if not args.no_docs:
         write_section("pseudo-force-fields.md", "gpff-qm9", table)
+        write_section("pseudo-force-fields.md", "gpff-training", training_table())
+
+
+def training_table() -> str:
+    """The shipped models' training records (the JSON files ``make_gpff_qm9`` writes beside
+    them) as a markdown table."""
+    from ase_drift.datasets import bundled_path
+
+    lines = [("| model | steps (batch 32) | wall time | training loss, first → last 50 steps | "
+              "validation loss (EMA), first → last checkpoint |"), "|---|---:|---:|---|---|"]
+    for label, name in (("GPFF", "gpff-qm9.pt"), ("EDM baseline", "gpff-qm9-baseline.pt")):
+        path = bundled_path(name)
+        record = json.loads(path.with_suffix(".json").read_text())
+        history = record["history"]
+        lines.append(
+            f"| {label} (`{name}`, {path.stat().st_size / 1000:.0f} kB) | {record['steps']:,} | "
+            f"{record['wall_time_s'] / 60:.1f} min | {history['loss'][0]:,.1f} → "
+            f"{history['loss'][-1]:.1f} | {history['validation_loss'][0]:.2f} (step "
+            f"{history['validation_step'][0]:,}) → {history['validation_loss'][-1]:.2f} (step "
+            f"{history['validation_step'][-1]:,}) |")
+    return "\n".join(lines)
 
 
 def distributions(results: dict, reference, args) -> None:
