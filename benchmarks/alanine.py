@@ -27,6 +27,7 @@ table into ``docs/benchmarks.md`` and Ramachandran plots into ``docs/img``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ from ase_drift.peptides import (
     restore_chirality,
     topology_from_pdb,
 )
+from ase_drift.refine import mala
 from ase_drift.training import TrainConfig, Trainer, progress_hook
 from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
 
@@ -81,8 +83,12 @@ SAMPLERS = [("FK β=0.5", "fk", "distance", {}), ("FI ω=0.1", "fi", "distance",
              {"bandwidths": (0.05, 0.1, 0.25)}),
             ("Drifting, pairs weighted by spread^0.5", "drift", "distance",
              {"pair_scale_exponent": 0.5}),
+            ("Drifting, pairs weighted by spread^0.75", "drift", "distance",
+             {"pair_scale_exponent": 0.75}),
             ("Drifting, pairs weighted by spread^1", "drift", "distance",
              {"pair_scale_exponent": 1.0}),
+            ("Drifting, blocks weighted by spread^0.5 and ^1", "drift", "distance",
+             {"pair_scale_exponent": (0.5, 1.0)}),
             ("Drifting, raw + spread-whitened distances", "drift", "distance",
              {"pair_scale_exponent": (0.0, 1.0)}),
             ("FK β=0.5, pairs weighted by spread^0.5", "fk", "distance",
@@ -150,33 +156,46 @@ def scores(positions, reference: Conformations, ref_angles, topology, energies) 
     }
 
 
-def train_and_score(train_set: Conformations, config: TrainConfig, reference, ref_angles,
-                    topology, forces: OpenMMForces, desc: str) -> tuple:
+def train(train_set: Conformations, config: TrainConfig, desc: str) -> tuple[np.ndarray, float]:
+    """The raw draws (before any chirality repair) of a sampler trained with ``config``, and the
+    training time in s."""
     start = time.perf_counter()
     trainer = Trainer(train_set, config)
     trainer.attach(progress_hook(config.steps, desc=desc), 1)
     sampler = trainer.run()
     train_s = time.perf_counter() - start
-    raw = sampler.sample_positions(N_SAMPLES, seed=config.seed)
+    return sampler.sample_positions(N_SAMPLES, seed=config.seed), train_s
+
+
+def score_draws(raw: np.ndarray, reference: Conformations, ref_angles, topology,
+                forces: OpenMMForces, refine_steps: int = 0) -> tuple[dict, np.ndarray]:
+    """(scores, scored positions) of a sampler's raw draws: mirror images reflected back
+    (:func:`restore_chirality`), then ``refine_steps`` MALA steps with the amber force field at
+    the reference's temperature (:func:`ase_drift.refine.mala`, default step size, seed 0), the
+    acceptance and cost in the scores."""
     mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
     positions, _ = restore_chirality(raw, reference.positions[:1000], topology)
-    energies = forces.compute(reference.numbers, positions).energies
-    result = scores(positions, reference, ref_angles, topology, energies)
-    return dict(result, mirrored=mirrored, train_s=train_s), positions
+    start = time.perf_counter()
+    chains = mala(forces, reference.numbers, positions, reference.temperature_K, refine_steps,
+                  seed=0)
+    refined = {"refine_steps": refine_steps, "refine_s": time.perf_counter() - start,
+               "acceptance": chains.acceptance_rate}
+    result = scores(chains.positions, reference, ref_angles, topology, chains.energies)
+    return dict(result, mirrored=mirrored, **refined), chains.positions
 
 
 def table(results: dict, reference_delta_f: tuple[float, float]) -> str:
     head = ["method", "trained on", "JS (nats)", "JS, 2,000 frames", "PMF RMSE (kT)",
             "ΔF C5−C7eq (kT)", "P(αL)", "Bond Stab", "TVD", "E W1 (kT)", "D-enantiomers",
-            "train (s)"]
+            "train (s)", "MALA acceptance", "MALA (s)"]
     keys = ("js", "js_2000", "pmf_rmse", "delta_f", "p_alpha_l", "bond_stability", "tvd",
-            "energy_w1", "mirrored", "train_s")
-    rows = [["long MD reference", "—", "—", "—", "—", Estimate(*reference_delta_f)] + ["—"] * 6]
+            "energy_w1", "mirrored", "train_s", "acceptance", "refine_s")
+    rows = [["long MD reference", "—", "—", "—", "—", Estimate(*reference_delta_f)] + ["—"] * 8]
     for key, r in results.items():
         name, data = key.split("|")[:2]
         runs = r if isinstance(r, list) else [r]  # a list: the noise floor's subsets
         rows.append([name, data] + [[run.get(k) for run in runs] for k in keys])
-    return render_table(head, rows, digits=[0, 0, 3, 3, 2, 2, 4, 3, 3, 2, 3, 0])
+    return render_table(head, rows, digits=[0, 0, 3, 3, 2, 2, 4, 3, 3, 2, 3, 0, 2, 0])
 
 
 def main():
@@ -192,6 +211,9 @@ def main():
     parser.add_argument("--results", type=Path)
     parser.add_argument("--training-sets", nargs="+", choices=TRAINING_SETS,
                         default=list(TRAINING_SETS), help="train on these sets only")
+    parser.add_argument("--refine-steps", type=int, nargs="*", default=[],
+                        help="also score each sampler's draws after these numbers of MALA "
+                             "steps with the amber force field")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     steps = args.steps or (2000 if args.quick else 4000)
@@ -230,31 +252,47 @@ def main():
         scores(reference.positions[subset], reference[floor_reference], floor_angles, topology,
                reference.energies[subset]) for subset in floor_subsets]
 
-    samples = {}
+    samples = {}  # row key -> scored positions of the unrefined draws, for the plots
+    scored = []  # the table's sampler rows, in order
     started = time.perf_counter()
     for label, data in (("biased 1 ns", train_set), ("unbiased subset", unbiased)):
         if label not in args.training_sets:
             continue
         for name, field, space, options in samplers:
-            key = f"{name} ({space})|{label}|steps={steps}|seed={args.seed}"
-            sample_file = results_path.parent / "samples" / (
-                "ala2_" + "".join(c if c.isalnum() else "_" for c in key) + ".npy")
-            if key not in stored or not sample_file.exists():
+            run = f"{label}|steps={steps}|seed={args.seed}"
+            key = f"{name} ({space})|{run}"
+            # The draws depend on the training set only: named by its positions' digest, they
+            # are reused by runs against other references.
+            digest = hashlib.sha1(np.ascontiguousarray(data.positions).tobytes()).hexdigest()
+            draws_file = ROOT / "benchmarks" / "results" / "samples" / (
+                f"ala2_{digest[:10]}_" + "".join(c if c.isalnum() else "_" for c in key)
+                + ".npy")
+            train_s = None
+            if not draws_file.exists():
                 config = TrainConfig(field=field, space=space, steps=steps, seed=args.seed,
                                      **{**PAPER_DISTANCES, **options})
-                stored[key], positions = train_and_score(
-                    data, config, reference, ref_angles, topology, forces,
-                    desc=f"{name} {space}, {label}")
-                sample_file.parent.mkdir(parents=True, exist_ok=True)
-                np.save(sample_file, positions)
-                write_json(results_path, stored)
-            samples[key] = np.load(sample_file)
+                raw, train_s = train(data, config, desc=f"{name} {space}, {label}")
+                draws_file.parent.mkdir(parents=True, exist_ok=True)
+                np.save(draws_file, raw)
+                stored.pop(key, None)
+            raw = np.load(draws_file)
+            for k in (0, *args.refine_steps):
+                row = key if k == 0 else f"{name} ({space}) + {k} MALA steps|{run}"
+                if row not in stored:
+                    stored[row], positions = score_draws(raw, reference, ref_angles, topology,
+                                                         forces, refine_steps=k)
+                    stored[row]["train_s"] = train_s
+                    write_json(results_path, stored)
+                scored.append(row)
+                if k == 0:
+                    samples[key] = restore_chirality(raw, reference.positions[:1000],
+                                                     topology)[0]
     elapsed = time.perf_counter() - started
 
     rows = {}  # each training set, then what was trained on it, then the noise floor
     for label in TRAINING_SETS:
         rows[f"training set|{label}"] = baselines.pop(f"training set|{label}")
-        rows.update({key: stored[key] for key in samples if key.split("|")[1] == label})
+        rows.update({row: stored[row] for row in scored if row.split("|")[1] == label})
     rows.update(baselines)
     text = table(rows, reference_delta_f)
     options = (" --quick" if args.quick else "") + (f" --data {args.data.name}" if args.data
