@@ -18,6 +18,13 @@ by:
 - the fraction of mirror-image (D) samples, before and after :func:`restore_chirality` (a
   reflection; the scores above are after it).
 
+``--refine-steps K …`` adds rows for each sampler's draws after K exact MALA steps with the
+amber force field (:func:`ase_drift.refine.mala`, default step size; acceptance and cost in the
+last columns): the one-step samples as a warm start of an exact sampler. A sampler's raw draws
+are kept in ``benchmarks/results/samples`` under the digest of its training set, so runs
+against another reference (``--data`` with the same training set, ``--extra-reference``)
+re-score them without training.
+
 ``--extra-reference`` appends the reference runs of more files written by
 ``python -m ase_drift.datasets.alanine`` with the same protocol (other seeds). Every result is
 stored in ``--results`` as soon as it is computed; an interrupted run resumes. Writes a markdown
@@ -29,6 +36,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -214,6 +223,8 @@ def main():
     parser.add_argument("--refine-steps", type=int, nargs="*", default=[],
                         help="also score each sampler's draws after these numbers of MALA "
                              "steps with the amber force field")
+    parser.add_argument("--section", help="marker of the docs/benchmarks.md section written "
+                        "(default: alanine-quick with --quick, else alanine)")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     steps = args.steps or (2000 if args.quick else 4000)
@@ -295,9 +306,10 @@ def main():
         rows.update({row: stored[row] for row in scored if row.split("|")[1] == label})
     rows.update(baselines)
     text = table(rows, reference_delta_f)
-    options = (" --quick" if args.quick else "") + (f" --data {args.data.name}" if args.data
-                                                    else "")
-    options += "".join(f" --extra-reference {path.name}" for path in args.extra_reference)
+    # The command line that reproduces the table (file arguments by name).
+    argv = [a if not Path(a).is_file() else Path(a).name for a in sys.argv[1:]
+            if a not in ("--no-docs",)]
+    options = "".join(" " + shlex.quote(a) for a in argv)
     note = (f"Run: `python -m benchmarks.alanine{options}` — "
             f"{len(reference):,} held-out reference frames from {len(np.unique(runs))} runs "
             f"({len(train_set):,} biased training frames, {N_TRAIN:,} unbiased), {steps:,} "
@@ -311,7 +323,7 @@ def main():
     print(note + "\n\n" + text)
     if args.no_docs:
         return
-    marker = "alanine-quick" if args.quick else "alanine"
+    marker = args.section or ("alanine-quick" if args.quick else "alanine")
     for label in TRAINING_SETS:
         panels = {"reference MD": ref_angles}
         source = train_set if label.startswith("biased") else unbiased
