@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import shlex
 import sys
@@ -177,16 +178,17 @@ def train(train_set: Conformations, config: TrainConfig, desc: str) -> tuple[np.
 
 
 def score_draws(raw: np.ndarray, reference: Conformations, ref_angles, topology,
-                forces: OpenMMForces, refine_steps: int = 0) -> tuple[dict, np.ndarray]:
+                forces: OpenMMForces, refine_steps: int = 0, seed: int = 0
+                ) -> tuple[dict, np.ndarray]:
     """(scores, scored positions) of a sampler's raw draws: mirror images reflected back
     (:func:`restore_chirality`), then ``refine_steps`` MALA steps with the amber force field at
-    the reference's temperature (:func:`ase_drift.refine.mala`, default step size, seed 0), the
-    acceptance and cost in the scores."""
+    the reference's temperature (:func:`ase_drift.refine.mala`, default step size, proposals
+    seeded by ``seed``), the acceptance and cost in the scores."""
     mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
     positions, _ = restore_chirality(raw, reference.positions[:1000], topology)
     start = time.perf_counter()
     chains = mala(forces, reference.numbers, positions, reference.temperature_K, refine_steps,
-                  seed=0)
+                  seed=seed)
     refined = {"refine_steps": refine_steps, "refine_s": time.perf_counter() - start,
                "acceptance": chains.acceptance_rate}
     result = scores(chains.positions, reference, ref_angles, topology, chains.energies)
@@ -202,7 +204,9 @@ def table(results: dict, reference_delta_f: tuple[float, float]) -> str:
     rows = [["long MD reference", "—", "—", "—", "—", Estimate(*reference_delta_f)] + ["—"] * 8]
     for key, r in results.items():
         name, data = key.split("|")[:2]
-        runs = r if isinstance(r, list) else [r]  # a list: the noise floor's subsets
+        runs = r if isinstance(r, list) else [r]  # a list: seeds, or the noise floor's subsets
+        if len(runs) > 1 and not name.startswith("noise floor"):
+            name += f", {len(runs)} seeds"
         rows.append([name, data] + [[run.get(k) for run in runs] for k in keys])
     return render_table(head, rows, digits=[0, 0, 3, 3, 2, 2, 4, 3, 3, 2, 3, 0, 2, 0])
 
@@ -214,7 +218,8 @@ def main():
                         f"(default: the bundled {DATASET})")
     parser.add_argument("--extra-reference", type=Path, nargs="*", default=[])
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="train each sampler with these seeds (table: mean ± std)")
     parser.add_argument("--samplers", nargs="+",
                         help="run only the samplers whose 'name (space)' contains one of these")
     parser.add_argument("--results", type=Path)
@@ -264,38 +269,38 @@ def main():
                reference.energies[subset]) for subset in floor_subsets]
 
     samples = {}  # row key -> scored positions of the unrefined draws, for the plots
-    scored = []  # the table's sampler rows, in order
+    scored = {}  # "method|training set" -> its scores, one per seed, in the table's order
     started = time.perf_counter()
     for label, data in (("biased 1 ns", train_set), ("unbiased subset", unbiased)):
         if label not in args.training_sets:
             continue
-        for name, field, space, options in samplers:
-            run = f"{label}|steps={steps}|seed={args.seed}"
+        # The draws depend on the training set only: named by its positions' digest, they are
+        # reused by runs against other references.
+        digest = hashlib.sha1(np.ascontiguousarray(data.positions).tobytes()).hexdigest()[:10]
+        for (name, field, space, options), seed in itertools.product(samplers, args.seeds):
+            run = f"{label}|steps={steps}|seed={seed}"
             key = f"{name} ({space})|{run}"
-            # The draws depend on the training set only: named by its positions' digest, they
-            # are reused by runs against other references.
-            digest = hashlib.sha1(np.ascontiguousarray(data.positions).tobytes()).hexdigest()
             draws_file = ROOT / "benchmarks" / "results" / "samples" / (
-                f"ala2_{digest[:10]}_" + "".join(c if c.isalnum() else "_" for c in key)
-                + ".npy")
+                f"ala2_{digest}_" + "".join(c if c.isalnum() else "_" for c in key) + ".npy")
             train_s = None
             if not draws_file.exists():
-                config = TrainConfig(field=field, space=space, steps=steps, seed=args.seed,
+                config = TrainConfig(field=field, space=space, steps=steps, seed=seed,
                                      **{**PAPER_DISTANCES, **options})
-                raw, train_s = train(data, config, desc=f"{name} {space}, {label}")
+                raw, train_s = train(data, config, desc=f"{name} {space}, {label}, seed {seed}")
                 draws_file.parent.mkdir(parents=True, exist_ok=True)
                 np.save(draws_file, raw)
                 stored.pop(key, None)
             raw = np.load(draws_file)
             for k in (0, *args.refine_steps):
-                row = key if k == 0 else f"{name} ({space}) + {k} MALA steps|{run}"
+                method = f"{name} ({space})" + (f" + {k} MALA steps" if k else "")
+                row = f"{method}|{run}"
                 if row not in stored:
                     stored[row], positions = score_draws(raw, reference, ref_angles, topology,
-                                                         forces, refine_steps=k)
+                                                         forces, refine_steps=k, seed=seed)
                     stored[row]["train_s"] = train_s
                     write_json(results_path, stored)
-                scored.append(row)
-                if k == 0:
+                scored.setdefault(f"{method}|{label}", []).append(stored[row])
+                if k == 0 and seed == args.seeds[0]:
                     samples[key] = restore_chirality(raw, reference.positions[:1000],
                                                      topology)[0]
     elapsed = time.perf_counter() - started
@@ -303,7 +308,7 @@ def main():
     rows = {}  # each training set, then what was trained on it, then the noise floor
     for label in TRAINING_SETS:
         rows[f"training set|{label}"] = baselines.pop(f"training set|{label}")
-        rows.update({row: stored[row] for row in scored if row.split("|")[1] == label})
+        rows.update({row: runs for row, runs in scored.items() if row.split("|")[1] == label})
     rows.update(baselines)
     text = table(rows, reference_delta_f)
     # The command line that reproduces the table (file arguments by name).
@@ -313,8 +318,8 @@ def main():
     note = (f"Run: `python -m benchmarks.alanine{options}` — "
             f"{len(reference):,} held-out reference frames from {len(np.unique(runs))} runs "
             f"({len(train_set):,} biased training frames, {N_TRAIN:,} unbiased), {steps:,} "
-            f"steps, seed {args.seed}, {N_SAMPLES:,} samples per sampler; this invocation "
-            f"computed for {elapsed / 60:.0f} min (rows already stored were reused).")
+            f"steps, seeds {', '.join(map(str, args.seeds))}, {N_SAMPLES:,} samples per "
+            f"sampler; this invocation computed for {elapsed / 60:.0f} min (rows already stored were reused).")
     ethanol = load("ethanol-gfn2-500K")[0]
     note += " FI's force-to-data ratio ρ (Eq. 33) before training, distance / Cartesian: " + \
         ", ".join(f"{what} {force_term_ratio(d, 'distance'):.1f} / "
