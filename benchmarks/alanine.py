@@ -230,6 +230,9 @@ def main():
                              "steps with the amber force field")
     parser.add_argument("--section", help="marker of the docs/benchmarks.md section written "
                         "(default: alanine-quick with --quick, else alanine)")
+    parser.add_argument("--no-training", action="store_true",
+                        help="train nothing: score only the samplers and seeds whose draws are "
+                             "on disk")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args()
     steps = args.steps or (2000 if args.quick else 4000)
@@ -283,6 +286,8 @@ def main():
             draws_file = ROOT / "benchmarks" / "results" / "samples" / (
                 f"ala2_{digest}_" + "".join(c if c.isalnum() else "_" for c in key) + ".npy")
             train_s = None
+            if not draws_file.exists() and args.no_training:
+                continue
             if not draws_file.exists():
                 config = TrainConfig(field=field, space=space, steps=steps, seed=seed,
                                      **{**PAPER_DISTANCES, **options})
