@@ -231,12 +231,13 @@ def blockwise_drift(field, x: Tensor, positives: Positives, sizes: tuple[int, ..
     block gets its own kernel, bandwidth and drift, so the loss is the sum of the blocks' drift
     losses (Eq. 9 per block). Energies and densities are per sample and shared by every block.
     """
-    scores = (positives.scores.split(sizes, -1) if positives.scores is not None
+    # [B, D] and [M, D] split along the features (dim 1) into blocks [B, d] and [M, d]
+    scores = (positives.scores.split(sizes, 1) if positives.scores is not None
               else (None,) * len(sizes))
     return torch.cat([field(block, positives._replace(features=features, scores=score))
-                      for block, features, score in zip(x.split(sizes, -1),
-                                                        positives.features.split(sizes, -1),
-                                                        scores, strict=True)], -1)
+                      for block, features, score in zip(x.split(sizes, 1),
+                                                        positives.features.split(sizes, 1),
+                                                        scores, strict=True)], 1)
 
 
 @dataclass(frozen=True)

@@ -274,6 +274,11 @@ def test_blockwise_drift_applies_the_field_to_each_block_alone():
     blocks = blockwise_drift(field, x, positives, (3, 5))
     torch.testing.assert_close(blocks, expected)
     assert not torch.allclose(blocks, field(x, positives))
+    # plain drifting needs no scores: the blocks go without them
+    plain, unlabelled = make_field("drift", "distance"), Positives(y)
+    torch.testing.assert_close(blockwise_drift(plain, x, unlabelled, (3, 5)),
+                               torch.cat([plain(x[:, :3], Positives(y[:, :3])),
+                                          plain(x[:, 3:], Positives(y[:, 3:]))], 1))
 
 
 def test_make_field_defaults_and_rejections():

@@ -180,7 +180,8 @@ def test_pair_scale_exponent_is_validated():
     for bad in (1.5, (0.0, -1.0), ()):
         with pytest.raises(ValueError, match="pair_scale_exponent"):
             PairwiseDistances(3, bad)
-    with pytest.raises(ValueError, match="space='distance'"):
+    with pytest.raises(ValueError, match="^pair_scale_exponent weights pair distances: use "
+                                         "space='distance'$"):
         make_representation("cartesian", 3, pair_scale_exponent=0.5)
 
 
