@@ -115,9 +115,14 @@ def main(argv=None) -> None:
                         help="only the single-molecule part: the QM9 GPFF fine-tuned on the "
                              "bundled ethanol training set, scored like benchmarks/ethanol.py")
     parser.add_argument("--ethanol-steps", type=int, default=600)
+    parser.add_argument("--diagnose", nargs="+", metavar="LABEL=MODEL.pt",
+                        help="only the diagnosis of GPFF checkpoints (pseudo-force error against "
+                             "σ, DD from real QM9 geometries, failure classes at 256 NFE)")
     args = parser.parse_args(argv)
     if args.ethanol:
         return ethanol(args)
+    if args.diagnose:
+        return diagnose(args)
 
     from ase_drift.datasets.qm9 import load_qm9, split
     from ase_drift.diffusion.pseudoforce import PseudoForceField
@@ -244,6 +249,134 @@ def distributions(results: dict, reference, args) -> None:
                          energy_molecules=len(energies))
         stats[label] = entry
     results["distributions"] = stats
+
+
+DIAGNOSIS_SIGMAS = (0.0, 0.03, 0.1, 0.3, 1.0, 3.0)
+DIAGNOSIS_DD_STEPS = (1, 3, 10, 30)
+
+
+def kabsch_rmsd(x, y) -> float:
+    """RMSD (Å) between two conformations ``[A, 3]`` after optimal superposition (rotation,
+    reflection excluded)."""
+    x, y = x - x.mean(0), y - y.mean(0)
+    u, _, vt = np.linalg.svd(x.T @ y)
+    flip = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    return float(np.sqrt(((x @ (u @ flip @ vt) - y) ** 2).sum(1).mean()))
+
+
+def diagnose_model(model, qm9, test, formula, seed: int = 0, n: int = 64) -> dict:
+    """Where a GPFF fails, on ``n`` random test molecules of QM9 and 32 generated molecules of
+    ``formula`` (QM9 atom order) at 256 NFE:
+
+    * pseudo-force error against σ: RMS per coordinate (Å) of F_θ(x₀ + σε) − F (aligned
+      targets, Eq. 8) and its norm relative to ‖F‖;
+    * DD started at the real geometries (σ = 0): validity and Kabsch RMSD to the start after
+      1, 3, 10, 30 steps (an exact field keeps them; a biased one drifts to its own fixed
+      points);
+    * DD and SDD at 256 NFE: outcome counts of :func:`validity` and the final σ̂ (Eq. 18), which
+      says whether DD converged.
+    """
+    import torch
+    from ase import Atoms
+
+    from ase_drift.diffusion.pseudoforce import pseudo_force_targets
+    from ase_drift.metrics.chemistry import validity, validity_counts
+
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(test, n, replace=False)
+    force = {}
+    for sigma in DIAGNOSIS_SIGMAS:
+        rms, relative = [], []
+        for m in chosen:
+            numbers, x0 = qm9[m]
+            x0 = x0 - x0.mean(0)
+            eps = rng.normal(size=x0.shape)
+            noisy = x0 + sigma * (eps - eps.mean(0))
+            predicted = model.pseudo_forces(numbers, noisy)
+            target = pseudo_force_targets(torch.as_tensor(x0), torch.as_tensor(noisy),
+                                          torch.as_tensor(numbers),
+                                          torch.zeros(len(numbers), dtype=torch.long)).numpy()
+            rms.append(np.sqrt(((predicted - target) ** 2).mean()))
+            if sigma > 0:
+                relative.append(np.linalg.norm(predicted - target) / np.linalg.norm(target))
+        force[str(sigma)] = {"rms": float(np.median(rms)),
+                             "relative": float(np.median(relative)) if relative else None}
+    drift = {str(k): {"valid": 0, "rmsd": []} for k in DIAGNOSIS_DD_STEPS}
+    for m in chosen:
+        numbers, x0 = qm9[m]
+        x = x0.copy()
+        for step in range(1, max(DIAGNOSIS_DD_STEPS) + 1):
+            x = x + model.pseudo_forces(numbers, x)
+            if step in DIAGNOSIS_DD_STEPS:
+                drift[str(step)]["valid"] += int(validity((numbers, x)).valid)
+                drift[str(step)]["rmsd"].append(kabsch_rmsd(x, x0))
+    for entry in drift.values():
+        entry["rmsd"] = float(np.median(entry["rmsd"]))
+    generated = {}
+    for sampler in ("dd", "sdd"):
+        frames = model.generate(Atoms(numbers=formula), 32, sampler=sampler, nfe=256, seed=seed)
+        sigma_hat = np.array([a.info["sigma_hat"] for a in frames])
+        generated[sampler] = {"counts": validity_counts(frames),
+                              "sigma_hat_median": float(np.median(sigma_hat)),
+                              "sigma_hat_max": float(sigma_hat.max())}
+    return {"molecules": n, "force_error": force, "dd_from_qm9": drift, "generated": generated}
+
+
+def diagnose(args) -> None:
+    """``--diagnose LABEL=MODEL.pt …``: :func:`diagnose_model` for each checkpoint, stored in
+    ``benchmarks/results/gpff_diagnosis.json`` and written to the docs."""
+    from ase_drift.datasets.qm9 import load_qm9, split
+    from ase_drift.diffusion.pseudoforce import PseudoForceField
+
+    qm9 = load_qm9()
+    _, _, test = split(len(qm9), seed=0)
+    (formula_name, _, formula), = pick_formulas(qm9, test, 1)
+    path = ROOT / "benchmarks" / "results" / "gpff_diagnosis.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    for item in args.diagnose:
+        label, _, model_path = item.partition("=")
+        if not model_path:
+            raise SystemExit(f"--diagnose takes LABEL=MODEL.pt, got {item!r}")
+        model = PseudoForceField.load(model_path)
+        results[label] = dict(diagnose_model(model, qm9, test, formula, args.seed),
+                              steps=model.metadata.get("training", {}).get("steps"),
+                              formula=formula_name)
+        write_json(path, results)
+    table = diagnosis_markdown(results)
+    print(table)
+    if not args.no_docs:
+        write_section("pseudo-force-fields.md", "gpff-diagnosis", table)
+
+
+def diagnosis_markdown(results: dict) -> str:
+    labels = list(results)
+    lines = ["| | " + " | ".join(f"{k} ({results[k]['steps']:,} steps)" for k in labels) + " |",
+             "|---|" + "---:|" * len(labels)]
+    first = results[labels[0]]
+    for sigma in first["force_error"]:
+        cells = []
+        for k in labels:
+            error = results[k]["force_error"][sigma]
+            cells.append(f"{error['rms']:.4f} Å" + (f" ({error['relative']:.2f})"
+                                                     if error["relative"] is not None else ""))
+        lines.append(f"| pseudo-force error at σ = {sigma} Å, RMS per coordinate (relative) | "
+                     + " | ".join(cells) + " |")
+    for steps in first["dd_from_qm9"]:
+        cells = [f"{results[k]['dd_from_qm9'][steps]['valid']}/{results[k]['molecules']}, "
+                 f"{results[k]['dd_from_qm9'][steps]['rmsd']:.3f} Å" for k in labels]
+        lines.append(f"| DD from real QM9 geometries, {steps} steps: valid, RMSD to start | "
+                     + " | ".join(cells) + " |")
+    for sampler in first["generated"]:
+        cells = []
+        for k in labels:
+            run = results[k]["generated"][sampler]
+            failures = ", ".join(f"{n} {reason}" for reason, n in run["counts"].items()
+                                 if n and reason != "valid")
+            cells.append(f"{run['counts']['valid']}/32 valid ({failures}); σ̂ "
+                         f"{run['sigma_hat_median']:.4f} Å (max {run['sigma_hat_max']:.4f})")
+        lines.append(f"| {sampler.upper()}, 256 NFE, 32 × {first['formula']}: outcome, final σ̂ "
+                     f"median | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 ETHANOL_SAMPLERS = (("stochastic-heun", 64), ("sdd", 64))
