@@ -1,6 +1,7 @@
 """Peptide analysis: chirality of α-carbons and its repair by reflection."""
 
 import numpy as np
+import pytest
 
 from ase_drift.datasets import load, topology_pdb
 from ase_drift.metrics import pair_distances
@@ -67,3 +68,26 @@ def test_dihedral_of_a_known_geometry():
     angles = [dihedral(a, b, c, c + np.array([np.cos(t), np.sin(t), 0])) for t in
               (0.0, np.pi / 2, np.pi, -np.pi / 3)]
     np.testing.assert_allclose(angles, [0.0, np.pi / 2, np.pi, -np.pi / 3], atol=1e-12)
+
+
+def test_bead_inputs_are_checked_and_computed_in_float64():
+    with pytest.raises(ValueError, match=r"^beads must be \[n, 5, 3\], got \(2, 4, 3\)$"):
+        bead_dihedrals(np.zeros((2, 4, 3)))
+    with pytest.raises(ValueError, match=r"^beads must be \[n, 5, 3\], got \(5, 3\)$"):
+        bead_dihedrals(np.zeros((5, 3)))
+    beads = np.random.default_rng(0).normal(size=(4, 5, 3)).astype(np.float32)
+    phi, psi = bead_dihedrals(beads)
+    assert phi.dtype == psi.dtype == np.float64
+    np.testing.assert_allclose(phi, dihedral(*[beads[:, k].astype(float) for k in range(4)]),
+                               rtol=0, atol=1e-12)
+
+
+def test_backbone_beads_need_a_residue_with_phi_and_psi():
+    import mdtraj
+
+    topology = mdtraj.Topology()
+    residue = topology.add_residue("ALA", topology.add_chain())
+    for name, element in (("N", "N"), ("CA", "C"), ("C", "C")):
+        topology.add_atom(name, mdtraj.element.get_by_symbol(element), residue)
+    with pytest.raises(ValueError, match="^the topology has no residue with both φ and ψ$"):
+        backbone_beads(topology)
