@@ -294,7 +294,9 @@ def main():
                 raw, train_s = train(data, config, desc=f"{name} {space}, {label}, seed {seed}")
                 draws_file.parent.mkdir(parents=True, exist_ok=True)
                 np.save(draws_file, raw)
-                stored.pop(key, None)
+                for stale in [row for row in stored  # rows scored from earlier draws
+                              if row.startswith(f"{name} ({space})") and row.endswith(run)]:
+                    del stored[stale]
             raw = np.load(draws_file)
             for k in (0, *args.refine_steps):
                 method = f"{name} ({space})" + (f" + {k} MALA steps" if k else "")
@@ -324,7 +326,8 @@ def main():
             f"{len(reference):,} held-out reference frames from {len(np.unique(runs))} runs "
             f"({len(train_set):,} biased training frames, {N_TRAIN:,} unbiased), {steps:,} "
             f"steps, seeds {', '.join(map(str, args.seeds))}, {N_SAMPLES:,} samples per "
-            f"sampler; this invocation computed for {elapsed / 60:.0f} min (rows already stored were reused).")
+            f"sampler; this invocation computed for {elapsed / 60:.0f} min (rows already "
+            f"stored were reused).")
     ethanol = load("ethanol-gfn2-500K")[0]
     note += " FI's force-to-data ratio ρ (Eq. 33) before training, distance / Cartesian: " + \
         ", ".join(f"{what} {force_term_ratio(d, 'distance'):.1f} / "
