@@ -35,6 +35,7 @@ from benchmarks.common import PAPER_DISTANCES, write_json, write_section
 # name → TrainConfig options (all in distance space).
 VARIANTS = {
     "drift": {"field": "drift"},
+    "drift, pair weights^0.5 (the default)": {"field": "drift", "pair_scale_exponent": 0.5},
     "FK energy form": {"field": "fk-energy"},
     "FK force form": {"field": "fk"},
     "FI+FK": {"field": "fi+fk"},  # FI's ω chosen from the data's ρ
