@@ -177,22 +177,19 @@ def train(train_set: Conformations, config: TrainConfig, desc: str) -> tuple[np.
     return sampler.sample_positions(N_SAMPLES, seed=config.seed), train_s
 
 
-def score_draws(raw: np.ndarray, reference: Conformations, ref_angles, topology,
-                forces: OpenMMForces, refine_steps: int = 0, seed: int = 0
-                ) -> tuple[dict, np.ndarray]:
-    """(scores, scored positions) of a sampler's raw draws: mirror images reflected back
-    (:func:`restore_chirality`), then ``refine_steps`` MALA steps with the amber force field at
+def score_draws(positions: np.ndarray, reference: Conformations, ref_angles, topology,
+                forces: OpenMMForces, refine_steps: int = 0, seed: int = 0) -> dict:
+    """Scores of a sampler's draws, mirror images already reflected back
+    (:func:`restore_chirality`), after ``refine_steps`` MALA steps with the amber force field at
     the reference's temperature (:func:`ase_drift.refine.mala`, default step size, proposals
-    seeded by ``seed``), the acceptance and cost in the scores."""
-    mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
-    positions, _ = restore_chirality(raw, reference.positions[:1000], topology)
+    seeded by ``seed``), the acceptance and cost among them."""
     start = time.perf_counter()
     chains = mala(forces, reference.numbers, positions, reference.temperature_K, refine_steps,
                   seed=seed)
     refined = {"refine_steps": refine_steps, "refine_s": time.perf_counter() - start,
                "acceptance": chains.acceptance_rate}
-    result = scores(chains.positions, reference, ref_angles, topology, chains.energies)
-    return dict(result, mirrored=mirrored, **refined), chains.positions
+    return dict(scores(chains.positions, reference, ref_angles, topology, chains.energies),
+                **refined)
 
 
 def table(results: dict, reference_delta_f: tuple[float, float]) -> str:
@@ -298,18 +295,19 @@ def main():
                               if row.startswith(f"{name} ({space})") and row.endswith(run)]:
                     del stored[stale]
             raw = np.load(draws_file)
+            mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
+            positions = restore_chirality(raw, reference.positions[:1000], topology)[0]
             for k in (0, *args.refine_steps):
                 method = f"{name} ({space})" + (f" + {k} MALA steps" if k else "")
                 row = f"{method}|{run}"
                 if row not in stored:
-                    stored[row], positions = score_draws(raw, reference, ref_angles, topology,
-                                                         forces, refine_steps=k, seed=seed)
-                    stored[row]["train_s"] = train_s
+                    stored[row] = dict(score_draws(positions, reference, ref_angles, topology,
+                                                   forces, refine_steps=k, seed=seed),
+                                       mirrored=mirrored, train_s=train_s)
                     write_json(results_path, stored)
                 scored.setdefault(f"{method}|{label}", []).append(stored[row])
-                if k == 0 and seed == args.seeds[0]:
-                    samples[key] = restore_chirality(raw, reference.positions[:1000],
-                                                     topology)[0]
+            if seed == args.seeds[0]:
+                samples[key] = positions
     elapsed = time.perf_counter() - started
 
     rows = {}  # each training set, then what was trained on it, then the noise floor
