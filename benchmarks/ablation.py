@@ -28,9 +28,8 @@ import numpy as np
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.refine import mala
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import PAPER_DISTANCES, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, gfn2, write_json, write_section
 from benchmarks.fk_study import molecule_data, reference_groups
-from benchmarks.refine import gfn2
 
 # name → TrainConfig options changed against the baseline (all plain drifting, distance space).
 VARIANTS = {

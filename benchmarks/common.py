@@ -13,6 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_DISTANCES = {"pair_scale_exponent": 0.0}
 
 
+def gfn2():
+    """GFN2-xTB (tblite) as a :class:`~ase_drift.forces.ForceSource`, one ASE call per frame."""
+    from tblite.ase import TBLite
+
+    from ase_drift.forces import CalculatorForces
+
+    return CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0))
+
+
+def gfn2_energies(positions, numbers):
+    """GFN2-xTB energies ``[n]`` (eV) of frames ``[n, A, 3]`` (Å)."""
+    return gfn2().compute(numbers, positions).energies
+
+
 def write_section(page: str, marker: str, text: str) -> None:
     """Replace what lies between ``<!-- marker:start -->`` and ``<!-- marker:end -->`` in
     ``docs/<page>`` with ``text`` (atomically)."""

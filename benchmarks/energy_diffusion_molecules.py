@@ -42,8 +42,7 @@ from ase_drift.metrics.distances import BOND_TOLERANCE, covalent_bonds, pair_dis
 from ase_drift.metrics.timeseries import integrated_autocorrelation_time
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
-from benchmarks.common import PAPER_DISTANCES, write_json, write_section
-from benchmarks.fk_study import gfn2_energies
+from benchmarks.common import PAPER_DISTANCES, gfn2_energies, write_json, write_section
 
 DATASET = "ethanol-gfn2-500K"
 TIMESTEP_FS, FRICTION_PER_FS = 0.5, 0.01

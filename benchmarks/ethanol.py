@@ -24,10 +24,9 @@ import numpy as np
 
 from ase_drift.datasets import load, reference_runs
 from ase_drift.diffusion import DiffusionConfig, train_diffusion
-from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, markdown_table, noise_floor, plot_distance_histograms
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, gfn2_energies, write_json, write_section
 
 DATASET = "ethanol-gfn2-500K"
 N_SAMPLES = 1000  # generated samples scored per (row, seed), and the noise floor's sample size
@@ -84,13 +83,6 @@ ROWS = [
 # Rows whose seed-0 distance histograms are drawn beside the training set's and the reference's.
 PLOTTED = ("Drifting (distance)", "FI ω=0.02 (Cartesian)", "FK β=0.5 (distance)",
            "DSM (Cartesian, PC 2,000 NFE)")
-
-
-def gfn2_energies(positions: np.ndarray, numbers) -> np.ndarray:
-    from tblite.ase import TBLite
-
-    return CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0)).compute(numbers,
-                                                                            positions).energies
 
 
 def run_row(row: Row, seed: int, steps: int, dsm_steps: int, sampler_steps: int,

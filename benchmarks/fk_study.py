@@ -27,10 +27,9 @@ import torch
 from ase_drift.datasets import DATASETS, load, load_npz, reference_runs
 from ase_drift.drift import force_alignment
 from ase_drift.features import PairwiseDistances
-from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import PAPER_DISTANCES, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, gfn2_energies, write_json, write_section
 
 # name → TrainConfig options (all in distance space).
 VARIANTS = {
@@ -51,13 +50,6 @@ def molecule_data(spec: str):
     if spec == "ethanol":
         return load("ethanol-gfn2-500K")
     return load(spec) if spec in DATASETS else load_npz(spec)
-
-
-def gfn2_energies(positions: np.ndarray, numbers) -> np.ndarray:
-    from tblite.ase import TBLite
-
-    return CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0)).compute(
-        numbers, positions).energies
 
 
 def alignment_decomposition(train_set, reference, beta: float = 0.5, seed: int = 0) -> dict:

@@ -30,16 +30,14 @@ import numpy as np
 from ase_drift import potentials
 from ase_drift.datasets import load, topology_pdb
 from ase_drift.forces import CalculatorForces, LabelForces, OpenMMForces
-from benchmarks.common import best_of, write_section
+from benchmarks.common import best_of, gfn2, write_section
 
 SYSTEMS = {"ethanol": "ethanol-gfn2-500K",
            "alanine dipeptide": "alanine-dipeptide-amber99sbildn-300K-small"}
 
 
 def tblite(data, workdir):
-    from tblite.ase import TBLite
-
-    return CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0))
+    return gfn2()
 
 
 def openmm_amber(data, workdir):

@@ -16,10 +16,9 @@ import numpy as np
 
 import ase_drift
 from ase_drift.datasets import load
-from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, render_table
 from ase_drift.training import TrainConfig, Trainer, progress_hook
-from benchmarks.common import PAPER_DISTANCES, ROOT, best_of, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, best_of, gfn2, write_section
 
 N_SAMPLES = 10_000
 N_ENERGIES = 1_000
@@ -40,16 +39,14 @@ def main():
         sampler = trainer.run()
         model.parent.mkdir(parents=True, exist_ok=True)
         sampler.save(model)
-    from tblite.ase import TBLite
-
-    gfn2 = CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0))
+    source = gfn2()
     samples, rows = {}, []
     for precision in ("fp32", "bf16"):
         sampler.sample_positions(1000, seed=0, precision=precision)  # warm-up
         seconds = best_of(lambda p=precision: sampler.sample_positions(200_000, seed=0,
                                                                        precision=p), 3)
         samples[precision] = sampler.sample_positions(N_SAMPLES, seed=1, precision=precision)
-        energies = gfn2.compute(reference.numbers, samples[precision][:N_ENERGIES]).energies
+        energies = source.compute(reference.numbers, samples[precision][:N_ENERGIES]).energies
         report = evaluate(samples[precision][:N_ENERGIES], reference.positions,
                           reference.numbers, energies=energies,
                           reference_energies=reference.energies,

@@ -32,11 +32,10 @@ import numpy as np
 from ase_drift import load as load_sampler
 from ase_drift import units
 from ase_drift.datasets import load, reference_runs
-from ase_drift.forces import CalculatorForces
 from ase_drift.metrics import evaluate, noise_floor, pair_distances, render_table
 from ase_drift.refine import DEFAULT_STEP_SIZE, REFERENCE_MASS_AMU, MALAResult, mala
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
-from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, gfn2, write_json, write_section
 
 DATASET = "ethanol-gfn2-500K"
 N_SAMPLES = 1000
@@ -58,12 +57,6 @@ def variant_paths(pair_scale_exponent: float) -> tuple[str, Path, Path, Path]:
     return (name, ROOT / "bench_out" / f"{name}{suffix}.pt",
             ROOT / "benchmarks" / "results" / f"{name}.json",
             ROOT / "docs" / "img" / f"{name}.png")
-
-
-def gfn2() -> CalculatorForces:
-    from tblite.ase import TBLite
-
-    return CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0))
 
 
 def drift_sampler(train_set, path: Path, pair_scale_exponent: float):
