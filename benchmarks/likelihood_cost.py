@@ -29,7 +29,7 @@ from ase_drift.datasets import load
 from ase_drift.likelihood import NCEConfig, NCEDensity
 from ase_drift.metrics import render_table
 from ase_drift.reweighting import reweight
-from benchmarks.common import ROOT, write_section
+from benchmarks.common import ROOT, gfn2, write_section
 
 DATASET = "ethanol-gfn2-500K"
 DSM_STEPS = 3000
@@ -76,11 +76,9 @@ def run(plan: dict, results: dict) -> dict:
     else:
         n = plan["n_fit"] + plan["n_eval"]
         positions, seconds = timed(lambda: sampler.sample_positions(n, seed=1))
-        from tblite.ase import TBLite
+        from ase_drift.forces import label_positions
 
-        from ase_drift.forces import CalculatorForces, label_positions
-
-        source = CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0))
+        source = gfn2()
         evaluation = positions[plan["n_fit"]:].astype(np.float64)
         energies = label_positions(source, numbers, evaluation, batch_size=64).energies
         stored = {"fit": positions[:plan["n_fit"]], "eval": evaluation, "energies": energies}

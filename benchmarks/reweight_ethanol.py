@@ -28,7 +28,7 @@ from ase.geometry import get_dihedrals
 from ase_drift import load as load_sampler
 from ase_drift import units
 from ase_drift.datasets import load, reference_runs
-from ase_drift.forces import CalculatorForces, label_positions
+from ase_drift.forces import label_positions
 from ase_drift.likelihood import NCEConfig, NCEDensity, log_volume_factor
 from ase_drift.metrics import (
     block_bootstrap,
@@ -41,7 +41,7 @@ from ase_drift.metrics import (
 from ase_drift.metrics.tables import Estimate
 from ase_drift.reweighting import WeightedSamples, reweight, weighted_histogram
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
-from benchmarks.common import PAPER_DISTANCES, ROOT, write_section
+from benchmarks.common import PAPER_DISTANCES, ROOT, gfn2, write_section
 
 DATASET = "ethanol-gfn2-500K"
 SEEDS, TRAIN_STEPS, N_FIT, N_EVAL, BINS = (0, 1, 2), 4000, 20_000, 10_000, 100
@@ -241,10 +241,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     results = load_results()
     if not args.table_only:
-        from tblite.ase import TBLite
-
         train_set, reference = load(DATASET)
-        source = CalculatorForces(TBLite(method="GFN2-xTB", verbosity=0))
+        source = gfn2()
         if "reference" not in results:
             results["reference"] = reference_row(train_set, reference)
             RESULTS_PATH.write_text(json.dumps(results, indent=1))
