@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 from scipy.special import logsumexp
@@ -101,41 +102,46 @@ def grid_kl(log_p: np.ndarray, log_q: np.ndarray) -> float:
     return float(np.sum(np.exp(log_p) * (log_p - log_q)))
 
 
-def run_config(variant: str, seed: int) -> NCEConfig:
+def run_config(variant: str, seed: int, steps: int = CONFIG.steps) -> NCEConfig:
     score_weight, nce_weight = VARIANTS[variant]
     return NCEConfig.from_dict(dict(CONFIG.as_dict(), seed=seed, score_weight=score_weight,
-                                    nce_weight=nce_weight))
+                                    nce_weight=nce_weight, steps=steps))
 
 
-def run(case: str, variant: str, seed: int) -> tuple[dict, np.ndarray]:
+def output_paths(steps: int) -> tuple[Path, Path, Path]:
+    """Results, seed-0 grids and figure of a training length: the default's plain names,
+    others suffixed with their steps, so a longer budget never overwrites the default's table."""
+    suffix = "" if steps == CONFIG.steps else f"-{steps // 1000}k"
+    return (RESULTS_PATH.with_name(f"{RESULTS_PATH.stem}{suffix}.json"),
+            GRIDS_PATH.with_name(f"{GRIDS_PATH.stem}{suffix}.npz"),
+            FIGURE_PATH.with_name(f"{FIGURE_PATH.stem}{suffix}.png"))
+
+
+def run(case: str, variant: str, seed: int, steps: int) -> tuple[dict, np.ndarray]:
     """Fit one density; its KL, time and grid of log q ``[G²]``."""
     sample, _ = CASES[case]
     data = sample(N_DATA, np.random.default_rng(1000 + seed))
     start = time.perf_counter()
-    density = NCEDensity.fit(data, config=run_config(variant, seed))
+    density = NCEDensity.fit(data, config=run_config(variant, seed, steps))
     seconds = time.perf_counter() - start
     log_q = density.log_prob(grid_points())
     return {"kl": grid_kl(CASES[case][1](grid_points()), log_q), "seconds": seconds,
             "config": density.config.as_dict()}, log_q
 
 
-def is_done(results: dict, key: str, variant: str, seed: int) -> bool:
+def is_done(results: dict, key: str, variant: str, seed: int, steps: int) -> bool:
     """Whether ``results`` hold ``key`` run with today's configuration."""
-    return results.get(key, {}).get("config") == run_config(variant, seed).as_dict()
+    return results.get(key, {}).get("config") == run_config(variant, seed, steps).as_dict()
 
 
-def load_results() -> dict:
-    return json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
-
-
-def table(results: dict) -> str:
+def table(results: dict, steps: int) -> str:
     rows = []
     for case in CASES:
         for variant in VARIANTS:
             if (case, variant) in SKIP:
                 continue
             kls = [results[key]["kl"] for seed in SEEDS
-                   if is_done(results, key := f"{case}/{variant}/{seed}", variant, seed)]
+                   if is_done(results, key := f"{case}/{variant}/{seed}", variant, seed, steps)]
             paper = PAPER.get((case, variant))
             mean = np.mean(kls) if kls else np.nan
             rows.append([case, variant, len(kls), np.round(kls, 4).tolist() if kls else None,
@@ -144,13 +150,13 @@ def table(results: dict) -> str:
                          mean / paper if paper and kls else "—"])
     header = ["case", "loss", "seeds", "KL (mean ± std)", "KL per seed", "paper",
               "ratio to paper"]
-    setup = ", ".join(f"{name}={value}" for name, value in CONFIG.as_dict().items()
-                      if name not in ("score_weight", "nce_weight", "seed"))
+    setup = ", ".join(f"{name}={value}" for name, value in run_config(
+                          "both (BoltzNCE)", 0, steps).as_dict().items() if name not in ("score_weight", "nce_weight", "seed"))
     return (render_table(header, rows, digits=[0, 0, 0, 4, 0, 4, 2])
             + f"\n\nSeeds {', '.join(map(str, SEEDS))}; {N_DATA:,} samples; NCEConfig: {setup}.")
 
 
-def figure(grids: dict) -> None:
+def figure(grids: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,8 +175,8 @@ def figure(grids: dict) -> None:
                       extent=(-2, 2, -2, 2), cmap="viridis")
             ax.set_title(f"{case}: {title}", fontsize=9)
     fig.tight_layout()
-    FIGURE_PATH.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(FIGURE_PATH, dpi=90)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
 
 
 def main(argv=None) -> None:
@@ -178,30 +184,36 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="seed 0 only")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--docs", action="store_true", help="write the table into the docs")
+    parser.add_argument("--steps", type=int, default=CONFIG.steps,
+                        help="training steps of every run (results and docs section of their own "
+                             "when not the default)")
     args = parser.parse_args(argv)
-    results = load_results()
-    grids = dict(np.load(GRIDS_PATH)) if GRIDS_PATH.exists() else {}
+    results_path, grids_path, figure_path = output_paths(args.steps)
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    grids = dict(np.load(grids_path)) if grids_path.exists() else {}
     if not args.table_only:
         for seed in SEEDS[:1] if args.quick else SEEDS:
             for case in CASES:
                 for variant in VARIANTS:
                     key = f"{case}/{variant}/{seed}"
-                    if (case, variant) in SKIP or is_done(results, key, variant, seed):
+                    if (case, variant) in SKIP or is_done(results, key, variant, seed,
+                                                          args.steps):
                         continue
                     print(f"{key} …", flush=True)
-                    results[key], log_q = run(case, variant, seed)
+                    results[key], log_q = run(case, variant, seed, args.steps)
                     print(f"{key}: KL {results[key]['kl']:.4f} "
                           f"({results[key]['seconds']:.0f} s)", flush=True)
-                    write_json(RESULTS_PATH, results)
+                    write_json(results_path, results)
                     if seed == 0:
                         grids[f"{case}/{variant}"] = log_q
-                        GRIDS_PATH.parent.mkdir(parents=True, exist_ok=True)
-                        np.savez(GRIDS_PATH, **grids)
-        figure(grids)
-    text = table(results)
+                        grids_path.parent.mkdir(parents=True, exist_ok=True)
+                        np.savez(grids_path, **grids)
+        figure(grids, figure_path)
+    text = table(results, args.steps)
     print(text)
     if args.docs:
-        write_section("benchmarks.md", "nce-toys", text)
+        suffix = "" if args.steps == CONFIG.steps else f"-{args.steps // 1000}k"
+        write_section("benchmarks.md", f"nce-toys{suffix}", text)
 
 
 if __name__ == "__main__":
