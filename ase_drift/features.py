@@ -120,11 +120,22 @@ class PairwiseDistances:
     block keeps the torsions and the whitened one the bonds. The weights are fitted by
     :meth:`prepare` (ones before); the Jacobian and the feature scores are those of φ, block by
     block (Eq. 31 for each block's map).
+
+    With ``canonical_rotors`` the three hydrogens of every methyl-like rotor (see
+    :func:`find_rotors`) are relabelled, frame by frame, before the distances are taken: the
+    hydrogen whose dihedral about the rotor's axis lies within ±60° of the rotor's preferred
+    phase (fitted by :meth:`prepare`) becomes the first, the other two follow in their cyclic
+    order (beyond the paper). A 120° turn of a methyl is a cyclic permutation of identical
+    atoms, which leaves the energy unchanged; the canonical map sends the three staggered
+    rotamers to one point, so the generator need not spread a one-mode noise over three modes
+    and produce the eclipsed, squeezed methyls that lie between them. The relabelling is
+    piecewise constant, so φ stays differentiable wherever it does not switch.
     """
 
     name = "distance"
 
-    def __init__(self, n_atoms: int, pair_scale_exponent: float | tuple[float, ...] = 0.0):
+    def __init__(self, n_atoms: int, pair_scale_exponent: float | tuple[float, ...] = 0.0,
+                 canonical_rotors: bool = False):
         if n_atoms < 2:
             raise ValueError("pairwise distances need at least 2 atoms")
         exponents = tuple(np.atleast_1d(check_pair_scale_exponent(pair_scale_exponent)))
@@ -134,6 +145,9 @@ class PairwiseDistances:
         self.pair_j = torch.as_tensor(j)
         self.exponents = exponents
         self.pair_weights = torch.ones(len(exponents), len(i))  # [K, M]  w_ab, fitted by prepare()
+        self.canonical_rotors = canonical_rotors
+        self.rotors = np.zeros((0, 6), dtype=np.int64)  # [G, 6] found by prepare()
+        self.rotor_phases = np.zeros(0)  # [G] rad, fitted by prepare()
 
     @property
     def block_sizes(self) -> tuple[int, ...]:
@@ -146,7 +160,41 @@ class PairwiseDistances:
         if self.exponents != (0.0,):
             text += ("; distances / (their std over the data / mean std)^α, one block per α in "
                      + ", ".join(f"{a:g}" for a in self.exponents))
+        if self.canonical_rotors:
+            text += "; methyl hydrogens relabelled to a canonical rotamer"
         return text
+
+    def canonical(self, coords: Tensor) -> Tensor:
+        """``coords`` ``[B, A, 3]`` with every rotor's hydrogens relabelled (see the class
+        docstring); unchanged without rotors."""
+        order = self.canonical_order(coords)
+        if order is None:
+            return coords
+        return coords.gather(1, order[..., None].expand_as(coords))
+
+    def canonical_order(self, coords: Tensor) -> Tensor | None:
+        """Atom order ``[B, A]`` of the canonical relabelling, None without rotors. The choice
+        is made on detached numbers: it is a permutation, not a function to differentiate."""
+        if not len(self.rotors):
+            return None
+        frames = coords.detach().cpu().double().numpy()
+        hydrogens = self.rotors[:, 3:]  # [G, 3] in cyclic order
+        angles = rotor_dihedrals(frames, self.rotors)  # [B, G, 3]
+        offset = np.angle(np.exp(1j * (angles - self.rotor_phases[None, :, None])))
+        first = np.abs(offset).argmin(-1)  # [B, G]: the hydrogen nearest the preferred phase
+        shifts = (first[..., None] + np.arange(3)) % 3  # [B, G, 3]
+        order = np.broadcast_to(np.arange(coords.shape[1]), coords.shape[:2]).copy()
+        order[:, hydrogens.reshape(-1)] = np.take_along_axis(
+            np.broadcast_to(hydrogens, shifts.shape), shifts, -1).reshape(len(frames), -1)
+        return torch.as_tensor(order, device=coords.device)
+
+    def fit_rotors(self, numbers: np.ndarray, positions: np.ndarray) -> None:
+        """Find the rotors in the first frame (:func:`find_rotors`) and fit each one's preferred
+        phase: the circular mean of 3θ over every hydrogen of every frame, divided by 3, so the
+        ±60° window is centred on the staggered minima rather than cutting one in two."""
+        self.rotors = find_rotors(numbers, positions[0])
+        angles = rotor_dihedrals(positions, self.rotors)  # [N, G, 3]
+        self.rotor_phases = np.angle(np.exp(3j * angles).mean(axis=(0, 2))) / 3
 
     def distances(self, coords: Tensor) -> Tensor:
         """The plain interatomic distances ``[B, M]``."""
@@ -155,6 +203,8 @@ class PairwiseDistances:
         return (diff.square().sum(-1) + 1e-12).sqrt()  # [B, M]
 
     def features(self, coords: Tensor) -> Tensor:
+        if self.canonical_rotors:
+            coords = self.canonical(coords)
         weighted = self.distances(coords)[:, None] / self.pair_weights.to(coords.dtype)  # [B, K, M]
         return weighted.flatten(1)  # [B, K·M]
 
@@ -178,7 +228,12 @@ class PairwiseDistances:
 
         The minimum-norm solution of J_kᵀ F_φk = F for each block k; G (3A×3A, rank 3A−6) is
         pseudo-inverted by a batched eigendecomposition, dropping the rigid-motion zero modes.
+        With canonical rotors, coordinates and scores are relabelled alike first.
         """
+        order = self.canonical_order(coords) if self.canonical_rotors else None
+        if order is not None:
+            coords = coords.gather(1, order[..., None].expand_as(coords))
+            scores = scores.gather(1, order[..., None].expand_as(scores))
         out = []
         n_pairs = len(self.pair_i)
         for start in range(0, len(coords), chunk):
@@ -207,9 +262,14 @@ class PairwiseDistances:
         self.pair_weights = torch.stack([relative ** a for a in self.exponents])  # [K, M]
 
     def prepare(self, data: Conformations, temperature_K: float) -> Prepared:
-        """Fit the pair weights, centre and normalise; distances need no rotation
-        (``aligned_coords`` are aligned all the same, for initialising a generator)."""
-        self.fit_pair_weights(torch.as_tensor(data.positions, dtype=torch.float32))
+        """Find and fit the rotors (with ``canonical_rotors``), fit the pair weights on the
+        canonical frames, centre and normalise; distances need no rotation (``aligned_coords``
+        are aligned all the same, for initialising a generator)."""
+        positions = torch.as_tensor(data.positions, dtype=torch.float32)
+        if self.canonical_rotors:
+            self.fit_rotors(data.numbers, data.positions)
+            positions = self.canonical(positions)
+        self.fit_pair_weights(positions)
         return _prepare(self, data, temperature_K, rotate_frames=False)
 
 
@@ -227,15 +287,64 @@ def check_pair_scale_exponent(value, space: str = "distance") -> float | tuple[f
 
 
 def make_representation(space: str, n_atoms: int,
-                        pair_scale_exponent: float | tuple[float, ...] = 0.0) -> Representation:
-    """'cartesian' or 'distance' (with per-pair weights of exponent(s) ``pair_scale_exponent``,
-    see :class:`PairwiseDistances`; distance space only)."""
+                        pair_scale_exponent: float | tuple[float, ...] = 0.0,
+                        canonical_rotors: bool = False) -> Representation:
+    """'cartesian' or 'distance' (with per-pair weights of exponent(s) ``pair_scale_exponent``
+    and, with ``canonical_rotors``, methyl hydrogens relabelled to one rotamer; see
+    :class:`PairwiseDistances`; distance space only)."""
     if space == "cartesian":
         check_pair_scale_exponent(pair_scale_exponent, space)
+        if canonical_rotors:
+            raise ValueError("canonical_rotors relabels atoms before pair distances: use "
+                             "space='distance'")
         return Cartesian()
     if space == "distance":
-        return PairwiseDistances(n_atoms, pair_scale_exponent)
+        return PairwiseDistances(n_atoms, pair_scale_exponent, canonical_rotors)
     raise ValueError(f"unknown space {space!r}; use 'cartesian' or 'distance'")
+
+
+def find_rotors(numbers, positions: np.ndarray) -> np.ndarray:
+    """Methyl-like rotors of one frame ``[A, 3]`` (Å): rows (r, x, c, h₁, h₂, h₃) ``[G, 6]``
+    for every atom c bonded to exactly three hydrogens and one other atom x, where r is a
+    neighbour of x other than c (the lowest index; rotors whose x has no other neighbour are
+    skipped: no dihedral defines their phase). The hydrogens are sorted by their dihedral
+    r–x–c–h in this frame, so a turn of +120° maps h₁ → h₂ → h₃ → h₁. Bonds: ASE's natural
+    cutoffs (covalent radii)."""
+    from ase import Atoms
+    from ase.neighborlist import NeighborList, natural_cutoffs
+
+    from .peptides import dihedral
+
+    numbers = np.asarray(numbers)
+    positions = np.asarray(positions, dtype=np.float64)
+    atoms = Atoms(numbers=numbers, positions=positions)
+    neighbours = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=True)
+    neighbours.update(atoms)
+    bonded = [sorted(neighbours.get_neighbors(a)[0].tolist()) for a in range(len(atoms))]
+    rotors = []
+    for centre, partners in enumerate(bonded):
+        hydrogens = [b for b in partners if numbers[b] == 1]
+        others = [b for b in partners if numbers[b] != 1]
+        if numbers[centre] == 1 or len(hydrogens) != 3 or len(others) != 1:
+            continue
+        axis = others[0]
+        anchors = [b for b in bonded[axis] if b != centre]
+        if not anchors:
+            continue
+        angles = [float(dihedral(positions[anchors[0]], positions[axis], positions[centre],
+                                 positions[h])) for h in hydrogens]
+        rotors.append([anchors[0], axis, centre, *np.asarray(hydrogens)[np.argsort(angles)]])
+    return np.asarray(rotors, dtype=np.int64).reshape(-1, 6)
+
+
+def rotor_dihedrals(positions: np.ndarray, rotors: np.ndarray) -> np.ndarray:
+    """Dihedrals r–x–c–h (rad) of each rotor's three hydrogens ``[N, G, 3]`` in frames
+    ``[N, A, 3]``."""
+    from .peptides import dihedral
+
+    positions = np.asarray(positions, dtype=np.float64)
+    r, x, c = (positions[:, rotors[:, k], None] for k in range(3))  # [N, G, 1, 3]
+    return dihedral(r, x, c, positions[:, rotors[:, 3:]])
 
 
 def kabsch_rotations(positions: np.ndarray, reference: np.ndarray) -> np.ndarray:

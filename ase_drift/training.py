@@ -110,7 +110,9 @@ class TrainConfig(StoredConfig):
     ``pair_scale_exponent`` weights each pair distance by its spread over the data (see
     :class:`ase_drift.features.PairwiseDistances`); None means :data:`DEFAULT_PAIR_SCALE_EXPONENT`
     in distance space and 0 in Cartesian space. A checkpoint written before the option existed
-    reads back as 0, the map it was trained with.
+    reads back as 0, the map it was trained with. ``canonical_rotors`` relabels the hydrogens of
+    methyl-like rotors to one rotamer before the distances are taken (distance space only; see
+    :class:`ase_drift.features.PairwiseDistances`).
     """
 
     field: str = DEFAULT_FIELD
@@ -120,6 +122,7 @@ class TrainConfig(StoredConfig):
     density_correction: bool = False
     standardize: bool | None = None
     pair_scale_exponent: float | tuple[float, ...] | None = None
+    canonical_rotors: bool = False
     normalize_force_scale: bool = False
     bandwidths: tuple[float, ...] = (0.25,)
     temperature_K: float | None = None
@@ -154,6 +157,9 @@ class TrainConfig(StoredConfig):
             exponents = DEFAULT_PAIR_SCALE_EXPONENT if self.space == "distance" else 0.0
         object.__setattr__(self, "pair_scale_exponent",
                            check_pair_scale_exponent(exponents, self.space))
+        if self.canonical_rotors and self.space != "distance":
+            raise ValueError("canonical_rotors relabels atoms before pair distances: use "
+                             "space='distance'")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got "
                              f"{self.ema_decay}")
@@ -225,7 +231,8 @@ class Trainer:
             np.ascontiguousarray(data.positions).tobytes()).hexdigest()
         self.label_summary = label_summary(data)
         self.representation = make_representation(config.space, data.n_atoms,
-                                                  config.pair_scale_exponent)
+                                                  config.pair_scale_exponent,
+                                                  config.canonical_rotors)
         self.prepared = self.representation.prepare(data, temperature)
         # Feature blocks the field sees one at a time (one block but for stacked exponents).
         self.block_sizes = getattr(self.representation, "block_sizes",

@@ -47,6 +47,10 @@ VARIANTS = {
     "raw + spread-whitened distances (blocks α = 0, 1)": {"pair_scale_exponent": (0.0, 1.0)},
     "spread^0.5 weights + 20 MALA steps (GFN2-xTB)": {"pair_scale_exponent": 0.5,
                                                       "refine_steps": 20},
+    "spread^0.5 weights, canonical rotors": {"pair_scale_exponent": 0.5,
+                                             "canonical_rotors": True},
+    "spread^0.5 weights, canonical rotors, 5× longer (20,000 steps)": {
+        "pair_scale_exponent": 0.5, "canonical_rotors": True, "steps_factor": 5},
 }
 
 

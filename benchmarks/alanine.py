@@ -103,7 +103,9 @@ SAMPLERS = [("FK β=0.5", "fk", "distance", {}), ("FI ω=0.1", "fi", "distance",
             ("Drifting, raw + spread-whitened distances", "drift", "distance",
              {"pair_scale_exponent": (0.0, 1.0)}),
             ("FK β=0.5, pairs weighted by spread^0.5", "fk", "distance",
-             {"pair_scale_exponent": 0.5})]
+             {"pair_scale_exponent": 0.5}),
+            ("Drifting, pairs weighted by spread^0.5, canonical rotors", "drift", "distance",
+             {"pair_scale_exponent": 0.5, "canonical_rotors": True})]
 QUICK_SAMPLERS = ("Drifting (distance)", "FK β=0.5 (distance)", "FI ω=0.005 (distance)")
 TRAINING_SETS = ("biased 1 ns", "unbiased subset")
 N_SAMPLES = 20_000

@@ -200,3 +200,8 @@ def test_train_pair_scale_exponent_reaches_the_config(labelled_file, tmp_path):
     assert main(["train", str(labelled_file), "--pair-scale-exponent", "0", "1", "--steps", "3",
                  "-o", str(model)]) == 0
     assert load_checkpoint(model)["config"]["train"]["pair_scale_exponent"] == (0.0, 1.0)
+    assert main(["train", str(labelled_file), "--canonical-rotors", "--steps", "3",
+                 "-o", str(model)]) == 0
+    checkpoint = load_checkpoint(model)
+    assert checkpoint["config"]["train"]["canonical_rotors"] is True
+    assert "canonical rotamer" in checkpoint["metadata"]["normalization"]

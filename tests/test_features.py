@@ -20,8 +20,10 @@ from ase_drift.features import (
     Cartesian,
     PairwiseDistances,
     align_frames,
+    find_rotors,
     kabsch_rotations,
     make_representation,
+    rotor_dihedrals,
 )
 from ase_drift.testing import (
     assert_feature_force_consistent,
@@ -410,3 +412,115 @@ def test_kabsch_flips_the_weakest_axis_for_a_mirror_image():
     rot = kabsch_rotations(mirrored[None], ref)[0]
     rmsd = np.sqrt(((mirrored @ rot - ref) ** 2).sum(-1).mean())
     assert np.linalg.det(rot) == pytest.approx(1.0) and rmsd < 0.05
+
+
+# Canonical rotors: a methyl's three hydrogens relabelled to one rotamer before the distances.
+
+
+def _turn_methyl(positions: np.ndarray, rotor, degrees: float) -> np.ndarray:
+    """``positions`` ``[A, 3]`` with the rotor's hydrogens turned by ``degrees`` about x → c."""
+    _, x, c, *hydrogens = rotor
+    axis = positions[c] - positions[x]
+    turn = Rotation.from_rotvec(np.radians(degrees) * axis / np.linalg.norm(axis))
+    out = positions.copy()
+    out[hydrogens] = turn.apply(positions[hydrogens] - positions[c]) + positions[c]
+    return out
+
+
+def _fitted(positions: np.ndarray, numbers) -> PairwiseDistances:
+    representation = PairwiseDistances(len(numbers), canonical_rotors=True)
+    representation.fit_rotors(np.asarray(numbers), positions)
+    return representation
+
+
+def test_find_rotors_finds_each_methyl_with_its_hydrogens_in_cyclic_order():
+    atoms = molecule("CH3CH2OH")
+    (rotor,) = find_rotors(atoms.numbers, atoms.positions)
+    r, x, c, *hydrogens = rotor
+    assert atoms.numbers[c] == 6 and (atoms.numbers[hydrogens] == 1).all()
+    assert np.linalg.norm(atoms.positions[hydrogens] - atoms.positions[c], axis=1).max() < 1.2
+    assert atoms.numbers[x] == 6 and r not in (c, *hydrogens)
+    # +120° about x → c takes h₁ to h₂'s place, h₂ to h₃'s: the order is the turn's.
+    turned = _turn_methyl(atoms.positions, rotor, 120.0)
+    np.testing.assert_allclose(turned[hydrogens[:2]], atoms.positions[hydrogens[1:]], atol=0.05)
+    assert len(find_rotors(molecule("C2H6").numbers, molecule("C2H6").positions)) == 2
+    assert find_rotors(molecule("H2O").numbers, molecule("H2O").positions).shape == (0, 6)
+
+
+def _symmetric_methyl(positions: np.ndarray, rotor) -> np.ndarray:
+    """``positions`` with h₂ and h₃ put at h₁ turned by 120° and 240°: a C₃-symmetric methyl,
+    for which a 120° turn is exactly a relabelling."""
+    out = positions.copy()
+    for k, degrees in ((4, 120.0), (5, 240.0)):
+        out[rotor[k]] = _turn_methyl(positions, rotor, degrees)[rotor[3]]
+    return out
+
+
+@pytest.mark.parametrize("degrees", [120.0, 240.0, -120.0])
+def test_canonical_distances_ignore_a_methyl_turn_of_120_degrees(degrees):
+    atoms = molecule("CH3CH2OH")
+    rotor = find_rotors(atoms.numbers, atoms.positions)[0]
+    frames = np.stack([_symmetric_methyl(f, rotor) for f in ethanol(n_frames=3, noise=0.02)
+                       .numpy()])
+    representation = _fitted(frames, atoms.numbers)
+    turned = np.stack([_turn_methyl(f, representation.rotors[0], degrees) for f in frames])
+    plain = PairwiseDistances(9)
+    before, after = (torch.as_tensor(f) for f in (frames, turned))
+    assert (plain.features(before) - plain.features(after)).abs().max() > 0.3
+    torch.testing.assert_close(representation.features(after), representation.features(before),
+                               atol=1e-7, rtol=0)
+    # …but they do see a turn that is not a symmetry of the methyl.
+    twisted = torch.as_tensor(np.stack([_turn_methyl(f, representation.rotors[0], 40.0)
+                                        for f in frames]))
+    assert (representation.features(twisted) - representation.features(before)).abs().max() > 0.1
+
+
+def test_canonical_first_hydrogen_lies_within_60_degrees_of_the_fitted_phase():
+    atoms = molecule("CH3CH2OH")
+    rotor = find_rotors(atoms.numbers, atoms.positions)[0]
+    rng = np.random.default_rng(0)
+    # Data around a staggered phase, spread over all three rotamers: the fitted phase is the
+    # rotamers' common one (mod 120°), whatever the labels.
+    turns = rng.choice([0.0, 120.0, 240.0], 60) + rng.normal(0.0, 10.0, 60)
+    frames = np.stack([_turn_methyl(atoms.positions, rotor, t) for t in turns])
+    representation = _fitted(frames, atoms.numbers)
+    start = rotor_dihedrals(atoms.positions[None], rotor[None])[0, 0]  # [3]
+    offset = np.angle(np.exp(3j * (representation.rotor_phases[0] - start[0]))) / 3
+    assert abs(offset) < np.radians(3.0)
+    angles = rotor_dihedrals(representation.canonical(torch.as_tensor(frames)).numpy(),
+                             representation.rotors)[:, 0]  # [N, 3]
+    first = np.angle(np.exp(1j * (angles[:, 0] - representation.rotor_phases[0])))
+    assert np.abs(first).max() < np.radians(60.0)
+    # The other two follow at +120° and +240°: cyclic order kept, no mirror-image relabelling.
+    np.testing.assert_allclose(np.angle(np.exp(1j * (angles[:, 1] - angles[:, 0]))),
+                               np.radians(120.0), atol=np.radians(5.0))
+
+
+def test_canonical_features_and_scores_ignore_a_cyclic_relabelling_of_the_hydrogens():
+    atoms = molecule("CH3CH2OH")
+    frames = ethanol(n_frames=2, noise=0.02).numpy()
+    representation = _fitted(frames, atoms.numbers)
+    forces = np.random.default_rng(1).normal(size=frames.shape)
+    forces -= forces.mean(axis=1, keepdims=True)
+    hydrogens = representation.rotors[0, 3:]
+    order = np.arange(9)
+    order[hydrogens] = np.roll(hydrogens, -1)  # h₁ ← h₂, h₂ ← h₃, h₃ ← h₁: labels, not atoms
+    coords, relabelled = torch.as_tensor(frames), torch.as_tensor(frames[:, order])
+    torch.testing.assert_close(representation.features(relabelled),
+                               representation.features(coords), atol=1e-12, rtol=0)
+    scores = representation.feature_scores(coords, torch.as_tensor(forces))
+    moved = representation.feature_scores(relabelled, torch.as_tensor(forces[:, order]))
+    torch.testing.assert_close(moved, scores, atol=1e-9, rtol=1e-9)
+    assert torch.isfinite(scores).all() and scores.abs().max() > 0.1
+    # Without the relabelling, the same frames give other features.
+    plain = PairwiseDistances(9)
+    assert (plain.features(relabelled) - plain.features(coords)).abs().max() > 0.3
+
+
+def test_canonical_rotors_need_distance_space_and_leave_rotor_free_molecules_alone():
+    with pytest.raises(ValueError, match="distance"):
+        make_representation("cartesian", 9, canonical_rotors=True)
+    water = molecule("H2O")
+    representation = _fitted(water.positions[None], water.numbers)
+    coords = torch.as_tensor(water.positions[None])
+    assert representation.canonical(coords) is coords

@@ -475,3 +475,30 @@ def test_pair_scale_exponent_default_per_space_and_for_old_checkpoints():
     old = TrainConfig().as_dict()
     del old["pair_scale_exponent"]
     assert TrainConfig.from_dict(old).pair_scale_exponent == 0.0
+
+
+def test_canonical_rotors_relabel_the_training_methyl_and_round_trip(tmp_path):
+    """Ethanol with canonical rotors: the prepared positives are the distances of the canonical
+    frames (each methyl hydrogen's spread over the data shrinks once the rotamers coincide), the
+    option survives the checkpoint and is refused in Cartesian space; old configs read False."""
+    from ase_drift.datasets import load
+
+    reference = load("ethanol-gfn2-500K")[1][:300]
+    config = small_config(steps=2, pair_scale_exponent=0.0, canonical_rotors=True)
+    trainer = Trainer(reference, config)
+    representation = trainer.representation
+    assert representation.rotors.shape == (1, 6)
+    plain = Trainer(reference, small_config(steps=2, pair_scale_exponent=0.0))
+    hydrogens = set(representation.rotors[0, 3:].tolist())
+    h_pairs = [k for k, (i, j) in enumerate(zip(representation.pair_i.tolist(),
+                                                representation.pair_j.tolist()))
+               if i in hydrogens or j in hydrogens]
+    spread = trainer.prepared.features.std(0)[h_pairs]
+    assert (spread < 0.8 * plain.prepared.features.std(0)[h_pairs]).float().mean() > 0.5
+    path = trainer.run().save(tmp_path / "rotors.pt")
+    assert TrainConfig.from_dict(load_checkpoint(path)["config"]["train"]).canonical_rotors
+    old = TrainConfig().as_dict()
+    del old["canonical_rotors"]
+    assert TrainConfig.from_dict(old).canonical_rotors is False
+    with pytest.raises(ValueError, match="distance"):
+        small_config(space="cartesian", canonical_rotors=True)
