@@ -1,8 +1,9 @@
-"""Energy-based diffusion on alanine dipeptide, coarse-grained to its 5 backbone beads: one model
-drawn from i.i.d. and simulated, against OpenMM MD and the drift sampler.
+"""Energy-based diffusion on alanine dipeptide, coarse-grained to its 5 backbone beads or all-atom:
+one model drawn from i.i.d. and simulated, against OpenMM MD and the drift sampler.
 
-    python -m benchmarks.energy_diffusion_alanine --quick          # 1 seed, shorter runs
+    python -m benchmarks.energy_diffusion_alanine --quick          # 1 seed, shorter, printed only
     python -m benchmarks.energy_diffusion_alanine --seeds 0 1 2    # the full table
+    python -m benchmarks.energy_diffusion_alanine --all-atom       # all 22 atoms
 
 Data: the bundled alanine dipeptide (amber99sb-ildn, vacuum, 300 K; two unbiased 20 ns runs,
 a frame every 4 ps), reduced to the beads C(ACE), N, CA, C, N(NME)
@@ -10,7 +11,10 @@ a frame every 4 ps), reduced to the beads C(ACE), N, CA, C, N(NME)
 are the all-atom ones. Models train on run 0 (5,000 frames) and are scored against run 1, so
 every error left is the model's. The energy network sees the bead distances and the signed
 volumes of beads 0–3 and 1–4 (mirror images have (φ, ψ) → (−φ, −ψ); distances alone cannot
-tell them apart).
+tell them apart). With ``--all-atom`` it sees all 22 atoms: their distances and the signed
+volumes about every branched atom (the default chirality features; the α-carbon's fixes the
+L form, and with it the distances tell (φ, ψ) from (−φ, −ψ)); the dihedrals are read from the
+same backbone atoms.
 
 - i.i.d.: 20,000 reverse-SDE samples: Ramachandran JS (64 × 64 bins, nats), PMF RMSE (kT, bins
   with ≥ 10 frames in both sets), ΔF = F(C5/β) − F(C7eq/αR), TVD of bead distances, bond
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import NamedTuple
 
 import numpy as np
 
@@ -71,6 +76,24 @@ N_PLOTTED = 10_000  # (φ, ψ) kept per panel for the plot, float16: a small res
 MIN_COUNT = 10
 
 
+class Resolution(NamedTuple):
+    """What the models see of the molecule: ``atoms`` (indices into the all-atom frames), where
+    the 5 backbone atoms of φ and ψ sit among them, and the quadruples of the signed volumes
+    (None: the default chirality features)."""
+
+    name: str
+    atoms: np.ndarray  # [A]
+    backbone: np.ndarray  # [5], indices into atoms
+    quadruples: list | None
+
+
+def resolution(all_atom: bool, n_atoms: int) -> Resolution:
+    beads = backbone_beads(topology_from_pdb(topology_pdb(DATASET)))
+    if all_atom:
+        return Resolution("all-atom", np.arange(n_atoms), beads, None)
+    return Resolution("5-bead", beads, np.arange(5), CHAIN_VOLUMES)
+
+
 def coarse_grain(data: Conformations, beads: np.ndarray) -> Conformations:
     """The frames of ``data`` reduced to the atoms ``beads`` (their positions and elements; the
     all-atom energies and forces are not the beads' and are dropped)."""
@@ -78,9 +101,10 @@ def coarse_grain(data: Conformations, beads: np.ndarray) -> Conformations:
                          temperature_K=data.temperature_K)
 
 
-def angle_series(beads: np.ndarray) -> np.ndarray:
-    """(cos φ, sin φ, cos ψ, sin ψ) ``[..., 4]`` of bead frames ``[..., 5, 3]``: continuous
-    across the ±π seam, for autocorrelation times."""
+def angle_series(frames: np.ndarray, backbone: np.ndarray) -> np.ndarray:
+    """(cos φ, sin φ, cos ψ, sin ψ) ``[..., 4]`` of frames ``[..., A, 3]`` whose atoms
+    ``backbone`` are the 5 beads: continuous across the ±π seam, for autocorrelation times."""
+    beads = frames[..., backbone, :]
     phi, psi = bead_dihedrals(beads.reshape(-1, 5, 3))
     series = np.stack([np.cos(phi), np.sin(phi), np.cos(psi), np.sin(psi)], -1)
     return series.reshape(*beads.shape[:-2], 4)
@@ -91,13 +115,14 @@ def delta_f(phi, psi) -> float:
     return free_energy_difference(phi, *basin_masks_psi(phi, psi))
 
 
-def scores(positions: np.ndarray, target: Conformations) -> dict:
-    """Ramachandran and distance scores of bead frames ``positions`` [n, 5, 3] against
-    ``target``; non-finite frames (a diverged sampler) are counted and left out."""
+def scores(positions: np.ndarray, target: Conformations, backbone: np.ndarray) -> dict:
+    """Ramachandran and distance scores of frames ``positions`` [n, A, 3] (the 5 beads at
+    ``backbone``) against ``target``; non-finite frames (a diverged sampler) are counted and
+    left out."""
     finite = np.isfinite(positions).all(axis=(1, 2))
     positions = positions[finite]
-    phi, psi = bead_dihedrals(positions)
-    ref_phi, ref_psi = bead_dihedrals(target.positions)
+    phi, psi = bead_dihedrals(positions[:, backbone])
+    ref_phi, ref_psi = bead_dihedrals(target.positions[:, backbone])
     reference = ramachandran_histogram(ref_phi, ref_psi)
     few = np.linspace(0, len(phi) - 1, min(len(phi), len(target))).round().astype(int)
     report = evaluate(positions, target.positions, target.numbers)
@@ -110,17 +135,17 @@ def scores(positions: np.ndarray, target: Conformations) -> dict:
             "bond_stability": report.bond_stability, "non_finite": float(1 - finite.mean())}
 
 
-def autocorrelation_steps(frames: np.ndarray, record_every: int) -> float:
-    """Median over replicas of τ (steps) of the dihedral series of frames ``[T, R, 5, 3]``."""
-    series = angle_series(frames)  # [T, R, 4]
+def autocorrelation_steps(frames: np.ndarray, record_every: int, backbone: np.ndarray) -> float:
+    """Median over replicas of τ (steps) of the dihedral series of frames ``[T, R, A, 3]``."""
+    series = angle_series(frames, backbone)  # [T, R, 4]
     taus = [integrated_autocorrelation_time(series[:, r]) for r in range(series.shape[1])]
     return float(np.median(taus)) * record_every
 
 
-def run_method(method: str, seed: int, args, run0, run1) -> tuple[dict, dict]:
+def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> tuple[dict, dict]:
     """Scores of one (method, seed), and the (φ, ψ) of its i.i.d. and simulated frames."""
     start = time.perf_counter()
-    model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, quadruples=CHAIN_VOLUMES,
+    model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, quadruples=level.quadruples,
                                   config=EnergyDiffusionConfig(batch_size=BATCH_SIZE),
                                   **METHODS[method])
     train_s = time.perf_counter() - start
@@ -131,28 +156,29 @@ def run_method(method: str, seed: int, args, run0, run1) -> tuple[dict, dict]:
     start = time.perf_counter()
     frames = simulate(model, model.numbers, run0.positions[picks], model.temperature_K,
                       args.sim_steps, timestep_fs=TIMESTEP_FS, friction_per_fs=FRICTION_PER_FS,
-                      record_every=args.record_every, seed=seed, progress=True)  # [T, R, 5, 3]
+                      record_every=args.record_every, seed=seed, progress=True)  # [T, R, A, 3]
     wall = time.perf_counter() - start
     finite = np.isfinite(frames).all(axis=(2, 3))  # [T, R]
     thin = max(1, args.score_every // args.record_every)
     stability = [evaluate(f[ok], run1.positions, run1.numbers).bond_stability if ok.any()
                  else 0.0 for f, ok in zip(frames[thin - 1::thin], finite[thin - 1::thin])]
     kept = frames[len(frames) // 10:]  # after 10 % burn-in
-    sim = scores(kept.reshape(-1, 5, 3), run1)
+    n_atoms = len(level.atoms)
+    sim = scores(kept.reshape(-1, n_atoms, 3), run1, level.backbone)
     diverged = int((~finite.all(axis=0)).sum())
     sim.update(wall_s=wall, s_per_step_replica=wall / (args.sim_steps * args.replicas),
                diverged_replicas=diverged, bond_stability_curve=stability,
                worst_bond_stability=min(stability),
-               tau_steps=autocorrelation_steps(kept, args.record_every) if not diverged
-               else None)
+               tau_steps=autocorrelation_steps(kept, args.record_every, level.backbone)
+               if not diverged else None)
     seconds = model.metadata["training_seconds"]
     result = {"train_s": train_s, "expert_seconds": seconds,
               "expert_steps": expert_steps(model.config), "iid_s_per_sample": iid_s,
-              "iid": scores(iid, run1), "sim": sim}
-    pooled = kept.reshape(-1, 5, 3)
+              "iid": scores(iid, run1, level.backbone), "sim": sim}
+    pooled = kept.reshape(-1, n_atoms, 3)
     pooled = pooled[np.isfinite(pooled).all(axis=(1, 2))]
     return result, {name: bead_dihedrals(frames[np.linspace(0, len(frames) - 1, N_PLOTTED)
-                                                .astype(int)])
+                                                .astype(int)][:, level.backbone])
                     for name, frames in (("iid", iid), ("simulation", pooled))}
 
 
@@ -185,14 +211,14 @@ def openmm_md_cost(start_angstrom: np.ndarray, steps: int, seed: int,
         state = context.getState(getPositions=True)
         frames.append(state.getPositions(asNumpy=True)._value[beads] * 10.0)  # nm -> Å
     wall = time.perf_counter() - start
-    series = angle_series(np.array(frames))  # [T, 4]
+    series = angle_series(np.array(frames), np.arange(5))  # [T, 4]
     return {"s_per_step": wall / steps, "steps": steps,
             "tau_steps": integrated_autocorrelation_time(series[len(series) // 10:])
             * record_every}
 
 
-def drift_cost(run0, run1, steps: int) -> dict:
-    """A drift sampler (Cartesian) trained on the same beads: its i.i.d. scores and wall time
+def drift_cost(run0, run1, steps: int, backbone: np.ndarray) -> dict:
+    """A drift sampler (Cartesian) trained on the same atoms: its i.i.d. scores and wall time
     per sample."""
     start = time.perf_counter()
     drift = Trainer(run0, TrainConfig(field="drift", space="cartesian", steps=steps,
@@ -202,7 +228,7 @@ def drift_cost(run0, run1, steps: int) -> dict:
     samples = drift.sample_positions(N_IID, seed=1)
     return {"steps": steps, "train_s": train_s,
             "s_per_sample": (time.perf_counter() - start) / N_IID,
-            "iid": scores(samples, run1)}
+            "iid": scores(samples, run1, backbone)}
 
 
 def tables(stored: dict, args, floor: dict, md: dict, drift: dict) -> str:
@@ -274,6 +300,8 @@ def main():
     parser.add_argument("--md-steps", type=int, default=None,
                         help="steps of the OpenMM run that measures MD's cost")
     parser.add_argument("--drift-steps", type=int, default=None)
+    parser.add_argument("--all-atom", action="store_true",
+                        help="all 22 atoms instead of the 5 backbone beads")
     args = parser.parse_args()
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
@@ -284,33 +312,35 @@ def main():
     args.drift_steps = args.drift_steps or (500 if quick else 4000)
     tag = (f"steps={args.steps}|batch={BATCH_SIZE}|replicas={args.replicas}|"
            f"sim={args.sim_steps}")
+    _, reference = load(DATASET)
+    level = resolution(args.all_atom, len(reference.numbers))
+    suffix = ("_allatom" if args.all_atom else "") + ("-quick" if quick else "")
     results = args.results or ROOT / "benchmarks" / "results" / (
-        f"energy_diffusion_alanine{'-quick' if quick else ''}.json")
+        f"energy_diffusion_alanine{suffix}.json")
     stored = json.loads(results.read_text()) if results.exists() else {}
     angles_path = results.with_name(results.stem + "_angles.npz")
 
     def save():
         write_json(results, stored)
 
-    _, reference = load(DATASET)
-    beads = backbone_beads(topology_from_pdb(topology_pdb(DATASET)))
     runs = reference_runs(DATASET)
-    run0, run1 = (coarse_grain(reference[runs == k], beads) for k in (0, 1))
-    floor = scores(run0.positions, run1)
-    floor["reference_delta_f"] = delta_f(*bead_dihedrals(run1.positions))
+    run0, run1 = (coarse_grain(reference[runs == k], level.atoms) for k in (0, 1))
+    floor = scores(run0.positions, run1, level.backbone)
+    floor["reference_delta_f"] = delta_f(*bead_dihedrals(run1.positions[:, level.backbone]))
     if "openmm_md" not in stored:
         stored["openmm_md"] = openmm_md_cost(reference.positions[runs == 0][0], args.md_steps,
                                              seed=0)
         save()
     if f"drift|steps={args.drift_steps}" not in stored:
-        stored[f"drift|steps={args.drift_steps}"] = drift_cost(run0, run1, args.drift_steps)
+        stored[f"drift|steps={args.drift_steps}"] = drift_cost(run0, run1, args.drift_steps,
+                                                               level.backbone)
         save()
     for seed in args.seeds:
         for method in args.methods:
             key = f"{method}|seed={seed}|{tag}"
             if key in stored:
                 continue
-            stored[key], angles = run_method(method, seed, args, run0, run1)
+            stored[key], angles = run_method(method, seed, args, run0, run1, level)
             save()
             if seed == args.seeds[0]:  # the Ramachandran plot shows the first seed
                 kept = dict(np.load(angles_path)) if angles_path.exists() else {}
@@ -321,21 +351,22 @@ def main():
     text = tables(shown, args, floor, stored["openmm_md"],
                   stored[f"drift|steps={args.drift_steps}"])
     print(text)
-    if args.no_docs:
+    if args.no_docs or quick:  # a quick run is a smoke test: printed, not documented
         return
-    marker = "alanine-quick" if quick else "alanine"
+    marker = "alanine-allatom" if args.all_atom else "alanine"
     figure = ""
     if angles_path.exists():
         kept = np.load(angles_path)
-        panels = {"reference MD (run 1)": bead_dihedrals(run1.positions),
-                  "training set (run 0)": bead_dihedrals(run0.positions)}
+        panels = {"reference MD (run 1)": bead_dihedrals(run1.positions[:, level.backbone]),
+                  "training set (run 0)": bead_dihedrals(run0.positions[:, level.backbone])}
         panels.update({f"{key.replace('|', ', ')} (seed {args.seeds[0]})":
                        tuple(kept[key].astype(np.float64))
                        for key in kept.files})
         name = f"energy_diffusion_{marker.replace('-', '_')}.png"
         plot_ramachandran(ROOT / "docs" / "img" / name, panels, columns=3)
-        figure = f"\n\n![Ramachandran free energies, 5-bead alanine dipeptide](img/{name})"
+        figure = f"\n\n![Ramachandran free energies, {level.name} alanine dipeptide](img/{name})"
     command = ("python -m benchmarks.energy_diffusion_alanine"
+               + (" --all-atom" if args.all_atom else "")
                + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}"))
     write_section("energy-diffusion.md", marker,
                   f"`{command}` ({args.steps:,} training steps of batch {BATCH_SIZE}, "
