@@ -194,8 +194,8 @@ def cmd_train(args) -> int:
         options["pair_scale_exponent"] = exponents[0] if len(exponents) == 1 else exponents
     if args.bandwidths:
         options["bandwidths"] = tuple(args.bandwidths)
-    if args.canonical_rotors:
-        options["canonical_rotors"] = True
+    if args.canonical_rotors is not None:
+        options["canonical_rotors"] = args.canonical_rotors
     reference = None
     if args.reference:
         reference = _read_reference(args.reference)[0]
@@ -533,9 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distance space: divide each pair distance by (its spread over the "
                         "data / the mean spread)^ALPHA, 0 (the paper) to 1; several values "
                         "stack one block of features per value (e.g. 0 1)")
-    p.add_argument("--canonical-rotors", action="store_true",
+    p.add_argument("--canonical-rotors", action=argparse.BooleanOptionalAction, default=None,
                    help="distance space: relabel each methyl's hydrogens to one rotamer before "
-                        "taking distances (the generator need not bridge the three rotamers)")
+                        "taking distances, so the generator need not bridge the three rotamers "
+                        "(default: on in distance space)")
     p.add_argument("--method", choices=("drift", "energy-diffusion"), default="drift",
                    help="drift: the one-step generator (default); energy-diffusion: an "
                         "energy-based diffusion model that is also a force field")

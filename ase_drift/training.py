@@ -111,8 +111,10 @@ class TrainConfig(StoredConfig):
     :class:`ase_drift.features.PairwiseDistances`); None means :data:`DEFAULT_PAIR_SCALE_EXPONENT`
     in distance space and 0 in Cartesian space. A checkpoint written before the option existed
     reads back as 0, the map it was trained with. ``canonical_rotors`` relabels the hydrogens of
-    methyl-like rotors to one rotamer before the distances are taken (distance space only; see
-    :class:`ase_drift.features.PairwiseDistances`).
+    methyl-like rotors to one rotamer before the distances are taken (see
+    :class:`ase_drift.features.PairwiseDistances`); None means on in distance space (chosen by
+    the same ablation) and off in Cartesian space, where it is refused; a checkpoint written
+    before the option existed reads back as off.
     """
 
     field: str = DEFAULT_FIELD
@@ -122,7 +124,7 @@ class TrainConfig(StoredConfig):
     density_correction: bool = False
     standardize: bool | None = None
     pair_scale_exponent: float | tuple[float, ...] | None = None
-    canonical_rotors: bool = False
+    canonical_rotors: bool | None = None
     normalize_force_scale: bool = False
     bandwidths: tuple[float, ...] = (0.25,)
     temperature_K: float | None = None
@@ -143,7 +145,8 @@ class TrainConfig(StoredConfig):
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        return super().from_dict({"pair_scale_exponent": 0.0, **values})
+        return super().from_dict({"pair_scale_exponent": 0.0, "canonical_rotors": False,
+                                  **values})
 
     def __post_init__(self):
         object.__setattr__(self, "bandwidths", tuple(float(b) for b in self.bandwidths))
@@ -157,6 +160,8 @@ class TrainConfig(StoredConfig):
             exponents = DEFAULT_PAIR_SCALE_EXPONENT if self.space == "distance" else 0.0
         object.__setattr__(self, "pair_scale_exponent",
                            check_pair_scale_exponent(exponents, self.space))
+        if self.canonical_rotors is None:
+            object.__setattr__(self, "canonical_rotors", self.space == "distance")
         if self.canonical_rotors and self.space != "distance":
             raise ValueError("canonical_rotors relabels atoms before pair distances: use "
                              "space='distance'")

@@ -205,3 +205,6 @@ def test_train_pair_scale_exponent_reaches_the_config(labelled_file, tmp_path):
     checkpoint = load_checkpoint(model)
     assert checkpoint["config"]["train"]["canonical_rotors"] is True
     assert "canonical rotamer" in checkpoint["metadata"]["normalization"]
+    assert main(["train", str(labelled_file), "--no-canonical-rotors", "--steps", "3",
+                 "-o", str(model)]) == 0
+    assert load_checkpoint(model)["config"]["train"]["canonical_rotors"] is False

@@ -488,7 +488,8 @@ def test_canonical_rotors_relabel_the_training_methyl_and_round_trip(tmp_path):
     trainer = Trainer(reference, config)
     representation = trainer.representation
     assert representation.rotors.shape == (1, 6)
-    plain = Trainer(reference, small_config(steps=2, pair_scale_exponent=0.0))
+    plain = Trainer(reference, small_config(steps=2, pair_scale_exponent=0.0,
+                                            canonical_rotors=False))
     hydrogens = set(representation.rotors[0, 3:].tolist())
     h_pairs = [k for k, (i, j) in enumerate(zip(representation.pair_i.tolist(),
                                                 representation.pair_j.tolist()))
@@ -500,5 +501,7 @@ def test_canonical_rotors_relabel_the_training_methyl_and_round_trip(tmp_path):
     old = TrainConfig().as_dict()
     del old["canonical_rotors"]
     assert TrainConfig.from_dict(old).canonical_rotors is False
+    assert TrainConfig().canonical_rotors is True  # the default in distance space…
+    assert TrainConfig(space="cartesian").canonical_rotors is False  # …not in Cartesian space
     with pytest.raises(ValueError, match="distance"):
         small_config(space="cartesian", canonical_rotors=True)
