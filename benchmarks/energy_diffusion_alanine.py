@@ -367,7 +367,10 @@ def main():
         figure = f"\n\n![Ramachandran free energies, {level.name} alanine dipeptide](img/{name})"
     command = ("python -m benchmarks.energy_diffusion_alanine"
                + (" --all-atom" if args.all_atom else "")
-               + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}"))
+               + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}")
+               + (f" --steps {args.steps}" if args.steps != 20000 else "")
+               + (f" --methods {' '.join(args.methods)}" if args.methods != list(METHODS)
+                  else ""))
     write_section("energy-diffusion.md", marker,
                   f"`{command}` ({args.steps:,} training steps of batch {BATCH_SIZE}, "
                   f"{args.replicas} replicas × {args.sim_steps:,} steps of {TIMESTEP_FS:g} fs)"

@@ -34,7 +34,9 @@ from benchmarks.common import PAPER_DISTANCES, gfn2_energies, write_json, write_
 # name → TrainConfig options (all in distance space).
 VARIANTS = {
     "drift": {"field": "drift"},
-    "drift, pair weights^0.5 (the default)": {"field": "drift", "pair_scale_exponent": 0.5},
+    "drift, pair weights^0.5": {"field": "drift", "pair_scale_exponent": 0.5},
+    "drift, pair weights^0.5, canonical rotors (the default)": {
+        "field": "drift", "pair_scale_exponent": 0.5, "canonical_rotors": True},
     "FK energy form": {"field": "fk-energy"},
     "FK force form": {"field": "fk"},
     "FI+FK": {"field": "fi+fk"},  # FI's ω chosen from the data's ρ
