@@ -166,7 +166,7 @@ class PairwiseDistances:
 
     def canonical(self, coords: Tensor) -> Tensor:
         """``coords`` ``[B, A, 3]`` with every rotor's hydrogens relabelled (see the class
-        docstring); unchanged without rotors."""
+        docstring); unchanged without rotors (none are fitted without ``canonical_rotors``)."""
         order = self.canonical_order(coords)
         if order is None:
             return coords
@@ -184,7 +184,7 @@ class PairwiseDistances:
         first = np.abs(offset).argmin(-1)  # [B, G]: the hydrogen nearest the preferred phase
         shifts = (first[..., None] + np.arange(3)) % 3  # [B, G, 3]
         order = np.broadcast_to(np.arange(coords.shape[1]), coords.shape[:2]).copy()
-        order[:, hydrogens.reshape(-1)] = np.take_along_axis(
+        order[:, hydrogens.ravel()] = np.take_along_axis(
             np.broadcast_to(hydrogens, shifts.shape), shifts, -1).reshape(len(frames), -1)
         return torch.as_tensor(order, device=coords.device)
 
@@ -203,8 +203,7 @@ class PairwiseDistances:
         return (diff.square().sum(-1) + 1e-12).sqrt()  # [B, M]
 
     def features(self, coords: Tensor) -> Tensor:
-        if self.canonical_rotors:
-            coords = self.canonical(coords)
+        coords = self.canonical(coords)
         weighted = self.distances(coords)[:, None] / self.pair_weights.to(coords.dtype)  # [B, K, M]
         return weighted.flatten(1)  # [B, K·M]
 
@@ -230,7 +229,7 @@ class PairwiseDistances:
         pseudo-inverted by a batched eigendecomposition, dropping the rigid-motion zero modes.
         With canonical rotors, coordinates and scores are relabelled alike first.
         """
-        order = self.canonical_order(coords) if self.canonical_rotors else None
+        order = self.canonical_order(coords)
         if order is not None:
             coords = coords.gather(1, order[..., None].expand_as(coords))
             scores = scores.gather(1, order[..., None].expand_as(scores))
@@ -316,8 +315,8 @@ def find_rotors(numbers, positions: np.ndarray) -> np.ndarray:
     from .peptides import dihedral
 
     numbers = np.asarray(numbers)
-    positions = np.asarray(positions, dtype=np.float64)
     atoms = Atoms(numbers=numbers, positions=positions)
+    positions = atoms.positions
     neighbours = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=True)
     neighbours.update(atoms)
     bonded = [sorted(neighbours.get_neighbors(a)[0].tolist()) for a in range(len(atoms))]
@@ -325,7 +324,7 @@ def find_rotors(numbers, positions: np.ndarray) -> np.ndarray:
     for centre, partners in enumerate(bonded):
         hydrogens = [b for b in partners if numbers[b] == 1]
         others = [b for b in partners if numbers[b] != 1]
-        if numbers[centre] == 1 or len(hydrogens) != 3 or len(others) != 1:
+        if len(hydrogens) != 3 or len(others) != 1:
             continue
         axis = others[0]
         anchors = [b for b in bonded[axis] if b != centre]
@@ -342,7 +341,7 @@ def rotor_dihedrals(positions: np.ndarray, rotors: np.ndarray) -> np.ndarray:
     ``[N, A, 3]``."""
     from .peptides import dihedral
 
-    positions = np.asarray(positions, dtype=np.float64)
+    positions = np.asarray(positions)
     r, x, c = (positions[:, rotors[:, k], None] for k in range(3))  # [N, G, 1, 3]
     return dihedral(r, x, c, positions[:, rotors[:, 3:]])
 

@@ -439,12 +439,25 @@ def test_find_rotors_finds_each_methyl_with_its_hydrogens_in_cyclic_order():
     r, x, c, *hydrogens = rotor
     assert atoms.numbers[c] == 6 and (atoms.numbers[hydrogens] == 1).all()
     assert np.linalg.norm(atoms.positions[hydrogens] - atoms.positions[c], axis=1).max() < 1.2
-    assert atoms.numbers[x] == 6 and r not in (c, *hydrogens)
-    # +120° about x → c takes h₁ to h₂'s place, h₂ to h₃'s: the order is the turn's.
+    # The anchor r: the lowest-indexed atom bonded to x other than c.
+    bonded = np.linalg.norm(atoms.positions - atoms.positions[x], axis=1) < 1.6
+    assert atoms.numbers[x] == 6 and r == min(set(np.flatnonzero(bonded)) - {x, c})
+    # Hydrogens in ascending dihedral r–x–c–h: +120° about x → c takes h₁ to h₂'s place.
+    assert np.all(np.diff(rotor_dihedrals(atoms.positions[None], rotor[None])[0, 0]) > 0)
     turned = _turn_methyl(atoms.positions, rotor, 120.0)
     np.testing.assert_allclose(turned[hydrogens[:2]], atoms.positions[hydrogens[1:]], atol=0.05)
     assert len(find_rotors(molecule("C2H6").numbers, molecule("C2H6").positions)) == 2
     assert find_rotors(molecule("H2O").numbers, molecule("H2O").positions).shape == (0, 6)
+    # Hydrogens first (no rotor centres) and a methyl whose x has no other neighbour (CH₃Cl:
+    # no dihedral fixes its phase) before ethanol's: only ethanol's rotor, every time.
+    backwards = atoms[::-1]
+    assert len(find_rotors(backwards.numbers, backwards.positions)) == 1
+    chloride = molecule("CH3Cl")
+    assert find_rotors(chloride.numbers, chloride.positions).shape == (0, 6)
+    both = chloride + atoms
+    both.positions[len(chloride):] += 10.0
+    (found,) = find_rotors(both.numbers, both.positions)
+    np.testing.assert_array_equal(found, rotor + len(chloride))
 
 
 def _symmetric_methyl(positions: np.ndarray, rotor) -> np.ndarray:
@@ -481,13 +494,19 @@ def test_canonical_first_hydrogen_lies_within_60_degrees_of_the_fitted_phase():
     rng = np.random.default_rng(0)
     # Data around a staggered phase, spread over all three rotamers: the fitted phase is the
     # rotamers' common one (mod 120°), whatever the labels.
-    turns = rng.choice([0.0, 120.0, 240.0], 60) + rng.normal(0.0, 10.0, 60)
+    # (staggered 23° away from ase's geometry, whose dihedrals sit at ±60° and 180°)
+    turns = 23.0 + rng.choice([0.0, 120.0, 240.0], 60) + rng.normal(0.0, 10.0, 60)
     frames = np.stack([_turn_methyl(atoms.positions, rotor, t) for t in turns])
     representation = _fitted(frames, atoms.numbers)
     start = rotor_dihedrals(atoms.positions[None], rotor[None])[0, 0]  # [3]
-    offset = np.angle(np.exp(3j * (representation.rotor_phases[0] - start[0]))) / 3
+    offset = np.angle(np.exp(3j * (representation.rotor_phases[0] - start[0]
+                                   - np.radians(23.0)))) / 3
     assert abs(offset) < np.radians(3.0)
-    angles = rotor_dihedrals(representation.canonical(torch.as_tensor(frames)).numpy(),
+    # Any turn at all, relabelled: the first hydrogen ends within ±60° of the phase.
+    symmetric = _symmetric_methyl(atoms.positions, rotor)
+    anywhere = np.stack([_turn_methyl(symmetric, rotor, t)
+                         for t in rng.uniform(-180.0, 180.0, 200)])
+    angles = rotor_dihedrals(representation.canonical(torch.as_tensor(anywhere)).numpy(),
                              representation.rotors)[:, 0]  # [N, 3]
     first = np.angle(np.exp(1j * (angles[:, 0] - representation.rotor_phases[0])))
     assert np.abs(first).max() < np.radians(60.0)
@@ -524,3 +543,30 @@ def test_canonical_rotors_need_distance_space_and_leave_rotor_free_molecules_alo
     representation = _fitted(water.positions[None], water.numbers)
     coords = torch.as_tensor(water.positions[None])
     assert representation.canonical(coords) is coords
+
+
+def test_prepare_fits_the_rotors_and_weighs_the_pairs_of_the_canonical_frames():
+    """prepare() finds the methyl in the data and fits its phase; the pair weights are the
+    spreads of the relabelled frames, in which the three rotamers coincide."""
+    atoms = molecule("CH3CH2OH")
+    rotor = find_rotors(atoms.numbers, atoms.positions)[0]
+    rng = np.random.default_rng(0)
+    frames = np.stack([_turn_methyl(_symmetric_methyl(atoms.positions, rotor), rotor, turn)
+                       + rng.normal(0.0, 0.01, (9, 3))
+                       for turn in rng.choice([0.0, 120.0, 240.0], 90)])
+    data = Conformations(atoms.numbers, frames, temperature_K=300.0)
+    representation = PairwiseDistances(9, pair_scale_exponent=1.0, canonical_rotors=True)
+    prepared = representation.prepare(data, 300.0)
+    found = representation.rotors
+    assert len(found) == 1 and np.array_equal(found[0, :3], rotor[:3])
+    assert any(np.array_equal(np.roll(rotor[3:], k), found[0, 3:]) for k in range(3))
+    plain = PairwiseDistances(9, pair_scale_exponent=1.0)
+    plain.prepare(data, 300.0)
+    # Canonical frames differ only by the noise: every pair's spread is of its order.
+    canonical = representation.distances(representation.canonical(torch.as_tensor(frames)))
+    relative = canonical.std(0) / canonical.std(0).mean()
+    torch.testing.assert_close(representation.pair_weights[0], relative.float().clamp_min(1e-3),
+                               rtol=1e-4, atol=1e-5)
+    assert plain.pair_weights.max() > 3 * representation.pair_weights.max()
+    spread = prepared.features.std(0)  # unit spread per pair at α = 1, within round-off
+    assert spread.max() / spread.min() < 1.01 and "canonical" in representation.normalization
