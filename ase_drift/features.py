@@ -168,9 +168,7 @@ class PairwiseDistances:
         """``coords`` ``[B, A, 3]`` with every rotor's hydrogens relabelled (see the class
         docstring); unchanged without rotors (none are fitted without ``canonical_rotors``)."""
         order = self.canonical_order(coords)
-        if order is None:
-            return coords
-        return coords.gather(1, order[..., None].expand_as(coords))
+        return coords if order is None else _reorder_atoms(coords, order)
 
     def canonical_order(self, coords: Tensor) -> Tensor | None:
         """Atom order ``[B, A]`` of the canonical relabelling, None without rotors. The choice
@@ -231,8 +229,7 @@ class PairwiseDistances:
         """
         order = self.canonical_order(coords)
         if order is not None:
-            coords = coords.gather(1, order[..., None].expand_as(coords))
-            scores = scores.gather(1, order[..., None].expand_as(scores))
+            coords, scores = _reorder_atoms(coords, order), _reorder_atoms(scores, order)
         out = []
         n_pairs = len(self.pair_i)
         for start in range(0, len(coords), chunk):
@@ -285,6 +282,19 @@ def check_pair_scale_exponent(value, space: str = "distance") -> float | tuple[f
     return exponents
 
 
+def check_canonical_rotors(value: bool, space: str) -> bool:
+    """``value`` as a bool, refused (ValueError) outside distance space."""
+    if value and space != "distance":
+        raise ValueError("canonical_rotors relabels atoms before pair distances: use "
+                         "space='distance'")
+    return bool(value)
+
+
+def _reorder_atoms(values: Tensor, order: Tensor) -> Tensor:
+    """Per-atom ``values`` ``[B, A, 3]`` taken in the atom ``order`` ``[B, A]`` of each frame."""
+    return values.gather(1, order[..., None].expand_as(values))
+
+
 def make_representation(space: str, n_atoms: int,
                         pair_scale_exponent: float | tuple[float, ...] = 0.0,
                         canonical_rotors: bool = False) -> Representation:
@@ -293,9 +303,7 @@ def make_representation(space: str, n_atoms: int,
     :class:`PairwiseDistances`; distance space only)."""
     if space == "cartesian":
         check_pair_scale_exponent(pair_scale_exponent, space)
-        if canonical_rotors:
-            raise ValueError("canonical_rotors relabels atoms before pair distances: use "
-                             "space='distance'")
+        check_canonical_rotors(canonical_rotors, space)
         return Cartesian()
     if space == "distance":
         return PairwiseDistances(n_atoms, pair_scale_exponent, canonical_rotors)

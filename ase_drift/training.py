@@ -57,7 +57,7 @@ from .drift import (
     field_spec,
     make_field,
 )
-from .features import check_pair_scale_exponent, make_representation
+from .features import check_canonical_rotors, check_pair_scale_exponent, make_representation
 from .forces import label
 from .kernels import kde_log_density
 from .models import GeneratorConfig, MLPGenerator
@@ -160,11 +160,8 @@ class TrainConfig(StoredConfig):
             exponents = DEFAULT_PAIR_SCALE_EXPONENT if self.space == "distance" else 0.0
         object.__setattr__(self, "pair_scale_exponent",
                            check_pair_scale_exponent(exponents, self.space))
-        if self.canonical_rotors is None:
-            object.__setattr__(self, "canonical_rotors", self.space == "distance")
-        if self.canonical_rotors and self.space != "distance":
-            raise ValueError("canonical_rotors relabels atoms before pair distances: use "
-                             "space='distance'")
+        rotors = self.space == "distance" if self.canonical_rotors is None else self.canonical_rotors
+        object.__setattr__(self, "canonical_rotors", check_canonical_rotors(rotors, self.space))
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in [0, 1) (0: no averaging), got "
                              f"{self.ema_decay}")

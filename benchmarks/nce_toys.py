@@ -108,10 +108,15 @@ def run_config(variant: str, seed: int, steps: int = CONFIG.steps) -> NCEConfig:
                                     nce_weight=nce_weight, steps=steps))
 
 
+def steps_suffix(steps: int) -> str:
+    """'' for the default training length, else e.g. '-20k': names its results and section."""
+    return "" if steps == CONFIG.steps else f"-{steps // 1000}k"
+
+
 def output_paths(steps: int) -> tuple[Path, Path, Path]:
     """Results, seed-0 grids and figure of a training length: the default's plain names,
     others suffixed with their steps, so a longer budget never overwrites the default's table."""
-    suffix = "" if steps == CONFIG.steps else f"-{steps // 1000}k"
+    suffix = steps_suffix(steps)
     return (RESULTS_PATH.with_name(f"{RESULTS_PATH.stem}{suffix}.json"),
             GRIDS_PATH.with_name(f"{GRIDS_PATH.stem}{suffix}.npz"),
             FIGURE_PATH.with_name(f"{FIGURE_PATH.stem}{suffix}.png"))
@@ -212,8 +217,7 @@ def main(argv=None) -> None:
     text = table(results, args.steps)
     print(text)
     if args.docs:
-        suffix = "" if args.steps == CONFIG.steps else f"-{args.steps // 1000}k"
-        write_section("benchmarks.md", f"nce-toys{suffix}", text)
+        write_section("benchmarks.md", f"nce-toys{steps_suffix(args.steps)}", text)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from ase_drift.features import (
     Cartesian,
     PairwiseDistances,
     align_frames,
+    check_canonical_rotors,
     find_rotors,
     kabsch_rotations,
     make_representation,
@@ -537,8 +538,17 @@ def test_canonical_features_and_scores_ignore_a_cyclic_relabelling_of_the_hydrog
 
 
 def test_canonical_rotors_need_distance_space_and_leave_rotor_free_molecules_alone():
-    with pytest.raises(ValueError, match="distance"):
+    message = "canonical_rotors relabels atoms before pair distances: use space='distance'"
+    with pytest.raises(ValueError, match=message):
         make_representation("cartesian", 9, canonical_rotors=True)
+    with pytest.raises(ValueError, match=message):
+        check_canonical_rotors(True, "cartesian")
+    assert check_canonical_rotors(True, "distance") is True
+    assert check_canonical_rotors(0, "cartesian") is False
+    assert make_representation("cartesian", 9).name == "cartesian"
+    representation = make_representation("distance", 9, 0.5, canonical_rotors=True)
+    assert representation.canonical_rotors is True and representation.exponents == (0.5,)
+    assert make_representation("distance", 9).canonical_rotors is False
     water = molecule("H2O")
     representation = _fitted(water.positions[None], water.numbers)
     coords = torch.as_tensor(water.positions[None])
