@@ -175,24 +175,15 @@ class PairwiseDistances:
         is made on detached numbers: it is a permutation, not a function to differentiate."""
         if not len(self.rotors):
             return None
-        frames = coords.detach().cpu().double().numpy()
-        hydrogens = self.rotors[:, 3:]  # [G, 3] in cyclic order
-        angles = rotor_dihedrals(frames, self.rotors)  # [B, G, 3]
-        offset = np.angle(np.exp(1j * (angles - self.rotor_phases[None, :, None])))
-        first = np.abs(offset).argmin(-1)  # [B, G]: the hydrogen nearest the preferred phase
-        shifts = (first[..., None] + np.arange(3)) % 3  # [B, G, 3]
-        order = np.broadcast_to(np.arange(coords.shape[1]), coords.shape[:2]).copy()
-        order[:, hydrogens.ravel()] = np.take_along_axis(
-            np.broadcast_to(hydrogens, shifts.shape), shifts, -1).reshape(len(frames), -1)
+        order = canonical_rotor_order(coords.detach().cpu().double().numpy(), self.rotors,
+                                      self.rotor_phases)
         return torch.as_tensor(order, device=coords.device)
 
     def fit_rotors(self, numbers: np.ndarray, positions: np.ndarray) -> None:
         """Find the rotors in the first frame (:func:`find_rotors`) and fit each one's preferred
-        phase: the circular mean of 3θ over every hydrogen of every frame, divided by 3, so the
-        ±60° window is centred on the staggered minima rather than cutting one in two."""
+        phase (:func:`fit_rotor_phases`)."""
         self.rotors = find_rotors(numbers, positions[0])
-        angles = rotor_dihedrals(positions, self.rotors)  # [N, G, 3]
-        self.rotor_phases = np.angle(np.exp(3j * angles).mean(axis=(0, 2))) / 3
+        self.rotor_phases = fit_rotor_phases(positions, self.rotors)
 
     def distances(self, coords: Tensor) -> Tensor:
         """The plain interatomic distances ``[B, M]``."""
@@ -352,6 +343,31 @@ def rotor_dihedrals(positions: np.ndarray, rotors: np.ndarray) -> np.ndarray:
     positions = np.asarray(positions)
     r, x, c = (positions[:, rotors[:, k], None] for k in range(3))  # [N, G, 1, 3]
     return dihedral(r, x, c, positions[:, rotors[:, 3:]])
+
+
+def fit_rotor_phases(positions: np.ndarray, rotors: np.ndarray) -> np.ndarray:
+    """Each rotor's preferred phase ``[G]`` (rad) over frames ``[N, A, 3]``: the circular mean of
+    3θ over every hydrogen of every frame, divided by 3, so the ±60° window of
+    :func:`canonical_rotor_order` is centred on the staggered minima rather than cutting one in
+    two."""
+    angles = rotor_dihedrals(positions, rotors)  # [N, G, 3]
+    return np.angle(np.exp(3j * angles).mean(axis=(0, 2))) / 3
+
+
+def canonical_rotor_order(frames: np.ndarray, rotors: np.ndarray,
+                          phases: np.ndarray) -> np.ndarray:
+    """Atom order ``[B, A]`` that relabels each rotor's hydrogens in frames ``[B, A, 3]``: the one
+    whose dihedral lies within ±60° of the rotor's phase first, the other two in cyclic order
+    (a cyclic permutation, never a reflection)."""
+    hydrogens = rotors[:, 3:]  # [G, 3] in cyclic order
+    angles = rotor_dihedrals(frames, rotors)  # [B, G, 3]
+    offset = np.angle(np.exp(1j * (angles - phases[None, :, None])))
+    first = np.abs(offset).argmin(-1)  # [B, G]: the hydrogen nearest the preferred phase
+    shifts = (first[..., None] + np.arange(3)) % 3  # [B, G, 3]
+    order = np.broadcast_to(np.arange(frames.shape[1]), frames.shape[:2]).copy()
+    order[:, hydrogens.ravel()] = np.take_along_axis(
+        np.broadcast_to(hydrogens, shifts.shape), shifts, -1).reshape(len(frames), -1)
+    return order
 
 
 def kabsch_rotations(positions: np.ndarray, reference: np.ndarray) -> np.ndarray:

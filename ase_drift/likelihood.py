@@ -73,12 +73,20 @@ import torch
 from torch import Tensor, nn
 
 from .checkpoint import StoredConfig, load_checkpoint, save_checkpoint
-from .features import PairwiseDistances
+from .features import PairwiseDistances, canonical_rotor_order, find_rotors, fit_rotor_phases
+from .internal_coordinates import (
+    build_zmatrix,
+    internal_coordinates,
+    log_jacobian,
+    torsion_cuts,
+    unwrap_torsions,
+)
 from .metrics.distances import covalent_bonds, pair_distances, pair_indices
 from .sampler import check_seed
 
 KIND = "nce-density"
 INTERPOLANTS = ("linear", "trig")
+COORDINATES = ("internal", "distances")
 
 
 # --------------------------------------------------------------------------- the interpolant
@@ -186,7 +194,10 @@ class NCEConfig(StoredConfig):
     rate decays to zero on a cosine. ``time_power`` p reads the interpolant at t^p
     (:func:`interpolant_coefficients`), ``fourier_features`` F > 0 adds random Fourier features
     of the standardised input, frequencies ~ N(0, ``fourier_scale``²) (:class:`EnergyNet`):
-    both for densities with detail much finer than their spread (the toys' modes and cells)."""
+    both for densities with detail much finer than their spread (the toys' modes and cells).
+    ``coordinates`` is what a molecule's density is learned on: "internal" (Z-matrix bonds,
+    angles and torsions, methyl hydrogens relabelled to one rotamer; Eqs. 12–13) or
+    "distances" (the pair distances, Eqs. 6–7); vectors ignore it."""
 
     hidden: int = 256
     depth: int = 4
@@ -201,10 +212,14 @@ class NCEConfig(StoredConfig):
     steps: int = 2000
     batch_size: int = 1024
     learning_rate: float = 1e-3
+    coordinates: str = "internal"
     seed: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "seed", check_seed(self.seed))
+        if self.coordinates not in COORDINATES:
+            raise ValueError(f"unknown coordinates {self.coordinates!r}; use one of "
+                             f"{COORDINATES}")
         if self.interpolant not in INTERPOLANTS:
             raise ValueError(f"unknown interpolant {self.interpolant!r}; use one of "
                              f"{INTERPOLANTS}")
@@ -303,6 +318,73 @@ class Chirality(NamedTuple):
     inverted: np.ndarray  # [n] bool: some but not all flipped
 
 
+def classify_chirality(positions: np.ndarray, quadruples: np.ndarray,
+                       reference_signs: np.ndarray) -> Chirality:
+    """Frames ``[n, A, 3]`` against the sign pattern ``[K]`` of ``quadruples`` ``[K, 4]``."""
+    flipped = np.sign(signed_volumes(positions, quadruples)) != reference_signs  # [n, K]
+    some = flipped.any(1)
+    every = flipped.all(1) & (len(reference_signs) > 0)
+    return Chirality(mirror=every, inverted=some & ~every)
+
+
+def reflect_mirrors(positions: np.ndarray, quadruples: np.ndarray,
+                    reference_signs: np.ndarray) -> np.ndarray:
+    """A copy of ``positions`` ``[n, A, 3]`` with the mirror frames reflected (x → −x)."""
+    positions = np.array(positions, dtype=np.float64)
+    positions[classify_chirality(positions, quadruples, reference_signs).mirror, :, 0] *= -1
+    return positions
+
+
+class InternalFrame(NamedTuple):
+    """How a molecule's frames become internal coordinates (Eq. 13), fitted once."""
+
+    rotors: np.ndarray  # [G, 6] (:func:`~ase_drift.features.find_rotors`)
+    rotor_phases: np.ndarray  # [G] rad
+    zmatrix: np.ndarray  # [A − 1, 4] (:func:`~ase_drift.internal_coordinates.build_zmatrix`)
+    cuts: np.ndarray  # [A − 3] rad, each torsion's cut
+
+    @classmethod
+    def fit(cls, numbers, positions: np.ndarray) -> InternalFrame:
+        """Rotors and phases, then the Z-matrix and the torsion cuts of the relabelled frames
+        ``[N, A, 3]`` (already of one handedness)."""
+        rotors = find_rotors(numbers, positions[0])
+        phases = fit_rotor_phases(positions, rotors)
+        positions = relabel_rotors(positions, rotors, phases)
+        zmatrix = build_zmatrix(numbers, positions)
+        cuts = torsion_cuts(internal_coordinates(positions, zmatrix).torsions)
+        return cls(rotors, phases, zmatrix, cuts)
+
+    def coordinates(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(bonds, angles, unwrapped torsions) ``[n, 3A − 6]`` of frames ``[n, A, 3]`` after the
+        rotor relabelling, and log ∏ r² ∏ sin θ ``[n]`` (Eq. 12)."""
+        positions = relabel_rotors(positions, self.rotors, self.rotor_phases)
+        internal = internal_coordinates(positions, self.zmatrix)
+        torsions = unwrap_torsions(internal.torsions, self.cuts)
+        return (np.concatenate([internal.bonds, internal.angles, torsions], axis=1),
+                log_jacobian(internal))
+
+    def as_metadata(self) -> dict:
+        return {"rotors": self.rotors.tolist(), "rotor_phases": self.rotor_phases.tolist(),
+                "zmatrix": self.zmatrix.tolist(), "torsion_cuts": self.cuts.tolist()}
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> InternalFrame:
+        return cls(np.asarray(metadata["rotors"], dtype=np.int64).reshape(-1, 6),
+                   np.asarray(metadata["rotor_phases"], dtype=np.float64),
+                   np.asarray(metadata["zmatrix"], dtype=np.int64).reshape(-1, 4),
+                   np.asarray(metadata["torsion_cuts"], dtype=np.float64))
+
+
+def relabel_rotors(positions: np.ndarray, rotors: np.ndarray, phases: np.ndarray) -> np.ndarray:
+    """Frames ``[n, A, 3]`` with every rotor's hydrogens in canonical order
+    (:func:`~ase_drift.features.canonical_rotor_order`)."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if not len(rotors):
+        return positions
+    order = canonical_rotor_order(positions, rotors, phases)  # [n, A]
+    return np.take_along_axis(positions, order[..., None], axis=1)
+
+
 # --------------------------------------------------------------------------- the density
 
 
@@ -363,10 +445,17 @@ class NCEDensity:
             quadruples = chirality_quadruples(numbers, samples)
             signs = np.sign(signed_volumes(samples, quadruples))  # [N, K]
             patterns, counts = np.unique(signs, axis=0, return_counts=True)
+            native = patterns[np.argmax(counts)]
             metadata.update(numbers=numbers.tolist(), chirality_quadruples=quadruples.tolist(),
-                            chirality_signs=patterns[np.argmax(counts)].tolist(),
+                            chirality_signs=native.tolist(),
                             units={"positions": "Å", "log_prob": "log Å^-(3A-3) + C"})
-            features = pair_distances(samples)  # [N, M]
+            if config.coordinates == "internal":
+                samples = reflect_mirrors(samples, quadruples, native)
+                frame = InternalFrame.fit(numbers, samples)
+                metadata.update(frame.as_metadata())
+                features = frame.coordinates(samples)[0]  # [N, 3A − 6]
+            else:
+                features = pair_distances(samples)  # [N, M]
         elif samples.ndim == 2:
             if numbers is not None:
                 raise ValueError("numbers are for positions [N, A, 3], not vectors [N, D]")
@@ -417,32 +506,33 @@ class NCEDensity:
 
     def log_prob(self, samples) -> np.ndarray:
         """log q ``[n]`` up to the constant C: vectors ``[n, D]`` → −U_θ(x, 0) − Σ log scale;
-        positions ``[n, A, 3]`` Å → log q̄ of Eq. 7 (per Å^(3A−3) of centred coordinates)."""
+        positions ``[n, A, 3]`` Å → log q̄ of Eq. 13 (internal coordinates) or Eq. 7
+        (distances), per Å^(3A−3) of centred coordinates."""
         samples = np.asarray(samples, dtype=np.float64)
         if self.numbers is None:
             if samples.ndim != 2 or samples.shape[1] != len(self.shift):
                 raise ValueError(f"expected vectors [n, {len(self.shift)}], got {samples.shape}")
             return -self.energy(samples) - float(self.scale.log().sum())
         self._check_positions(samples)
-        return (-self.energy(pair_distances(samples))
-                + log_volume_factor(samples, self.scale.double().numpy()))
+        if self.config.coordinates == "distances":
+            return (-self.energy(pair_distances(samples))
+                    + log_volume_factor(samples, self.scale.double().numpy()))
+        features, log_volume = InternalFrame.from_metadata(self.metadata).coordinates(
+            self.fold(samples))
+        return -self.energy(features) - float(self.scale.log().sum()) - log_volume
 
     def chirality(self, positions) -> Chirality:
         """Which frames ``[n, A, 3]`` are mirror images or have inverted centres (Eq. 8)."""
         positions = self._check_positions(np.asarray(positions, dtype=np.float64))
-        reference = np.asarray(self.metadata["chirality_signs"])  # [K]
-        flipped = np.sign(signed_volumes(positions, self.quadruples)) != reference  # [n, K]
-        some = flipped.any(1)
-        every = flipped.all(1) & (len(reference) > 0)
-        return Chirality(mirror=every, inverted=some & ~every)
+        return classify_chirality(positions, self.quadruples,
+                                  np.asarray(self.metadata["chirality_signs"]))
 
     def fold(self, positions) -> np.ndarray:
         """``positions`` ``[n, A, 3]`` with mirror images reflected (x → −x) into the fitted
         frames' handedness; log q̄ is unchanged, chiral observables become meaningful."""
-        positions = np.array(positions, dtype=np.float64)
-        mirror = self.chirality(positions).mirror
-        positions[mirror, :, 0] *= -1
-        return positions
+        positions = self._check_positions(np.asarray(positions, dtype=np.float64))
+        return reflect_mirrors(positions, self.quadruples,
+                               np.asarray(self.metadata["chirality_signs"]))
 
     def _check_positions(self, positions: np.ndarray) -> np.ndarray:
         if self.numbers is None:
@@ -460,7 +550,8 @@ class NCEDensity:
     def load(cls, path: str | Path) -> NCEDensity:
         """Read a density written by :meth:`save` (``torch.load(weights_only=True)``)."""
         payload = load_checkpoint(path, kind=KIND)
-        config = NCEConfig.from_dict(payload["config"])
+        # Densities written before internal coordinates existed were fitted on distances.
+        config = NCEConfig.from_dict({"coordinates": "distances", **payload["config"]})
         state = payload["state_dict"]
         net = EnergyNet(len(state["shift"]), config.hidden, config.depth,
                         config.fourier_features, config.fourier_scale)

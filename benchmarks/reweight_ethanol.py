@@ -8,12 +8,13 @@ hydroxyl trans/gauche free energy, weighted against unweighted, beside the refer
 
 Per seed s: a drift sampler (default field, ``TrainConfig(steps=4000, seed=s)``, kept in
 ``bench_out/``) draws 20,000 frames on which an :class:`~ase_drift.likelihood.NCEDensity` is
-fitted (defaults but a 128-wide, 3-block net, batches of 512 for 3,000 steps), then 10,000 fresh
-frames are labelled with GFN2-xTB and weighted (Eq. 9 of docs/likelihoods.md). Distance TVD is
-the pooled pair-distance histogram's (100 bins on [0, 1.2 × the largest reference distance]),
-weighted histograms for the weighted rows. The "no volume factor" row drops Eq. 7's
-½ log pdet − ½ log det I, i.e. uses the distance density as if it were the Cartesian one.
-Results per seed go to ``benchmarks/results/reweight_ethanol.json`` as they finish.
+fitted (defaults but a 128-wide, 3-block net, batches of 512 for 3,000 steps) on internal
+coordinates (the default, Eq. 13 of docs/likelihoods.md) and another on pair distances (Eq. 7),
+then 10,000 fresh frames are labelled with GFN2-xTB and weighted by each (Eq. 9). Distance TVD
+is the pooled pair-distance histogram's (100 bins on [0, 1.2 × the largest reference
+distance]), weighted histograms for the weighted rows. The density check fits both kinds to
+half of the reference MD and reads them on the other half. Results per seed go to
+``benchmarks/results/reweight_ethanol.json`` as they finish.
 """
 
 from __future__ import annotations
@@ -47,6 +48,9 @@ DATASET = "ethanol-gfn2-500K"
 SEEDS, TRAIN_STEPS, N_FIT, N_EVAL, BINS = (0, 1, 2), 4000, 20_000, 10_000, 100
 N_FLOOR = 2000  # frames of the noise floor (≈ ESS × N_EVAL)
 DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=3000)
+COORDINATES = ("internal", "distances")
+ROW_NAMES = {"internal": "reweighted (internal coordinates)",
+             "distances": "reweighted (pair distances)"}
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "reweight_ethanol.json"
 
 
@@ -110,35 +114,40 @@ def run_seed(seed: int, train_set, reference, source) -> dict:
     start = time.perf_counter()
     sampler = drift_sampler(train_set, seed)
     trained = time.perf_counter()
-    density = NCEDensity.fit(sampler, n=N_FIT, config=DENSITY, seed=seed)
+    densities = {coordinates: NCEDensity.fit(sampler, n=N_FIT, config=DENSITY, seed=seed,
+                                             coordinates=coordinates)
+                 for coordinates in COORDINATES}
     fitted = time.perf_counter()
     positions = sampler.sample_positions(N_EVAL, seed=1000 + seed).astype(np.float64)
-    log_q = density.log_prob(positions)
+    log_q = {coordinates: density.log_prob(positions)
+             for coordinates, density in densities.items()}
     energies = label_positions(source, numbers, positions, batch_size=256).energies
     labelled = time.perf_counter()
-    weighted = reweight(positions, numbers, log_q, energies=energies, temperature_K=temperature)
-    volume = log_volume_factor(positions, density.scale.double().numpy())
-    no_volume = reweight(positions, numbers, log_q - volume, energies=energies,
-                         temperature_K=temperature)
+    weighted = {coordinates: reweight(positions, numbers, log_q[coordinates],
+                                      energies=energies, temperature_K=temperature)
+                for coordinates in COORDINATES}
+    volume = log_volume_factor(positions, densities["distances"].scale.double().numpy())
     uniform = reweight(positions, numbers, -energies / units.kT(temperature),
                        energies=energies, temperature_K=temperature)  # log q = log π: w = 1/n
     max_distance = 1.2 * float(pair_distances(reference.positions).max())
     ref_hist = normalised_histogram(pair_distances(reference.positions), BINS, (0, max_distance))
-    chirality = density.chirality(positions)
+    chirality = densities["internal"].chirality(positions)
     atoms = hydroxyl_torsion_atoms(reference)
     ev = units.kT(temperature)
     rows = {}
-    for name, ws in (("unweighted", uniform), ("reweighted", weighted),
-                     ("reweighted, no volume factor", no_volume)):
+    for name, ws in (("unweighted", uniform), *(
+            (ROW_NAMES[coordinates], weighted[coordinates]) for coordinates in COORDINATES)):
         mean_energy = ws.expectation(lambda r, ws=ws: ws.reduced_energies * ev)
         rows[name] = {"ess": ws.ess, "tvd": tvd(positions, ref_hist, max_distance, ws.weights),
                       "mean_energy_eV": list(mean_energy),
                       "dF_gauche_trans": trans_free_energy(ws, atoms)}
     return {"rows": rows, "mirror_fraction": float(chirality.mirror.mean()),
             "inverted_fraction": float(chirality.inverted.mean()),
-            "corr_logq_minus_E": float(np.corrcoef(log_q, -energies)[0, 1]),
+            "corr_logq_minus_E": {coordinates: float(np.corrcoef(log_q[coordinates],
+                                                                 -energies)[0, 1])
+                                  for coordinates in COORDINATES},
             "std_log_volume_factor": float(volume.std()),
-            "std_reduced_energy": float(weighted.reduced_energies.std()),
+            "std_reduced_energy": float(uniform.reduced_energies.std()),
             "seconds": {"train": trained - start, "fit": fitted - trained,
                         "label": labelled - fitted}}
 
@@ -164,13 +173,14 @@ def reference_row(train_set, reference) -> dict:
     return out
 
 
-def density_check(reference) -> dict:
+def density_check(reference, coordinates: str) -> dict:
     """The density model alone: fitted to one half of the reference MD (alternate runs), whose
     frames are draws from π itself, and read on the other half. There log q̄ should equal
     −E/kT + const, and weights π/q̄ of those frames should be uniform (ESS 1): what remains is
     the model's error in 3A − 6 = 21 dimensions."""
     first = reference_part(len(reference.positions), reference_runs(DATASET))
-    density = NCEDensity.fit(reference.positions[first], reference.numbers, config=DENSITY)
+    density = NCEDensity.fit(reference.positions[first], reference.numbers, config=DENSITY,
+                             coordinates=coordinates)
     held_out = reference.positions[~first]
     energies = reference.energies[~first]
     log_q = density.log_prob(held_out)
@@ -194,7 +204,7 @@ def table(results: dict) -> str:
     rows = []
     ref = results["reference"]
     ref_energy = ref["reference MD"]["mean_energy_eV"][0]
-    for name in ("unweighted", "reweighted", "reweighted, no volume factor"):
+    for name in ("unweighted", *ROW_NAMES.values()):
         runs = [results[s]["rows"][name] for s in seeds]
         rows.append([f"drift, {name}", len(runs), [r["ess"] for r in runs],
                      [r["tvd"] for r in runs],
@@ -210,23 +220,28 @@ def table(results: dict) -> str:
                  Estimate(*ref["noise floor"]["tvd"]), "—", "—"])
     text = render_table(header, rows, digits=[0, 0, 5, 3, 1, 2])
     per_seed = [results[s] for s in seeds]
-    errors = [1000 * results[s]["rows"]["reweighted"]["mean_energy_eV"][1] for s in seeds]
-    notes = (f"\n\nBootstrap error of one seed's reweighted mean energy: "
-             f"{np.mean(errors):.1f} meV (mean over seeds); "
+    errors = [1000 * results[s]["rows"][ROW_NAMES["internal"]]["mean_energy_eV"][1]
+              for s in seeds]
+    corr = {c: np.mean([r["corr_logq_minus_E"][c] for r in per_seed]) for c in COORDINATES}
+    notes = (f"\n\nBootstrap error of one seed's mean energy reweighted with internal "
+             f"coordinates: {np.mean(errors):.1f} meV (mean over seeds); "
              f"mirror images among the samples: "
              f"{np.mean([r['mirror_fraction'] for r in per_seed]):.3f}, inverted centres: "
              f"{np.mean([r['inverted_fraction'] for r in per_seed]):.4f}; corr(log q, −E): "
-             f"{np.mean([r['corr_logq_minus_E'] for r in per_seed]):.2f}; std of the volume "
-             f"factor {np.mean([r['std_log_volume_factor'] for r in per_seed]):.2f} against "
+             f"{corr['internal']:.2f} (internal), {corr['distances']:.2f} (distances); std of "
+             f"Eq. 7's volume factor {np.mean([r['std_log_volume_factor'] for r in per_seed]):.2f} against "
              f"std(E/kT) {np.mean([r['std_reduced_energy'] for r in per_seed]):.2f}; minutes per "
              f"seed (train / fit / label): " + " / ".join(
                  f"{np.mean([r['seconds'][k] for r in per_seed]) / 60:.1f}"
                  for k in ("train", "fit", "label")) + ".")
-    check = results.get("density check")
-    if check is not None:
-        notes += (f"\n\nThe density model alone, fitted to {check['frames_fit']:,} reference "
-                  f"frames (draws from π) and read on the other {check['frames_read']:,}: "
-                  f"corr(log q̄, −E/kT) {check['corr_logq_minus_E']:.3f}, std(log q̄ + E/kT) "
+    for coordinates in COORDINATES:
+        check = results.get(f"density check ({coordinates})")
+        if check is None:
+            continue
+        notes += (f"\n\nThe density model on {coordinates} alone, fitted to "
+                  f"{check['frames_fit']:,} reference frames (draws from π) and read on the "
+                  f"other {check['frames_read']:,}: corr(log q̄, −E/kT) "
+                  f"{check['corr_logq_minus_E']:.3f}, std(log q̄ + E/kT) "
                   f"{check['std_logq_plus_E_over_kT']:.2f} against std(E/kT) "
                   f"{check['std_E_over_kT']:.2f}, ESS of those frames {check['ess']:.5f} "
                   f"(1 for an exact density).")
@@ -246,9 +261,10 @@ def main(argv=None) -> None:
         if "reference" not in results:
             results["reference"] = reference_row(train_set, reference)
             RESULTS_PATH.write_text(json.dumps(results, indent=1))
-        if "density check" not in results:
-            results["density check"] = density_check(reference)
-            RESULTS_PATH.write_text(json.dumps(results, indent=1))
+        for coordinates in COORDINATES:
+            if f"density check ({coordinates})" not in results:
+                results[f"density check ({coordinates})"] = density_check(reference, coordinates)
+                RESULTS_PATH.write_text(json.dumps(results, indent=1))
         for seed in SEEDS[:1] if args.quick else SEEDS:
             if f"seed {seed}" in results:
                 continue

@@ -1,5 +1,6 @@
 """NCEDensity (ase_drift.likelihood): the losses' optima (Eqs. 2–3), a fitted 2-D Gaussian, the
-Cartesian volume factor of the distance density (Eq. 7), chirality (Eq. 8), files and inputs."""
+Cartesian volume factor of the distance density (Eq. 7), the internal-coordinate density
+(Eq. 13), chirality (Eq. 8), files and inputs."""
 
 import math
 
@@ -10,6 +11,8 @@ from scipy.spatial.transform import Rotation
 
 from ase_drift.checkpoint import CheckpointError, save_checkpoint
 from ase_drift.datasets import load
+from ase_drift.features import find_rotors
+from ase_drift.internal_coordinates import internal_coordinates, log_jacobian, unwrap_torsions
 from ase_drift.likelihood import (
     EnergyNet,
     NCEConfig,
@@ -202,7 +205,65 @@ def test_volume_factor_is_invariant_under_rigid_motions_and_reflection(ethanol):
 @pytest.fixture(scope="module")
 def ethanol_density(ethanol):
     return NCEDensity.fit(ethanol.positions[:500], ethanol.numbers, steps=3, hidden=16, depth=1,
+                          coordinates="distances", progress=False)
+
+
+@pytest.fixture(scope="module")
+def internal_density(ethanol):
+    return NCEDensity.fit(ethanol.positions[:500], ethanol.numbers, steps=3, hidden=16, depth=1,
                           progress=False)
+
+
+def test_internal_log_prob_is_eq_13(ethanol, internal_density):
+    """log q̄ = −U(z, 0) − Σ log scale − log ∏ r² ∏ sin θ on the Z-matrix of the fitted frames
+    (ethanol's methyl relabelled to one rotamer); invariant under rigid motions, reflections
+    and 120° relabellings of the methyl hydrogens."""
+    assert internal_density.config.coordinates == "internal"
+    positions = ethanol.positions[500:520]
+    metadata = internal_density.metadata
+    assert len(metadata["rotors"]) == 1 and len(metadata["zmatrix"]) == 8
+    rows = np.asarray(metadata["zmatrix"])
+    hydrogens = find_rotors(ethanol.numbers, positions[0])[0, 3:]
+    labellings = [positions.copy() for _ in range(3)]
+    for shift, frames in enumerate(labellings):
+        frames[:, hydrogens] = positions[:, np.roll(hydrogens, shift)]
+    logs = []
+    for frames in labellings:
+        z = internal_coordinates(frames, rows)
+        features = np.concatenate([z.bonds, z.angles,
+                                   unwrap_torsions(z.torsions, metadata["torsion_cuts"])], 1)
+        logs.append(-internal_density.energy(features)
+                    - float(internal_density.scale.log().sum()) - log_jacobian(z))
+    log_q = internal_density.log_prob(positions)
+    # One of the three labellings is the canonical one for each frame: log q̄ matches it there.
+    assert np.abs(np.subtract(logs, log_q)).min(0).max() < 1e-4
+    for frames in labellings[1:]:
+        np.testing.assert_allclose(internal_density.log_prob(frames), log_q, atol=1e-4)
+    moved = positions @ Rotation.random(random_state=3).as_matrix().T * [1, 1, -1] + 0.7
+    np.testing.assert_allclose(internal_density.log_prob(moved), log_q, atol=1e-4)
+
+
+def test_internal_density_of_a_triatomic_is_exact():
+    """Water-like frames whose bond lengths and angle are drawn from known Gaussians, turned at
+    random: their Cartesian density is p(r₁)p(r₂)p(θ) / (r₁² r₂² sin θ) (Eq. 12), and the fitted
+    log q̄ must follow it with slope 1: residual std 0.04 over three seeds, 0.47 without the
+    Jacobian."""
+    rng = np.random.default_rng(0)
+    n = 6000
+    r1, r2 = rng.normal(1.0, 0.15, n), rng.normal(1.0, 0.15, n)
+    theta = rng.normal(1.9, 0.25, n)
+    frames = np.zeros((n, 3, 3))
+    frames[:, 1, 0] = r1
+    frames[:, 2, 0], frames[:, 2, 1] = r2 * np.cos(theta), r2 * np.sin(theta)
+    frames = np.einsum("nij,naj->nai", Rotation.random(n, random_state=1).as_matrix(), frames)
+    truth = (-0.5 * ((r1 - 1.0) / 0.15) ** 2 - 0.5 * ((r2 - 1.0) / 0.15) ** 2
+             - 0.5 * ((theta - 1.9) / 0.25) ** 2 - 2 * np.log(r1 * r2) - np.log(np.sin(theta)))
+    density = NCEDensity.fit(frames[:5000], [8, 1, 1], steps=1500, hidden=64, depth=2,
+                             batch_size=256, progress=False)
+    log_q, want = density.log_prob(frames[5000:]), truth[5000:]
+    slope = np.polyfit(want, log_q, 1)[0]
+    assert 0.9 < slope < 1.1
+    assert np.std(log_q - want) < 0.15
 
 
 def test_molecular_log_prob_is_eq_7(ethanol, ethanol_density):
@@ -251,6 +312,14 @@ def test_save_and_load_round_trip(tmp_path, ethanol, ethanol_density):
     assert loaded.metadata == ethanol_density.metadata
     positions = ethanol.positions[:10]
     np.testing.assert_array_equal(loaded.log_prob(positions), ethanol_density.log_prob(positions))
+    # A density written before internal coordinates existed has no "coordinates": distances.
+    config = {k: v for k, v in ethanol_density.config.as_dict().items() if k != "coordinates"}
+    state = {"net": ethanol_density.net.state_dict(), "shift": ethanol_density.shift,
+             "scale": ethanol_density.scale}
+    old = NCEDensity.load(save_checkpoint(tmp_path / "old.pt", config, state,
+                                          dict(ethanol_density.metadata)))
+    assert old.config.coordinates == "distances"
+    np.testing.assert_array_equal(old.log_prob(positions), ethanol_density.log_prob(positions))
     other = save_checkpoint(tmp_path / "other.pt", {}, {}, {"kind": "drift-sampler"})
     with pytest.raises(CheckpointError, match="not a 'nce-density'"):
         NCEDensity.load(other)
@@ -287,3 +356,5 @@ def test_bad_inputs_raise_clear_errors(ethanol, ethanol_density):
         NCEConfig(fourier_features=8, fourier_scale=0.0)
     with pytest.raises(ValueError, match="time_power must be positive"):
         NCEConfig(time_power=0.0)
+    with pytest.raises(ValueError, match="unknown coordinates 'zmatrix'"):
+        NCEConfig(coordinates="zmatrix")

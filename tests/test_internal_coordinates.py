@@ -1,0 +1,140 @@
+"""Internal coordinates (ase_drift.internal_coordinates): the Z-matrix tree, the coordinates
+themselves, the volume element of Eq. 12 and the torsion cuts."""
+
+import numpy as np
+import pytest
+from scipy.spatial.transform import Rotation
+
+from ase_drift.datasets import load
+from ase_drift.internal_coordinates import (
+    InternalCoordinates,
+    bond_tree,
+    build_zmatrix,
+    internal_coordinates,
+    log_jacobian,
+    torsion_cuts,
+    unwrap_torsions,
+)
+from ase_drift.metrics import covalent_bonds, pair_indices
+from ase_drift.peptides import dihedral
+
+
+@pytest.fixture(scope="module")
+def ethanol():
+    return load("ethanol-gfn2-500K")[0]
+
+
+def place(rows: np.ndarray, bonds, angles, torsions, n_atoms: int) -> np.ndarray:
+    """Cartesian frame [A, 3] of one set of internal coordinates (the inverse map, built here
+    independently: each atom from its three reference atoms, natural extension reference frame)."""
+    out = np.zeros((n_atoms, 3))
+    for row, (atom, j, k, l) in enumerate(rows):
+        if row == 0:
+            out[atom] = out[j] + [bonds[0], 0.0, 0.0]
+            continue
+        if row == 1:
+            axis = (out[k] - out[j]) / np.linalg.norm(out[k] - out[j])
+            normal = np.cross(axis, [0.0, 0.0, 1.0])
+            normal /= np.linalg.norm(normal)
+            out[atom] = out[j] + bonds[1] * (np.cos(angles[0]) * axis
+                                             + np.sin(angles[0]) * np.cross(normal, axis))
+            continue
+        theta, phi = angles[row - 1], torsions[row - 2]
+        bc = (out[j] - out[k]) / np.linalg.norm(out[j] - out[k])
+        n = np.cross(out[k] - out[l], bc)
+        n /= np.linalg.norm(n)
+        local = bonds[row] * np.array([-np.cos(theta), np.sin(theta) * np.cos(phi),
+                                       np.sin(theta) * np.sin(phi)])
+        out[atom] = out[j] + np.stack([bc, np.cross(n, bc), n], axis=1) @ local
+    return out
+
+
+def test_zmatrix_of_ethanol_follows_the_bonds(ethanol):
+    rows = build_zmatrix(ethanol.numbers, ethanol.positions)
+    i, j = pair_indices(9)
+    bonds = {frozenset(p) for p in zip(i[covalent_bonds(ethanol.numbers, ethanol.positions)],
+                                       j[covalent_bonds(ethanol.numbers, ethanol.positions)])}
+    assert {frozenset(p) for p in rows[:, :2].tolist()} == bonds  # the tree is the bond graph
+    neighbours = bond_tree(ethanol.numbers, ethanol.positions)
+    assert rows.shape == (8, 4)
+    placed = [int(rows[0, 1])] + rows[:, 0].tolist()
+    assert sorted(placed) == list(range(9))  # every atom once
+    assert ethanol.numbers[placed[0]] > 1  # the tree starts at a heavy atom
+    for n, (atom, j, k, l) in enumerate(rows):
+        assert placed.index(j) < placed.index(atom)  # references are placed before
+        if n >= 1:
+            assert k in neighbours[j] and placed.index(k) < placed.index(atom)
+        if n >= 2:
+            assert l not in (atom, j, k) and placed.index(l) < placed.index(atom)
+            assert ethanol.numbers[k] > 1  # torsions hinge on heavy atoms
+    assert (rows[0, 2:] == -1).all() and rows[1, 3] == -1
+
+
+def test_atoms_no_bond_reaches_join_the_tree_by_their_nearest_atom():
+    """A water molecule and an argon atom 3 Å from its hydrogen: the tree keeps the two O–H
+    bonds and joins argon to that hydrogen, the nearest atom relative to the covalent radii."""
+    positions = np.array([[[0.0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0], [3.96, 0, 0]]])
+    tree = bond_tree([8, 1, 1, 18], positions)
+    assert [sorted(near) for near in tree] == [[1, 2], [0, 3], [0], [1]]
+    assert build_zmatrix([8, 1, 1, 18], positions).shape == (3, 4)
+
+
+def test_round_trip_and_invariance(ethanol):
+    rows = build_zmatrix(ethanol.numbers, ethanol.positions)
+    frames = ethanol.positions[:5]
+    internal = internal_coordinates(frames, rows)
+    rebuilt = np.stack([place(rows, *(c[f] for c in internal), 9) for f in range(5)])
+    for got, want in zip(internal_coordinates(rebuilt, rows), internal):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    moved = frames @ Rotation.random(random_state=0).as_matrix().T - 3.0
+    for got, want in zip(internal_coordinates(moved, rows), internal):
+        np.testing.assert_allclose(got, want, atol=1e-9)
+    # A reflection keeps bonds and angles and flips every torsion's sign.
+    mirrored = internal_coordinates(frames * [1.0, -1.0, 1.0], rows)
+    np.testing.assert_allclose(mirrored.torsions, -internal.torsions, atol=1e-9)
+    # The torsion is the IUPAC dihedral l–k–j–atom.
+    atom, j, k, l = rows[4]
+    np.testing.assert_allclose(internal.torsions[:, 2],
+                               dihedral(frames[:, l], frames[:, k], frames[:, j], frames[:, atom]))
+
+
+def test_volume_element_is_eq_12():
+    """d³ᴬR = d³T dΩ ∏ r² ∏ sin θ dz: the numerical Jacobian of (translation, rotation vector,
+    internal coordinates) → R at the identity rotation, divided by ∏ r² ∏ sin θ, is the same
+    constant (the Haar density there) at every conformation."""
+    rows = np.array([[1, 0, -1, -1], [2, 1, 0, -1], [3, 2, 1, 0], [4, 2, 1, 0]])
+    rng = np.random.default_rng(4)
+
+    def frame(params):
+        translation, rotation, z = params[:3], params[3:6], params[6:]
+        inner = place(rows, z[:4], z[4:7], z[7:], 5)
+        return (inner @ Rotation.from_rotvec(rotation).as_matrix().T + translation).ravel()
+
+    excess = []
+    for _ in range(6):
+        z = np.concatenate([rng.uniform(0.9, 2.0, 4), rng.uniform(0.6, 2.5, 3),
+                            rng.uniform(-3, 3, 2)])
+        params = np.concatenate([np.zeros(6), z])
+        step = 1e-6
+        jacobian = np.stack([(frame(params + step * e) - frame(params - step * e)) / (2 * step)
+                             for e in np.eye(15)], axis=1)  # [15, 15]
+        coordinates = InternalCoordinates(z[None, :4], z[None, 4:7], z[None, 7:])
+        excess.append(np.linalg.slogdet(jacobian)[1] - log_jacobian(coordinates)[0])
+    assert np.ptp(excess) < 1e-5
+
+
+def test_torsion_cuts_fall_where_the_data_are_sparse():
+    rng = np.random.default_rng(5)
+    torsions = np.stack([rng.normal(0.0, 0.3, 2000),  # one mode at 0: cut near ±π
+                         np.angle(np.exp(1j * rng.normal(np.pi, 0.3, 2000))),  # across ±π
+                         np.angle(np.exp(1j * rng.choice([-2.0, 0.0, 2.0], 2000)
+                                         + 1j * rng.normal(0, 0.2, 2000)))], axis=1)
+    cuts = torsion_cuts(torsions)
+    assert abs(abs(cuts[0]) - np.pi) < 0.5
+    assert abs(cuts[1]) < 0.5
+    unwrapped = unwrap_torsions(torsions, cuts)
+    assert (unwrapped >= cuts).all() and (unwrapped < cuts + 2 * np.pi).all()
+    np.testing.assert_allclose(np.exp(1j * unwrapped), np.exp(1j * torsions), atol=1e-12)
+    # No mode is cut in two: each column's spread is that of its modes, not ~2π.
+    assert unwrapped[:, 0].std() < 0.4 and unwrapped[:, 1].std() < 0.4
+    assert unwrapped[:, 2].std() < 2.0
