@@ -5,7 +5,7 @@ atom ``j``, its angle θ = ∠(a, j, k) and its torsion φ = dihedral(l, k, j, a
 A − 2 angles and A − 3 torsions are 3A − 6 coordinates that, with a translation and a
 rotation, fix the frame; the volume element of Cartesian space is (the "Z-matrix Jacobian")
 
-    d³ᴬR = d³T · dΩ(SO(3)) · ∏_{a ≥ 1} r_a² · ∏_{a ≥ 2} sin θ_a · dr dθ dφ,             (Eq. 12)
+    d³ᴬR = d³T · dΩ(SO(3)) · ∏_{a ≥ 1} r_a² · ∏_{a ≥ 2} sin θ_a · dr dθ dφ,             (Eq. 13)
 
 dΩ the Haar measure of the rotations (the direction of atom 1 and the turn of atom 2 about it).
 Unlike pair distances, internal coordinates fill an open set of R^(3A − 6): a density on them
@@ -124,7 +124,7 @@ def internal_coordinates(positions: np.ndarray, rows: np.ndarray) -> InternalCoo
 
 
 def log_jacobian(coordinates: InternalCoordinates) -> np.ndarray:
-    """log ∏ r² ∏ sin θ ``[n]`` of Eq. 12: log d³ᴬR per d(internal) up to the rigid motions."""
+    """log ∏ r² ∏ sin θ ``[n]`` of Eq. 13: log d³ᴬR per d(internal) up to the rigid motions."""
     return (2 * np.log(coordinates.bonds).sum(1)
             + np.log(np.sin(coordinates.angles)).sum(1))
 

@@ -28,8 +28,22 @@ pins both: U_θ = −log p_t + a single constant, hence
 with C unknown (the normaliser of exp(−U_θ), never estimated). Every quantity computed from
 log q here — self-normalised importance weights, ESS, probability ratios, ΔF — is invariant to C.
 
-**Molecules (Eqs. 6–8).** :class:`NCEDensity` models the pair distances φ(R) (standardised per
-pair), invariant under rotations, translations and reflections. They lie on a (3A − 6)-
+**Molecules, internal coordinates (Eqs. 13–14, the default).** :class:`NCEDensity` models the
+3A − 6 Z-matrix coordinates z(R) (bonds, angles, torsions cut where the samples are sparsest;
+:mod:`ase_drift.internal_coordinates`) of frames whose methyl hydrogens are relabelled to one
+rotamer (:func:`~ase_drift.features.canonical_rotor_order`) and whose mirror images are
+reflected into the fitted handedness (Eq. 8). z fills an open set of R^(3A − 6), and
+
+    log q̄(R) = −U_θ(z(R), 0) − Σ log scale − Σ 2 log r − Σ log sin θ + C              (Eq. 14)
+
+is the density of centred Cartesian coordinates, symmetrised over rotations, reflections and
+the 3^G cyclic relabellings of the G rotors (constant factors, absorbed in C). π is invariant
+under all of them, so the weights are right for every observable that is too; signed torsions
+are right after :meth:`NCEDensity.fold`.
+
+**Molecules, pair distances (Eqs. 6–8).** ``coordinates="distances"`` models the pair
+distances φ(R) (standardised per pair), invariant under rotations, translations and
+reflections. They lie on a (3A − 6)-
 dimensional manifold M of R^M, M = A(A−1)/2, so U_θ(·, 0) estimates the density q_M of the
 sampler's distances with respect to the surface (Hausdorff) measure of M: Gaussian smoothing at
 small t multiplies a density on M by a factor that is the same at every point of M (the normal
@@ -196,7 +210,7 @@ class NCEConfig(StoredConfig):
     of the standardised input, frequencies ~ N(0, ``fourier_scale``²) (:class:`EnergyNet`):
     both for densities with detail much finer than their spread (the toys' modes and cells).
     ``coordinates`` is what a molecule's density is learned on: "internal" (Z-matrix bonds,
-    angles and torsions, methyl hydrogens relabelled to one rotamer; Eqs. 12–13) or
+    angles and torsions, methyl hydrogens relabelled to one rotamer; Eqs. 13–14) or
     "distances" (the pair distances, Eqs. 6–7); vectors ignore it."""
 
     hidden: int = 256
@@ -336,7 +350,7 @@ def reflect_mirrors(positions: np.ndarray, quadruples: np.ndarray,
 
 
 class InternalFrame(NamedTuple):
-    """How a molecule's frames become internal coordinates (Eq. 13), fitted once."""
+    """How a molecule's frames become internal coordinates (Eq. 14), fitted once."""
 
     rotors: np.ndarray  # [G, 6] (:func:`~ase_drift.features.find_rotors`)
     rotor_phases: np.ndarray  # [G] rad
@@ -356,7 +370,7 @@ class InternalFrame(NamedTuple):
 
     def coordinates(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(bonds, angles, unwrapped torsions) ``[n, 3A − 6]`` of frames ``[n, A, 3]`` after the
-        rotor relabelling, and log ∏ r² ∏ sin θ ``[n]`` (Eq. 12)."""
+        rotor relabelling, and log ∏ r² ∏ sin θ ``[n]`` (Eq. 13)."""
         positions = relabel_rotors(positions, self.rotors, self.rotor_phases)
         internal = internal_coordinates(positions, self.zmatrix)
         torsions = unwrap_torsions(internal.torsions, self.cuts)
@@ -506,7 +520,7 @@ class NCEDensity:
 
     def log_prob(self, samples) -> np.ndarray:
         """log q ``[n]`` up to the constant C: vectors ``[n, D]`` → −U_θ(x, 0) − Σ log scale;
-        positions ``[n, A, 3]`` Å → log q̄ of Eq. 13 (internal coordinates) or Eq. 7
+        positions ``[n, A, 3]`` Å → log q̄ of Eq. 14 (internal coordinates) or Eq. 7
         (distances), per Å^(3A−3) of centred coordinates."""
         samples = np.asarray(samples, dtype=np.float64)
         if self.numbers is None:

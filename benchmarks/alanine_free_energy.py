@@ -12,11 +12,11 @@ and ΔF = F(αL/C7ax) − F(C7eq/β/αR), ΔF = F(C5/β) − F(C7eq/αR) (region
 :func:`~ase_drift.free_energy.alanine_regions`) with bootstrap errors over decorrelated frames.
 Plain MD: the bundled reference runs (block-bootstrap errors). Reweighting (docs/likelihoods.md,
 Eq. 9): an FK drift sampler (distance space) trained on the bundled biased 1 ns set, an
-:class:`~ase_drift.likelihood.NCEDensity` fitted to 20,000 of its samples, 10,000 fresh samples
-(mirror images folded) weighted with OpenMM energies at 300 K. Windows are stored in
-``bench_out/alanine_free_energy/<run>/`` as they finish and the sampler, density and results
-beside them, so an interrupted run resumes. The drift samplers, densities and their results
-(``reweighting.json``) are shared by the runs. Writes the PMF figure to ``docs/img`` and the
+:class:`~ase_drift.likelihood.NCEDensity` (internal coordinates, or ``--density distances``)
+fitted to 20,000 of its samples, 10,000 fresh samples (mirror images folded) weighted with
+OpenMM energies at 300 K. Windows are stored in ``bench_out/alanine_free_energy/<run>/`` as
+they finish and the sampler, density and results beside them, so an interrupted run resumes.
+The drift samplers, densities and their results (``reweighting.json``) are shared by the runs. Writes the PMF figure to ``docs/img`` and the
 tables into ``docs/free-energies.md``.
 """
 
@@ -41,7 +41,7 @@ from ase_drift.free_energy import (
     mbar_free_energies,
     umbrella_sampling,
 )
-from ase_drift.likelihood import NCEConfig, NCEDensity
+from ase_drift.likelihood import COORDINATES, NCEConfig, NCEDensity
 from ase_drift.metrics import block_bootstrap, free_energy_difference, render_table
 from ase_drift.metrics.tables import Estimate
 from ase_drift.peptides import backbone_dihedrals, topology_from_pdb
@@ -116,17 +116,18 @@ def drift_sampler(path: Path, train_set, steps: int, seed: int):
     return sampler
 
 
-def reweighted(directory: Path, train_set, topology, steps: int, seed: int) -> dict:
+def reweighted(directory: Path, train_set, topology, steps: int, seed: int,
+               density_config: NCEConfig) -> dict:
     """ESS and ΔF of every region pair, unweighted and reweighted, for one seed."""
     started = time.perf_counter()
     model = directory / f"drift-fk-steps{steps}-seed{seed}.pt"
     sampler = drift_sampler(model, train_set, steps, seed)
     trained = time.perf_counter()
-    density_path = model.with_name(model.name + ".nce.pt")
+    density_path = model.with_name(f"{model.name}.{density_config.coordinates}.nce.pt")
     if density_path.exists():
         density = NCEDensity.load(density_path)
     else:
-        density = NCEDensity.fit(sampler, n=N_FIT, config=DENSITY, seed=seed)
+        density = NCEDensity.fit(sampler, n=N_FIT, config=density_config, seed=seed)
         density.save(density_path)
     fitted = time.perf_counter()
     forces = OpenMMForces(make_system(starting_structure()[0]))
@@ -188,6 +189,8 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="the same as --run quick")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="drift sampler seeds for the reweighting comparison")
+    parser.add_argument("--density", choices=COORDINATES, default=DENSITY.coordinates,
+                        help="what the NCE density is fitted on (docs/likelihoods.md)")
     parser.add_argument("--skip-reweight", action="store_true")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(argv)
@@ -223,16 +226,18 @@ def main(argv=None) -> None:
     if "md" not in results:
         results["md"] = md_reference(pdb, reference)
         write_json(results_path, results)
+    density_config = NCEConfig.from_dict(dict(DENSITY.as_dict(), coordinates=args.density))
     if not args.skip_reweight:
         for seed in args.seeds:
-            key = f"steps={drift_steps} seed={seed}"
+            key = f"steps={drift_steps} seed={seed} density={args.density}"
             if key not in samplers:
-                samplers[key] = reweighted(shared, train_set, topology, drift_steps, seed)
+                samplers[key] = reweighted(shared, train_set, topology, drift_steps, seed,
+                                           density_config)
                 write_json(reweighting_path, samplers)
 
     header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
-    seeds = [f"steps={drift_steps} seed={seed}" for seed in args.seeds
-             if f"steps={drift_steps} seed={seed}" in samplers]
+    seeds = [f"steps={drift_steps} seed={seed} density={args.density}" for seed in args.seeds
+             if f"steps={drift_steps} seed={seed} density={args.density}" in samplers]
     for key in seeds:
         header += [f"drift FK ({key.split()[1]}), unweighted", "reweighted"]
     rows = []
@@ -249,7 +254,7 @@ def main(argv=None) -> None:
         rows.append(row)
     text = render_table(header, rows, digits=[0] + [2] * (len(header) - 1))
     u = results["umbrella"]
-    note = (f"Run: `python -m benchmarks.alanine_free_energy --run {run}`"
+    note = (f"Run: `python -m benchmarks.alanine_free_energy --run {run} --density {args.density}`"
             f" — {config.n_windows} windows, κ = {config.force_constant:g} kT/rad², "
             f"{config.equilibration_ps:g} ps equilibration + {config.production_ps:g} ps "
             f"production each (frames every {config.stride_ps:g} ps); statistical inefficiency "
@@ -260,6 +265,7 @@ def main(argv=None) -> None:
     for key in seeds:
         r = samplers[key]
         note += (f" Drift FK {key.split()[1]}: {drift_steps:,} training steps on the biased 1 ns set, "
+                 f"NCE density on {args.density}, "
                  f"ESS {r['ess']:.2e} of {N_EVAL:,} (largest weight {r['max_weight']:.2f}); "
                  "minutes train / fit / reweight " + " / ".join(
                      f"{r['seconds'][k] / 60:.1f}" for k in ("train", "fit", "reweight")) + ".")

@@ -9,7 +9,7 @@ hydroxyl trans/gauche free energy, weighted against unweighted, beside the refer
 Per seed s: a drift sampler (default field, ``TrainConfig(steps=4000, seed=s)``, kept in
 ``bench_out/``) draws 20,000 frames on which an :class:`~ase_drift.likelihood.NCEDensity` is
 fitted (defaults but a 128-wide, 3-block net, batches of 512 for 3,000 steps) on internal
-coordinates (the default, Eq. 13 of docs/likelihoods.md) and another on pair distances (Eq. 7),
+coordinates (the default, Eq. 14 of docs/likelihoods.md) and another on pair distances (Eq. 7),
 then 10,000 fresh frames are labelled with GFN2-xTB and weighted by each (Eq. 9). Distance TVD
 is the pooled pair-distance histogram's (100 bins on [0, 1.2 × the largest reference
 distance]), weighted histograms for the weighted rows. The density check fits both kinds to

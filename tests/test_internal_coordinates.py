@@ -1,5 +1,5 @@
 """Internal coordinates (ase_drift.internal_coordinates): the Z-matrix tree, the coordinates
-themselves, the volume element of Eq. 12 and the torsion cuts."""
+themselves, the volume element of Eq. 13 and the torsion cuts."""
 
 import numpy as np
 import pytest

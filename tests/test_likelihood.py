@@ -1,6 +1,6 @@
 """NCEDensity (ase_drift.likelihood): the losses' optima (Eqs. 2–3), a fitted 2-D Gaussian, the
 Cartesian volume factor of the distance density (Eq. 7), the internal-coordinate density
-(Eq. 13), chirality (Eq. 8), files and inputs."""
+(Eq. 14), chirality (Eq. 8), files and inputs."""
 
 import math
 
@@ -215,7 +215,7 @@ def internal_density(ethanol):
 
 
 def test_internal_log_prob_is_eq_13(ethanol, internal_density):
-    """log q̄ = −U(z, 0) − Σ log scale − log ∏ r² ∏ sin θ on the Z-matrix of the fitted frames
+    """log q̄ = −U(z, 0) − Σ log scale − log ∏ r² ∏ sin θ (Eq. 14) on the Z-matrix of the fitted frames
     (ethanol's methyl relabelled to one rotamer); invariant under rigid motions, reflections
     and 120° relabellings of the methyl hydrogens."""
     assert internal_density.config.coordinates == "internal"
@@ -245,7 +245,7 @@ def test_internal_log_prob_is_eq_13(ethanol, internal_density):
 
 def test_internal_density_of_a_triatomic_is_exact():
     """Water-like frames whose bond lengths and angle are drawn from known Gaussians, turned at
-    random: their Cartesian density is p(r₁)p(r₂)p(θ) / (r₁² r₂² sin θ) (Eq. 12), and the fitted
+    random: their Cartesian density is p(r₁)p(r₂)p(θ) / (r₁² r₂² sin θ) (Eq. 13), and the fitted
     log q̄ must follow it with slope 1: residual std 0.04 over three seeds, 0.47 without the
     Jacobian."""
     rng = np.random.default_rng(0)
