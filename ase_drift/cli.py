@@ -377,7 +377,8 @@ def cmd_reweight(args) -> int:
     source = source_from_spec(args.calculator)  # an unknown kind fails before any work
     sampler = load(args.model)
     density = NCEDensity.for_model(args.model, n=args.fit_samples, steps=args.fit_steps,
-                                   seed=args.seed, progress=sys.stderr.isatty())
+                                   coordinates=args.density_coordinates, seed=args.seed,
+                                   progress=sys.stderr.isatty())
     weighted = reweight_sampler(sampler, density, args.n, forces=source, seed=args.seed,
                                 progress=sys.stderr.isatty())
     frames = atoms_from_positions(Atoms(numbers=sampler.numbers), weighted.positions)
@@ -637,6 +638,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-samples", type=_positive_int, default=50_000,
                    help="samples the density is fitted on (cached beside the model)")
     p.add_argument("--fit-steps", type=_positive_int, default=10_000)
+    p.add_argument("--density-coordinates", choices=("internal", "distances"),
+                   default="internal",
+                   help="what the density is learned on: Z-matrix internal coordinates "
+                        "(default) or pair distances (docs/likelihoods.md)")
     p.add_argument("-o", "--output", required=True,
                    help="weighted frames (weight, log_weight, energy_kT in each frame's info): "
                         + ", ".join(LABELLED_SUFFIXES))

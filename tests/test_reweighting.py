@@ -7,6 +7,7 @@ import pytest
 from scipy.stats import norm
 
 from ase_drift import units
+from ase_drift.likelihood import NCEDensity
 from ase_drift.metrics import normalised_histogram
 from ase_drift.reweighting import kish_ess, reweight, weighted_histogram
 from ase_drift.testing import SpringForces
@@ -143,7 +144,6 @@ def tiny_model(tmp_path_factory):
 
 def test_density_cached_beside_the_model_and_samples_reweighted(tiny_model):
     from ase_drift import load
-    from ase_drift.likelihood import NCEDensity
     from ase_drift.reweighting import reweight_sampler
 
     options = {"n": 200, "steps": 2, "hidden": 8, "depth": 1, "progress": False}
@@ -184,6 +184,12 @@ def test_cli_reweight_writes_normalised_weights_into_each_frame(tiny_model, tmp_
     log_weights = np.array([atoms.info["log_weight"] for atoms in frames])
     assert len(frames) == 20 and weights.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(np.exp(log_weights), weights, rtol=1e-9)
+    cache = tiny_model.with_name(tiny_model.name + ".nce.pt")
+    assert NCEDensity.load(cache).config.coordinates == "internal"
+    assert main(["reweight", str(tiny_model), "--calculator", "emt", "-n", "5",
+                 "--fit-samples", "200", "--fit-steps", "2", "--density-coordinates",
+                 "distances", "-o", str(out)]) == 0
+    assert NCEDensity.load(cache).config.coordinates == "distances"  # refitted, not reused
     assert main(["reweight", str(tiny_model), "--calculator", "emt", "-n", "5",
                  "-o", str(tmp_path / "w.pdb")]) == 2
     assert "weighted frames are written as" in capsys.readouterr().err
@@ -202,7 +208,6 @@ def test_reweight_sampler_for_diffusion_samplers():
         EnergyDiffusionConfig,
         train_diffusion,
     )
-    from ase_drift.likelihood import NCEDensity
     from ase_drift.reweighting import reweight_sampler
 
     train, _ = load("ethanol-gfn2-500K")
