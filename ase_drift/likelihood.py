@@ -43,11 +43,10 @@ are right after :meth:`NCEDensity.fold`.
 
 **Molecules, pair distances (Eqs. 6–8).** ``coordinates="distances"`` models the pair
 distances φ(R) (standardised per pair), invariant under rotations, translations and
-reflections. They lie on a (3A − 6)-
-dimensional manifold M of R^M, M = A(A−1)/2, so U_θ(·, 0) estimates the density q_M of the
-sampler's distances with respect to the surface (Hausdorff) measure of M: Gaussian smoothing at
-small t multiplies a density on M by a factor that is the same at every point of M (the normal
-directions), which C absorbs. Importance weights need q over the same space as
+reflections. They lie on a (3A − 6)-dimensional manifold M of R^M, M = A(A−1)/2, so
+U_θ(·, 0) estimates the density q_M of the sampler's distances with respect to the surface
+(Hausdorff) measure of M: Gaussian smoothing at small t multiplies a density on M by a factor
+that is the same at every point of M (the normal directions), which C absorbs. Importance weights need q over the same space as
 π ∝ exp(−E/kT), centred Cartesian coordinates. By the coarea formula the O(3)-symmetrised
 sampler density there is
 
