@@ -85,23 +85,23 @@ def build_zmatrix(numbers, positions: np.ndarray) -> np.ndarray:
     placed: list[int] = [root]
 
     def first_placed(candidates, exclude) -> int:
+        """The preferred placed atom among ``candidates`` not in ``exclude``, −1 if none."""
         options = sorted((c for c in candidates if c in placed and c not in exclude),
                          key=preference)
         return options[0] if options else -1
 
+    # The placed atoms are a breadth-first prefix, a connected subtree: once two are placed, j
+    # has a placed neighbour other than the atom, and once three are, k or j has another one.
     rows = []
     for atom in order[1:]:
         j = parent[atom]
         k = l = -1
         if len(placed) >= 2:
             k = parent[j] if parent[j] >= 0 else first_placed(neighbours[j], {atom, j})
-            if k < 0:
-                k = first_placed(placed, {atom, j})
         if len(placed) >= 3:
-            for candidates in (neighbours[k], neighbours[j], placed):
-                l = first_placed(candidates, {atom, j, k})
-                if l >= 0:
-                    break
+            l = first_placed(neighbours[k], {atom, j, k})
+            if l < 0:
+                l = first_placed(neighbours[j], {atom, j, k})
         rows.append((atom, j, k, l))
         placed.append(atom)
     return np.asarray(rows, dtype=np.int64).reshape(-1, 4)

@@ -70,6 +70,95 @@ def test_zmatrix_of_ethanol_follows_the_bonds(ethanol):
     assert (rows[0, 2:] == -1).all() and rows[1, 3] == -1
 
 
+def _check_tree_rules(numbers, positions, rows):
+    """The documented choices: j the parent, k the parent's parent (j's first preferred placed
+    neighbour at the root), l k's first preferred placed neighbour (else j's), heavy atoms before
+    hydrogens, then lower indices."""
+    neighbours = bond_tree(numbers, positions)
+    placed = [int(rows[0, 1])]
+    parent = {placed[0]: -1}
+
+    def first(candidates, exclude):
+        options = [c for c in candidates if c in placed and c not in exclude]
+        return min(options, key=lambda c: (numbers[c] == 1, c)) if options else -1
+
+    for n, (atom, j, k, l) in enumerate(rows):
+        assert j in neighbours[atom] and j in placed
+        parent[atom] = j
+        if n >= 1:
+            assert k == (parent[j] if parent[j] >= 0 else first(neighbours[j], {atom, j}))
+        if n >= 2:
+            expected = first(neighbours[k], {atom, j, k})
+            assert l == (expected if expected >= 0 else first(neighbours[j], {atom, j, k}))
+        placed.append(int(atom))
+
+
+def test_zmatrix_rules_do_not_depend_on_the_atom_order(ethanol):
+    """Ethanol with its hydrogens listed first: the tree still starts at a heavy atom, every
+    torsion still hinges on heavy atoms, and each row follows the documented choices."""
+    order = np.r_[3:9, 0:3]  # H H H H H H C C O
+    numbers, positions = ethanol.numbers[order], ethanol.positions[:, order]
+    rows = build_zmatrix(numbers, positions)
+    assert numbers[rows[0, 1]] > 1
+    assert (numbers[rows[1:, 2]] > 1).all()
+    _check_tree_rules(numbers, positions, rows)
+    _check_tree_rules(ethanol.numbers, ethanol.positions,
+                      build_zmatrix(ethanol.numbers, ethanol.positions))
+
+
+def test_zmatrix_root_ties_go_to_the_lower_index():
+    """n-Butane's two inner carbons tie (two heavy neighbours, four in all): atom 1 is the root."""
+    butane = load("butane-gfn2-500K")[0]
+    rows = build_zmatrix(butane.numbers, butane.positions)
+    assert rows[0, 1] == 1
+    _check_tree_rules(butane.numbers, butane.positions, rows)
+
+
+def test_zmatrix_of_two_atoms_and_of_one():
+    rows = build_zmatrix([1, 1], np.array([[[0.0, 0, 0], [0.74, 0, 0]]]))
+    assert rows.tolist() == [[1, 0, -1, -1]]
+    with pytest.raises(ValueError, match="at least 2 atoms"):
+        build_zmatrix([6], np.zeros((1, 1, 3)))
+
+
+def test_the_tree_of_a_ring_drops_its_longest_bond():
+    """A three-carbon ring with C–C bonds 1.40, 1.45 and 1.50 Å: the minimum spanning tree
+    keeps the two shorter ones."""
+    a, b, c = 1.40, 1.45, 1.50  # bonds 0–1, 0–2, 1–2
+    x = (a**2 + b**2 - c**2) / (2 * a)
+    positions = np.array([[[0.0, 0, 0], [a, 0, 0], [x, np.sqrt(b**2 - x**2), 0]]])
+    assert [sorted(near) for near in bond_tree([6, 6, 6], positions)] == [[1, 2], [0], [0]]
+
+
+def test_coincident_atoms_still_span_the_tree():
+    """Two atoms on top of each other (an untrained model's samples can do that) are joined, not
+    left out: a zero distance is an edge, not a missing one."""
+    positions = np.array([[[0.0, 0, 0], [0.0, 0, 0], [1.1, 0, 0], [2.2, 0.5, 0]]])
+    tree = bond_tree([6, 6, 1, 1], positions)
+    assert sum(len(near) for near in tree) == 2 * 3
+    assert build_zmatrix([6, 6, 1, 1], positions).shape == (3, 4)
+
+
+def test_collinear_angles_are_finite():
+    """Rounding can push the cosine of a straight angle past ±1 (these vectors do): the angle
+    must come out as π or 0, not NaN."""
+    u = np.array([0.365, 0.294, 0.028])
+    w = np.array([-0.736, -0.163, -0.482])
+    rows = np.array([[1, 0, -1, -1], [2, 0, 1, -1]])
+    straight = np.array([[[0.0, 0, 0], u, -1.307 * u]])
+    folded = np.array([[[0.0, 0, 0], w, 1.18 * w]])
+    assert internal_coordinates(straight, rows).angles[0, 0] == pytest.approx(np.pi)
+    assert internal_coordinates(folded, rows).angles[0, 0] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_log_jacobian_is_per_frame():
+    rng = np.random.default_rng(6)
+    bonds, angles = rng.uniform(0.9, 1.6, (4, 5)), rng.uniform(0.5, 2.5, (4, 4))
+    got = log_jacobian(InternalCoordinates(bonds, angles, np.zeros((4, 3))))
+    np.testing.assert_allclose(got, [2 * np.log(b).sum() + np.log(np.sin(a)).sum()
+                                     for b, a in zip(bonds, angles)])
+
+
 def test_atoms_no_bond_reaches_join_the_tree_by_their_nearest_atom():
     """A water molecule and an argon atom 3 Å from its hydrogen: the tree keeps the two O–H
     bonds and joins argon to that hydrogen, the nearest atom relative to the covalent radii."""
@@ -121,6 +210,21 @@ def test_volume_element_is_eq_12():
         coordinates = InternalCoordinates(z[None, :4], z[None, 4:7], z[None, 7:])
         excess.append(np.linalg.slogdet(jacobian)[1] - log_jacobian(coordinates)[0])
     assert np.ptp(excess) < 1e-5
+
+
+def test_torsion_cut_is_the_minimum_of_the_smoothed_histogram():
+    """Two unequal modes whose frames sit on bin centres (so the histogram is exact): the cut is
+    the bin centre where Σ_i exp(−d(c, φ_i)²/2w²), d the circular distance, is lowest, w = 0.35
+    and 360 bins the defaults; it lies in the wider gap, pushed towards the lighter mode."""
+    centres = -np.pi + (np.arange(360) + 0.5) * 2 * np.pi / 360
+    heavy, light = centres[80:100], centres[200:206]  # −1.74 … −1.40 and 0.36 … 0.45 rad
+    torsions = np.concatenate([np.repeat(heavy, 30), np.repeat(light, 10)])[:, None]
+    distance = np.angle(np.exp(1j * (centres[:, None] - torsions[None, :, 0])))
+    expected = centres[np.exp(-0.5 * (distance / 0.35) ** 2).sum(1).argmin()]
+    assert torsion_cuts(torsions)[0] == pytest.approx(expected, abs=1e-12)
+    # The wider gap runs from 0.45 to 2π − 1.74 = 4.55 (middle 2.50); the cut is in it, moved
+    # towards the lighter mode.
+    assert 0.45 < expected < 2.49
 
 
 def test_torsion_cuts_fall_where_the_data_are_sparse():
