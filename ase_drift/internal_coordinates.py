@@ -58,9 +58,10 @@ def bond_tree(numbers, positions: np.ndarray) -> list[list[int]]:
 def build_zmatrix(numbers, positions: np.ndarray) -> np.ndarray:
     """Z-matrix rows (atom, j, k, l) ``[A − 1, 4]`` in placement order, −1 where an early row has
     no angle or torsion partner. A breadth-first search over :func:`bond_tree` of ``positions``
-    ``[n, A, 3]`` (Å) from the heavy atom with most heavy neighbours; j is the atom's parent, k
-    the parent's parent (or another placed neighbour of j), l a placed neighbour of k (or of j:
-    an improper torsion), heavy atoms preferred so that torsions hinge on heavy atoms."""
+    ``[n, A, 3]`` (Å) from the heavy atom with most heavy neighbours (the lowest index on ties); j
+    is the atom's parent, k the first placed neighbour of j, l the first placed neighbour of k
+    (of j if k has none: an improper torsion), "first" meaning heavy atoms before hydrogens, then
+    the lowest index, so that angles and torsions hinge on heavy atoms."""
     numbers = np.asarray(numbers)
     if len(numbers) < 2:
         raise ValueError("internal coordinates need at least 2 atoms")
@@ -72,12 +73,12 @@ def build_zmatrix(numbers, positions: np.ndarray) -> np.ndarray:
 
     root = max(range(len(numbers)),
                key=lambda a: (heavy[a], int(heavy[neighbours[a]].sum()), len(neighbours[a]), -a))
-    parent = {root: -1}
+    parent: dict[int, int] = {}
     order, queue = [root], deque([root])
     while queue:
         atom = queue.popleft()
         for near in sorted(neighbours[atom], key=preference):
-            if near not in parent:
+            if near != root and near not in parent:
                 parent[near] = atom
                 order.append(near)
                 queue.append(near)
@@ -97,7 +98,7 @@ def build_zmatrix(numbers, positions: np.ndarray) -> np.ndarray:
         j = parent[atom]
         k = l = -1
         if len(placed) >= 2:
-            k = parent[j] if parent[j] >= 0 else first_placed(neighbours[j], {atom, j})
+            k = first_placed(neighbours[j], {atom, j})
         if len(placed) >= 3:
             l = first_placed(neighbours[k], {atom, j, k})
             if l < 0:
