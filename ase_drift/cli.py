@@ -635,7 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the energies' calculator (any SPEC of label/train)")
     p.add_argument("-n", type=_positive_int, required=True)
     p.add_argument("--seed", type=_seed, default=0)
-    p.add_argument("--fit-samples", type=_positive_int, default=50_000,
+    p.add_argument("--fit-samples", type=_positive_int, default=200_000,
                    help="samples the density is fitted on (cached beside the model)")
     p.add_argument("--fit-steps", type=_positive_int, default=10_000)
     p.add_argument("--density-coordinates", choices=("internal", "distances"),

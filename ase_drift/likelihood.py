@@ -433,12 +433,15 @@ class NCEDensity:
         return f"NCEDensity({what}, D={len(self.shift)}, {self.config.steps} steps)"
 
     @classmethod
-    def fit(cls, samples, numbers=None, n: int = 50_000, *, progress: bool = True,
+    def fit(cls, samples, numbers=None, n: int = 200_000, *, progress: bool = True,
             config: NCEConfig | None = None, **options) -> NCEDensity:
         """Fit to ``samples``: a sampler (``n`` frames drawn with ``sample_positions(n,
         seed)``, its ``numbers``), positions ``[N, A, 3]`` Å with ``numbers`` ``[A]``, or
         vectors ``[N, D]``. ``options`` are :class:`NCEConfig` fields (steps, seed, ...), or
-        pass a whole ``config``."""
+        pass a whole ``config``. A sampler's frames cost little, and the density must be right
+        in the tails, wherever the frames to be weighted land: fit on many more frames than
+        you weight (ethanol: ESS 0.0013 fitted on 20,000, 0.083 on 200,000 with 12,000
+        steps)."""
         config = NCEConfig(**options) if config is None else NCEConfig.from_dict(
             dict(config.as_dict(), **options))
         if hasattr(samples, "sample_positions"):
@@ -486,7 +489,7 @@ class NCEDensity:
         return cls(net, config, shift, scale, metadata)
 
     @classmethod
-    def for_model(cls, model: str | Path, n: int = 50_000, *, progress: bool = True,
+    def for_model(cls, model: str | Path, n: int = 200_000, *, progress: bool = True,
                   **options) -> NCEDensity:
         """The density of the sampler stored at ``model``, cached beside it as
         ``<model>.nce.pt``: read from there when it was fitted to this very file (SHA-256) with
