@@ -19,6 +19,7 @@ from ase_drift.likelihood import (
     NCEDensity,
     NCELosses,
     chirality_quadruples,
+    classify_chirality,
     fourier_features,
     interpolant_coefficients,
     log_volume_factor,
@@ -149,6 +150,8 @@ def test_vector_log_prob_includes_the_standardisation():
                           torch.zeros(len(z))).detach().double().numpy()
     np.testing.assert_allclose(density.log_prob(test),
                                direct - np.log(density.scale.numpy()).sum(), atol=1e-5)
+    with pytest.raises(ValueError, match=r"^expected vectors \[n, 2\], got \(4, 3\)$"):
+        density.log_prob(np.zeros((4, 3)))
 
 
 def test_fourier_features_are_sines_and_cosines_of_two_pi_x_b():
@@ -260,6 +263,7 @@ def test_internal_density_of_a_triatomic_is_exact():
              - 0.5 * ((theta - 1.9) / 0.25) ** 2 - 2 * np.log(r1 * r2) - np.log(np.sin(theta)))
     density = NCEDensity.fit(frames[:5000], [8, 1, 1], steps=1500, hidden=64, depth=2,
                              batch_size=256, progress=False)
+    assert not density.chirality(frames[:50]).mirror.any()  # no centre with four neighbours
     log_q, want = density.log_prob(frames[5000:]), truth[5000:]
     slope = np.polyfit(want, log_q, 1)[0]
     assert 0.9 < slope < 1.1
@@ -294,8 +298,20 @@ def test_ethanol_chirality_centres_and_mirror_images(ethanol, ethanol_density):
     assert found.inverted.tolist() == [False, False, False, False, True, True]
     folded = ethanol_density.fold(frames)
     assert not ethanol_density.chirality(folded).mirror.any()
+    np.testing.assert_array_equal(folded[2:4], ethanol.positions[2:4])  # x → −x undone
     np.testing.assert_allclose(ethanol_density.log_prob(folded), ethanol_density.log_prob(frames),
                                atol=1e-4)
+
+
+def test_one_chirality_centre_is_enough_to_see_a_mirror_image():
+    """A single tetrahedral centre: its reflection flips the one sign, which makes the frame a
+    mirror image (not an inverted one)."""
+    tetrahedron = np.array([[0.0, 0, 0], [1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]])
+    frames = np.stack([tetrahedron, tetrahedron * [-1.0, 1.0, 1.0]])
+    quadruples = np.array([[0, 1, 2, 3]])
+    reference = np.sign(signed_volumes(frames[:1], quadruples))[0]
+    found = classify_chirality(frames, quadruples, reference)
+    assert found.mirror.tolist() == [False, True] and not found.inverted.any()
 
 
 def _neighbours(ethanol, centre):
