@@ -33,17 +33,19 @@ class InternalCoordinates(NamedTuple):
     torsions: np.ndarray  # [n, A − 3] rad in (−π, π], rows 2..
 
 
-def bond_tree(numbers, positions: np.ndarray) -> list[list[int]]:
+def bond_tree(numbers, positions: np.ndarray, max_frames: int = 1000) -> list[list[int]]:
     """Each atom's neighbours in a spanning tree of the molecule: the minimum spanning tree of the
-    mean distances over ``positions`` ``[n, A, 3]``, each divided by the sum of the two atoms'
-    covalent radii (:data:`ase.data.covalent_radii`). Every tree edge of a molecule is then a
-    covalent bond (bonds have ratios near 1, other pairs well above); atoms that no bond reaches,
-    as in the samples of an untrained model or a cluster of molecules, are still joined, by their
-    shortest such ratio."""
+    mean distances over ``positions`` ``[n, A, 3]`` (at most ``max_frames`` evenly spaced
+    frames: a mean needs no more, and [n, A, A] distances of 200,000 frames would not fit), each
+    divided by the sum of the two atoms' covalent radii (:data:`ase.data.covalent_radii`). Every
+    tree edge of a molecule is then a covalent bond (bonds have ratios near 1, other pairs well
+    above); atoms that no bond reaches, as in the samples of an untrained model or a cluster of
+    molecules, are still joined, by their shortest such ratio."""
     from scipy.sparse.csgraph import minimum_spanning_tree
 
     numbers = np.asarray(numbers)
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, len(numbers), 3)
+    positions = positions[::-(-len(positions) // max_frames)]  # stride ⌈n / max_frames⌉
     mean = np.linalg.norm(positions[:, :, None] - positions[:, None], axis=-1).mean(0)  # [A, A]
     radii = covalent_radii[numbers]
     ratio = mean / (radii[:, None] + radii[None, :])

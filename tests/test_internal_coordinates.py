@@ -158,6 +158,19 @@ def test_log_jacobian_is_per_frame():
                                      for b, a in zip(bonds, angles)])
 
 
+def test_tree_reads_at_most_max_frames(ethanol):
+    """The mean distances come from ⌈n / max_frames⌉-strided frames. The hydroxyl H (atom 8,
+    bonded to O, atom 2) is moved onto the methyl C (atom 0) in every frame but 0 and 5: read
+    with stride 5 it stays on O, read in full it joins C."""
+    frame = ethanol.positions[0]
+    away = frame[0] - frame.mean(0)
+    frames = np.repeat(frame[None], 10, axis=0)
+    moved = [f for f in range(10) if f % 5]
+    frames[moved, 8] = frame[0] + 1.09 * away / np.linalg.norm(away)
+    assert bond_tree(ethanol.numbers, frames, max_frames=2)[8] == [2]
+    assert bond_tree(ethanol.numbers, frames, max_frames=10)[8] == [0]
+
+
 def test_atoms_no_bond_reaches_join_the_tree_by_their_nearest_atom():
     """A water molecule and an argon atom 3 Å from its hydrogen: the tree keeps the two O–H
     bonds and joins argon to that hydrogen, the nearest atom relative to the covalent radii."""
