@@ -307,10 +307,10 @@ def log_volume_factor(positions: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 def chirality_quadruples(numbers, positions: np.ndarray) -> np.ndarray:
     """(c, a, b, d) ``[K, 4]`` for every atom c with four covalent neighbours (bonds from the
-    mean distances of ``positions`` ``[n, A, 3]``, :func:`~ase_drift.metrics.covalent_bonds`),
-    a < b < d its first three neighbours."""
+    mean distances of ``positions`` ``[n, A, 3]``, at most 1,000 evenly spaced frames of them,
+    :func:`~ase_drift.metrics.covalent_bonds`), a < b < d its first three neighbours."""
     i, j = pair_indices(len(numbers))
-    bonds = covalent_bonds(numbers, positions)
+    bonds = covalent_bonds(numbers, positions[::-(-len(positions) // 1000)])
     neighbours = [sorted({*j[bonds][i[bonds] == c], *i[bonds][j[bonds] == c]})
                   for c in range(len(numbers))]
     rows = [[c, *near[:3]] for c, near in enumerate(neighbours) if len(near) == 4]
