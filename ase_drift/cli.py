@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import __version__
 from .drift import DEFAULT_FIELD, FIELDS
+from .likelihood import COORDINATES
 
 
 def _read_data(path: str, temperature_K: float | None, energy_unit: str,
@@ -638,8 +639,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-samples", type=_positive_int, default=200_000,
                    help="samples the density is fitted on (cached beside the model)")
     p.add_argument("--fit-steps", type=_positive_int, default=10_000)
-    p.add_argument("--density-coordinates", choices=("internal", "distances"),
-                   default="internal",
+    p.add_argument("--density-coordinates", choices=COORDINATES, default=COORDINATES[0],
                    help="what the density is learned on: Z-matrix internal coordinates "
                         "(default) or pair distances (docs/likelihoods.md)")
     p.add_argument("-o", "--output", required=True,

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import numpy as np
 from ase.data import covalent_radii
 
+from .metrics.distances import pair_distances, pair_indices
 from .peptides import dihedral
 
 
@@ -31,6 +32,12 @@ class InternalCoordinates(NamedTuple):
     bonds: np.ndarray  # [n, A − 1] Å, row k of the Z-matrix
     angles: np.ndarray  # [n, A − 2] rad, rows 1..
     torsions: np.ndarray  # [n, A − 3] rad in (−π, π], rows 2..
+
+
+def evenly_spaced(frames: np.ndarray, max_frames: int) -> np.ndarray:
+    """At most ``max_frames`` of ``frames`` ``[n, ...]``, every ⌈n / max_frames⌉-th from the
+    first: enough for a mean over frames without holding them all."""
+    return frames[::-(-len(frames) // max_frames)]
 
 
 def bond_tree(numbers, positions: np.ndarray, max_frames: int = 1000) -> list[list[int]]:
@@ -41,15 +48,17 @@ def bond_tree(numbers, positions: np.ndarray, max_frames: int = 1000) -> list[li
     tree edge of a molecule is then a covalent bond (bonds have ratios near 1, other pairs well
     above); atoms that no bond reaches, as in the samples of an untrained model or a cluster of
     molecules, are still joined, by their shortest such ratio."""
+    from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import minimum_spanning_tree
 
     numbers = np.asarray(numbers)
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, len(numbers), 3)
-    positions = positions[::-(-len(positions) // max_frames)]  # stride ⌈n / max_frames⌉
-    mean = np.linalg.norm(positions[:, :, None] - positions[:, None], axis=-1).mean(0)  # [A, A]
-    radii = covalent_radii[numbers]
-    ratio = mean / (radii[:, None] + radii[None, :])
-    tree = minimum_spanning_tree(np.triu(np.maximum(ratio, 1e-12), k=1)).toarray()
+    positions = np.asarray(positions).reshape(-1, len(numbers), 3)  # pair_distances: float64
+    i, j = pair_indices(len(numbers))
+    mean = pair_distances(evenly_spaced(positions, max_frames)).mean(0)  # [M]
+    ratio = mean / (covalent_radii[numbers][i] + covalent_radii[numbers][j])
+    # A zero entry would be a missing edge: coincident atoms keep a tiny positive one.
+    tree = minimum_spanning_tree(coo_matrix((np.maximum(ratio, 1e-12), (i, j)),
+                                            shape=(len(numbers),) * 2)).toarray()
     neighbours: list[list[int]] = [[] for _ in range(len(numbers))]
     for a, b in zip(*np.nonzero(tree)):
         neighbours[a].append(int(b))

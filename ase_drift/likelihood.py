@@ -89,6 +89,7 @@ from .checkpoint import StoredConfig, load_checkpoint, save_checkpoint
 from .features import PairwiseDistances, canonical_rotor_order, find_rotors, fit_rotor_phases
 from .internal_coordinates import (
     build_zmatrix,
+    evenly_spaced,
     internal_coordinates,
     log_jacobian,
     torsion_cuts,
@@ -310,7 +311,7 @@ def chirality_quadruples(numbers, positions: np.ndarray) -> np.ndarray:
     mean distances of ``positions`` ``[n, A, 3]``, at most 1,000 evenly spaced frames of them,
     :func:`~ase_drift.metrics.covalent_bonds`), a < b < d its first three neighbours."""
     i, j = pair_indices(len(numbers))
-    bonds = covalent_bonds(numbers, positions[::-(-len(positions) // 1000)])
+    bonds = covalent_bonds(numbers, evenly_spaced(positions, 1000))
     neighbours = [sorted({*j[bonds][i[bonds] == c], *i[bonds][j[bonds] == c]})
                   for c in range(len(numbers))]
     rows = [[c, *near[:3]] for c, near in enumerate(neighbours) if len(near) == 4]

@@ -37,7 +37,7 @@ from ase_drift import load as load_sampler
 from ase_drift import units
 from ase_drift.datasets import load, reference_runs
 from ase_drift.forces import label_positions
-from ase_drift.likelihood import NCEConfig, NCEDensity, log_volume_factor
+from ase_drift.likelihood import COORDINATES, NCEConfig, NCEDensity, log_volume_factor
 from ase_drift.metrics import (
     block_bootstrap,
     noise_floor,
@@ -55,7 +55,6 @@ DATASET = "ethanol-gfn2-500K"
 SEEDS, TRAIN_STEPS, N_FIT, N_EVAL, BINS = (0, 1, 2), 4000, 200_000, 10_000, 100
 N_FLOOR = 2000  # frames of the noise floor (≈ ESS × N_EVAL)
 DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=12_000)
-COORDINATES = ("internal", "distances")
 ROW_NAMES = {"internal": "reweighted (internal coordinates)",
              "distances": "reweighted (pair distances)"}
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "reweight_ethanol.json"
