@@ -375,13 +375,25 @@ def cmd_reweight(args) -> int:
     if output.suffix not in LABELLED_SUFFIXES:
         raise ValueError(f"-o {output}: weighted frames are written as "
                          f"{', '.join(LABELLED_SUFFIXES)} (formats that keep per-frame info)")
+    if args.anneal_step_size is not None and not args.anneal_steps:
+        raise ValueError("--anneal-step-size needs --anneal-steps K")
     source = source_from_spec(args.calculator)  # an unknown kind fails before any work
     sampler = load(args.model)
     density = NCEDensity.for_model(args.model, n=args.fit_samples, steps=args.fit_steps,
                                    coordinates=args.density_coordinates, seed=args.seed,
                                    progress=sys.stderr.isatty())
-    weighted = reweight_sampler(sampler, density, args.n, forces=source, seed=args.seed,
-                                progress=sys.stderr.isatty())
+    if args.anneal_steps:
+        from .annealing import anneal_sampler
+        from .refine import DEFAULT_STEP_SIZE
+
+        step_size = (DEFAULT_STEP_SIZE if args.anneal_step_size is None
+                     else args.anneal_step_size)
+        weighted = anneal_sampler(sampler, density, args.n, forces=source, steps=args.anneal_steps,
+                                  seed=args.seed, step_size=step_size,
+                                  progress=sys.stderr.isatty()).samples
+    else:
+        weighted = reweight_sampler(sampler, density, args.n, forces=source, seed=args.seed,
+                                    progress=sys.stderr.isatty())
     frames = atoms_from_positions(Atoms(numbers=sampler.numbers), weighted.positions)
     for atoms, weight, log_weight, reduced in zip(frames, weighted.weights,
                                                   weighted.log_weights,
@@ -389,7 +401,8 @@ def cmd_reweight(args) -> int:
         atoms.info.update(weight=float(weight), log_weight=float(log_weight),
                           energy_kT=float(reduced))
     _write_frames_atomically(frames, output)
-    print(f"weighted {args.n} samples of {sampler!r} with {args.calculator}: Kish ESS "
+    annealed = f" after {args.anneal_steps} annealing levels" if args.anneal_steps else ""
+    print(f"weighted {args.n} samples of {sampler!r} with {args.calculator}{annealed}: Kish ESS "
           f"{weighted.ess:.4f} of the samples (density cached as {args.model}.nce.pt) -> "
           f"{output}")
     return 0
@@ -642,6 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--density-coordinates", choices=COORDINATES, default=COORDINATES[0],
                    help="what the density is learned on: Z-matrix internal coordinates "
                         "(default) or pair distances (docs/likelihoods.md)")
+    p.add_argument("--anneal-steps", type=_non_negative_int, default=0, metavar="K",
+                   help="annealed importance sampling: K MALA levels from the density to the "
+                        "Boltzmann distribution, each frame keeping an exact weight "
+                        "(0: plain reweighting; docs/likelihoods.md, Eqs. 15-17)")
+    p.add_argument("--anneal-step-size", type=float, metavar="Å",
+                   help="MALA step size of the annealing (default: as --refine-step-size)")
     p.add_argument("-o", "--output", required=True,
                    help="weighted frames (weight, log_weight, energy_kT in each frame's info): "
                         + ", ".join(LABELLED_SUFFIXES))

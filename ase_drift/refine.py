@@ -118,52 +118,129 @@ def mala(source: ForceSource, numbers, positions, temperature_K: float, steps: i
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     if not (np.isfinite(step_size) and step_size > 0):
         raise ValueError(f"step_size must be a positive number of Å, got {step_size!r}")
-    masses = atomic_masses[numbers] if masses is None else np.asarray(masses, dtype=np.float64)
-    if masses.shape != numbers.shape or not (np.isfinite(masses).all() and (masses > 0).all()):
-        raise ValueError(f"masses must be {len(numbers)} positive numbers of amu, got {masses}")
     kT = units.kT(temperature_K)  # eV
     rng = np.random.default_rng(seed)
-    preconditioner = (REFERENCE_MASS_AMU / masses)[None, :, None]  # [1, A, 1]
-    noise_scale = step_size * np.sqrt(preconditioner)  # [1, A, 1] Å
-    half_step = 0.5 * step_size**2 * preconditioner / kT  # [1, A, 1] Å²/eV
-
-    energies, forces = _labels(source, numbers, x)  # [n] eV, [n, A, 3] eV/Å
-    if not (np.isfinite(energies).all() and np.isfinite(forces).all()):
-        bad = int(np.flatnonzero(~(np.isfinite(energies)
-                                   & np.isfinite(forces).all(axis=(1, 2))))[0])
-        raise ValueError(f"the start frame {bad} has a non-finite energy ({energies[bad]}) or "
-                         f"forces: MALA cannot start there")
+    kernel = MALAKernel(source, numbers, kT, step_size, masses)
+    chains = kernel.start(x)
     accepted = np.zeros(len(x), dtype=np.int64)  # [n]
     acceptance = np.empty(steps)  # [steps]
 
     def state(k: int) -> MALAResult:
-        return MALAResult(x, energies, forces, accepted.copy(), acceptance[:k].copy(),
-                          len(x) * (k + 1), float(step_size))
+        return MALAResult(chains.positions, chains.energies, chains.forces, accepted.copy(),
+                          acceptance[:k].copy(), len(x) * (k + 1), float(step_size))
 
     for k in range(steps):
-        xi = rng.standard_normal(x.shape)  # [n, A, 3]
-        log_u = np.log(rng.random(len(x)))  # [n]
-        proposal = x + half_step * forces + noise_scale * xi  # [n, A, 3] Å
         try:
-            new_energies, new_forces = _labels(source, numbers, proposal)
+            chains, move = kernel.step(chains, rng)
         except LabelingError as err:
             raise LabelingError(f"MALA step {k + 1} of {steps}: the force source failed on a "
                                 f"proposal: {err}") from err
-        # ‖C^−½(x' − μ(x))‖²/ε² = ‖ξ‖²; the reverse move's residual x − μ(x'), scaled alike
-        backward = (x - proposal - half_step * new_forces) / noise_scale  # [n, A, 3]
-        log_q_forward = -0.5 * np.square(xi).sum(axis=(1, 2))  # [n]
-        log_q_backward = -0.5 * np.square(backward).sum(axis=(1, 2))  # [n]
-        log_alpha = -(new_energies - energies) / kT + log_q_backward - log_q_forward  # [n]
-        finite = np.isfinite(new_energies) & np.isfinite(new_forces).all(axis=(1, 2))
-        move = finite & (log_u < log_alpha)  # [n]; False for NaN
-        x = np.where(move[:, None, None], proposal, x)
-        energies = np.where(move, new_energies, energies)
-        forces = np.where(move[:, None, None], new_forces, forces)
         accepted += move
         acceptance[k] = move.mean()
         if callback is not None:
             callback(k + 1, state(k + 1))
     return state(steps)
+
+
+class Chains(NamedTuple):
+    """The current state of n independent chains."""
+
+    positions: np.ndarray  # [n, A, 3] Å
+    energies: np.ndarray  # [n] eV
+    forces: np.ndarray  # [n, A, 3] eV/Å
+    log_q: np.ndarray | None  # [n] log-density of the start distribution (tempered targets)
+
+
+class MALAKernel:
+    """The MALA kernel of :func:`mala`, generalised to the tempered targets
+
+        log γ_β(x) = β·(−E(x)/kT) + (1 − β)·log q(x) + const,    0 ≤ β ≤ 1,
+
+    that anneal a start density q into π (:mod:`ase_drift.annealing`); β = 1 is :func:`mala`'s
+    π. The proposal drifts along the tempered force only, μ(x) = x + (ε²/2)·β·C F(x)/kT
+    (q's gradient is not needed: Metropolis–Hastings with the exact proposal densities is
+    exact for any drift, and q's part of the target enters through the acceptance),
+
+        log α = log γ_β(x') − log γ_β(x) + log q_prop(x | x') − log q_prop(x' | x).
+
+    The proposal density uses the same μ both ways, so each step leaves γ_β invariant.
+
+    Args:
+        source: energies (eV) and forces (eV/Å).
+        numbers: atomic numbers ``[A]``.
+        kT: k_B·T in eV.
+        step_size: ε in Å.
+        masses: preconditioner masses ``[A]`` in amu (default: ASE's masses of ``numbers``).
+        log_prob: log q(positions ``[n, A, 3]``) → ``[n]``; needed only for β < 1.
+    """
+
+    def __init__(self, source: ForceSource, numbers, kT: float, step_size: float, masses=None,
+                 log_prob: Callable[[np.ndarray], np.ndarray] | None = None):
+        self.source = source
+        self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
+        self.kT = float(kT)
+        self.log_prob = log_prob
+        masses = (atomic_masses[self.numbers] if masses is None
+                  else np.asarray(masses, dtype=np.float64))
+        if masses.shape != self.numbers.shape or not (np.isfinite(masses).all()
+                                                      and (masses > 0).all()):
+            raise ValueError(f"masses must be {len(self.numbers)} positive numbers of amu, got "
+                             f"{masses}")
+        preconditioner = (REFERENCE_MASS_AMU / masses)[None, :, None]  # [1, A, 1]
+        self.noise_scale = step_size * np.sqrt(preconditioner)  # [1, A, 1] Å
+        self.half_step = 0.5 * step_size**2 * preconditioner / self.kT  # [1, A, 1] Å²/eV
+
+    def start(self, positions: np.ndarray) -> Chains:
+        """Label the start frames ``[n, A, 3]`` (ValueError where energy or forces are not
+        finite, or where log q is not when the kernel has one)."""
+        energies, forces = _labels(self.source, self.numbers, positions)
+        log_q = None if self.log_prob is None else self._log_q(positions)
+        finite = np.isfinite(energies) & np.isfinite(forces).all(axis=(1, 2))
+        if log_q is not None:
+            finite &= np.isfinite(log_q)
+        if not finite.all():
+            bad = int(np.flatnonzero(~finite)[0])
+            raise ValueError(f"the start frame {bad} has a non-finite energy ({energies[bad]}), "
+                             f"forces or log-density: the chains cannot start there")
+        return Chains(positions, energies, forces, log_q)
+
+    def step(self, chains: Chains, rng: np.random.Generator, beta: float = 1.0
+             ) -> tuple[Chains, np.ndarray]:
+        """One Metropolis–Hastings step of every chain, invariant for γ_β; returns the new
+        state and which chains moved (bool ``[n]``). A proposal whose energy, forces or log q
+        are not finite is rejected (γ_β = 0 there)."""
+        x, energies, forces, log_q = chains
+        if beta < 1 and log_q is None:
+            raise ValueError("a tempered target (β < 1) needs the start density: pass log_prob")
+        xi = rng.standard_normal(x.shape)  # [n, A, 3]
+        log_u = np.log(rng.random(len(x)))  # [n]
+        proposal = x + beta * self.half_step * forces + self.noise_scale * xi  # [n, A, 3] Å
+        new_energies, new_forces = _labels(self.source, self.numbers, proposal)
+        # ‖C^−½(x' − μ(x))‖²/ε² = ‖ξ‖²; the reverse move's residual x − μ(x'), scaled alike
+        backward = (x - proposal - beta * self.half_step * new_forces) / self.noise_scale
+        log_q_forward = -0.5 * np.square(xi).sum(axis=(1, 2))  # [n]
+        log_q_backward = -0.5 * np.square(backward).sum(axis=(1, 2))  # [n]
+        log_alpha = (-beta * (new_energies - energies) / self.kT
+                     + log_q_backward - log_q_forward)  # [n]
+        finite = np.isfinite(new_energies) & np.isfinite(new_forces).all(axis=(1, 2))
+        new_log_q = None
+        if log_q is not None:
+            new_log_q = self._log_q(proposal)
+            finite &= np.isfinite(new_log_q)
+            log_alpha = log_alpha + (1 - beta) * (new_log_q - log_q)
+        move = finite & (log_u < log_alpha)  # [n]; False for NaN
+        moved = Chains(np.where(move[:, None, None], proposal, x),
+                       np.where(move, new_energies, energies),
+                       np.where(move[:, None, None], new_forces, forces),
+                       None if log_q is None else np.where(move, new_log_q, log_q))
+        return moved, move
+
+    def _log_q(self, positions: np.ndarray) -> np.ndarray:
+        log_q = np.asarray(self.log_prob(positions), dtype=np.float64)
+        if log_q.shape != (len(positions),):
+            raise ValueError(f"log_prob returned shape {log_q.shape} for {len(positions)} "
+                             f"frames; expected ({len(positions)},)")
+        return log_q
 
 
 def _labels(source: ForceSource, numbers: np.ndarray, x: np.ndarray

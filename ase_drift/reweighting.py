@@ -179,6 +179,16 @@ def reweight_sampler(sampler, density, n: int, *, forces, seed: int | None = Non
     of this sampler, whose :meth:`~ase_drift.likelihood.NCEDensity.fold` first reflects mirror
     images, or any object with ``numbers`` and ``log_prob(positions)`` in the same convention,
     e.g. a diffusion sampler itself (its probability-flow ODE likelihood)."""
+    positions, temperature_K = sampler_draws(sampler, density, n, seed, temperature_K)
+    return reweight(positions, sampler.numbers, density.log_prob(positions), forces=forces,
+                    temperature_K=temperature_K, progress=progress)
+
+
+def sampler_draws(sampler, density, n: int, seed: int | None, temperature_K: float | None
+                  ) -> tuple[np.ndarray, float]:
+    """``n`` fresh frames ``[n, A, 3]`` Å of ``sampler`` in ``density``'s handedness and the
+    temperature to weight them at (``temperature_K`` or the sampler's); ValueError when the
+    density belongs to another molecule or no temperature is known."""
     if density.numbers is None or not np.array_equal(density.numbers, sampler.numbers):
         raise ValueError("the density was not fitted to this sampler's molecule")
     if temperature_K is None:
@@ -188,5 +198,4 @@ def reweight_sampler(sampler, density, n: int, *, forces, seed: int | None = Non
     positions = sampler.sample_positions(n, seed=seed)  # [n, A, 3] Å
     if hasattr(density, "fold"):
         positions = density.fold(positions)
-    return reweight(positions, sampler.numbers, density.log_prob(positions), forces=forces,
-                    temperature_K=temperature_K, progress=progress)
+    return positions, float(temperature_K)

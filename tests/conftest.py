@@ -10,3 +10,17 @@ why it lives here and not in a test module. It never calls torch.set_num_threads
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402  (after the thread setting above)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A drift sampler of ethanol after two training steps, saved to a file."""
+    from ase_drift.datasets import load
+    from ase_drift.training import TrainConfig, Trainer
+
+    train, _ = load("ethanol-gfn2-500K")
+    config = TrainConfig(steps=2, hidden=16, depth=1, batch_size=16, n_positives=32,
+                         noise_dim=4)
+    return Trainer(train, config).run().save(tmp_path_factory.mktemp("model") / "tiny.pt")

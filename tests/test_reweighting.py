@@ -130,18 +130,6 @@ def test_bad_inputs_raise_clear_errors():
         ws.free_energy_difference(lambda r: r[:, 0, 0] > 100, lambda r: r[:, 0, 0] < 100)
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    """A drift sampler of ethanol after two training steps, saved to a file."""
-    from ase_drift.datasets import load
-    from ase_drift.training import TrainConfig, Trainer
-
-    train, _ = load("ethanol-gfn2-500K")
-    config = TrainConfig(steps=2, hidden=16, depth=1, batch_size=16, n_positives=32,
-                         noise_dim=4)
-    return Trainer(train, config).run().save(tmp_path_factory.mktemp("model") / "tiny.pt")
-
-
 def test_density_cached_beside_the_model_and_samples_reweighted(tiny_model):
     from ase_drift import load
     from ase_drift.reweighting import reweight_sampler
