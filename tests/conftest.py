@@ -9,9 +9,9 @@ why it lives here and not in a test module. It never calls torch.set_num_threads
 
 import os
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import pytest
 
-import pytest  # noqa: E402  (after the thread setting above)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
