@@ -157,13 +157,16 @@ class MALAKernel:
         log γ_β(x) = β·(−E(x)/kT) + (1 − β)·log q(x) + const,    0 ≤ β ≤ 1,
 
     that anneal a start density q into π (:mod:`ase_drift.annealing`); β = 1 is :func:`mala`'s
-    π. The proposal drifts along the tempered force only, μ(x) = x + (ε²/2)·β·C F(x)/kT
-    (q's gradient is not needed: Metropolis–Hastings with the exact proposal densities is
-    exact for any drift, and q's part of the target enters through the acceptance),
+    π. The proposal is :func:`mala`'s at every β, drifting along the full force,
+    μ(x) = x + (ε²/2)·C F(x)/kT, and the acceptance uses γ_β and the exact proposal densities,
 
-        log α = log γ_β(x') − log γ_β(x) + log q_prop(x | x') − log q_prop(x' | x).
+        log α = log γ_β(x') − log γ_β(x) + log q_prop(x | x') − log q_prop(x' | x),
 
-    The proposal density uses the same μ both ways, so each step leaves γ_β invariant.
+    so each step leaves γ_β invariant (Metropolis–Hastings is exact for any drift, and q's
+    gradient is never needed). F/kT is ∇log γ_β at β = 1 and close to it at β < 1 wherever q
+    resembles π: on one-step alanine dipeptide samples with their NCE density, a step of
+    ε = 0.03 Å targeting q itself (β = 0) is accepted 26 % of the time with this drift and 3 %
+    with the tempered drift β·F/kT, which vanishes there.
 
     Args:
         source: energies (eV) and forces (eV/Å).
@@ -214,10 +217,10 @@ class MALAKernel:
             raise ValueError("a tempered target (β < 1) needs the start density: pass log_prob")
         xi = rng.standard_normal(x.shape)  # [n, A, 3]
         log_u = np.log(rng.random(len(x)))  # [n]
-        proposal = x + beta * self.half_step * forces + self.noise_scale * xi  # [n, A, 3] Å
+        proposal = x + self.half_step * forces + self.noise_scale * xi  # [n, A, 3] Å
         new_energies, new_forces = _labels(self.source, self.numbers, proposal)
         # ‖C^−½(x' − μ(x))‖²/ε² = ‖ξ‖²; the reverse move's residual x − μ(x'), scaled alike
-        backward = (x - proposal - beta * self.half_step * new_forces) / self.noise_scale
+        backward = (x - proposal - self.half_step * new_forces) / self.noise_scale
         log_q_forward = -0.5 * np.square(xi).sum(axis=(1, 2))  # [n]
         log_q_backward = -0.5 * np.square(backward).sum(axis=(1, 2))  # [n]
         log_alpha = (-beta * (new_energies - energies) / self.kT

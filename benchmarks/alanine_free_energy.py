@@ -27,10 +27,12 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from ase_drift import load as load_sampler
+from ase_drift.annealing import anneal_sampler
 from ase_drift.datasets import data_path, load_npz
 from ase_drift.datasets.alanine import make_system, starting_structure
 from ase_drift.forces import OpenMMForces
@@ -65,6 +67,34 @@ RUNS = {
 BINS = 72  # PMF bins of 5°
 N_FIT, N_EVAL = 20_000, 10_000
 DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=3000)
+# TrainConfig options of the drift samplers: the paper's FK in distance space, and today's
+# default (plain drifting, pairs weighted by spread^0.5, canonical rotors)
+SAMPLERS = {"fk": {"field": "fk", **PAPER_DISTANCES}, "default": {}}
+
+
+class Setup(NamedTuple):
+    """What one reweighting row was made with (its key in reweighting.json)."""
+
+    sampler: str  # a key of SAMPLERS
+    steps: int  # drift training steps
+    seed: int
+    density: str  # NCEConfig.coordinates
+    fit_samples: int
+    fit_steps: int
+    anneal_steps: int  # 0: plain reweighting (Eq. 9), else AIS levels (Eqs. 15-17)
+
+    @property
+    def key(self) -> str:
+        key = f"steps={self.steps} seed={self.seed} density={self.density}"
+        if (self.sampler, self.fit_samples, self.fit_steps) != ("fk", N_FIT, DENSITY.steps):
+            key = f"{self.sampler} {key} fit={self.fit_samples}/{self.fit_steps}"
+        return key + (f" anneal={self.anneal_steps}" if self.anneal_steps else "")
+
+    @property
+    def label(self) -> str:
+        name = "drift FK" if self.sampler == "fk" else "drift (default)"
+        annealed = f" + AIS {self.anneal_steps}" if self.anneal_steps else ""
+        return f"{name}{annealed} (seed={self.seed})"
 
 
 def cached_truth(directory: Path, samples, n_boot: int) -> FreeEnergyResult:
@@ -104,41 +134,55 @@ def md_reference(topology_pdb: str, reference) -> dict:
     return out
 
 
-def drift_sampler(path: Path, train_set, steps: int, seed: int):
-    """An FK drift sampler in distance space on the biased set, trained once and kept."""
+def drift_sampler(path: Path, train_set, setup: Setup):
+    """A drift sampler in distance space on the biased set, trained once and kept."""
     if path.exists():
         return load_sampler(path)
-    trainer = Trainer(train_set, TrainConfig(field="fk", space="distance", steps=steps,
-                                             seed=seed, **PAPER_DISTANCES))
-    trainer.attach(ProgressBar(steps, desc=f"FK drift sampler, seed {seed}"), 1)
+    config = TrainConfig(space="distance", steps=setup.steps, seed=setup.seed,
+                         **SAMPLERS[setup.sampler])
+    trainer = Trainer(train_set, config)
+    trainer.attach(ProgressBar(setup.steps, desc=f"{setup.label}: training"), 1)
     sampler = trainer.run()
     sampler.save(path)
     return sampler
 
 
-def reweighted(directory: Path, train_set, topology, steps: int, seed: int,
-               density_config: NCEConfig) -> dict:
-    """ESS and ΔF of every region pair, unweighted and reweighted, for one seed."""
+def reweighted(directory: Path, train_set, topology, setup: Setup) -> dict:
+    """ESS and ΔF of every region pair, unweighted and reweighted (plain or annealed)."""
     started = time.perf_counter()
-    model = directory / f"drift-fk-steps{steps}-seed{seed}.pt"
-    sampler = drift_sampler(model, train_set, steps, seed)
+    name = "fk" if setup.sampler == "fk" else "canonical"  # the files of earlier runs
+    model = directory / f"drift-{name}-steps{setup.steps}-seed{setup.seed}.pt"
+    sampler = drift_sampler(model, train_set, setup)
     trained = time.perf_counter()
-    density_path = model.with_name(f"{model.name}.{density_config.coordinates}.nce.pt")
+    config = NCEConfig.from_dict(dict(DENSITY.as_dict(), coordinates=setup.density,
+                                      steps=setup.fit_steps))
+    fit = "" if (setup.fit_samples, setup.fit_steps) == (N_FIT, DENSITY.steps) else (
+        f".fit{setup.fit_samples}-{setup.fit_steps}")
+    density_path = model.with_name(f"{model.name}{fit}.{setup.density}.nce.pt")
     if density_path.exists():
         density = NCEDensity.load(density_path)
     else:
-        density = NCEDensity.fit(sampler, n=N_FIT, config=density_config, seed=seed)
+        density = NCEDensity.fit(sampler, n=setup.fit_samples, config=config, seed=setup.seed)
         density.save(density_path)
     fitted = time.perf_counter()
     forces = OpenMMForces(make_system(starting_structure()[0]))
-    ws = reweight_sampler(sampler, density, N_EVAL, forces=forces, seed=1000 + seed,
-                          temperature_K=train_set.temperature_K)
+    out = {}
+    if setup.anneal_steps:
+        annealed = anneal_sampler(sampler, density, N_EVAL, forces=forces,
+                                  steps=setup.anneal_steps, seed=1000 + setup.seed,
+                                  temperature_K=train_set.temperature_K)
+        ws = annealed.samples
+        out["ess_by_level"] = annealed.ess.tolist()
+        out["acceptance"] = float(annealed.acceptance.mean())
+    else:
+        ws = reweight_sampler(sampler, density, N_EVAL, forces=forces, seed=1000 + setup.seed,
+                              temperature_K=train_set.temperature_K)
     phi, psi = backbone_dihedrals(ws.positions, topology)
     uniform = WeightedSamples(ws.positions, np.full(len(phi), -np.log(len(phi))),
-                           ws.reduced_energies, ws.log_q)
-    out = {"ess": ws.ess, "max_weight": float(ws.weights.max()),
-           "seconds": {"train": trained - started, "fit": fitted - trained,
-                       "reweight": time.perf_counter() - fitted}}
+                              ws.reduced_energies, ws.log_q)
+    out.update({"ess": ws.ess, "max_weight": float(ws.weights.max()),
+                "seconds": {"train": trained - started, "fit": fitted - trained,
+                            "reweight": time.perf_counter() - fitted}})
     for name, (in_a, in_b) in alanine_regions().items():
         a, b = in_a(phi, psi), in_b(phi, psi)
         out[name] = {"frames": [int(a.sum()), int(b.sum())]}
@@ -191,6 +235,16 @@ def main(argv=None) -> None:
                         help="drift sampler seeds for the reweighting comparison")
     parser.add_argument("--density", choices=COORDINATES, default=DENSITY.coordinates,
                         help="what the NCE density is fitted on (docs/likelihoods.md)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="fk",
+                        help="fk: the paper's FK drift sampler; default: today's default drift "
+                             "sampler")
+    parser.add_argument("--drift-steps", type=int, help="training steps (default: the run's)")
+    parser.add_argument("--fit-samples", type=int, default=N_FIT,
+                        help="sampler frames the density is fitted on")
+    parser.add_argument("--fit-steps", type=int, default=DENSITY.steps)
+    parser.add_argument("--anneal-steps", type=int, nargs="+", default=[0],
+                        help="AIS levels from the density to π (0: plain reweighting); one row "
+                             "per value")
     parser.add_argument("--skip-reweight", action="store_true")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(argv)
@@ -226,28 +280,27 @@ def main(argv=None) -> None:
     if "md" not in results:
         results["md"] = md_reference(pdb, reference)
         write_json(results_path, results)
-    density_config = NCEConfig.from_dict(dict(DENSITY.as_dict(), coordinates=args.density))
+    steps = drift_steps if args.drift_steps is None else args.drift_steps
+    setups = [Setup(args.sampler, steps, seed, args.density, args.fit_samples, args.fit_steps, k)
+              for seed in args.seeds for k in args.anneal_steps]
     if not args.skip_reweight:
-        for seed in args.seeds:
-            key = f"steps={drift_steps} seed={seed} density={args.density}"
-            if key not in samplers:
-                samplers[key] = reweighted(shared, train_set, topology, drift_steps, seed,
-                                           density_config)
+        for setup in setups:
+            if setup.key not in samplers:
+                samplers[setup.key] = reweighted(shared, train_set, topology, setup)
                 write_json(reweighting_path, samplers)
 
     header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
-    seeds = [f"steps={drift_steps} seed={seed} density={args.density}" for seed in args.seeds
-             if f"steps={drift_steps} seed={seed} density={args.density}" in samplers]
-    for key in seeds:
-        header += [f"drift FK ({key.split()[1]}), unweighted", "reweighted"]
+    setups = [setup for setup in setups if setup.key in samplers]
+    for setup in setups:
+        header += [f"{setup.label}, unweighted", "reweighted"]
     rows = []
     for name in truth.delta_f:
         md = results["md"][name]
         row = [name, truth.delta_f[name],
                Estimate(*md["delta_f"]) if md["delta_f"] else
                f"∞ (frames {md['frames'][0]:,} / {md['frames'][1]:,})"]
-        for key in seeds:
-            r = samplers[key][name]
+        for setup in setups:
+            r = samplers[setup.key][name]
             row += [Estimate(*r[label]) if r[label] else
                     f"∞ (frames {r['frames'][0]:,} / {r['frames'][1]:,})"
                     for label in ("unweighted", "reweighted")]
@@ -262,18 +315,22 @@ def main(argv=None) -> None:
             f"{u['n_uncorrelated']:,} uncorrelated frames, {n_boot} bootstrap replicates. "
             f"Plain MD: "
             f"{results['md']['n_frames']:,} bundled reference frames.")
-    for key in seeds:
-        r = samplers[key]
-        note += (f" Drift FK {key.split()[1]}: {drift_steps:,} training steps on the biased 1 ns set, "
-                 f"NCE density on {args.density}, "
+    for setup in setups:
+        r = samplers[setup.key]
+        annealing = (f", annealed over {setup.anneal_steps} MALA levels (acceptance "
+                     f"{r['acceptance']:.2f})" if setup.anneal_steps else "")
+        note += (f" {setup.label}: {setup.steps:,} training steps on the biased 1 ns set, "
+                 f"NCE density on {setup.density} fitted to {setup.fit_samples:,} samples "
+                 f"({setup.fit_steps:,} steps){annealing}, "
                  f"ESS {r['ess']:.2e} of {N_EVAL:,} (largest weight {r['max_weight']:.2f}); "
                  "minutes train / fit / reweight " + " / ".join(
                      f"{r['seconds'][k] / 60:.1f}" for k in ("train", "fit", "reweight")) + ".")
     text = f"{note}\n\n{text}\n\nPMF along φ (every third 5° bin):\n\n{pmf_table(truth)}"
     print(text)
-    curves = {f"drift FK ({k.split()[1]}), {label}": (np.array(samplers[k]["phi"]), log_w)
-              for k in seeds[:1] for label, log_w in
-              (("unweighted", None), ("reweighted", np.array(samplers[k]["log_weights"])))}
+    curves = {f"{setup.label}, {label}": (np.array(samplers[setup.key]["phi"]), log_w)
+              for setup in setups[:1] for label, log_w in
+              (("unweighted", None),
+               ("reweighted", np.array(samplers[setup.key]["log_weights"])))}
     figure = f"alanine_free_energy_{run}.png"
     plot(ROOT / "bench_out" / figure, truth, np.array(results["md"]["phi"]), curves)
     if not args.no_docs:

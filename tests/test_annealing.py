@@ -10,8 +10,8 @@ estimator with Gaussian errors misses with probability < 1e-6 per check.
 Sensitivity, checked by hand on mutated copies of annealing.py and refine.py: evaluating the
 increment after the level's move instead of before it (log Z off by 12 standard errors),
 reversing the sign of β_k − β_{k−1}, dropping the increment, dropping (1 − β)·Δlog q from the
-acceptance, drifting with the untempered force, or accepting with the untempered energy
-difference: each fails the checks.
+acceptance, a drift in the proposal that the proposal densities do not share, or accepting
+with the untempered energy difference: each fails the checks.
 """
 
 import numpy as np
