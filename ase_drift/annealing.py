@@ -37,17 +37,24 @@ from scipy.special import logsumexp
 
 from . import units
 from .forces import ForceSource, LabelingError
-from .refine import DEFAULT_STEP_SIZE, MALAKernel
+from .refine import MALAKernel
 from .reweighting import WeightedSamples, kish_ess, normalised_log_weights
 
-#: Default exponent p of the schedule β_k = (k/K)^p (:func:`power_schedule`).
-DEFAULT_POWER = 4.0
+#: Default exponent p of the schedule β_k = (k/K)^p (:func:`power_schedule`): linear. On
+#: one-step alanine dipeptide samples (2,000 chains, 300 levels, ε = 0.02 Å) the final ESS was
+#: 0.19 with p = 1, 0.11 with 1.5, 0.13 with 2 and 0.05 with 4.
+DEFAULT_POWER = 1.0
+#: Default MALA step ε in Å: smaller than :data:`ase_drift.refine.DEFAULT_STEP_SIZE`, because
+#: the tempered targets carry a learned log q that is rougher than the energy (same runs, p = 2:
+#: ESS 0.12 at 0.015 Å, 0.13 at 0.02 Å, 0.09 at 0.025 Å; acceptance 0.68, 0.59, 0.49).
+DEFAULT_STEP_SIZE = 0.02
 
 
 def power_schedule(steps: int, power: float = DEFAULT_POWER) -> np.ndarray:
-    """β_k = (k/K)^p, k = 0 … K ``[K + 1]``. p > 1 takes small steps at small β, where the
-    increments of Eq. 16 carry the whole energy mismatch of the start samples and one
-    strained frame would otherwise take all the weight; p = 1 is linear."""
+    """β_k = (k/K)^p, k = 0 … K ``[K + 1]``. With perfect mixing the variance of Eq. 16 is
+    ≈ Σ (Δβ_k)² Var_γk(log π − log q), smallest with Δβ_k ∝ 1/std_k: p > 1 takes small steps
+    at small β, which pays when a few strained start frames make std largest there; p = 1
+    (linear) when the start samples are already near π in energy."""
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if not (np.isfinite(power) and power > 0):

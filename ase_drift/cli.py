@@ -383,8 +383,7 @@ def cmd_reweight(args) -> int:
                                    coordinates=args.density_coordinates, seed=args.seed,
                                    progress=sys.stderr.isatty())
     if args.anneal_steps:
-        from .annealing import anneal_sampler
-        from .refine import DEFAULT_STEP_SIZE
+        from .annealing import DEFAULT_STEP_SIZE, anneal_sampler
 
         step_size = (DEFAULT_STEP_SIZE if args.anneal_step_size is None
                      else args.anneal_step_size)
@@ -660,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Boltzmann distribution, each frame keeping an exact weight "
                         "(0: plain reweighting; docs/likelihoods.md, Eqs. 15-17)")
     p.add_argument("--anneal-step-size", type=float, metavar="Å",
-                   help="MALA step size of the annealing (default: as --refine-step-size)")
+                   help="MALA step for a hydrogen atom, Å (default 0.02)")
     p.add_argument("-o", "--output", required=True,
                    help="weighted frames (weight, log_weight, energy_kT in each frame's info): "
                         + ", ".join(LABELLED_SUFFIXES))

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -32,7 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ase_drift import load as load_sampler
-from ase_drift.annealing import anneal_sampler
+from ase_drift.annealing import DEFAULT_POWER, DEFAULT_STEP_SIZE, anneal_sampler
 from ase_drift.datasets import data_path, load_npz
 from ase_drift.datasets.alanine import make_system, starting_structure
 from ase_drift.forces import OpenMMForces
@@ -88,7 +89,8 @@ class Setup(NamedTuple):
         key = f"steps={self.steps} seed={self.seed} density={self.density}"
         if (self.sampler, self.fit_samples, self.fit_steps) != ("fk", N_FIT, DENSITY.steps):
             key = f"{self.sampler} {key} fit={self.fit_samples}/{self.fit_steps}"
-        return key + (f" anneal={self.anneal_steps}" if self.anneal_steps else "")
+        return key + (f" anneal={self.anneal_steps} p={DEFAULT_POWER:g} eps={DEFAULT_STEP_SIZE:g}"
+                      if self.anneal_steps else "")
 
     @property
     def label(self) -> str:
@@ -131,6 +133,34 @@ def md_reference(topology_pdb: str, reference) -> dict:
                 s[:, 0], in_a(s[:, 0], s[:, 1]), in_b(s[:, 0], s[:, 1])), series))
             if a.any() and b.any() else None}
     out["phi"] = phi.tolist()
+    return out
+
+
+def long_md_reference(paths: list[Path]) -> dict:
+    """ΔF of every region pair from long MD files (``python -m ase_drift.datasets.alanine``
+    npz, e.g. the 120 ns of docs/benchmarks.md): the mean over independent runs and its
+    standard error (None unless every run visits both regions)."""
+    per_run, frames, n_runs, n_frames = {name: [] for name in alanine_regions()}, {}, 0, 0
+    for path in paths:
+        with np.load(path) as npz:
+            topology = topology_from_pdb(str(npz["pdb"]))
+            phi, psi = backbone_dihedrals(npz["reference_R"], topology)
+            runs = npz["reference_run"]
+        n_frames += len(runs)
+        for run in np.unique(runs):
+            n_runs += 1
+            at = runs == run
+            for name, (in_a, in_b) in alanine_regions().items():
+                a, b = in_a(phi[at], psi[at]), in_b(phi[at], psi[at])
+                counts = frames.setdefault(name, np.zeros(2, dtype=int))
+                counts += [a.sum(), b.sum()]
+                if a.any() and b.any():
+                    per_run[name].append(free_energy_difference(phi[at], a, b))
+    out = {"n_runs": n_runs, "n_frames": n_frames}
+    for name, values in per_run.items():
+        out[name] = {"frames": frames[name].tolist(), "delta_f": [
+            float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))]
+            if len(values) == n_runs > 1 else None}
     return out
 
 
@@ -245,6 +275,8 @@ def main(argv=None) -> None:
     parser.add_argument("--anneal-steps", type=int, nargs="+", default=[0],
                         help="AIS levels from the density to π (0: plain reweighting); one row "
                              "per value")
+    parser.add_argument("--md", type=Path, nargs="+", default=[],
+                        help="long MD npz files (independent runs) for a third truth column")
     parser.add_argument("--skip-reweight", action="store_true")
     parser.add_argument("--no-docs", action="store_true")
     args = parser.parse_args(argv)
@@ -289,25 +321,31 @@ def main(argv=None) -> None:
                 samplers[setup.key] = reweighted(shared, train_set, topology, setup)
                 write_json(reweighting_path, samplers)
 
+    long_md = long_md_reference(args.md) if args.md else None
     header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
+    if long_md:
+        header.append(f"plain MD ({long_md['n_runs']} runs, {long_md['n_frames']:,} frames)")
     setups = [setup for setup in setups if setup.key in samplers]
     for setup in setups:
         header += [f"{setup.label}, unweighted", "reweighted"]
+
+    def cell(entry: dict, estimate) -> Estimate | str:
+        return (Estimate(*estimate) if estimate else
+                f"∞ (frames {entry['frames'][0]:,} / {entry['frames'][1]:,})")
+
     rows = []
     for name in truth.delta_f:
-        md = results["md"][name]
-        row = [name, truth.delta_f[name],
-               Estimate(*md["delta_f"]) if md["delta_f"] else
-               f"∞ (frames {md['frames'][0]:,} / {md['frames'][1]:,})"]
+        row = [name, truth.delta_f[name], cell(results["md"][name], results["md"][name]["delta_f"])]
+        if long_md:
+            row.append(cell(long_md[name], long_md[name]["delta_f"]))
         for setup in setups:
             r = samplers[setup.key][name]
-            row += [Estimate(*r[label]) if r[label] else
-                    f"∞ (frames {r['frames'][0]:,} / {r['frames'][1]:,})"
-                    for label in ("unweighted", "reweighted")]
+            row += [cell(r, r[label]) for label in ("unweighted", "reweighted")]
         rows.append(row)
     text = render_table(header, rows, digits=[0] + [2] * (len(header) - 1))
     u = results["umbrella"]
-    note = (f"Run: `python -m benchmarks.alanine_free_energy --run {run} --density {args.density}`"
+    command = " ".join(sys.argv[1:] if argv is None else argv)
+    note = (f"Run: `python -m benchmarks.alanine_free_energy {command}`"
             f" — {config.n_windows} windows, κ = {config.force_constant:g} kT/rad², "
             f"{config.equilibration_ps:g} ps equilibration + {config.production_ps:g} ps "
             f"production each (frames every {config.stride_ps:g} ps); statistical inefficiency "
