@@ -71,6 +71,9 @@ DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=3000)
 # TrainConfig options of the drift samplers: the paper's FK in distance space, and today's
 # default (plain drifting, pairs weighted by spread^0.5, canonical rotors)
 SAMPLERS = {"fk": {"field": "fk", **PAPER_DISTANCES}, "default": {}}
+SAMPLER_NAMES = {"fk": "the paper's FK drift sampler (distance space)",
+                 "default": "the default drift sampler (distance space, pairs weighted by "
+                            "spread^0.5, canonical rotors)"}
 
 
 class Setup(NamedTuple):
@@ -95,8 +98,8 @@ class Setup(NamedTuple):
     @property
     def label(self) -> str:
         name = "drift FK" if self.sampler == "fk" else "drift (default)"
-        annealed = f" + AIS {self.anneal_steps}" if self.anneal_steps else ""
-        return f"{name}{annealed} (seed={self.seed})"
+        how = f"K = {self.anneal_steps}" if self.anneal_steps else "plain"
+        return f"{name}, seed {self.seed}, {how}"
 
 
 def cached_truth(directory: Path, samples, n_boot: int) -> FreeEnergyResult:
@@ -318,31 +321,41 @@ def main(argv=None) -> None:
     if not args.skip_reweight:
         for setup in setups:
             if setup.key not in samplers:
-                samplers[setup.key] = reweighted(shared, train_set, topology, setup)
+                row = reweighted(shared, train_set, topology, setup)
+                # re-read first: runs with other seeds may share the file
+                samplers = json.loads(reweighting_path.read_text()) if (
+                    reweighting_path.exists()) else {}
+                samplers[setup.key] = row
                 write_json(reweighting_path, samplers)
 
     long_md = long_md_reference(args.md) if args.md else None
-    header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
-    if long_md:
-        header.append(f"plain MD ({long_md['n_runs']} runs, {long_md['n_frames']:,} frames)")
     setups = [setup for setup in setups if setup.key in samplers]
-    for setup in setups:
-        header += [f"{setup.label}, unweighted", "reweighted"]
 
     def cell(entry: dict, estimate) -> Estimate | str:
         return (Estimate(*estimate) if estimate else
                 f"∞ (frames {entry['frames'][0]:,} / {entry['frames'][1]:,})")
 
+    header = ["ΔF (kT)", "umbrella + MBAR", "plain MD (bundled)"]
+    if long_md:
+        header.append(f"plain MD ({long_md['n_runs']} runs, {long_md['n_frames']:,} frames)")
     rows = []
     for name in truth.delta_f:
         row = [name, truth.delta_f[name], cell(results["md"][name], results["md"][name]["delta_f"])]
         if long_md:
             row.append(cell(long_md[name], long_md[name]["delta_f"]))
-        for setup in setups:
-            r = samplers[setup.key][name]
-            row += [cell(r, r[label]) for label in ("unweighted", "reweighted")]
         rows.append(row)
-    text = render_table(header, rows, digits=[0] + [2] * (len(header) - 1))
+    truth_table = render_table(header, rows, digits=[0] + [2] * (len(header) - 1))
+    # one row per sampler setup: weights, then every region pair unweighted and reweighted
+    header = ["samples", "ESS", "largest weight", "minutes (fit / weight)"]
+    header += [f"{name}, {label}" for name in truth.delta_f for label in ("unweighted",
+                                                                           "reweighted")]
+    rows = []
+    for setup in setups:
+        r = samplers[setup.key]
+        rows.append([setup.label, f"{r['ess']:.2e}", f"{r['max_weight']:.2f}",
+                     f"{r['seconds']['fit'] / 60:.1f} / {r['seconds']['reweight'] / 60:.1f}"]
+                    + [cell(r[name], r[name][label]) for name in truth.delta_f
+                       for label in ("unweighted", "reweighted")])
     u = results["umbrella"]
     command = " ".join(sys.argv[1:] if argv is None else argv)
     note = (f"Run: `python -m benchmarks.alanine_free_energy {command}`"
@@ -351,19 +364,21 @@ def main(argv=None) -> None:
             f"production each (frames every {config.stride_ps:g} ps); statistical inefficiency "
             f"g min / median / max {u['g'][0]:.1f} / {u['g'][1]:.1f} / {u['g'][2]:.1f}, "
             f"{u['n_uncorrelated']:,} uncorrelated frames, {n_boot} bootstrap replicates. "
-            f"Plain MD: "
-            f"{results['md']['n_frames']:,} bundled reference frames.")
-    for setup in setups:
-        r = samplers[setup.key]
-        annealing = (f", annealed over {setup.anneal_steps} MALA levels (acceptance "
-                     f"{r['acceptance']:.2f})" if setup.anneal_steps else "")
-        note += (f" {setup.label}: {setup.steps:,} training steps on the biased 1 ns set, "
-                 f"NCE density on {setup.density} fitted to {setup.fit_samples:,} samples "
-                 f"({setup.fit_steps:,} steps){annealing}, "
-                 f"ESS {r['ess']:.2e} of {N_EVAL:,} (largest weight {r['max_weight']:.2f}); "
-                 "minutes train / fit / reweight " + " / ".join(
-                     f"{r['seconds'][k] / 60:.1f}" for k in ("train", "fit", "reweight")) + ".")
-    text = f"{note}\n\n{text}\n\nPMF along φ (every third 5° bin):\n\n{pmf_table(truth)}"
+            f"Plain MD: {results['md']['n_frames']:,} bundled reference frames"
+            + (f"; the long MD's error is the standard error over its {long_md['n_runs']} "
+               "independent runs." if long_md else "."))
+    if setups:
+        setup = setups[0]
+        note += (f" Samples: {SAMPLER_NAMES[setup.sampler]} trained {setup.steps:,} steps on "
+                 f"the biased 1 ns set; NCE density on {setup.density} coordinates fitted to "
+                 f"{setup.fit_samples:,} of its samples ({setup.fit_steps:,} steps); "
+                 f"{N_EVAL:,} fresh samples weighted with amber energies at 300 K, plain "
+                 f"(Eq. 9) or after K annealing levels (Eqs. 15–17; linear schedule, MALA "
+                 f"ε = {DEFAULT_STEP_SIZE:g} Å, acceptance " + ", ".join(
+                     f"{samplers[s.key]['acceptance']:.2f}" for s in setups if s.anneal_steps)
+                 + ").")
+    text = (f"{note}\n\n{truth_table}\n\n{render_table(header, rows, digits=2)}\n\n"
+            f"PMF along φ (every third 5° bin):\n\n{pmf_table(truth)}")
     print(text)
     curves = {f"{setup.label}, {label}": (np.array(samplers[setup.key]["phi"]), log_w)
               for setup in setups[:1] for label, log_w in

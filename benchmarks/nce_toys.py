@@ -34,6 +34,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from scipy.special import logsumexp
@@ -102,51 +103,65 @@ def grid_kl(log_p: np.ndarray, log_q: np.ndarray) -> float:
     return float(np.sum(np.exp(log_p) * (log_p - log_q)))
 
 
-def run_config(variant: str, seed: int, steps: int = CONFIG.steps) -> NCEConfig:
+class Budget(NamedTuple):
+    """What a benchmark invocation may change from :data:`CONFIG`."""
+
+    steps: int = CONFIG.steps
+    time_power: float = CONFIG.time_power
+
+    @property
+    def suffix(self) -> str:
+        """'' for the defaults, else e.g. '-20k' or '-t1': names its results and section."""
+        return ("" if self.steps == CONFIG.steps else f"-{self.steps // 1000}k") + (
+            "" if self.time_power == CONFIG.time_power else f"-t{self.time_power:g}")
+
+
+DEFAULT_BUDGET = Budget()
+
+
+def run_config(variant: str, seed: int, budget: Budget = DEFAULT_BUDGET) -> NCEConfig:
     score_weight, nce_weight = VARIANTS[variant]
     return NCEConfig.from_dict(dict(CONFIG.as_dict(), seed=seed, score_weight=score_weight,
-                                    nce_weight=nce_weight, steps=steps))
+                                    nce_weight=nce_weight, steps=budget.steps,
+                                    time_power=budget.time_power))
 
 
-def steps_suffix(steps: int) -> str:
-    """'' for the default training length, else e.g. '-20k': names its results and section."""
-    return "" if steps == CONFIG.steps else f"-{steps // 1000}k"
-
-
-def output_paths(steps: int) -> tuple[Path, Path, Path]:
-    """Results, seed-0 grids and figure of a training length: the default's plain names,
-    others suffixed with their steps, so a longer budget never overwrites the default's table."""
-    suffix = steps_suffix(steps)
+def output_paths(budget: Budget) -> tuple[Path, Path, Path]:
+    """Results, seed-0 grids and figure of a budget: the default's plain names, others
+    suffixed, so another budget never overwrites the default's table."""
+    suffix = budget.suffix
     return (RESULTS_PATH.with_name(f"{RESULTS_PATH.stem}{suffix}.json"),
             GRIDS_PATH.with_name(f"{GRIDS_PATH.stem}{suffix}.npz"),
             FIGURE_PATH.with_name(f"{FIGURE_PATH.stem}{suffix}.png"))
 
 
-def run(case: str, variant: str, seed: int, steps: int) -> tuple[dict, np.ndarray]:
+def run(case: str, variant: str, seed: int, budget: Budget) -> tuple[dict, np.ndarray]:
     """Fit one density; its KL, time and grid of log q ``[G²]``."""
     sample, _ = CASES[case]
     data = sample(N_DATA, np.random.default_rng(1000 + seed))
     start = time.perf_counter()
-    density = NCEDensity.fit(data, config=run_config(variant, seed, steps))
+    density = NCEDensity.fit(data, config=run_config(variant, seed, budget))
     seconds = time.perf_counter() - start
     log_q = density.log_prob(grid_points())
     return {"kl": grid_kl(CASES[case][1](grid_points()), log_q), "seconds": seconds,
             "config": density.config.as_dict()}, log_q
 
 
-def is_done(results: dict, key: str, variant: str, seed: int, steps: int) -> bool:
-    """Whether ``results`` hold ``key`` run with today's configuration."""
-    return results.get(key, {}).get("config") == run_config(variant, seed, steps).as_dict()
+def is_done(results: dict, key: str, variant: str, seed: int, budget: Budget) -> bool:
+    """Whether ``results`` hold ``key`` run with today's configuration (fields added to
+    NCEConfig since take their defaults)."""
+    stored = results.get(key, {}).get("config")
+    return stored is not None and NCEConfig.from_dict(stored) == run_config(variant, seed, budget)
 
 
-def table(results: dict, steps: int) -> str:
+def table(results: dict, budget: Budget) -> str:
     rows = []
     for case in CASES:
         for variant in VARIANTS:
             if (case, variant) in SKIP:
                 continue
             kls = [results[key]["kl"] for seed in SEEDS
-                   if is_done(results, key := f"{case}/{variant}/{seed}", variant, seed, steps)]
+                   if is_done(results, key := f"{case}/{variant}/{seed}", variant, seed, budget)]
             paper = PAPER.get((case, variant))
             mean = np.mean(kls) if kls else np.nan
             rows.append([case, variant, len(kls), np.round(kls, 4).tolist() if kls else None,
@@ -156,7 +171,7 @@ def table(results: dict, steps: int) -> str:
     header = ["case", "loss", "seeds", "KL (mean ± std)", "KL per seed", "paper",
               "ratio to paper"]
     setup = ", ".join(f"{name}={value}" for name, value in run_config(
-                          "both (BoltzNCE)", 0, steps).as_dict().items() if name not in ("score_weight", "nce_weight", "seed"))
+                          "both (BoltzNCE)", 0, budget).as_dict().items() if name not in ("score_weight", "nce_weight", "seed", "coordinates"))
     return (render_table(header, rows, digits=[0, 0, 0, 4, 0, 4, 2])
             + f"\n\nSeeds {', '.join(map(str, SEEDS))}; {N_DATA:,} samples; NCEConfig: {setup}.")
 
@@ -192,8 +207,12 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=CONFIG.steps,
                         help="training steps of every run (results and docs section of their own "
                              "when not the default)")
+    parser.add_argument("--time-power", type=float, default=CONFIG.time_power,
+                        help="the interpolant read at t^p (results and docs section of their own "
+                             "when not the default)")
     args = parser.parse_args(argv)
-    results_path, grids_path, figure_path = output_paths(args.steps)
+    budget = Budget(args.steps, args.time_power)
+    results_path, grids_path, figure_path = output_paths(budget)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     grids = dict(np.load(grids_path)) if grids_path.exists() else {}
     if not args.table_only:
@@ -201,11 +220,10 @@ def main(argv=None) -> None:
             for case in CASES:
                 for variant in VARIANTS:
                     key = f"{case}/{variant}/{seed}"
-                    if (case, variant) in SKIP or is_done(results, key, variant, seed,
-                                                          args.steps):
+                    if (case, variant) in SKIP or is_done(results, key, variant, seed, budget):
                         continue
                     print(f"{key} …", flush=True)
-                    results[key], log_q = run(case, variant, seed, args.steps)
+                    results[key], log_q = run(case, variant, seed, budget)
                     print(f"{key}: KL {results[key]['kl']:.4f} "
                           f"({results[key]['seconds']:.0f} s)", flush=True)
                     write_json(results_path, results)
@@ -214,10 +232,10 @@ def main(argv=None) -> None:
                         grids_path.parent.mkdir(parents=True, exist_ok=True)
                         np.savez(grids_path, **grids)
         figure(grids, figure_path)
-    text = table(results, args.steps)
+    text = table(results, budget)
     print(text)
     if args.docs:
-        write_section("benchmarks.md", f"nce-toys{steps_suffix(args.steps)}", text)
+        write_section("benchmarks.md", f"nce-toys{budget.suffix}", text)
 
 
 if __name__ == "__main__":
