@@ -35,6 +35,7 @@ from ase.geometry import get_dihedrals
 
 from ase_drift import load as load_sampler
 from ase_drift import units
+from ase_drift.annealing import anneal_sampler
 from ase_drift.datasets import load, reference_runs
 from ase_drift.forces import label_positions
 from ase_drift.likelihood import COORDINATES, NCEConfig, NCEDensity, log_volume_factor
@@ -143,15 +144,8 @@ def run_seed(seed: int, train_set, reference, source, kind: str = "biased") -> d
     max_distance = 1.2 * float(pair_distances(reference.positions).max())
     ref_hist = normalised_histogram(pair_distances(reference.positions), BINS, (0, max_distance))
     chirality = densities["internal"].chirality(positions)
-    atoms = hydroxyl_torsion_atoms(reference)
-    ev = units.kT(temperature)
-    rows = {}
-    for name, ws in (("unweighted", uniform), *(
-            (ROW_NAMES[coordinates], weighted[coordinates]) for coordinates in COORDINATES)):
-        mean_energy = ws.expectation(lambda r, ws=ws: ws.reduced_energies * ev)
-        rows[name] = {"ess": ws.ess, "tvd": tvd(positions, ref_hist, max_distance, ws.weights),
-                      "mean_energy_eV": list(mean_energy),
-                      "dF_gauche_trans": trans_free_energy(ws, atoms)}
+    rows = {name: summary(ws, reference) for name, ws in (("unweighted", uniform), *(
+            (ROW_NAMES[coordinates], weighted[coordinates]) for coordinates in COORDINATES))}
     return {"rows": rows, "training_tvd": tvd(train_set.positions, ref_hist, max_distance),
             "reference_mean_energy_eV": float(reference.energies.mean()),
             "mirror_fraction": float(chirality.mirror.mean()),
@@ -163,6 +157,36 @@ def run_seed(seed: int, train_set, reference, source, kind: str = "biased") -> d
             "std_reduced_energy": float(uniform.reduced_energies.std()),
             "seconds": {"train": trained - start, "fit": fitted - trained,
                         "label": labelled - fitted}}
+
+
+def summary(ws: WeightedSamples, reference) -> dict:
+    """ESS, weighted distance TVD against ``reference``, mean energy and ΔF gauche − trans."""
+    max_distance = 1.2 * float(pair_distances(reference.positions).max())
+    ref_hist = normalised_histogram(pair_distances(reference.positions), BINS, (0, max_distance))
+    ev = units.kT(reference.temperature_K)
+    return {"ess": ws.ess, "tvd": tvd(ws.positions, ref_hist, max_distance, ws.weights),
+            "mean_energy_eV": list(ws.expectation(lambda r: ws.reduced_energies * ev)),
+            "dF_gauche_trans": trans_free_energy(ws, hydroxyl_torsion_atoms(reference))}
+
+
+def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int, n: int
+                 ) -> dict:
+    """``n`` fresh frames of the ``kind`` sampler annealed over ``steps`` levels (Eqs. 15–17)
+    with its internal-coordinate density (fitted as in :func:`run_seed`, kept on disk)."""
+    sampler = drift_sampler(train_set, seed, kind)
+    path = ROOT / "bench_out" / f"{SAMPLERS[kind][0]}-seed{seed}.internal.nce.pt"
+    if path.exists():
+        density = NCEDensity.load(path)
+    else:
+        density = NCEDensity.fit(sampler, n=N_FIT, config=DENSITY, seed=seed)
+        density.save(path)
+    start = time.perf_counter()
+    result = anneal_sampler(sampler, density, n, forces=source, steps=steps, seed=1000 + seed,
+                            temperature_K=reference.temperature_K)
+    return {"row": summary(result.samples, reference),
+            "reference_mean_energy_eV": float(reference.energies.mean()),
+            "acceptance": float(result.acceptance.mean()), "n": n, "steps": steps,
+            "seconds": time.perf_counter() - start}
 
 
 def reference_row(train_set, reference) -> dict:
@@ -225,11 +249,23 @@ def unbiased_table(results: dict) -> str:
                      [1000 * (r["rows"][name]["mean_energy_eV"][0]
                               - r["reference_mean_energy_eV"]) for r in runs],
                      [r["rows"][name]["dF_gauche_trans"][0] for r in runs]])
+    annealed = sorted(k for k in results if k.startswith("annealed unbiased "))
+    for levels in sorted({results[k]["steps"] for k in annealed}):
+        runs = [results[k] for k in annealed if results[k]["steps"] == levels]
+        name = (f"drift, annealed over {levels} levels ({runs[0]['n']:,} frames, acceptance "
+                f"{np.mean([r['acceptance'] for r in runs]):.2f})")
+        rows.append([name, len(runs),
+                     [r["row"]["ess"] for r in runs], [r["row"]["tvd"] for r in runs],
+                     [1000 * (r["row"]["mean_energy_eV"][0] - r["reference_mean_energy_eV"])
+                      for r in runs], [r["row"]["dF_gauche_trans"][0] for r in runs]])
     rows.append(["run 0 itself", "—", "—", results[keys[0]]["training_tvd"], "—", "—"])
     minutes = " / ".join(f"{np.mean([results[k]['seconds'][s] for k in keys]) / 60:.1f}"
                          for s in ("train", "fit", "label"))
+    annealing = "".join(
+        f" Annealing over {results[k]['steps']} levels, seed {k.split()[-1]}: "
+        f"{results[k]['seconds'] / 60:.1f} min." for k in annealed)
     return (render_table(header, rows, digits=[0, 0, 5, 3, 1, 2])
-            + f"\n\nMinutes per seed (train / fit / label): {minutes}.")
+            + f"\n\nMinutes per seed (train / fit / label): {minutes}.{annealing}")
 
 
 def table(results: dict) -> str:
@@ -292,6 +328,9 @@ def main(argv=None) -> None:
     parser.add_argument("--unbiased", type=int, nargs="*", default=[], metavar="SEED",
                         help="also a sampler trained on reference run 0 and scored on run 1, "
                              "for these seeds")
+    parser.add_argument("--anneal-steps", type=int, default=0, metavar="K",
+                        help="with --unbiased: also anneal fresh frames over K levels")
+    parser.add_argument("--anneal-n", type=int, default=2000, help="frames to anneal")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--docs", action="store_true", help="write the table into the docs")
     args = parser.parse_args(argv)
@@ -317,6 +356,11 @@ def main(argv=None) -> None:
             if f"unbiased seed {seed}" not in results:
                 results[f"unbiased seed {seed}"] = run_seed(
                     seed, reference[runs == 0], reference[runs == 1], source, "unbiased")
+                write_json(args.results, results)
+            key = f"annealed unbiased K={args.anneal_steps} seed {seed}"
+            if args.anneal_steps and key not in results:
+                results[key] = run_annealed(seed, reference[runs == 0], reference[runs == 1],
+                                            source, "unbiased", args.anneal_steps, args.anneal_n)
                 write_json(args.results, results)
     text = table(results)
     unbiased = unbiased_table(results)
