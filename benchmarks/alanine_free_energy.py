@@ -377,18 +377,20 @@ def main(argv=None) -> None:
                  f"ε = {DEFAULT_STEP_SIZE:g} Å, acceptance " + ", ".join(
                      f"{samplers[s.key]['acceptance']:.2f}" for s in setups if s.anneal_steps)
                  + ").")
-    text = (f"{note}\n\n{truth_table}\n\n{render_table(header, rows, digits=2)}\n\n"
-            f"PMF along φ (every third 5° bin):\n\n{pmf_table(truth)}")
+    text = f"{note}\n\n{truth_table}\n\n{render_table(header, rows, digits=2)}"
+    if args.sampler == "fk":  # the truth's own section; the others refer to it
+        text += f"\n\nPMF along φ (every third 5° bin):\n\n{pmf_table(truth)}"
     print(text)
     curves = {f"{setup.label}, {label}": (np.array(samplers[setup.key]["phi"]), log_w)
               for setup in setups[:1] for label, log_w in
               (("unweighted", None),
                ("reweighted", np.array(samplers[setup.key]["log_weights"])))}
-    figure = f"alanine_free_energy_{run}.png"
+    name = run if args.sampler == "fk" else f"{run}-{args.sampler}"  # the FK runs came first
+    figure = f"alanine_free_energy_{name}.png"
     plot(ROOT / "bench_out" / figure, truth, np.array(results["md"]["phi"]), curves)
     if not args.no_docs:
         plot(ROOT / "docs" / "img" / figure, truth, np.array(results["md"]["phi"]), curves)
-        write_section("free-energies.md", f"alanine-fe-{run}",
+        write_section("free-energies.md", f"alanine-fe-{name}",
                       f"{text}\n\n![PMF along φ](img/{figure})")
 
 
