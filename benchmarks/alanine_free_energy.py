@@ -34,6 +34,7 @@ import numpy as np
 
 from ase_drift import load as load_sampler
 from ase_drift.annealing import DEFAULT_POWER, DEFAULT_STEP_SIZE, anneal_sampler
+from ase_drift.data import Conformations
 from ase_drift.datasets import data_path, load_npz
 from ase_drift.datasets.alanine import make_system, starting_structure
 from ase_drift.forces import OpenMMForces
@@ -41,6 +42,7 @@ from ase_drift.free_energy import (
     FreeEnergyResult,
     UmbrellaConfig,
     alanine_regions,
+    load_positions,
     mbar_free_energies,
     umbrella_sampling,
 )
@@ -70,10 +72,14 @@ N_FIT, N_EVAL = 20_000, 10_000
 DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=3000)
 # TrainConfig options of the drift samplers: the paper's FK in distance space, and today's
 # default (plain drifting, pairs weighted by spread^0.5, canonical rotors)
-SAMPLERS = {"fk": {"field": "fk", **PAPER_DISTANCES}, "default": {}}
-SAMPLER_NAMES = {"fk": "the paper's FK drift sampler (distance space)",
+SAMPLERS = {"fk": {"field": "fk", **PAPER_DISTANCES}, "default": {}, "umbrella": {}}
+SAMPLER_NAMES = {"fk": "the paper's FK drift sampler (distance space) on the biased 1 ns set",
                  "default": "the default drift sampler (distance space, pairs weighted by "
-                            "spread^0.5, canonical rotors)"}
+                            "spread^0.5, canonical rotors) on the biased 1 ns set",
+                 "umbrella": "the default drift sampler on every frame of the run's umbrella "
+                             "windows (φ covered from −180° to 180°, no MBAR weights)"}
+#: Model file stems of the sampler kinds (the FK and default files came first).
+MODEL_STEMS = {"fk": "drift-fk", "default": "drift-canonical", "umbrella": "drift-umbrella"}
 
 
 class Setup(NamedTuple):
@@ -183,8 +189,7 @@ def drift_sampler(path: Path, train_set, setup: Setup):
 def reweighted(directory: Path, train_set, topology, setup: Setup) -> dict:
     """ESS and ΔF of every region pair, unweighted and reweighted (plain or annealed)."""
     started = time.perf_counter()
-    name = "fk" if setup.sampler == "fk" else "canonical"  # the files of earlier runs
-    model = directory / f"drift-{name}-steps{setup.steps}-seed{setup.seed}.pt"
+    model = directory / f"{MODEL_STEMS[setup.sampler]}-steps{setup.steps}-seed{setup.seed}.pt"
     sampler = drift_sampler(model, train_set, setup)
     trained = time.perf_counter()
     config = NCEConfig.from_dict(dict(DENSITY.as_dict(), coordinates=setup.density,
@@ -315,6 +320,12 @@ def main(argv=None) -> None:
     if "md" not in results:
         results["md"] = md_reference(pdb, reference)
         write_json(results_path, results)
+    if args.sampler == "umbrella":  # the windows' frames, flattened
+        positions = load_positions(directory, config.n_windows)
+        train_set = Conformations(train_set.numbers, positions.reshape(-1, *positions.shape[2:]),
+                                  energies=samples.energies.reshape(-1),
+                                  temperature_K=config.temperature_K)
+        shared = directory  # its sampler belongs to this run's windows
     steps = drift_steps if args.drift_steps is None else args.drift_steps
     setups = [Setup(args.sampler, steps, seed, args.density, args.fit_samples, args.fit_steps, k)
               for seed in args.seeds for k in args.anneal_steps]
@@ -369,8 +380,8 @@ def main(argv=None) -> None:
                "independent runs." if long_md else "."))
     if setups:
         setup = setups[0]
-        note += (f" Samples: {SAMPLER_NAMES[setup.sampler]} trained {setup.steps:,} steps on "
-                 f"the biased 1 ns set; NCE density on {setup.density} coordinates fitted to "
+        note += (f" Samples: {SAMPLER_NAMES[setup.sampler]}, {setup.steps:,} training "
+                 f"steps; NCE density on {setup.density} coordinates fitted to "
                  f"{setup.fit_samples:,} of its samples ({setup.fit_steps:,} steps); "
                  f"{N_EVAL:,} fresh samples weighted with amber energies at 300 K, plain "
                  f"(Eq. 9) or after K annealing levels (Eqs. 15–17; linear schedule, MALA "
