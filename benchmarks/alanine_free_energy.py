@@ -103,7 +103,8 @@ class Setup(NamedTuple):
 
     @property
     def label(self) -> str:
-        name = "drift FK" if self.sampler == "fk" else "drift (default)"
+        name = {"fk": "drift FK", "default": "drift (default)",
+                "umbrella": "drift (umbrella frames)"}[self.sampler]
         how = f"K = {self.anneal_steps}" if self.anneal_steps else "plain"
         return f"{name}, seed {self.seed}, {how}"
 
