@@ -34,11 +34,12 @@ from typing import NamedTuple
 
 import numpy as np
 from scipy.special import logsumexp
+from tqdm.auto import tqdm
 
 from . import units
 from .forces import ForceSource, LabelingError
 from .refine import MALAKernel
-from .reweighting import WeightedSamples, kish_ess, normalised_log_weights
+from .reweighting import WeightedSamples, kish_ess, normalised_log_weights, sampler_draws
 
 #: Default exponent p of the schedule β_k = (k/K)^p (:func:`power_schedule`): linear. On
 #: one-step alanine dipeptide samples (2,000 chains, 300 levels, ε = 0.02 Å) the final ESS was
@@ -124,11 +125,7 @@ def anneal(source: ForceSource, numbers, positions, log_prob: Callable[[np.ndarr
     levels = len(betas) - 1
     log_w = np.zeros(len(x))  # [n] Eq. 16, accumulated
     ess, acceptance = np.ones(levels + 1), np.empty(levels)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=levels, desc="annealing", unit="level")
+    bar = tqdm(total=levels, desc="annealing", unit="level", disable=not progress)
     for k in range(1, levels + 1):
         log_w += (betas[k] - betas[k - 1]) * (-chains.energies / kT - chains.log_q)
         ess[k] = kish_ess(log_w)
@@ -138,11 +135,9 @@ def anneal(source: ForceSource, numbers, positions, log_prob: Callable[[np.ndarr
             raise LabelingError(f"annealing level {k} of {levels}: the force source failed on "
                                 f"a proposal: {err}") from err
         acceptance[k - 1] = move.mean()
-        if bar is not None:
-            bar.update()
-            bar.set_postfix(ess=f"{ess[k]:.3f}", acceptance=f"{acceptance[k - 1]:.2f}")
-    if bar is not None:
-        bar.close()
+        bar.update()
+        bar.set_postfix(ess=f"{ess[k]:.3f}", acceptance=f"{acceptance[k - 1]:.2f}")
+    bar.close()
     reduced = chains.energies / kT  # [n] E/kT of the final frames
     samples = WeightedSamples(chains.positions, normalised_log_weights(log_w, 0.0), reduced,
                               -reduced - log_w)
@@ -157,8 +152,6 @@ def anneal_sampler(sampler, density, n: int, *, forces: ForceSource, steps: int,
     """:func:`anneal` on ``n`` fresh samples of ``sampler`` with ``density`` as q: the
     annealed counterpart of :func:`~ase_drift.reweighting.reweight_sampler` (same arguments,
     same checks; ``steps`` = K of :func:`power_schedule`)."""
-    from .reweighting import sampler_draws
-
     positions, temperature_K = sampler_draws(sampler, density, n, seed, temperature_K)
     return anneal(forces, sampler.numbers, positions, density.log_prob, temperature_K, steps,
                   step_size=step_size, seed=seed, progress=progress)
