@@ -213,3 +213,26 @@ def test_anneal_sampler_uses_its_arguments(tiny_model):
     assert first.step_size == 0.005
     energies = spring.compute(sampler.numbers, first.samples.positions).energies
     np.testing.assert_allclose(first.samples.reduced_energies, energies / KT)
+
+
+class _WalledSprings:
+    """SpringForces with E = +inf and NaN forces beyond |r| = 2 Å on the first atom."""
+
+    def compute(self, numbers, positions):
+        result = SOURCE.compute(numbers, positions)
+        outside = np.linalg.norm(np.asarray(positions)[:, 0], axis=-1) > 2.0
+        energies, forces = result.energies.copy(), result.forces.copy()
+        energies[outside], forces[outside] = np.inf, np.nan
+        return ForceResult(energies, forces)
+
+
+def test_walls_hold_at_every_level_and_bad_starts_are_refused():
+    start = np.random.default_rng(11).standard_normal((1000, len(NUMBERS), 3))
+    start = start[np.linalg.norm(start[:, 0], axis=-1) < 2.0]
+    exact = lambda r: -0.5 * (np.asarray(r) ** 2).sum((1, 2))
+    result = anneal(_WalledSprings(), NUMBERS, start, exact, T, 10, step_size=STEP, seed=12)
+    assert np.linalg.norm(result.samples.positions[:, 0], axis=-1).max() < 2.0
+    assert np.isfinite(result.samples.reduced_energies).all()
+    outside = np.concatenate([start[:2], 3.0 * np.ones((1, len(NUMBERS), 3))])
+    with pytest.raises(ValueError, match="start frame 2 has a non-finite"):
+        anneal(_WalledSprings(), NUMBERS, outside, exact, T, 3)

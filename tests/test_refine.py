@@ -155,6 +155,53 @@ def test_non_finite_proposals_are_rejected():
              TEMPERATURE_K, 1)
 
 
+def test_finite_energies_with_non_finite_forces_are_refused_too():
+    """A source may return a finite energy with NaN forces (a failed gradient): such a start
+    frame is refused by its index, and such proposals are never accepted."""
+    source = HarmonicTriatomic(TEMPERATURE_K)
+
+    class NoGradient:
+        def compute(self, numbers, positions):
+            result = source.compute(numbers, positions)
+            forces = result.forces.copy()
+            forces[triatomic_internal_coordinates(positions)[0] > 1.03] = np.nan
+            return ForceResult(result.energies, forces)
+
+    start = boltzmann_triatomic_positions(400, seed=8)
+    start = start[triatomic_internal_coordinates(start)[0] < 1.03]
+    result = mala(NoGradient(), source.numbers, start, TEMPERATURE_K, 20, step_size=STEP_SIZE,
+                  seed=9)
+    assert np.isfinite(result.forces).all()
+    assert triatomic_internal_coordinates(result.positions)[0].max() < 1.03
+    bad = np.concatenate([start[:2], [[[0, 0, 0], [1.2, 0, 0], [0, 1, 0.0]]]])
+    with pytest.raises(ValueError, match="start frame 2 has a non-finite"):
+        mala(NoGradient(), source.numbers, bad, TEMPERATURE_K, 1)
+
+
+def test_callback_sees_the_state_after_each_step_and_counts_are_integers():
+    source = HarmonicTriatomic(TEMPERATURE_K)
+    seen = []
+    result = mala(source, source.numbers, boltzmann_triatomic_positions(20, seed=3),
+                  TEMPERATURE_K, 4, seed=4,
+                  callback=lambda k, state: seen.append((k, len(state.acceptance),
+                                                         state.force_evaluations)))
+    assert seen == [(k, k, 20 * (k + 1)) for k in range(1, 5)]
+    assert result.accepted.dtype.kind == "i"
+    light = mala(source, source.numbers, boltzmann_triatomic_positions(20, seed=3),
+                 TEMPERATURE_K, 2, seed=4, masses=[0.5, 0.5, 0.5])  # below 1 amu is allowed
+    assert light.positions.shape == (20, 3, 3)
+
+
+def test_the_kernel_refuses_a_tempered_target_without_a_density():
+    from ase_drift.refine import MALAKernel
+
+    source = HarmonicTriatomic(TEMPERATURE_K)
+    kernel = MALAKernel(source, source.numbers, 0.0258, 0.03)
+    chains = kernel.start(boltzmann_triatomic_positions(3))
+    with pytest.raises(ValueError, match="^a tempered target"):
+        kernel.step(chains, np.random.default_rng(0), beta=0.5)
+
+
 def test_a_failing_source_names_the_step():
     source = HarmonicTriatomic(TEMPERATURE_K)
     calls = []
@@ -194,7 +241,8 @@ def test_mala_rejects_labels_of_the_wrong_shape():
         def compute(self, numbers, positions):
             return ForceResult(np.zeros(len(positions)), np.zeros((len(positions), 9)))
 
-    with pytest.raises(ValueError, match=r"forces of shape \(2, 9\)"):
+    with pytest.raises(ValueError, match=r"forces of shape \(2, 9\) for 2 frames of shape "
+                                         r"\(3, 3\)"):
         mala(Flat(), [8, 1, 1], boltzmann_triatomic_positions(2), TEMPERATURE_K, 1)
 
 
