@@ -120,6 +120,8 @@ def test_mala_result_counts_and_is_reproducible():
     labels = source.compute(source.numbers, first.positions)  # the returned labels are current
     np.testing.assert_allclose(first.energies, labels.energies, rtol=1e-12)
     np.testing.assert_allclose(first.forces, labels.forces, rtol=1e-12, atol=1e-12)
+    nested = mala(source, [list(source.numbers)], start, TEMPERATURE_K, 7, seed=6)
+    np.testing.assert_array_equal(nested.positions, again.positions)  # numbers flattened
     other = mala(source, source.numbers, start, TEMPERATURE_K, 7, seed=7)
     assert not np.array_equal(first.positions, other.positions)
     zero = mala(source, source.numbers, start, TEMPERATURE_K, 0)
@@ -198,6 +200,10 @@ def test_the_kernel_refuses_a_tempered_target_without_a_density():
     source = HarmonicTriatomic(TEMPERATURE_K)
     kernel = MALAKernel(source, source.numbers, 0.0258, 0.03)
     chains = kernel.start(boltzmann_triatomic_positions(3))
+    nested = MALAKernel(source, [list(source.numbers)], 0.0258, 0.03)  # flattened
+    moved, _ = nested.step(chains, np.random.default_rng(1))
+    again, _ = kernel.step(chains, np.random.default_rng(1))
+    np.testing.assert_array_equal(moved.positions, again.positions)
     with pytest.raises(ValueError, match="^a tempered target"):
         kernel.step(chains, np.random.default_rng(0), beta=0.5)
 
