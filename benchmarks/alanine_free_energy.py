@@ -70,16 +70,27 @@ RUNS = {
 BINS = 72  # PMF bins of 5°
 N_FIT, N_EVAL = 20_000, 10_000
 DENSITY = NCEConfig(hidden=128, depth=3, batch_size=512, steps=3000)
-# TrainConfig options of the drift samplers: the paper's FK in distance space, and today's
-# default (plain drifting, pairs weighted by spread^0.5, canonical rotors)
-SAMPLERS = {"fk": {"field": "fk", **PAPER_DISTANCES}, "default": {}, "umbrella": {}}
-SAMPLER_NAMES = {"fk": "the paper's FK drift sampler (distance space) on the biased 1 ns set",
-                 "default": "the default drift sampler (distance space, pairs weighted by "
-                            "spread^0.5, canonical rotors) on the biased 1 ns set",
-                 "umbrella": "the default drift sampler on every frame of the run's umbrella "
-                             "windows (φ covered from −180° to 180°, no MBAR weights)"}
-#: Model file stems of the sampler kinds (the FK and default files came first).
-MODEL_STEMS = {"fk": "drift-fk", "default": "drift-canonical", "umbrella": "drift-umbrella"}
+
+
+class SamplerKind(NamedTuple):
+    """A kind of drift sampler the benchmark trains and reweights."""
+
+    options: dict  # TrainConfig options besides space, steps and seed
+    stem: str  # model file stem (the FK and default files came first)
+    label: str  # short name for table rows
+    description: str  # what it is and what it was trained on, for the note
+
+
+SAMPLERS = {
+    "fk": SamplerKind({"field": "fk", **PAPER_DISTANCES}, "drift-fk", "drift FK",
+                      "the paper's FK drift sampler (distance space) on the biased 1 ns set"),
+    "default": SamplerKind({}, "drift-canonical", "drift (default)",
+                           "the default drift sampler (distance space, pairs weighted by "
+                           "spread^0.5, canonical rotors) on the biased 1 ns set"),
+    "umbrella": SamplerKind({}, "drift-umbrella", "drift (umbrella frames)",
+                            "the default drift sampler on every frame of the run's umbrella "
+                            "windows (φ covered from −180° to 180°, no MBAR weights)"),
+}
 
 
 class Setup(NamedTuple):
@@ -103,8 +114,7 @@ class Setup(NamedTuple):
 
     @property
     def label(self) -> str:
-        name = {"fk": "drift FK", "default": "drift (default)",
-                "umbrella": "drift (umbrella frames)"}[self.sampler]
+        name = SAMPLERS[self.sampler].label
         how = f"K = {self.anneal_steps}" if self.anneal_steps else "plain"
         return f"{name}, seed {self.seed}, {how}"
 
@@ -175,11 +185,12 @@ def long_md_reference(paths: list[Path]) -> dict:
 
 
 def drift_sampler(path: Path, train_set, setup: Setup):
-    """A drift sampler in distance space on the biased set, trained once and kept."""
+    """A drift sampler of ``setup``'s kind in distance space on ``train_set``, trained once and
+    kept at ``path``."""
     if path.exists():
         return load_sampler(path)
     config = TrainConfig(space="distance", steps=setup.steps, seed=setup.seed,
-                         **SAMPLERS[setup.sampler])
+                         **SAMPLERS[setup.sampler].options)
     trainer = Trainer(train_set, config)
     trainer.attach(ProgressBar(setup.steps, desc=f"{setup.label}: training"), 1)
     sampler = trainer.run()
@@ -190,7 +201,7 @@ def drift_sampler(path: Path, train_set, setup: Setup):
 def reweighted(directory: Path, train_set, topology, setup: Setup) -> dict:
     """ESS and ΔF of every region pair, unweighted and reweighted (plain or annealed)."""
     started = time.perf_counter()
-    model = directory / f"{MODEL_STEMS[setup.sampler]}-steps{setup.steps}-seed{setup.seed}.pt"
+    model = directory / f"{SAMPLERS[setup.sampler].stem}-steps{setup.steps}-seed{setup.seed}.pt"
     sampler = drift_sampler(model, train_set, setup)
     trained = time.perf_counter()
     config = NCEConfig.from_dict(dict(DENSITY.as_dict(), coordinates=setup.density,
@@ -381,7 +392,7 @@ def main(argv=None) -> None:
                "independent runs." if long_md else "."))
     if setups:
         setup = setups[0]
-        note += (f" Samples: {SAMPLER_NAMES[setup.sampler]}, {setup.steps:,} training "
+        note += (f" Samples: {SAMPLERS[setup.sampler].description}, {setup.steps:,} training "
                  f"steps; NCE density on {setup.density} coordinates fitted to "
                  f"{setup.fit_samples:,} of its samples ({setup.fit_steps:,} steps); "
                  f"{N_EVAL:,} fresh samples weighted with amber energies at 300 K, plain "

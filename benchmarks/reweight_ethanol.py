@@ -104,6 +104,14 @@ def hydroxyl_trans(positions, atoms) -> np.ndarray:
     return (torsion > 120) & (torsion < 240)
 
 
+def reference_histogram(reference) -> tuple[np.ndarray, float]:
+    """The reference's pooled pair-distance histogram ``[BINS]`` on [0, 1.2 × its largest
+    distance], and that upper edge (Å)."""
+    distances = pair_distances(reference.positions)
+    max_distance = 1.2 * float(distances.max())
+    return normalised_histogram(distances, BINS, (0, max_distance)), max_distance
+
+
 def tvd(positions, reference_histogram, max_distance, weights=None) -> float:
     d = pair_distances(positions)
     weights = np.full(len(d), 1.0) if weights is None else weights
@@ -141,10 +149,9 @@ def run_seed(seed: int, train_set, reference, source, kind: str = "biased") -> d
     volume = log_volume_factor(positions, densities["distances"].scale.double().numpy())
     uniform = reweight(positions, numbers, -energies / units.kT(temperature),
                        energies=energies, temperature_K=temperature)  # log q = log π: w = 1/n
-    max_distance = 1.2 * float(pair_distances(reference.positions).max())
-    ref_hist = normalised_histogram(pair_distances(reference.positions), BINS, (0, max_distance))
+    ref_hist, max_distance = reference_histogram(reference)
     chirality = densities["internal"].chirality(positions)
-    rows = {name: summary(ws, reference) for name, ws in (("unweighted", uniform), *(
+    rows = {name: summary(ws, reference, ref_hist, max_distance) for name, ws in (("unweighted", uniform), *(
             (ROW_NAMES[coordinates], weighted[coordinates]) for coordinates in COORDINATES))}
     return {"rows": rows, "training_tvd": tvd(train_set.positions, ref_hist, max_distance),
             "reference_mean_energy_eV": float(reference.energies.mean()),
@@ -159,10 +166,9 @@ def run_seed(seed: int, train_set, reference, source, kind: str = "biased") -> d
                         "label": labelled - fitted}}
 
 
-def summary(ws: WeightedSamples, reference) -> dict:
-    """ESS, weighted distance TVD against ``reference``, mean energy and ΔF gauche − trans."""
-    max_distance = 1.2 * float(pair_distances(reference.positions).max())
-    ref_hist = normalised_histogram(pair_distances(reference.positions), BINS, (0, max_distance))
+def summary(ws: WeightedSamples, reference, ref_hist, max_distance: float) -> dict:
+    """ESS, weighted distance TVD against ``reference`` (its :func:`reference_histogram`),
+    mean energy and ΔF gauche − trans."""
     ev = units.kT(reference.temperature_K)
     return {"ess": ws.ess, "tvd": tvd(ws.positions, ref_hist, max_distance, ws.weights),
             "mean_energy_eV": list(ws.expectation(lambda r: ws.reduced_energies * ev)),
@@ -183,7 +189,7 @@ def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int,
     start = time.perf_counter()
     result = anneal_sampler(sampler, density, n, forces=source, steps=steps, seed=1000 + seed,
                             temperature_K=reference.temperature_K)
-    return {"row": summary(result.samples, reference),
+    return {"row": summary(result.samples, reference, *reference_histogram(reference)),
             "reference_mean_energy_eV": float(reference.energies.mean()),
             "acceptance": float(result.acceptance.mean()), "n": n, "steps": steps,
             "seconds": time.perf_counter() - start}
@@ -192,8 +198,7 @@ def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int,
 def reference_row(train_set, reference) -> dict:
     """Training set and reference: TVD, mean energy (block-bootstrap error) and ΔF."""
     numbers, temperature = reference.numbers, reference.temperature_K
-    max_distance = 1.2 * float(pair_distances(reference.positions).max())
-    ref_hist = normalised_histogram(pair_distances(reference.positions), BINS, (0, max_distance))
+    ref_hist, max_distance = reference_histogram(reference)
     atoms, out = hydroxyl_torsion_atoms(reference), {}
     for name, data in (("training set", train_set), ("reference MD", reference)):
         trans = hydroxyl_trans(data.positions, atoms)
