@@ -116,8 +116,6 @@ def anneal(source: ForceSource, numbers, positions, log_prob: Callable[[np.ndarr
     if x.ndim != 3 or x.shape[1:] != (len(numbers), 3) or len(x) == 0:
         raise ValueError(f"positions must have shape [n, {len(numbers)}, 3] with n ≥ 1 for "
                          f"{len(numbers)} atoms, got {x.shape}")
-    if not (np.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive number of Å, got {step_size!r}")
     kT = units.kT(temperature_K)  # eV
     kernel = MALAKernel(source, numbers, kT, step_size, masses, log_prob=log_prob)
     chains = kernel.start(x)

@@ -116,8 +116,6 @@ def mala(source: ForceSource, numbers, positions, temperature_K: float, steps: i
                          f"atoms, got {x.shape}")
     if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    if not (np.isfinite(step_size) and step_size > 0):
-        raise ValueError(f"step_size must be a positive number of Å, got {step_size!r}")
     kT = units.kT(temperature_K)  # eV
     rng = np.random.default_rng(seed)
     kernel = MALAKernel(source, numbers, kT, step_size, masses)
@@ -189,6 +187,8 @@ class MALAKernel:
                                                       and (masses > 0).all()):
             raise ValueError(f"masses must be {len(self.numbers)} positive numbers of amu, got "
                              f"{masses}")
+        if not (np.isfinite(step_size) and step_size > 0):
+            raise ValueError(f"step_size must be a positive number of Å, got {step_size!r}")
         preconditioner = (REFERENCE_MASS_AMU / masses)[None, :, None]  # [1, A, 1]
         self.noise_scale = step_size * np.sqrt(preconditioner)  # [1, A, 1] Å
         self.half_step = 0.5 * step_size**2 * preconditioner / self.kT  # [1, A, 1] Å²/eV
