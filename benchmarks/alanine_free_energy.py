@@ -47,7 +47,12 @@ from ase_drift.free_energy import (
     umbrella_sampling,
 )
 from ase_drift.likelihood import COORDINATES, NCEConfig, NCEDensity
-from ase_drift.metrics import block_bootstrap, free_energy_difference, render_table
+from ase_drift.metrics import (
+    basin_masks_phi,
+    block_bootstrap,
+    free_energy_difference,
+    render_table,
+)
 from ase_drift.metrics.tables import Estimate
 from ase_drift.peptides import backbone_dihedrals, topology_from_pdb
 from ase_drift.reweighting import WeightedSamples, reweight_sampler
@@ -90,7 +95,12 @@ SAMPLERS = {
     "umbrella": SamplerKind({}, "drift-umbrella", "drift (umbrella frames)",
                             "the default drift sampler on every frame of the run's umbrella "
                             "windows (φ covered from −180° to 180°, no MBAR weights)"),
+    "basins": SamplerKind({}, "drift-basins", "drift (two starts)",
+                          "the default drift sampler on the biased 1 ns set plus 1 ns of plain MD "
+                          "started in αL/C7ax (at the lowest-energy umbrella frame there; no "
+                          "umbrella weights)"),
 }
+ALPHA_L_PS = 1000.0  # the second start's run is as long as the biased set's
 
 
 class Setup(NamedTuple):
@@ -182,6 +192,34 @@ def long_md_reference(paths: list[Path]) -> dict:
             float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values)))]
             if len(values) == n_runs > 1 else None}
     return out
+
+
+def with_alpha_l_run(train_set: Conformations, directory: Path, samples, topology,
+                     n_windows: int) -> Conformations:
+    """``train_set`` plus :data:`ALPHA_L_PS` of plain MD started at the lowest-energy frame of
+    the umbrella windows inside αL/C7ax (the data a chemist with two starting structures would
+    have; the MD is cached in ``directory``)."""
+    from ase_drift.datasets.alanine import run_from
+
+    path = directory / "alphaL-run.npz"
+    if not path.exists():
+        positions = load_positions(directory, n_windows)
+        positions = positions.reshape(-1, *positions.shape[2:])
+        in_alpha_l = basin_masks_phi(samples.phi.reshape(-1))[1]
+        start = positions[np.argmin(np.where(in_alpha_l, samples.energies.reshape(-1), np.inf))]
+        run = run_from(start, ALPHA_L_PS, seed=7, desc="MD from αL/C7ax")
+        np.savez(path.with_name(path.name + ".tmp.npz"), R=run[0], F=run[1], E=run[2])
+        os.replace(path.with_name(path.name + ".tmp.npz"), path)
+    with np.load(path) as run:
+        positions, forces, energies = run["R"], run["F"], run["E"]
+    phi, _ = backbone_dihedrals(positions, topology)
+    print(f"MD from αL/C7ax: {len(phi):,} frames, {basin_masks_phi(phi)[1].mean():.0%} in "
+          "αL/C7ax")
+    return Conformations(
+        train_set.numbers, np.concatenate([train_set.positions, positions]),
+        np.concatenate([train_set.forces, forces]) if train_set.forces is not None else None,
+        np.concatenate([train_set.energies, energies]) if train_set.energies is not None
+        else None, train_set.temperature_K)
 
 
 def drift_sampler(path: Path, train_set, setup: Setup):
@@ -287,7 +325,8 @@ def main(argv=None) -> None:
                         help="what the NCE density is fitted on (docs/likelihoods.md)")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS), default="fk",
                         help="fk: the paper's FK drift sampler; default: today's default drift "
-                             "sampler")
+                             "sampler; umbrella: it on the umbrella frames; basins: it on the "
+                             "biased set plus MD started in αL/C7ax")
     parser.add_argument("--drift-steps", type=int, help="training steps (default: the run's)")
     parser.add_argument("--fit-samples", type=int, default=N_FIT,
                         help="sampler frames the density is fitted on")
@@ -338,6 +377,9 @@ def main(argv=None) -> None:
                                   energies=samples.energies.reshape(-1),
                                   temperature_K=config.temperature_K)
         shared = directory  # its sampler belongs to this run's windows
+    if args.sampler == "basins":
+        train_set = with_alpha_l_run(train_set, directory, samples, topology, config.n_windows)
+        shared = directory  # its start came from this run's windows
     steps = drift_steps if args.drift_steps is None else args.drift_steps
     setups = [Setup(args.sampler, steps, seed, args.density, args.fit_samples, args.fit_steps, k)
               for seed in args.seeds for k in args.anneal_steps]

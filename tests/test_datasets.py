@@ -109,3 +109,30 @@ def test_alanine_generation_is_deterministic_from_its_seed():
     for key in ("train_R", "train_F", "reference_R", "reference_E"):
         np.testing.assert_array_equal(first[key], second[key])
     assert first["train_R"].shape == (2, 22, 3)
+
+
+def test_alanine_run_from_a_start_labels_its_frames_and_refuses_bad_starts():
+    pytest.importorskip("openmmtools")
+    from ase_drift.datasets import alanine, data_path, load_npz
+    from ase_drift.forces import OpenMMForces
+
+    train, _ = load_npz(data_path("alanine-dipeptide-amber99sbildn-300K-small"))
+    start = train.positions[0]
+    protocol = replace(alanine.AlanineProtocol(), train_stride_ps=0.002)
+    positions, forces, energies = alanine.run_from(start, 0.006, seed=3, protocol=protocol)
+    assert positions.shape == forces.shape == (3, 22, 3) and energies.shape == (3,)
+    # 2 fs per frame move atoms by ~0.02 Å (hydrogens at 300 K): the run starts where it was put
+    assert 0 < np.abs(positions[0] - start).max() < 0.1
+    assert np.abs(positions[2] - start).max() > np.abs(positions[0] - start).max()
+    source = OpenMMForces(alanine.make_system(alanine.starting_structure()[0]))
+    labels = source.compute(train.numbers, positions)
+    np.testing.assert_allclose(energies, labels.energies, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(forces, labels.forces, rtol=0, atol=1e-3)
+    again = alanine.run_from(start, 0.006, seed=3, protocol=protocol)
+    np.testing.assert_array_equal(positions, again[0])
+    with pytest.raises(ValueError, match=r"^start_angstrom must be finite positions \[22, 3\]"):
+        alanine.run_from(start[:21], 0.006, seed=3)
+    with pytest.raises(ValueError, match="^start_angstrom must be finite"):
+        alanine.run_from(np.full_like(start, np.nan), 0.006, seed=3)
+    with pytest.raises(ValueError, match="^ps=0.0001 is shorter than one frame"):
+        alanine.run_from(start, 0.0001, seed=3)

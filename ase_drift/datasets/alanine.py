@@ -94,6 +94,26 @@ def _simulate(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return positions, forces, energies
 
 
+def run_from(start_angstrom: np.ndarray, ps: float, seed: int,
+             protocol: AlanineProtocol = AlanineProtocol(), desc: str = "alanine MD"):
+    """A plain (unbiased) Langevin run of ``ps`` picoseconds from ``start_angstrom`` ``[A, 3]``
+    (the topology's atom order), frames every ``protocol.train_stride_ps`` as the biased
+    training run's: ``(positions [N, A, 3] Å, forces eV/Å, energies [N] eV)``. A run started in
+    another basin gives the training data a chemist would collect from several starting
+    structures."""
+    start = np.asarray(start_angstrom, dtype=float)
+    n_atoms = starting_structure()[0].getNumAtoms()
+    if start.shape != (n_atoms, 3) or not np.isfinite(start).all():
+        raise ValueError(f"start_angstrom must be finite positions [{n_atoms}, 3] of alanine "
+                         f"dipeptide, got shape {start.shape}")
+    stride_steps = round(protocol.train_stride_ps * 1000 / protocol.timestep_fs)
+    n_frames = round(ps / protocol.train_stride_ps)
+    if n_frames < 1:
+        raise ValueError(f"ps={ps} is shorter than one frame ({protocol.train_stride_ps} ps)")
+    return _simulate((protocol, units.angstrom_to_nm(start), 0, n_frames, stride_steps, seed,
+                      desc, 0))
+
+
 def minimised_start():
     """(topology, minimised positions in nm)."""
     import openmm
