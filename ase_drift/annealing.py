@@ -79,10 +79,11 @@ class AnnealingResult(NamedTuple):
     step_size: float  # ε in Å
 
 
-def anneal(source: ForceSource, numbers, positions, log_prob: Callable[[np.ndarray], np.ndarray],
-           temperature_K: float, steps: int | None = None, *, betas=None,
-           step_size: float = DEFAULT_STEP_SIZE, seed: int | None = None, masses=None,
-           progress: bool = False) -> AnnealingResult:
+def anneal(source: ForceSource, numbers, positions,
+           log_prob: Callable[[np.ndarray], np.ndarray] | None, temperature_K: float,
+           steps: int | None = None, *, betas=None, step_size: float = DEFAULT_STEP_SIZE,
+           seed: int | None = None, masses=None, progress: bool = False,
+           log_prob_gradient: Callable[[np.ndarray], tuple] | None = None) -> AnnealingResult:
     """Anneal frames ``positions`` ``[n, A, 3]`` (Å) drawn from the density ``log_prob`` into
     the Boltzmann distribution of ``source`` at ``temperature_K``, weighting them by Eq. 16.
 
@@ -117,7 +118,10 @@ def anneal(source: ForceSource, numbers, positions, log_prob: Callable[[np.ndarr
         raise ValueError(f"positions must have shape [n, {len(numbers)}, 3] with n ≥ 1 for "
                          f"{len(numbers)} atoms, got {x.shape}")
     kT = units.kT(temperature_K)  # eV
-    kernel = MALAKernel(source, numbers, kT, step_size, masses, log_prob=log_prob)
+    if (log_prob is None) == (log_prob_gradient is None):
+        raise ValueError("pass exactly one of log_prob and log_prob_gradient")
+    kernel = MALAKernel(source, numbers, kT, step_size, masses, log_prob=log_prob,
+                        log_prob_gradient=log_prob_gradient)
     chains = kernel.start(x)
     rng = np.random.default_rng(seed)
     levels = len(betas) - 1

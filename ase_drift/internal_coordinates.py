@@ -22,6 +22,7 @@ from collections import deque
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from ase.data import covalent_radii
 
 from .metrics.distances import pair_distances, pair_indices
@@ -119,26 +120,30 @@ def build_zmatrix(numbers, positions: np.ndarray) -> np.ndarray:
     return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
 
 
-def internal_coordinates(positions: np.ndarray, rows: np.ndarray) -> InternalCoordinates:
-    """Bonds, angles and torsions of frames ``[n, A, 3]`` (Å) along Z-matrix ``rows``."""
-    positions = np.asarray(positions, dtype=np.float64)
-    atom, j, k, l = rows.T
-    bonds = np.linalg.norm(positions[:, atom] - positions[:, j], axis=-1)  # [n, A − 1]
+def internal_coordinates(positions, rows: np.ndarray) -> InternalCoordinates:
+    """Bonds, angles and torsions of frames ``[n, A, 3]`` (Å) along Z-matrix ``rows``: float64
+    arrays, or tensors of ``positions``' dtype when it is a torch tensor (differentiable, for
+    ∇ log q on these coordinates)."""
+    if not isinstance(positions, torch.Tensor):
+        return InternalCoordinates(*(z.numpy() for z in internal_coordinates(
+            torch.as_tensor(np.asarray(positions, dtype=np.float64)), rows)))
+    atom, j, k, l = torch.as_tensor(np.asarray(rows, dtype=np.int64).reshape(-1, 4)).T
+    bonds = torch.linalg.norm(positions[:, atom] - positions[:, j], dim=-1)  # [n, A − 1]
     a, j2, k2 = atom[1:], j[1:], k[1:]
     u = positions[:, a] - positions[:, j2]  # [n, A − 2, 3]
     v = positions[:, k2] - positions[:, j2]
-    cosine = np.einsum("nai,nai->na", u, v) / (np.linalg.norm(u, axis=-1)
-                                               * np.linalg.norm(v, axis=-1))
-    angles = np.arccos(np.clip(cosine, -1.0, 1.0))
+    cosine = (u * v).sum(-1) / (torch.linalg.norm(u, dim=-1) * torch.linalg.norm(v, dim=-1))
+    angles = torch.arccos(cosine.clamp(-1.0, 1.0))
     a, j3, k3, l3 = atom[2:], j[2:], k[2:], l[2:]
     torsions = dihedral(positions[:, l3], positions[:, k3], positions[:, j3], positions[:, a])
     return InternalCoordinates(bonds, angles, torsions)
 
 
-def log_jacobian(coordinates: InternalCoordinates) -> np.ndarray:
-    """log ∏ r² ∏ sin θ ``[n]`` of Eq. 13: log d³ᴬR per d(internal) up to the rigid motions."""
-    return (2 * np.log(coordinates.bonds).sum(1)
-            + np.log(np.sin(coordinates.angles)).sum(1))
+def log_jacobian(coordinates: InternalCoordinates):
+    """log ∏ r² ∏ sin θ ``[n]`` of Eq. 13: log d³ᴬR per d(internal) up to the rigid motions
+    (arrays or tensors, as :func:`internal_coordinates` gave them)."""
+    xp = torch if isinstance(coordinates.bonds, torch.Tensor) else np
+    return 2 * xp.log(coordinates.bonds).sum(1) + xp.log(xp.sin(coordinates.angles)).sum(1)
 
 
 def torsion_cuts(torsions: np.ndarray, bins: int = 360, width: float = 0.35) -> np.ndarray:
@@ -155,6 +160,11 @@ def torsion_cuts(torsions: np.ndarray, bins: int = 360, width: float = 0.35) -> 
     return centres[smoothed.argmin(1)]
 
 
-def unwrap_torsions(torsions: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Torsions ``[n, T]`` mapped into [cut, cut + 2π) per column."""
-    return (np.asarray(torsions) - cuts) % (2 * np.pi) + cuts
+def unwrap_torsions(torsions, cuts: np.ndarray):
+    """Torsions ``[n, T]`` (an array, or a tensor: the shift is piecewise constant, so the
+    gradient passes unchanged) mapped into [cut, cut + 2π) per column."""
+    if isinstance(torsions, torch.Tensor):
+        cuts = torch.as_tensor(cuts, dtype=torsions.dtype)
+    else:
+        torsions = np.asarray(torsions)
+    return (torsions - cuts) % (2 * np.pi) + cuts

@@ -287,14 +287,15 @@ def fit_energy(x: Tensor, config: NCEConfig, progress: bool = True) -> tuple[Ene
 # --------------------------------------------------------------------------- molecules
 
 
-def log_volume_factor(positions: np.ndarray, scale: np.ndarray) -> np.ndarray:
+def log_volume_factor(positions, scale: np.ndarray):
     """½ log pdet(J_fᵀJ_f) − ½ log det I ``[n]`` of Eq. 7 for positions ``[n, A, 3]`` (Å) and
     features f = (φ − μ)/``scale`` (φ the pair distances, ``scale`` ``[M]``), up to a constant.
 
     J_f ``[M, 3A]`` loses rank 6 (rigid motions); the six smallest eigenvalues of J_fᵀJ_f are
-    dropped. Float64 throughout.
+    dropped. Float64 throughout; a float64 tensor gives a (differentiable) tensor.
     """
-    coords = torch.as_tensor(positions, dtype=torch.float64)  # [n, A, 3]
+    tensor = isinstance(positions, torch.Tensor)
+    coords = positions if tensor else torch.as_tensor(positions, dtype=torch.float64)  # [n, A, 3]
     coords = coords - coords.mean(dim=1, keepdim=True)
     jac = PairwiseDistances(coords.shape[1]).jacobian(coords)  # [n, M, 3A]
     jac = jac / torch.as_tensor(scale, dtype=torch.float64)[:, None]
@@ -303,7 +304,8 @@ def log_volume_factor(positions: np.ndarray, scale: np.ndarray) -> np.ndarray:
     eye = torch.eye(3, dtype=torch.float64)
     inertia = (squared.sum(1)[:, None, None] * eye
                - torch.einsum("nai,naj->nij", coords, coords))  # [n, 3, 3]
-    return (0.5 * eigval.log().sum(1) - 0.5 * torch.linalg.slogdet(inertia)[1]).numpy()
+    factor = 0.5 * eigval.log().sum(1) - 0.5 * torch.linalg.slogdet(inertia)[1]
+    return factor if tensor else factor.numpy()
 
 
 def chirality_quadruples(numbers, positions: np.ndarray) -> np.ndarray:
@@ -368,13 +370,15 @@ class InternalFrame(NamedTuple):
         cuts = torsion_cuts(internal_coordinates(positions, zmatrix).torsions)
         return cls(rotors, phases, zmatrix, cuts)
 
-    def coordinates(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def coordinates(self, positions):
         """(bonds, angles, unwrapped torsions) ``[n, 3A − 6]`` of frames ``[n, A, 3]`` after the
-        rotor relabelling, and log ∏ r² ∏ sin θ ``[n]`` (Eq. 13)."""
+        rotor relabelling, and log ∏ r² ∏ sin θ ``[n]`` (Eq. 13): arrays, or tensors for a
+        tensor (differentiable)."""
         positions = relabel_rotors(positions, self.rotors, self.rotor_phases)
         internal = internal_coordinates(positions, self.zmatrix)
         torsions = unwrap_torsions(internal.torsions, self.cuts)
-        return (np.concatenate([internal.bonds, internal.angles, torsions], axis=1),
+        concatenate = torch.cat if isinstance(torsions, torch.Tensor) else np.concatenate
+        return (concatenate([internal.bonds, internal.angles, torsions], 1),
                 log_jacobian(internal))
 
     def as_metadata(self) -> dict:
@@ -389,9 +393,15 @@ class InternalFrame(NamedTuple):
                    np.asarray(metadata["torsion_cuts"], dtype=np.float64))
 
 
-def relabel_rotors(positions: np.ndarray, rotors: np.ndarray, phases: np.ndarray) -> np.ndarray:
+def relabel_rotors(positions, rotors: np.ndarray, phases: np.ndarray):
     """Frames ``[n, A, 3]`` with every rotor's hydrogens in canonical order
-    (:func:`~ase_drift.features.canonical_rotor_order`)."""
+    (:func:`~ase_drift.features.canonical_rotor_order`): a float64 array, or for a tensor the
+    same atoms of it, permuted (so gradients pass through)."""
+    if isinstance(positions, torch.Tensor):
+        if not len(rotors):
+            return positions
+        order = canonical_rotor_order(positions.detach().numpy(), rotors, phases)  # [n, A]
+        return torch.take_along_dim(positions, torch.as_tensor(order)[..., None], dim=1)
     positions = np.asarray(positions, dtype=np.float64)
     if not len(rotors):
         return positions
@@ -400,6 +410,13 @@ def relabel_rotors(positions: np.ndarray, rotors: np.ndarray, phases: np.ndarray
 
 
 # --------------------------------------------------------------------------- the density
+
+
+class LogProbGradient(NamedTuple):
+    """log q of samples and its gradient (:meth:`NCEDensity.log_prob_gradient`)."""
+
+    log_prob: np.ndarray  # [n]
+    gradient: np.ndarray  # the samples' shape: [n, D], or [n, A, 3] per Å
 
 
 class NCEDensity:
@@ -513,30 +530,67 @@ class NCEDensity:
 
     def energy(self, features: np.ndarray, t: float = 0.0, batch_size: int = 8192) -> np.ndarray:
         """U_θ(x, t) ``[n]`` of unstandardised features or vectors ``[n, D]``."""
-        x = (torch.as_tensor(np.asarray(features), dtype=torch.float32) - self.shift) / self.scale
-        out = []
+        x = torch.as_tensor(np.asarray(features))
         with torch.no_grad():
-            for start in range(0, len(x), batch_size):
-                chunk = x[start:start + batch_size]
-                out.append(self.net(chunk, torch.full((len(chunk),), float(t))))
+            out = [self._energy(x[start:start + batch_size], t)
+                   for start in range(0, len(x), batch_size)]
         return torch.cat(out).double().numpy() if out else np.zeros(0)
 
-    def log_prob(self, samples) -> np.ndarray:
+    def log_prob(self, samples, batch_size: int = 8192) -> np.ndarray:
         """log q ``[n]`` up to the constant C: vectors ``[n, D]`` → −U_θ(x, 0) − Σ log scale;
         positions ``[n, A, 3]`` Å → log q̄ of Eq. 14 (internal coordinates) or Eq. 7
         (distances), per Å^(3A−3) of centred coordinates."""
+        x = torch.as_tensor(self._check_samples(samples))
+        with torch.no_grad():
+            out = [self._log_prob(x[start:start + batch_size])
+                   for start in range(0, len(x), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros(0)
+
+    def log_prob_gradient(self, samples, batch_size: int = 8192) -> LogProbGradient:
+        """log q ``[n]`` (as :meth:`log_prob`) and its gradient ∇ log q, of the shape of
+        ``samples`` (per Å for positions), by automatic differentiation through the same
+        coordinates: the drift of Langevin moves that target q or a tempered mix of q and π
+        (:mod:`ase_drift.annealing`). The mirror fold and the rotor relabelling are piecewise
+        permutations and reflections, so the gradient is that of the folded, relabelled frame
+        mapped back; it jumps where they switch, as log q̄ is continuous but not smooth there."""
+        x = torch.as_tensor(self._check_samples(samples))
+        values, gradients = [], []
+        for start in range(0, len(x), batch_size):
+            chunk = x[start:start + batch_size].clone().requires_grad_(True)
+            log_q = self._log_prob(chunk)
+            gradients.append(torch.autograd.grad(log_q.sum(), chunk)[0])
+            values.append(log_q.detach())
+        if not values:
+            return LogProbGradient(np.zeros(0), np.zeros_like(x.numpy()))
+        return LogProbGradient(torch.cat(values).numpy(), torch.cat(gradients).numpy())
+
+    def _energy(self, features: Tensor, t: float = 0.0) -> Tensor:
+        """U_θ(x, t) ``[n]`` (float32) of unstandardised features ``[n, D]``."""
+        x = (features.float() - self.shift) / self.scale
+        return self.net(x, torch.full((len(x),), float(t)))
+
+    def _log_prob(self, x: Tensor) -> Tensor:
+        """log q ``[n]`` (float64, differentiable) of checked float64 samples."""
+        if self.numbers is None:
+            return -self._energy(x).double() - self.scale.double().log().sum()
+        if self.config.coordinates == "distances":
+            i, j = (torch.as_tensor(k) for k in pair_indices(x.shape[1]))
+            distances = torch.linalg.norm(x[:, i] - x[:, j], dim=-1)  # [n, M]
+            return (-self._energy(distances).double()
+                    + log_volume_factor(x, self.scale.double().numpy()))
+        sign = torch.ones(len(x), 1, 3, dtype=x.dtype)
+        sign[torch.as_tensor(self.chirality(x.detach().numpy()).mirror), :, 0] = -1.0
+        features, log_volume = InternalFrame.from_metadata(self.metadata).coordinates(x * sign)
+        return -self._energy(features).double() - self.scale.double().log().sum() - log_volume
+
+    def _check_samples(self, samples) -> np.ndarray:
+        """``samples`` as float64: vectors ``[n, D]`` or positions ``[n, A, 3]`` of the fit."""
         samples = np.asarray(samples, dtype=np.float64)
         if self.numbers is None:
             if samples.ndim != 2 or samples.shape[1] != len(self.shift):
                 raise ValueError(f"expected vectors [n, {len(self.shift)}], got {samples.shape}")
-            return -self.energy(samples) - float(self.scale.log().sum())
-        self._check_positions(samples)
-        if self.config.coordinates == "distances":
-            return (-self.energy(pair_distances(samples))
-                    + log_volume_factor(samples, self.scale.double().numpy()))
-        features, log_volume = InternalFrame.from_metadata(self.metadata).coordinates(
-            self.fold(samples))
-        return -self.energy(features) - float(self.scale.log().sum()) - log_volume
+            return samples
+        return self._check_positions(samples)
 
     def chirality(self, positions) -> Chirality:
         """Which frames ``[n, A, 3]`` are mirror images or have inverted centres (Eq. 8)."""

@@ -58,15 +58,22 @@ def backbone_beads(topology) -> np.ndarray:
     raise ValueError("the topology has no residue with both φ and ψ")
 
 
-def dihedral(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+def dihedral(a, b, c, d):
     """Dihedral angle (rad, in (−π, π]) of points a–b–c–d ``[..., 3]`` → ``[...]``, IUPAC sign:
     atan2(|b₂| b₁·(b₂ × b₃), (b₁ × b₂)·(b₂ × b₃)) with b₁ = b − a, b₂ = c − b, b₃ = d − c
     (positive when, looking along b → c, the near bond a–b turns clockwise onto the far bond
-    c–d)."""
+    c–d). Arrays give a float64 array; torch tensors give a tensor, differentiable (for
+    gradients of densities on internal coordinates)."""
+    import torch
+
+    tensor = isinstance(a, torch.Tensor)
+    a, b, c, d = (x if tensor else torch.as_tensor(np.asarray(x, dtype=np.float64))
+                  for x in (a, b, c, d))
     b1, b2, b3 = b - a, c - b, d - c
-    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
-    y = np.linalg.norm(b2, axis=-1) * np.einsum("...i,...i->...", b1, n2)
-    return np.arctan2(y, np.einsum("...i,...i->...", n1, n2))
+    n1, n2 = torch.linalg.cross(b1, b2), torch.linalg.cross(b2, b3)
+    y = torch.linalg.norm(b2, dim=-1) * (b1 * n2).sum(-1)
+    angle = torch.atan2(y, (n1 * n2).sum(-1))
+    return angle if tensor else angle.numpy()
 
 
 def bead_dihedrals(beads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -147,6 +147,7 @@ class Chains(NamedTuple):
     energies: np.ndarray  # [n] eV
     forces: np.ndarray  # [n, A, 3] eV/Å
     log_q: np.ndarray | None  # [n] log-density of the start distribution (tempered targets)
+    grad_log_q: np.ndarray | None = None  # [n, A, 3] 1/Å, its gradient (exact tempered drift)
 
 
 class MALAKernel:
@@ -176,11 +177,15 @@ class MALAKernel:
     """
 
     def __init__(self, source: ForceSource, numbers, kT: float, step_size: float, masses=None,
-                 log_prob: Callable[[np.ndarray], np.ndarray] | None = None):
+                 log_prob: Callable[[np.ndarray], np.ndarray] | None = None,
+                 log_prob_gradient: Callable[[np.ndarray], tuple] | None = None):
+        if log_prob is not None and log_prob_gradient is not None:
+            raise ValueError("pass log_prob or log_prob_gradient, not both")
         self.source = source
         self.numbers = np.asarray(numbers, dtype=np.int64).reshape(-1)
         self.kT = float(kT)
         self.log_prob = log_prob
+        self.log_prob_gradient = log_prob_gradient
         masses = (atomic_masses[self.numbers] if masses is None
                   else np.asarray(masses, dtype=np.float64))
         if masses.shape != self.numbers.shape or not (np.isfinite(masses).all()
@@ -197,53 +202,80 @@ class MALAKernel:
         """Label the start frames ``[n, A, 3]`` (ValueError where energy or forces are not
         finite, or where log q is not when the kernel has one)."""
         energies, forces = _labels(self.source, self.numbers, positions)
-        log_q = None if self.log_prob is None else self._log_q(positions)
+        log_q, grad_log_q = self._log_q(positions)
         finite = np.isfinite(energies) & np.isfinite(forces).all(axis=(1, 2))
         if log_q is not None:
             finite &= np.isfinite(log_q)
+        if grad_log_q is not None:
+            finite &= np.isfinite(grad_log_q).all(axis=(1, 2))
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
             raise ValueError(f"the start frame {bad} has a non-finite energy ({energies[bad]}), "
                              f"forces or log-density: the chains cannot start there")
-        return Chains(positions, energies, forces, log_q)
+        return Chains(positions, energies, forces, log_q, grad_log_q)
 
     def step(self, chains: Chains, rng: np.random.Generator, beta: float = 1.0
              ) -> tuple[Chains, np.ndarray]:
         """One Metropolis–Hastings step of every chain, invariant for γ_β; returns the new
         state and which chains moved (bool ``[n]``). A proposal whose energy, forces or log q
         are not finite is rejected (γ_β = 0 there)."""
-        x, energies, forces, log_q = chains
+        x, energies, forces, log_q, grad_log_q = chains
         if beta < 1 and log_q is None:
             raise ValueError("a tempered target (β < 1) needs the start density: pass log_prob")
         xi = rng.standard_normal(x.shape)  # [n, A, 3]
         log_u = np.log(rng.random(len(x)))  # [n]
-        proposal = x + self.half_step * forces + self.noise_scale * xi  # [n, A, 3] Å
+        drift = self._drift_forces(forces, grad_log_q, beta)  # [n, A, 3] eV/Å
+        proposal = x + self.half_step * drift + self.noise_scale * xi  # [n, A, 3] Å
         new_energies, new_forces = _labels(self.source, self.numbers, proposal)
+        new_log_q, new_grad_log_q = self._log_q(proposal)
         # ‖C^−½(x' − μ(x))‖²/ε² = ‖ξ‖²; the reverse move's residual x − μ(x'), scaled alike
-        backward = (x - proposal - self.half_step * new_forces) / self.noise_scale
+        backward = (x - proposal - self.half_step * self._drift_forces(
+            new_forces, new_grad_log_q, beta)) / self.noise_scale
         log_q_forward = -0.5 * np.square(xi).sum(axis=(1, 2))  # [n]
         log_q_backward = -0.5 * np.square(backward).sum(axis=(1, 2))  # [n]
         log_alpha = (-beta * (new_energies - energies) / self.kT
                      + log_q_backward - log_q_forward)  # [n]
         finite = np.isfinite(new_energies) & np.isfinite(new_forces).all(axis=(1, 2))
-        new_log_q = None
         if log_q is not None:
-            new_log_q = self._log_q(proposal)
             finite &= np.isfinite(new_log_q)
             log_alpha = log_alpha + (1 - beta) * (new_log_q - log_q)
+        if grad_log_q is not None:
+            finite &= np.isfinite(new_grad_log_q).all(axis=(1, 2))
         move = finite & (log_u < log_alpha)  # [n]; False for NaN
-        moved = Chains(np.where(move[:, None, None], proposal, x),
-                       np.where(move, new_energies, energies),
-                       np.where(move[:, None, None], new_forces, forces),
-                       None if log_q is None else np.where(move, new_log_q, log_q))
-        return moved, move
 
-    def _log_q(self, positions: np.ndarray) -> np.ndarray:
-        log_q = np.asarray(self.log_prob(positions), dtype=np.float64)
+        def keep(new, old):
+            if old is None:
+                return None
+            return np.where(move.reshape(-1, *[1] * (old.ndim - 1)), new, old)
+
+        return Chains(keep(proposal, x), keep(new_energies, energies), keep(new_forces, forces),
+                      keep(new_log_q, log_q), keep(new_grad_log_q, grad_log_q)), move
+
+    def _drift_forces(self, forces: np.ndarray, grad_log_q: np.ndarray | None,
+                      beta: float) -> np.ndarray:
+        """kT·∇log γ_β = β·F + (1 − β)·kT·∇log q (eV/Å) with the density's gradient, else the
+        full force F."""
+        if grad_log_q is None:
+            return forces
+        return beta * forces + (1 - beta) * self.kT * grad_log_q
+
+    def _log_q(self, positions: np.ndarray) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(log q ``[n]``, ∇log q ``[n, A, 3]``) of frames, each None when the kernel lacks it."""
+        if self.log_prob is None and self.log_prob_gradient is None:
+            return None, None
+        if self.log_prob is not None:
+            log_q, gradient = self.log_prob(positions), None
+        else:
+            log_q, gradient = self.log_prob_gradient(positions)
+            gradient = np.asarray(gradient, dtype=np.float64)
+            if gradient.shape != positions.shape:
+                raise ValueError(f"log_prob_gradient returned a gradient of shape "
+                                 f"{gradient.shape} for frames of shape {positions.shape}")
+        log_q = np.asarray(log_q, dtype=np.float64)
         if log_q.shape != (len(positions),):
             raise ValueError(f"log_prob returned shape {log_q.shape} for {len(positions)} "
                              f"frames; expected ({len(positions)},)")
-        return log_q
+        return log_q, gradient
 
 
 def _labels(source: ForceSource, numbers: np.ndarray, x: np.ndarray

@@ -45,11 +45,20 @@ def _q_draws(n, seed):
     return Q_MEAN + Q_STD * np.random.default_rng(seed).standard_normal((n, len(NUMBERS), 3))
 
 
+def _q_log_prob_gradient(positions):
+    """(log q, ∇log q) of the Gaussian q: the exact tempered drift's density."""
+    return _q_log_prob(positions), -(np.asarray(positions) - Q_MEAN) / Q_STD**2
+
+
+@pytest.mark.parametrize("exact_drift", [False, True])
 @pytest.mark.parametrize("steps", [1, 5, 40])
-def test_annealed_weights_are_unbiased_for_the_partition_function_and_moments(steps):
+def test_annealed_weights_are_unbiased_for_the_partition_function_and_moments(steps,
+                                                                             exact_drift):
     n = 20_000
-    result = anneal(SOURCE, NUMBERS, _q_draws(n, seed=steps), _q_log_prob, T, steps,
-                    step_size=STEP, seed=100 + steps)
+    log_prob, gradient = ((None, _q_log_prob_gradient) if exact_drift
+                          else (_q_log_prob, None))
+    result = anneal(SOURCE, NUMBERS, _q_draws(n, seed=steps), log_prob, T, steps,
+                    step_size=STEP, seed=100 + steps, log_prob_gradient=gradient)
     log_w = result.samples.log_weights + result.log_mean_weight + np.log(n)
     w = np.exp(log_w - log_w.max())
     # the standard error of log mean(w), by the delta method
@@ -236,3 +245,91 @@ def test_walls_hold_at_every_level_and_bad_starts_are_refused():
     outside = np.concatenate([start[:2], 3.0 * np.ones((1, len(NUMBERS), 3))])
     with pytest.raises(ValueError, match="start frame 2 has a non-finite"):
         anneal(_WalledSprings(), NUMBERS, outside, exact, T, 3)
+
+
+class _Recorder:
+    """SpringForces that keeps every batch of frames it labels."""
+
+    def __init__(self):
+        self.frames = []
+
+    def compute(self, numbers, positions):
+        self.frames.append(np.array(positions))
+        return SOURCE.compute(numbers, positions)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 1.0])
+def test_exact_drift_proposes_along_the_tempered_gradient(beta):
+    """x' = x + (ε²/2)·C·(β F/kT + (1 − β)∇log q) + ε C^½ ξ, ξ the kernel's first normal draws;
+    C = m_H/m: 1 for hydrogen, 1/16 for the oxygen."""
+    from ase_drift.refine import REFERENCE_MASS_AMU, MALAKernel
+
+    numbers, masses = np.array([1, 8]), np.array([REFERENCE_MASS_AMU, 16 * REFERENCE_MASS_AMU])
+    recorder, epsilon = _Recorder(), 0.3
+    kernel = MALAKernel(recorder, numbers, KT, epsilon, masses,
+                        log_prob_gradient=_q_log_prob_gradient)
+    x = _q_draws(50, seed=11)
+    chains = kernel.start(x)
+    np.testing.assert_allclose(chains.grad_log_q, _q_log_prob_gradient(x)[1])
+    kernel.step(chains, np.random.default_rng(12), beta=beta)
+    xi = np.random.default_rng(12).standard_normal(x.shape)
+    c = np.array([1.0, 1 / 16])[None, :, None]
+    drift = beta * SOURCE.compute(numbers, x).forces / KT + (1 - beta) * _q_log_prob_gradient(x)[1]
+    expected = x + 0.5 * epsilon**2 * c * drift + epsilon * np.sqrt(c) * xi
+    np.testing.assert_allclose(recorder.frames[-1], expected, rtol=0, atol=1e-12)
+
+
+def test_exact_drift_keeps_q_at_beta_zero_and_rejects_non_finite_gradients():
+    """At β = 0 the exact drift is q's own Langevin drift: from q, the chains stay q-distributed
+    (mean and variance within 5 standard errors) and accept most moves, where drifting along
+    π's force at the same ε accepts fewer. A proposal whose gradient is not finite is
+    rejected; a start frame with one is refused."""
+    from ase_drift.refine import MALAKernel
+
+    x = _q_draws(20_000, seed=13)
+    rng = np.random.default_rng(14)
+    exact = MALAKernel(SOURCE, NUMBERS, KT, 1.2, log_prob_gradient=_q_log_prob_gradient)
+    force = MALAKernel(SOURCE, NUMBERS, KT, 1.2, log_prob=_q_log_prob)
+    chains, moved = exact.start(x), []
+    for _ in range(5):
+        chains, move = exact.step(chains, rng, beta=0.0)
+        moved.append(move.mean())
+    _, force_move = force.step(force.start(x), rng, beta=0.0)
+    assert min(moved) > force_move.mean() + 0.1
+    r = chains.positions.reshape(-1)
+    assert abs(r.mean() - Q_MEAN) < 5 * Q_STD / np.sqrt(len(r) / 5)
+    assert abs(r.var() / Q_STD**2 - 1) < 5 * np.sqrt(2 / (len(r) / 5))
+
+    def gradient_nan_far_out(positions):
+        log_q, gradient = _q_log_prob_gradient(positions)
+        far = np.abs(np.asarray(positions)).max((1, 2)) > 3.0
+        gradient[far] = np.nan
+        return log_q, gradient
+
+    walled = MALAKernel(SOURCE, NUMBERS, KT, 1.2, log_prob_gradient=gradient_nan_far_out)
+    start = x[np.abs(x).max((1, 2)) < 3.0][:2000]
+    chains = walled.start(start)
+    for _ in range(5):
+        chains, _ = walled.step(chains, rng, beta=0.5)
+    assert np.abs(chains.positions).max() <= 3.0
+    with pytest.raises(ValueError, match="^the start frame 0 has a non-finite"):
+        walled.start(np.full((1, 2, 3), 4.0))
+
+
+def test_exact_drift_arguments_are_checked():
+    from ase_drift.refine import MALAKernel
+
+    start = _q_draws(10, seed=15)
+    with pytest.raises(ValueError, match="^pass exactly one of log_prob and log_prob_gradient"):
+        anneal(SOURCE, NUMBERS, start, _q_log_prob, T, 2, log_prob_gradient=_q_log_prob_gradient)
+    with pytest.raises(ValueError, match="^pass exactly one of log_prob and log_prob_gradient"):
+        anneal(SOURCE, NUMBERS, start, None, T, 2)
+    with pytest.raises(ValueError, match="^pass log_prob or log_prob_gradient, not both"):
+        MALAKernel(SOURCE, NUMBERS, KT, 0.1, log_prob=_q_log_prob,
+                   log_prob_gradient=_q_log_prob_gradient)
+    with pytest.raises(ValueError, match=r"^log_prob_gradient returned a gradient of shape \(10, 6\)"):
+        anneal(SOURCE, NUMBERS, start, None, T, 2, log_prob_gradient=lambda r: (
+            _q_log_prob(r), np.zeros((len(r), 6))))
+    with pytest.raises(ValueError, match=r"^log_prob returned shape \(1,\)"):
+        anneal(SOURCE, NUMBERS, start, None, T, 2,
+               log_prob_gradient=lambda r: (np.zeros(1), np.zeros_like(r)))
