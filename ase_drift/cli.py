@@ -659,7 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Boltzmann distribution, each frame keeping an exact weight "
                         "(0: plain reweighting; docs/likelihoods.md, Eqs. 15-17)")
     p.add_argument("--anneal-step-size", type=float, metavar="Å",
-                   help="MALA step for a hydrogen atom, Å (default 0.02)")
+                   help="MALA step for a hydrogen atom, Å (default 0.03)")
     p.add_argument("-o", "--output", required=True,
                    help="weighted frames (weight, log_weight, energy_kT in each frame's info): "
                         + ", ".join(LABELLED_SUFFIXES))

@@ -103,6 +103,10 @@ SAMPLERS = {
 ALPHA_L_PS = 1000.0  # the second start's run is as long as the biased set's
 
 
+# AIS proposal drift: (label, MALA step ε in Å)
+DRIFTS = {"exact": ("exact drift", DEFAULT_STEP_SIZE), "force": ("F/kT drift", 0.02)}
+
+
 class Setup(NamedTuple):
     """What one reweighting row was made with (its key in reweighting.json)."""
 
@@ -113,19 +117,24 @@ class Setup(NamedTuple):
     fit_samples: int
     fit_steps: int
     anneal_steps: int  # 0: plain reweighting (Eq. 9), else AIS levels (Eqs. 15-17)
+    drift: str = "exact"  # a key of DRIFTS: the AIS proposals' drift
 
     @property
     def key(self) -> str:
         key = f"steps={self.steps} seed={self.seed} density={self.density}"
         if (self.sampler, self.fit_samples, self.fit_steps) != ("fk", N_FIT, DENSITY.steps):
             key = f"{self.sampler} {key} fit={self.fit_samples}/{self.fit_steps}"
-        return key + (f" anneal={self.anneal_steps} p={DEFAULT_POWER:g} eps={DEFAULT_STEP_SIZE:g}"
-                      if self.anneal_steps else "")
+        if not self.anneal_steps:
+            return key
+        step_size = DRIFTS[self.drift][1]
+        return (key + f" anneal={self.anneal_steps} p={DEFAULT_POWER:g} eps={step_size:g}"
+                + (" exact" if self.drift == "exact" else ""))  # force rows came first
 
     @property
     def label(self) -> str:
         name = SAMPLERS[self.sampler].label
-        how = f"K = {self.anneal_steps}" if self.anneal_steps else "plain"
+        how = (f"K = {self.anneal_steps}, {DRIFTS[self.drift][0]}" if self.anneal_steps
+               else "plain")
         return f"{name}, seed {self.seed}, {how}"
 
 
@@ -258,6 +267,8 @@ def reweighted(directory: Path, train_set, topology, setup: Setup) -> dict:
     if setup.anneal_steps:
         annealed = anneal_sampler(sampler, density, N_EVAL, forces=forces,
                                   steps=setup.anneal_steps, seed=1000 + setup.seed,
+                                  step_size=DRIFTS[setup.drift][1],
+                                  exact_drift=setup.drift == "exact",
                                   temperature_K=train_set.temperature_K)
         ws = annealed.samples
         out["ess_by_level"] = annealed.ess.tolist()
@@ -334,6 +345,9 @@ def main(argv=None) -> None:
     parser.add_argument("--anneal-steps", type=int, nargs="+", default=[0],
                         help="AIS levels from the density to π (0: plain reweighting); one row "
                              "per value")
+    parser.add_argument("--anneal-drift", choices=sorted(DRIFTS), nargs="+", default=["exact"],
+                        help="AIS proposals drift along the tempered target's gradient (exact, "
+                             "ε = 0.03 Å) or the force alone (force, ε = 0.02 Å); one row each")
     parser.add_argument("--md", type=Path, nargs="+", default=[],
                         help="long MD npz files (independent runs) for a third truth column")
     parser.add_argument("--skip-reweight", action="store_true")
@@ -381,8 +395,10 @@ def main(argv=None) -> None:
         train_set = with_alpha_l_run(train_set, directory, samples, topology, config.n_windows)
         shared = directory  # its start came from this run's windows
     steps = drift_steps if args.drift_steps is None else args.drift_steps
-    setups = [Setup(args.sampler, steps, seed, args.density, args.fit_samples, args.fit_steps, k)
-              for seed in args.seeds for k in args.anneal_steps]
+    setups = [Setup(args.sampler, steps, seed, args.density, args.fit_samples, args.fit_steps, k,
+                    drift)
+              for seed in args.seeds for k in args.anneal_steps
+              for drift in (args.anneal_drift if k else ["exact"])]
     if not args.skip_reweight:
         for setup in setups:
             if setup.key not in samplers:
@@ -438,10 +454,11 @@ def main(argv=None) -> None:
                  f"steps; NCE density on {setup.density} coordinates fitted to "
                  f"{setup.fit_samples:,} of its samples ({setup.fit_steps:,} steps); "
                  f"{N_EVAL:,} fresh samples weighted with amber energies at 300 K, plain "
-                 f"(Eq. 9) or after K annealing levels (Eqs. 15–17; linear schedule, MALA "
-                 f"ε = {DEFAULT_STEP_SIZE:g} Å, acceptance " + ", ".join(
-                     f"{samplers[s.key]['acceptance']:.2f}" for s in setups if s.anneal_steps)
-                 + ").")
+                 f"(Eq. 9) or after K annealing levels (Eqs. 15–17; linear schedule; MALA "
+                 "drifting along ∇log γ_k (exact drift, ε = "
+                 f"{DRIFTS['exact'][1]:g} Å) or F/kT ({DRIFTS['force'][1]:g} Å); acceptance "
+                 + ", ".join(f"{samplers[s.key]['acceptance']:.2f}" for s in setups
+                             if s.anneal_steps) + ").")
     text = f"{note}\n\n{truth_table}\n\n{render_table(header, rows, digits=2)}"
     if args.sampler == "fk":  # the truth's own section; the others refer to it
         text += f"\n\nPMF along φ (every third 5° bin):\n\n{pmf_table(truth)}"

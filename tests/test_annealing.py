@@ -155,6 +155,17 @@ def test_anneal_sampler_draws_folds_and_weights(tiny_model):
     assert np.isclose(result.samples.weights.sum(), 1.0)
     assert np.isfinite(result.samples.log_q).all()
     assert np.isclose(logsumexp(result.samples.log_weights), 0.0)
+    # by default the proposals drift along the density's gradient, as anneal does with it
+    start = density.fold(sampler.sample_positions(64, seed=0))
+    exact = anneal(spring, sampler.numbers, start, None, T, 3, seed=0,
+                   log_prob_gradient=density.log_prob_gradient)
+    np.testing.assert_allclose(result.samples.positions, exact.samples.positions, atol=1e-12)
+    assert result.step_size == 0.03
+    force = anneal_sampler(sampler, density, 64, forces=spring, steps=3, seed=0,
+                           temperature_K=T, progress=False, exact_drift=False)
+    plain = anneal(spring, sampler.numbers, start, density.log_prob, T, 3, seed=0)
+    np.testing.assert_allclose(force.samples.positions, plain.samples.positions, atol=1e-12)
+    assert not np.allclose(force.samples.positions, exact.samples.positions)
     with pytest.raises(ValueError, match="not fitted to this sampler's molecule"):
         other = NCEDensity.fit(np.random.default_rng(0).normal(size=(50, 2)), steps=1,
                                hidden=4, depth=1, progress=False)
