@@ -161,9 +161,9 @@ def anneal_sampler(sampler, density, n: int, *, forces: ForceSource, steps: int,
     """:func:`anneal` on ``n`` fresh samples of ``sampler`` with ``density`` as q: the
     annealed counterpart of :func:`~ase_drift.reweighting.reweight_sampler` (same arguments,
     same checks; ``steps`` = K of :func:`power_schedule`). ``exact_drift``: propose along
-    ∇log γ_k with the density's gradient (:meth:`~ase_drift.likelihood.NCEDensity.
-    log_prob_gradient`, ≈ 20 % more time per level on alanine dipeptide with amber); False
-    drifts along F/kT only (best with ε = 0.02 Å)."""
+    ∇log γ_k with the density's gradient
+    (:meth:`~ase_drift.likelihood.NCEDensity.log_prob_gradient`; ≈ 20 % more time per level
+    on alanine dipeptide with amber); False drifts along F/kT only (best with ε = 0.02 Å)."""
     positions, temperature_K = sampler_draws(sampler, density, n, seed, temperature_K)
     density_terms = ({"log_prob": None, "log_prob_gradient": density.log_prob_gradient}
                      if exact_drift else {"log_prob": density.log_prob})

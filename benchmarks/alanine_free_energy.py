@@ -437,6 +437,27 @@ def main(argv=None) -> None:
                      f"{r['seconds']['fit'] / 60:.1f} / {r['seconds']['reweight'] / 60:.1f}"]
                     + [cell(r[name], r[name][label]) for name in truth.delta_f
                        for label in ("unweighted", "reweighted")])
+    # across seeds: the spread of the samplers and their densities, which a bootstrap over
+    # one seed's frames does not see (each basin's weight rests on its density's basin mass)
+    groups: dict = {}
+    for setup in setups:
+        groups.setdefault(setup._replace(seed=-1), []).append(samplers[setup.key])
+    for group, runs in groups.items():
+        if len(runs) < 2:
+            continue
+
+        def across_seeds(name: str, label: str, runs=runs) -> Estimate | str:
+            values = [r[name][label][0] for r in runs if r[name][label]]
+            if len(values) < len(runs):
+                return "–"
+            return Estimate(float(np.mean(values)),
+                            float(np.std(values, ddof=1) / np.sqrt(len(values))))
+
+        rows.append([group.label.replace("seed -1", f"mean ± s.e. of {len(runs)} seeds"),
+                     f"{np.mean([r['ess'] for r in runs]):.2e}",
+                     f"{max(r['max_weight'] for r in runs):.2f}", "—"]
+                    + [across_seeds(name, label) for name in truth.delta_f
+                       for label in ("unweighted", "reweighted")])
     u = results["umbrella"]
     command = " ".join(sys.argv[1:] if argv is None else argv)
     note = (f"Run: `python -m benchmarks.alanine_free_energy {command}`"

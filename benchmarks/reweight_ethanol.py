@@ -35,7 +35,7 @@ from ase.geometry import get_dihedrals
 
 from ase_drift import load as load_sampler
 from ase_drift import units
-from ase_drift.annealing import anneal_sampler
+from ase_drift.annealing import DEFAULT_STEP_SIZE, anneal_sampler
 from ase_drift.datasets import load, reference_runs
 from ase_drift.forces import label_positions
 from ase_drift.likelihood import COORDINATES, NCEConfig, NCEDensity, log_volume_factor
@@ -175,10 +175,12 @@ def summary(ws: WeightedSamples, reference, ref_hist, max_distance: float) -> di
             "dF_gauche_trans": trans_free_energy(ws, hydroxyl_torsion_atoms(reference))}
 
 
-def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int, n: int
-                 ) -> dict:
+def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int, n: int,
+                 drift: str) -> dict:
     """``n`` fresh frames of the ``kind`` sampler annealed over ``steps`` levels (Eqs. 15–17)
-    with its internal-coordinate density (fitted as in :func:`run_seed`, kept on disk)."""
+    with its internal-coordinate density (fitted as in :func:`run_seed`, kept on disk),
+    proposals drifting along the tempered target's gradient (``drift`` "exact") or F/kT
+    ("force")."""
     sampler = drift_sampler(train_set, seed, kind)
     path = ROOT / "bench_out" / f"{SAMPLERS[kind][0]}-seed{seed}.internal.nce.pt"
     if path.exists():
@@ -188,10 +190,13 @@ def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int,
         density.save(path)
     start = time.perf_counter()
     result = anneal_sampler(sampler, density, n, forces=source, steps=steps, seed=1000 + seed,
-                            temperature_K=reference.temperature_K)
+                            temperature_K=reference.temperature_K,
+                            step_size=DEFAULT_STEP_SIZE if drift == "exact" else 0.02,
+                            exact_drift=drift == "exact")
     return {"row": summary(result.samples, reference, *reference_histogram(reference)),
             "reference_mean_energy_eV": float(reference.energies.mean()),
             "acceptance": float(result.acceptance.mean()), "n": n, "steps": steps,
+            "drift": drift, "step_size": result.step_size,
             "seconds": time.perf_counter() - start}
 
 
@@ -255,10 +260,13 @@ def unbiased_table(results: dict) -> str:
                               - r["reference_mean_energy_eV"]) for r in runs],
                      [r["rows"][name]["dF_gauche_trans"][0] for r in runs]])
     annealed = sorted(k for k in results if k.startswith("annealed unbiased "))
-    for levels in sorted({results[k]["steps"] for k in annealed}):
-        runs = [results[k] for k in annealed if results[k]["steps"] == levels]
-        name = (f"drift, annealed over {levels} levels ({runs[0]['n']:,} frames, acceptance "
-                f"{np.mean([r['acceptance'] for r in runs]):.2f})")
+    setups = sorted({(results[k]["steps"], results[k].get("drift", "force")) for k in annealed})
+    for levels, drift in setups:
+        runs = [results[k] for k in annealed
+                if (results[k]["steps"], results[k].get("drift", "force")) == (levels, drift)]
+        how = "∇log γ_k, ε 0.03 Å" if drift == "exact" else "F/kT, ε 0.02 Å"
+        name = (f"drift, annealed over {levels} levels ({how}; {runs[0]['n']:,} frames, "
+                f"acceptance {np.mean([r['acceptance'] for r in runs]):.2f})")
         rows.append([name, len(runs),
                      [r["row"]["ess"] for r in runs], [r["row"]["tvd"] for r in runs],
                      [1000 * (r["row"]["mean_energy_eV"][0] - r["reference_mean_energy_eV"])
@@ -267,7 +275,8 @@ def unbiased_table(results: dict) -> str:
     minutes = " / ".join(f"{np.mean([results[k]['seconds'][s] for k in keys]) / 60:.1f}"
                          for s in ("train", "fit", "label"))
     annealing = "".join(
-        f" Annealing over {results[k]['steps']} levels, seed {k.split()[-1]}: "
+        f" Annealing over {results[k]['steps']} levels "
+        f"({results[k].get('drift', 'force')} drift), seed {k.split()[-1]}: "
         f"{results[k]['seconds'] / 60:.1f} min." for k in annealed)
     return (render_table(header, rows, digits=[0, 0, 5, 3, 1, 2])
             + f"\n\nMinutes per seed (train / fit / label): {minutes}.{annealing}")
@@ -336,6 +345,8 @@ def main(argv=None) -> None:
     parser.add_argument("--anneal-steps", type=int, default=0, metavar="K",
                         help="with --unbiased: also anneal fresh frames over K levels")
     parser.add_argument("--anneal-n", type=int, default=2000, help="frames to anneal")
+    parser.add_argument("--anneal-drift", choices=("exact", "force"), default="exact",
+                        help="AIS proposals along ∇log γ_k (ε 0.03 Å) or F/kT (ε 0.02 Å)")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--docs", action="store_true", help="write the table into the docs")
     args = parser.parse_args(argv)
@@ -362,10 +373,13 @@ def main(argv=None) -> None:
                 results[f"unbiased seed {seed}"] = run_seed(
                     seed, reference[runs == 0], reference[runs == 1], source, "unbiased")
                 write_json(args.results, results)
-            key = f"annealed unbiased K={args.anneal_steps} seed {seed}"
+            # the F/kT-drift rows came first, without a drift in their key
+            key = (f"annealed unbiased K={args.anneal_steps}"
+                   f"{' exact-drift' if args.anneal_drift == 'exact' else ''} seed {seed}")
             if args.anneal_steps and key not in results:
                 results[key] = run_annealed(seed, reference[runs == 0], reference[runs == 1],
-                                            source, "unbiased", args.anneal_steps, args.anneal_n)
+                                            source, "unbiased", args.anneal_steps, args.anneal_n,
+                                            args.anneal_drift)
                 write_json(args.results, results)
     text = table(results)
     unbiased = unbiased_table(results)

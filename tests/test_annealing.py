@@ -288,6 +288,14 @@ def test_exact_drift_proposes_along_the_tempered_gradient(beta):
     drift = beta * SOURCE.compute(numbers, x).forces / KT + (1 - beta) * _q_log_prob_gradient(x)[1]
     expected = x + 0.5 * epsilon**2 * c * drift + epsilon * np.sqrt(c) * xi
     np.testing.assert_allclose(recorder.frames[-1], expected, rtol=0, atol=1e-12)
+    # a float32 gradient is used in float64 arithmetic
+    single = MALAKernel(recorder, numbers, KT, epsilon, masses, log_prob_gradient=lambda r: (
+        _q_log_prob(r), _q_log_prob_gradient(r)[1].astype(np.float32)))
+    single.step(single.start(x), np.random.default_rng(12), beta=beta)
+    gradient32 = _q_log_prob_gradient(x)[1].astype(np.float32).astype(np.float64)
+    drift = beta * SOURCE.compute(numbers, x).forces / KT + (1 - beta) * gradient32
+    expected = x + 0.5 * epsilon**2 * c * drift + epsilon * np.sqrt(c) * xi
+    np.testing.assert_allclose(recorder.frames[-1], expected, rtol=0, atol=1e-12)
 
 
 def test_exact_drift_keeps_q_at_beta_zero_and_rejects_non_finite_gradients():
@@ -321,10 +329,31 @@ def test_exact_drift_keeps_q_at_beta_zero_and_rejects_non_finite_gradients():
     start = x[np.abs(x).max((1, 2)) < 3.0][:2000]
     chains = walled.start(start)
     for _ in range(5):
-        chains, _ = walled.step(chains, rng, beta=0.5)
+        chains, move = walled.step(chains, rng, beta=0.5)
+        assert move.mean() > 0.3  # a wall somewhere stops only the chains that hit it
     assert np.abs(chains.positions).max() <= 3.0
-    with pytest.raises(ValueError, match="^the start frame 0 has a non-finite"):
-        walled.start(np.full((1, 2, 3), 4.0))
+    bad_third = np.concatenate([start[:2], np.full((1, 2, 3), 4.0)])
+    with pytest.raises(ValueError, match="^the start frame 2 has a non-finite"):
+        walled.start(bad_third)
+
+    class NaNForcesFarOut:
+        """Finite energies everywhere, NaN forces beyond 3 Å: at β = 0 the exact drift does not
+        read the forces, so only the finiteness check keeps the chains out."""
+
+        def compute(self, numbers, positions):
+            result = SOURCE.compute(numbers, positions)
+            far = np.abs(np.asarray(positions)).max((1, 2)) > 3.0
+            result.forces[far] = np.nan
+            return result
+
+    forceless = MALAKernel(NaNForcesFarOut(), NUMBERS, KT, 1.2,
+                           log_prob_gradient=_q_log_prob_gradient)
+    chains = forceless.start(start)
+    for _ in range(5):
+        chains, _ = forceless.step(chains, rng, beta=0.0)
+    assert np.abs(chains.positions).max() <= 3.0
+    with pytest.raises(ValueError, match="^the start frame 2 has a non-finite"):
+        forceless.start(bad_third)
 
 
 def test_exact_drift_arguments_are_checked():

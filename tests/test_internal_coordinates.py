@@ -3,6 +3,7 @@ themselves, the volume element of Eq. 13 and the torsion cuts."""
 
 import numpy as np
 import pytest
+from ase import Atoms
 from scipy.spatial.transform import Rotation
 
 from ase_drift.datasets import load
@@ -199,6 +200,14 @@ def test_round_trip_and_invariance(ethanol):
     atom, j, k, l = rows[4]
     np.testing.assert_allclose(internal.torsions[:, 2],
                                dihedral(frames[:, l], frames[:, k], frames[:, j], frames[:, atom]))
+    # Bonds and angles are ASE's, frame by frame, row by row.
+    for f in range(len(frames)):
+        atoms = Atoms(ethanol.numbers, frames[f])
+        np.testing.assert_allclose(internal.bonds[f], [atoms.get_distance(a, b)
+                                                       for a, b, _, _ in rows], atol=1e-9)
+        np.testing.assert_allclose(np.degrees(internal.angles[f]),
+                                   [atoms.get_angle(a, b, c) for a, b, c, _ in rows[1:]],
+                                   atol=1e-7)
 
 
 def test_volume_element_is_eq_12():

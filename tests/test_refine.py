@@ -204,7 +204,8 @@ def test_the_kernel_refuses_a_tempered_target_without_a_density():
     moved, _ = nested.step(chains, np.random.default_rng(1))
     again, _ = kernel.step(chains, np.random.default_rng(1))
     np.testing.assert_array_equal(moved.positions, again.positions)
-    with pytest.raises(ValueError, match="^a tempered target"):
+    with pytest.raises(ValueError, match=r"^a tempered target \(β < 1\) needs the start "
+                                         "density: pass log_prob or log_prob_gradient$"):
         kernel.step(chains, np.random.default_rng(0), beta=0.5)
 
 
