@@ -484,8 +484,11 @@ def main(argv=None) -> None:
     if args.sampler == "fk":  # the truth's own section; the others refer to it
         text += f"\n\nPMF along φ (every third 5° bin):\n\n{pmf_table(truth)}"
     print(text)
+    # the first seed's most annealed row: the figure shows what the weights can do
+    shown = [max(setups, key=lambda s: (s.seed == setups[0].seed, s.anneal_steps))] if (
+        setups) else []
     curves = {f"{setup.label}, {label}": (np.array(samplers[setup.key]["phi"]), log_w)
-              for setup in setups[:1] for label, log_w in
+              for setup in shown for label, log_w in
               (("unweighted", None),
                ("reweighted", np.array(samplers[setup.key]["log_weights"])))}
     name = run if args.sampler == "fk" else f"{run}-{args.sampler}"  # the FK runs came first

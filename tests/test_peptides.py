@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from ase_drift.datasets import load, topology_pdb
 from ase_drift.metrics import pair_distances
@@ -68,6 +69,21 @@ def test_dihedral_of_a_known_geometry():
     angles = [dihedral(a, b, c, c + np.array([np.cos(t), np.sin(t), 0])) for t in
               (0.0, np.pi / 2, np.pi, -np.pi / 3)]
     np.testing.assert_allclose(angles, [0.0, np.pi / 2, np.pi, -np.pi / 3], atol=1e-12)
+    # arrays of any float dtype are computed in float64; tensors keep theirs, with gradients
+    points = np.random.default_rng(0).normal(size=(4, 20, 3)).astype(np.float32)
+    single = dihedral(*points)
+    assert single.dtype == np.float64
+    np.testing.assert_allclose(single, dihedral(*points.astype(np.float64)), rtol=0, atol=1e-14)
+    tensors = [torch.tensor(p, dtype=torch.float64, requires_grad=True) for p in points]
+    value = dihedral(*tensors)
+    assert isinstance(value, torch.Tensor) and value.dtype == torch.float64
+    np.testing.assert_allclose(value.detach().numpy(), single, atol=1e-12)
+    grad = torch.autograd.grad(value.sum(), tensors[3])[0].numpy()  # ∂φ/∂d
+    h, step = 1e-6, np.zeros((20, 3))
+    step[:, 1] = h
+    shifted = points.astype(np.float64)
+    numeric = (dihedral(*shifted[:3], shifted[3] + step) - dihedral(*shifted[:3], shifted[3] - step))
+    np.testing.assert_allclose(grad[:, 1], numeric / (2 * h), atol=1e-6)
 
 
 def test_bead_inputs_are_checked_and_computed_in_float64():
