@@ -52,6 +52,8 @@ DEFAULT_POWER = 1.0
 #: 0.2). Drifting along F/kT alone, 0.02 Å was best (ESS 0.26, 0.01, 0.09 on the same chains;
 #: p = 2 runs: 0.12 at 0.015 Å, 0.13 at 0.02 Å, 0.09 at 0.025 Å).
 DEFAULT_STEP_SIZE = 0.03
+#: MALA step ε in Å for proposals drifting along F/kT alone (``exact_drift=False``).
+FORCE_DRIFT_STEP_SIZE = 0.02
 
 
 def power_schedule(steps: int, power: float = DEFAULT_POWER) -> np.ndarray:
@@ -163,7 +165,8 @@ def anneal_sampler(sampler, density, n: int, *, forces: ForceSource, steps: int,
     same checks; ``steps`` = K of :func:`power_schedule`). ``exact_drift``: propose along
     ∇log γ_k with the density's gradient
     (:meth:`~ase_drift.likelihood.NCEDensity.log_prob_gradient`; ≈ 20 % more time per level
-    on alanine dipeptide with amber); False drifts along F/kT only (best with ε = 0.02 Å)."""
+    on alanine dipeptide with amber); False drifts along F/kT only (best with
+    :data:`FORCE_DRIFT_STEP_SIZE`)."""
     positions, temperature_K = sampler_draws(sampler, density, n, seed, temperature_K)
     density_terms = ({"log_prob": None, "log_prob_gradient": density.log_prob_gradient}
                      if exact_drift else {"log_prob": density.log_prob})

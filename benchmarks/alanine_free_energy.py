@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,12 @@ from typing import NamedTuple
 import numpy as np
 
 from ase_drift import load as load_sampler
-from ase_drift.annealing import DEFAULT_POWER, DEFAULT_STEP_SIZE, anneal_sampler
+from ase_drift.annealing import (
+    DEFAULT_POWER,
+    DEFAULT_STEP_SIZE,
+    FORCE_DRIFT_STEP_SIZE,
+    anneal_sampler,
+)
 from ase_drift.data import Conformations
 from ase_drift.datasets import data_path, load_npz
 from ase_drift.datasets.alanine import make_system, starting_structure
@@ -41,6 +45,7 @@ from ase_drift.forces import OpenMMForces
 from ase_drift.free_energy import (
     FreeEnergyResult,
     UmbrellaConfig,
+    _save_atomic,
     alanine_regions,
     load_positions,
     mbar_free_energies,
@@ -104,7 +109,8 @@ ALPHA_L_PS = 1000.0  # the second start's run is as long as the biased set's
 
 
 # AIS proposal drift: (label, MALA step ε in Å)
-DRIFTS = {"exact": ("exact drift", DEFAULT_STEP_SIZE), "force": ("F/kT drift", 0.02)}
+DRIFTS = {"exact": ("exact drift", DEFAULT_STEP_SIZE),
+          "force": ("F/kT drift", FORCE_DRIFT_STEP_SIZE)}
 
 
 class Setup(NamedTuple):
@@ -150,12 +156,11 @@ def cached_truth(directory: Path, samples, n_boot: int) -> FreeEnergyResult:
                  zip(names, stored["delta_f"], stored["delta_f_error"])},
                 stored["f_k"], stored["g"], stored["n_k"])
     truth = mbar_free_energies(samples, bins=BINS, n_boot=n_boot)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, edges=truth.edges, pmf=truth.pmf, pmf_error=truth.pmf_error,
-             names=np.array(list(truth.delta_f)), delta_f=[v for v, _ in truth.delta_f.values()],
-             delta_f_error=[e for _, e in truth.delta_f.values()], f_k=truth.f_k,
-             g=truth.statistical_inefficiency, n_k=truth.n_uncorrelated)
-    os.replace(tmp, path)
+    _save_atomic(path, edges=truth.edges, pmf=truth.pmf, pmf_error=truth.pmf_error,
+                 names=np.array(list(truth.delta_f)),
+                 delta_f=[v for v, _ in truth.delta_f.values()],
+                 delta_f_error=[e for _, e in truth.delta_f.values()], f_k=truth.f_k,
+                 g=truth.statistical_inefficiency, n_k=truth.n_uncorrelated)
     return truth
 
 
@@ -217,8 +222,7 @@ def with_alpha_l_run(train_set: Conformations, directory: Path, samples, topolog
         in_alpha_l = basin_masks_phi(samples.phi.reshape(-1))[1]
         start = positions[np.argmin(np.where(in_alpha_l, samples.energies.reshape(-1), np.inf))]
         run = run_from(start, ALPHA_L_PS, seed=7, desc="MD from αL/C7ax")
-        np.savez(path.with_name(path.name + ".tmp.npz"), R=run[0], F=run[1], E=run[2])
-        os.replace(path.with_name(path.name + ".tmp.npz"), path)
+        _save_atomic(path, R=run[0], F=run[1], E=run[2])
     with np.load(path) as run:
         positions, forces, energies = run["R"], run["F"], run["E"]
     phi, _ = backbone_dihedrals(positions, topology)

@@ -35,7 +35,7 @@ from ase.geometry import get_dihedrals
 
 from ase_drift import load as load_sampler
 from ase_drift import units
-from ase_drift.annealing import DEFAULT_STEP_SIZE, anneal_sampler
+from ase_drift.annealing import DEFAULT_STEP_SIZE, FORCE_DRIFT_STEP_SIZE, anneal_sampler
 from ase_drift.datasets import load, reference_runs
 from ase_drift.forces import label_positions
 from ase_drift.likelihood import COORDINATES, NCEConfig, NCEDensity, log_volume_factor
@@ -191,7 +191,7 @@ def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int,
     start = time.perf_counter()
     result = anneal_sampler(sampler, density, n, forces=source, steps=steps, seed=1000 + seed,
                             temperature_K=reference.temperature_K,
-                            step_size=DEFAULT_STEP_SIZE if drift == "exact" else 0.02,
+                            step_size=DEFAULT_STEP_SIZE if drift == "exact" else FORCE_DRIFT_STEP_SIZE,
                             exact_drift=drift == "exact")
     return {"row": summary(result.samples, reference, *reference_histogram(reference)),
             "reference_mean_energy_eV": float(reference.energies.mean()),
