@@ -21,8 +21,9 @@ x_k ~ T_k(x_{k−1}, ·). Then E[w·f(x_K)] / E[w] = E_π[f] for every K and eve
 the estimators of :class:`~ase_drift.reweighting.WeightedSamples` apply to the final frames
 unchanged, and (1/n)·Σ w is an unbiased estimate of Z_π/Z_q (Eq. 17). K = 1 is plain
 reweighting (Eq. 9). As K grows the increments shrink and the weights even out; how fast
-depends on how well one MALA step equilibrates each γ_k (it cannot move mass across torsional
-barriers, so a region q misses stays missed, as with plain reweighting).
+depends on how well one MALA step equilibrates each γ_k: it cannot move mass across torsional
+barriers, so a region q misses stays missed, as with plain reweighting, unless each level adds a
+torsion move (:mod:`ase_drift.torsions`), which turns one side of a bond in one proposal.
 
 The chains are independent, so the weighted frames are independent and the bootstrap errors of
 :class:`~ase_drift.reweighting.WeightedSamples` hold as for plain reweighting.
@@ -41,6 +42,7 @@ from . import units
 from .forces import ForceSource, LabelingError
 from .refine import MALAKernel
 from .reweighting import WeightedSamples, kish_ess, normalised_log_weights, sampler_draws
+from .torsions import TorsionMoves
 
 #: Default exponent p of the schedule β_k = (k/K)^p (:func:`power_schedule`): linear. On
 #: one-step alanine dipeptide samples (2,000 chains, 300 levels, ε = 0.02 Å) the final ESS was
@@ -80,15 +82,17 @@ class AnnealingResult(NamedTuple):
     betas: np.ndarray  # [K + 1] the schedule
     ess: np.ndarray  # [K + 1] Kish ESS fraction of the weights accumulated up to β_k
     acceptance: np.ndarray  # [K] fraction of the chains that moved at each level
-    force_evaluations: int  # frames sent to the source: n·(K + 1)
+    force_evaluations: int  # frames sent to the source: n·(K + 1), n·(2K + 1) with torsion moves
     step_size: float  # ε in Å
+    torsion_acceptance: np.ndarray  # [K] accepted torsion moves per level (NaN without them)
 
 
 def anneal(source: ForceSource, numbers, positions,
            log_prob: Callable[[np.ndarray], np.ndarray] | None, temperature_K: float,
            steps: int | None = None, *, betas=None, step_size: float = DEFAULT_STEP_SIZE,
            seed: int | None = None, masses=None, progress: bool = False,
-           log_prob_gradient: Callable[[np.ndarray], tuple] | None = None) -> AnnealingResult:
+           log_prob_gradient: Callable[[np.ndarray], tuple] | None = None,
+           torsion_moves: TorsionMoves | None = None) -> AnnealingResult:
     """Anneal frames ``positions`` ``[n, A, 3]`` (Å) drawn from the density ``log_prob`` into
     the Boltzmann distribution of ``source`` at ``temperature_K``, weighting them by Eq. 16.
 
@@ -110,10 +114,15 @@ def anneal(source: ForceSource, numbers, positions,
         log_prob_gradient: frames → (log q ``[m]``, ∇log q ``[m, A, 3]`` per Å), e.g.
             :meth:`~ase_drift.likelihood.NCEDensity.log_prob_gradient`, instead of
             ``log_prob``: the proposals then drift along ∇log γ_k exactly.
+        torsion_moves: after each level's MALA step, one torsion move per chain
+            (:meth:`~ase_drift.refine.MALAKernel.torsion_step`, also γ_k-invariant, so Eq. 16
+            is unchanged): the chains can then cross torsional barriers and carry mass into
+            rotamers that q misses as β grows.
 
     Returns:
         :class:`AnnealingResult`. Costs n·(K + 1) force evaluations and n·(K + 1) log q
-        evaluations (with gradients when ``log_prob_gradient`` is given).
+        evaluations (with gradients when ``log_prob_gradient`` is given), n·K more of each with
+        torsion moves.
     """
     if (steps is None) == (betas is None):
         raise ValueError("pass exactly one of steps= (a power schedule) or betas=")
@@ -136,12 +145,17 @@ def anneal(source: ForceSource, numbers, positions,
     levels = len(betas) - 1
     log_w = np.zeros(len(x))  # [n] Eq. 16, accumulated
     ess, acceptance = np.ones(levels + 1), np.empty(levels)
+    torsion_acceptance = np.full(levels, np.nan)
     bar = tqdm(total=levels, desc="annealing", unit="level", disable=not progress)
     for k in range(1, levels + 1):
         log_w += (betas[k] - betas[k - 1]) * (-chains.energies / kT - chains.log_q)
         ess[k] = kish_ess(log_w)
         try:
             chains, move = kernel.step(chains, rng, beta=float(betas[k]))
+            if torsion_moves is not None:
+                chains, turned = kernel.torsion_step(chains, rng, torsion_moves,
+                                                     beta=float(betas[k]))
+                torsion_acceptance[k - 1] = turned.mean()
         except LabelingError as err:
             raise LabelingError(f"annealing level {k} of {levels}: the force source failed on "
                                 f"a proposal: {err}") from err
@@ -152,13 +166,15 @@ def anneal(source: ForceSource, numbers, positions,
     reduced = chains.energies / kT  # [n] E/kT of the final frames
     samples = WeightedSamples(chains.positions, normalised_log_weights(log_w, 0.0), reduced,
                               -reduced - log_w)
+    evaluations = len(x) * (levels + 1 + (levels if torsion_moves is not None else 0))
     return AnnealingResult(samples, float(logsumexp(log_w) - np.log(len(x))), betas, ess,
-                           acceptance, len(x) * (levels + 1), float(step_size))
+                           acceptance, evaluations, float(step_size), torsion_acceptance)
 
 
 def anneal_sampler(sampler, density, n: int, *, forces: ForceSource, steps: int,
                    seed: int | None = None, temperature_K: float | None = None,
                    step_size: float = DEFAULT_STEP_SIZE, exact_drift: bool = True,
+                   torsion_moves: TorsionMoves | None = None,
                    progress: bool = True) -> AnnealingResult:
     """:func:`anneal` on ``n`` fresh samples of ``sampler`` with ``density`` as q: the
     annealed counterpart of :func:`~ase_drift.reweighting.reweight_sampler` (same arguments,
@@ -166,9 +182,10 @@ def anneal_sampler(sampler, density, n: int, *, forces: ForceSource, steps: int,
     ∇log γ_k with the density's gradient
     (:meth:`~ase_drift.likelihood.NCEDensity.log_prob_gradient`; ≈ 20 % more time per level
     on alanine dipeptide with amber); False drifts along F/kT only (best with
-    :data:`FORCE_DRIFT_STEP_SIZE`)."""
+    :data:`FORCE_DRIFT_STEP_SIZE`); ``torsion_moves`` as in :func:`anneal`."""
     positions, temperature_K = sampler_draws(sampler, density, n, seed, temperature_K)
     density_terms = ({"log_prob": None, "log_prob_gradient": density.log_prob_gradient}
                      if exact_drift else {"log_prob": density.log_prob})
     return anneal(forces, sampler.numbers, positions, temperature_K=temperature_K, steps=steps,
-                  step_size=step_size, seed=seed, progress=progress, **density_terms)
+                  step_size=step_size, seed=seed, progress=progress,
+                  torsion_moves=torsion_moves, **density_terms)

@@ -15,6 +15,7 @@ from ase.data import atomic_masses
 
 from . import units
 from .forces import ForceSource, LabelingError
+from .torsions import TorsionMoves
 
 #: Mass (amu) of the atom whose random displacement per Cartesian coordinate is ``step_size``:
 #: hydrogen. An atom of mass m moves by ``step_size``·√(m_H/m).
@@ -29,10 +30,11 @@ class MALAResult(NamedTuple):
     positions: np.ndarray  # [n, A, 3] Å, final state of each chain
     energies: np.ndarray  # [n] eV of those states
     forces: np.ndarray  # [n, A, 3] eV/Å of those states
-    accepted: np.ndarray  # [n] accepted moves per chain (int)
+    accepted: np.ndarray  # [n] accepted MALA moves per chain (int)
     acceptance: np.ndarray  # [steps] fraction of the chains that moved at each step
-    force_evaluations: int  # frames sent to the source: n·(steps + 1)
+    force_evaluations: int  # frames sent to the source: n·(steps + 1); + n·steps with torsions
     step_size: float  # ε in Å
+    torsion_acceptance: np.ndarray  # [steps] fraction of torsion moves accepted (NaN: none made)
 
     @property
     def acceptance_rate(self) -> float:
@@ -43,7 +45,7 @@ class MALAResult(NamedTuple):
 def mala(source: ForceSource, numbers, positions, temperature_K: float, steps: int,
          step_size: float = DEFAULT_STEP_SIZE, seed: int | None = None,
          callback: Callable[[int, MALAResult], None] | None = None,
-         masses=None) -> MALAResult:
+         masses=None, torsion_moves: TorsionMoves | None = None) -> MALAResult:
     """Run ``steps`` MALA steps on each frame of ``positions`` ``[n, A, 3]`` (Å), targeting the
     Boltzmann distribution π(x) ∝ exp(−E(x)/kT) of ``source`` at ``temperature_K``.
 
@@ -105,6 +107,9 @@ def mala(source: ForceSource, numbers, positions, temperature_K: float, steps: i
         masses: m_a ``[A]`` in amu for the preconditioner (default: ASE's atomic masses of
             ``numbers``); ``np.full(A, REFERENCE_MASS_AMU)`` gives the unpreconditioned
             proposal C = I. Any positive masses keep the kernel exact.
+        torsion_moves: after each MALA step, one torsion move per chain
+            (:meth:`MALAKernel.torsion_step`; exact as well): the chains then cross torsional
+            barriers, at one more force evaluation per chain and step.
 
     Returns:
         :class:`MALAResult` of the final states.
@@ -122,14 +127,20 @@ def mala(source: ForceSource, numbers, positions, temperature_K: float, steps: i
     chains = kernel.start(x)
     accepted = np.zeros(len(x), dtype=np.int64)  # [n]
     acceptance = np.empty(steps)  # [steps]
+    torsion_acceptance = np.full(steps, np.nan)  # [steps]
+    torsion_evaluations = 0 if torsion_moves is None else len(x)
 
     def state(k: int) -> MALAResult:
         return MALAResult(chains.positions, chains.energies, chains.forces, accepted.copy(),
-                          acceptance[:k].copy(), len(x) * (k + 1), float(step_size))
+                          acceptance[:k].copy(), len(x) * (k + 1) + torsion_evaluations * k,
+                          float(step_size), torsion_acceptance[:k].copy())
 
     for k in range(steps):
         try:
             chains, move = kernel.step(chains, rng)
+            if torsion_moves is not None:
+                chains, turned = kernel.torsion_step(chains, rng, torsion_moves)
+                torsion_acceptance[k] = turned.mean()
         except LabelingError as err:
             raise LabelingError(f"MALA step {k + 1} of {steps}: the force source failed on a "
                                 f"proposal: {err}") from err
@@ -207,56 +218,79 @@ class MALAKernel:
     def start(self, positions: np.ndarray) -> Chains:
         """Label the start frames ``[n, A, 3]`` (ValueError where energy or forces are not
         finite, or where log q is not when the kernel has one)."""
-        energies, forces = _labels(self.source, self.numbers, positions)
-        log_q, grad_log_q = self._log_q(positions)
-        finite = np.isfinite(energies) & np.isfinite(forces).all(axis=(1, 2))
-        if log_q is not None:
-            finite &= np.isfinite(log_q)
-        if grad_log_q is not None:
-            finite &= np.isfinite(grad_log_q).all(axis=(1, 2))
+        chains = self._evaluate(positions)
+        finite = self._finite(chains)
         if not finite.all():
             bad = int(np.flatnonzero(~finite)[0])
-            raise ValueError(f"the start frame {bad} has a non-finite energy ({energies[bad]}), "
-                             f"forces or log-density: the chains cannot start there")
-        return Chains(positions, energies, forces, log_q, grad_log_q)
+            raise ValueError(f"the start frame {bad} has a non-finite energy "
+                             f"({chains.energies[bad]}), forces or log-density: the chains "
+                             f"cannot start there")
+        return chains
 
     def step(self, chains: Chains, rng: np.random.Generator, beta: float = 1.0
              ) -> tuple[Chains, np.ndarray]:
         """One Metropolis–Hastings step of every chain, invariant for γ_β; returns the new
         state and which chains moved (bool ``[n]``). A proposal whose energy, forces or log q
         are not finite is rejected (γ_β = 0 there)."""
-        x, energies, forces, log_q, grad_log_q = chains
-        if beta < 1 and log_q is None:
-            raise ValueError("a tempered target (β < 1) needs the start density: pass log_prob or "
-                             "log_prob_gradient")
+        self._check_beta(chains, beta)
+        x = chains.positions
         xi = rng.standard_normal(x.shape)  # [n, A, 3]
         log_u = np.log(rng.random(len(x)))  # [n]
-        drift = self._drift_forces(forces, grad_log_q, beta)  # [n, A, 3] eV/Å
-        proposal = x + self.half_step * drift + self.noise_scale * xi  # [n, A, 3] Å
-        new_energies, new_forces = _labels(self.source, self.numbers, proposal)
-        new_log_q, new_grad_log_q = self._log_q(proposal)
+        drift = self._drift_forces(chains.forces, chains.grad_log_q, beta)  # [n, A, 3] eV/Å
+        proposed = self._evaluate(x + self.half_step * drift + self.noise_scale * xi)
         # ‖C^−½(x' − μ(x))‖²/ε² = ‖ξ‖²; the reverse move's residual x − μ(x'), scaled alike
-        backward = (x - proposal - self.half_step * self._drift_forces(
-            new_forces, new_grad_log_q, beta)) / self.noise_scale
-        log_q_forward = -0.5 * np.square(xi).sum(axis=(1, 2))  # [n]
-        log_q_backward = -0.5 * np.square(backward).sum(axis=(1, 2))  # [n]
-        log_alpha = (-beta * (new_energies - energies) / self.kT
-                     + log_q_backward - log_q_forward)  # [n]
-        finite = np.isfinite(new_energies) & np.isfinite(new_forces).all(axis=(1, 2))
-        if log_q is not None:
-            finite &= np.isfinite(new_log_q)
-            log_alpha = log_alpha + (1 - beta) * (new_log_q - log_q)
-        if grad_log_q is not None:
-            finite &= np.isfinite(new_grad_log_q).all(axis=(1, 2))
-        move = finite & (log_u < log_alpha)  # [n]; False for NaN
+        backward = (x - proposed.positions - self.half_step * self._drift_forces(
+            proposed.forces, proposed.grad_log_q, beta)) / self.noise_scale
+        log_proposal_ratio = 0.5 * (np.square(xi).sum(axis=(1, 2))
+                                    - np.square(backward).sum(axis=(1, 2)))  # [n]
+        return self._metropolis(chains, proposed, beta, log_u, log_proposal_ratio)
+
+    def torsion_step(self, chains: Chains, rng: np.random.Generator, moves: TorsionMoves,
+                     beta: float = 1.0) -> tuple[Chains, np.ndarray]:
+        """One torsion move of every chain (:class:`~ase_drift.torsions.TorsionMoves`, a
+        symmetric proposal), accepted with probability min(1, γ_β(x')/γ_β(x)): invariant for
+        γ_β like :meth:`step`, and able to cross torsional barriers in one move. Returns the
+        new state and which chains moved."""
+        self._check_beta(chains, beta)
+        log_u = np.log(rng.random(len(chains.positions)))  # [n]
+        proposed = self._evaluate(moves.propose(chains.positions, rng))
+        return self._metropolis(chains, proposed, beta, log_u, 0.0)
+
+    def _check_beta(self, chains: Chains, beta: float) -> None:
+        if beta < 1 and chains.log_q is None:
+            raise ValueError("a tempered target (β < 1) needs the start density: pass log_prob or "
+                             "log_prob_gradient")
+
+    def _evaluate(self, positions: np.ndarray) -> Chains:
+        """Energies, forces and (when the kernel has it) log q of frames ``[n, A, 3]``."""
+        energies, forces = _labels(self.source, self.numbers, positions)
+        return Chains(positions, energies, forces, *self._log_q(positions))
+
+    @staticmethod
+    def _finite(chains: Chains) -> np.ndarray:
+        """bool ``[n]``: energy, forces and whatever log q terms the chains carry are finite."""
+        finite = np.isfinite(chains.energies) & np.isfinite(chains.forces).all(axis=(1, 2))
+        if chains.log_q is not None:
+            finite &= np.isfinite(chains.log_q)
+        if chains.grad_log_q is not None:
+            finite &= np.isfinite(chains.grad_log_q).all(axis=(1, 2))
+        return finite
+
+    def _metropolis(self, chains: Chains, proposed: Chains, beta: float, log_u: np.ndarray,
+                    log_proposal_ratio) -> tuple[Chains, np.ndarray]:
+        """Accept each proposal where log u < log γ_β(x') − log γ_β(x) + log_proposal_ratio
+        (log T(x' → x) − log T(x → x')) and its terms are finite; (new state, moved ``[n]``)."""
+        log_alpha = -beta * (proposed.energies - chains.energies) / self.kT + log_proposal_ratio
+        if chains.log_q is not None:
+            log_alpha = log_alpha + (1 - beta) * (proposed.log_q - chains.log_q)
+        move = self._finite(proposed) & (log_u < log_alpha)  # [n]; False for NaN
 
         def keep(new, old):
             if old is None:
                 return None
             return np.where(move.reshape(-1, *[1] * (old.ndim - 1)), new, old)
 
-        return Chains(keep(proposal, x), keep(new_energies, energies), keep(new_forces, forces),
-                      keep(new_log_q, log_q), keep(new_grad_log_q, grad_log_q)), move
+        return Chains(*(keep(new, old) for new, old in zip(proposed, chains))), move
 
     def _drift_forces(self, forces: np.ndarray, grad_log_q: np.ndarray | None,
                       beta: float) -> np.ndarray:

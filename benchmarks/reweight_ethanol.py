@@ -49,6 +49,7 @@ from ase_drift.metrics import (
 )
 from ase_drift.metrics.tables import Estimate
 from ase_drift.reweighting import WeightedSamples, reweight, weighted_histogram
+from ase_drift.torsions import TorsionMoves
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
 from benchmarks.common import PAPER_DISTANCES, ROOT, gfn2, write_json, write_section
 
@@ -176,11 +177,12 @@ def summary(ws: WeightedSamples, reference, ref_hist, max_distance: float) -> di
 
 
 def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int, n: int,
-                 drift: str) -> dict:
+                 drift: str, torsions: bool = False) -> dict:
     """``n`` fresh frames of the ``kind`` sampler annealed over ``steps`` levels (Eqs. 15–17)
     with its internal-coordinate density (fitted as in :func:`run_seed`, kept on disk),
     proposals drifting along the tempered target's gradient (``drift`` "exact") or F/kT
-    ("force")."""
+    ("force"), and with ``torsions`` a torsion move per level about each of ethanol's
+    rotatable bonds (the methyl and the hydroxyl, read from the reference's first frame)."""
     sampler = drift_sampler(train_set, seed, kind)
     path = ROOT / "bench_out" / f"{SAMPLERS[kind][0]}-seed{seed}.internal.nce.pt"
     if path.exists():
@@ -188,15 +190,21 @@ def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int,
     else:
         density = NCEDensity.fit(sampler, n=N_FIT, config=DENSITY, seed=seed)
         density.save(path)
+    moves = (TorsionMoves.from_frame(reference.numbers, reference.positions[0]) if torsions
+             else None)
     start = time.perf_counter()
     result = anneal_sampler(sampler, density, n, forces=source, steps=steps, seed=1000 + seed,
                             temperature_K=reference.temperature_K,
                             step_size=DEFAULT_STEP_SIZE if drift == "exact" else FORCE_DRIFT_STEP_SIZE,
-                            exact_drift=drift == "exact")
+                            exact_drift=drift == "exact", torsion_moves=moves)
     return {"row": summary(result.samples, reference, *reference_histogram(reference)),
             "reference_mean_energy_eV": float(reference.energies.mean()),
             "acceptance": float(result.acceptance.mean()), "n": n, "steps": steps,
-            "drift": drift, "step_size": result.step_size,
+            "drift": drift, "step_size": result.step_size, "torsion_moves": torsions,
+            "torsion_acceptance": (float(np.mean(result.torsion_acceptance)) if torsions
+                                   else None),
+            "trans_fraction": float(np.sum(result.samples.weights * hydroxyl_trans(
+                result.samples.positions, hydroxyl_torsion_atoms(reference)))),
             "seconds": time.perf_counter() - start}
 
 
@@ -259,27 +267,41 @@ def unbiased_table(results: dict) -> str:
                      [1000 * (r["rows"][name]["mean_energy_eV"][0]
                               - r["reference_mean_energy_eV"]) for r in runs],
                      [r["rows"][name]["dF_gauche_trans"][0] for r in runs]])
-    annealed = sorted(k for k in results if k.startswith("annealed unbiased "))
-    setups = sorted({(results[k]["steps"], results[k].get("drift", "force")) for k in annealed})
-    for levels, drift in setups:
-        runs = [results[k] for k in annealed
-                if (results[k]["steps"], results[k].get("drift", "force")) == (levels, drift)]
+    annealed, timing = annealed_rows(results, "unbiased")
+    rows += annealed
+    rows.append(["run 0 itself", "—", "—", results[keys[0]]["training_tvd"], "—", "—"])
+    minutes = " / ".join(f"{np.mean([results[k]['seconds'][s] for k in keys]) / 60:.1f}"
+                         for s in ("train", "fit", "label"))
+    return (render_table(header, rows, digits=[0, 0, 5, 3, 1, 2])
+            + f"\n\nMinutes per seed (train / fit / label): {minutes}.{timing}")
+
+
+def annealed_rows(results: dict, kind: str) -> tuple[list, str]:
+    """Table rows of the ``kind`` sampler's annealed runs, one per setup (levels, drift,
+    torsion moves) with its seeds, and a sentence of their wall times."""
+    annealed = sorted(k for k in results if k.startswith(f"annealed {kind} "))
+
+    def setup(r: dict) -> tuple:
+        return r["steps"], r.get("drift", "force"), r.get("torsion_moves", False)
+
+    rows = []
+    for levels, drift, torsions in sorted({setup(results[k]) for k in annealed}):
+        runs = [results[k] for k in annealed if setup(results[k]) == (levels, drift, torsions)]
         how = "∇log γ_k, ε 0.03 Å" if drift == "exact" else "F/kT, ε 0.02 Å"
+        turns = (f", torsion moves accepted {np.mean([r['torsion_acceptance'] for r in runs]):.2f}"
+                 if torsions else "")
         name = (f"drift, annealed over {levels} levels ({how}; {runs[0]['n']:,} frames, "
-                f"acceptance {np.mean([r['acceptance'] for r in runs]):.2f})")
+                f"acceptance {np.mean([r['acceptance'] for r in runs]):.2f}{turns})")
         rows.append([name, len(runs),
                      [r["row"]["ess"] for r in runs], [r["row"]["tvd"] for r in runs],
                      [1000 * (r["row"]["mean_energy_eV"][0] - r["reference_mean_energy_eV"])
                       for r in runs], [r["row"]["dF_gauche_trans"][0] for r in runs]])
-    rows.append(["run 0 itself", "—", "—", results[keys[0]]["training_tvd"], "—", "—"])
-    minutes = " / ".join(f"{np.mean([results[k]['seconds'][s] for k in keys]) / 60:.1f}"
-                         for s in ("train", "fit", "label"))
-    annealing = "".join(
+    timing = "".join(
         f" Annealing over {results[k]['steps']} levels "
-        f"({results[k].get('drift', 'force')} drift), seed {k.split()[-1]}: "
-        f"{results[k]['seconds'] / 60:.1f} min." for k in annealed)
-    return (render_table(header, rows, digits=[0, 0, 5, 3, 1, 2])
-            + f"\n\nMinutes per seed (train / fit / label): {minutes}.{annealing}")
+        f"({results[k].get('drift', 'force')} drift"
+        f"{', torsion moves' if results[k].get('torsion_moves') else ''}), seed "
+        f"{k.split()[-1]}: {results[k]['seconds'] / 60:.1f} min." for k in annealed)
+    return rows, timing
 
 
 def table(results: dict) -> str:
@@ -295,6 +317,8 @@ def table(results: dict) -> str:
                      [r["tvd"] for r in runs],
                      [1000 * (r["mean_energy_eV"][0] - ref_energy) for r in runs],
                      [r["dF_gauche_trans"][0] for r in runs]])
+    annealed, timing = annealed_rows(results, "biased")
+    rows += annealed
     for name in ("training set", "reference MD"):
         r = ref[name]
         rows.append([name, "—", "—", r["tvd"],
@@ -318,7 +342,7 @@ def table(results: dict) -> str:
              f"std(E/kT) {np.mean([r['std_reduced_energy'] for r in per_seed]):.2f}; minutes per "
              f"seed (train / fit / label): " + " / ".join(
                  f"{np.mean([r['seconds'][k] for r in per_seed]) / 60:.1f}"
-                 for k in ("train", "fit", "label")) + ".")
+                 for k in ("train", "fit", "label")) + "." + timing)
     for coordinates in COORDINATES:
         check = results.get(f"density check ({coordinates})")
         if check is None:
@@ -343,10 +367,12 @@ def main(argv=None) -> None:
                         help="also a sampler trained on reference run 0 and scored on run 1, "
                              "for these seeds")
     parser.add_argument("--anneal-steps", type=int, default=0, metavar="K",
-                        help="with --unbiased: also anneal fresh frames over K levels")
+                        help="also anneal fresh frames of every sampler run over K levels")
     parser.add_argument("--anneal-n", type=int, default=2000, help="frames to anneal")
     parser.add_argument("--anneal-drift", choices=("exact", "force"), default="exact",
                         help="AIS proposals along ∇log γ_k (ε 0.03 Å) or F/kT (ε 0.02 Å)")
+    parser.add_argument("--torsion-moves", action="store_true",
+                        help="AIS: a torsion move per level after the MALA step")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--docs", action="store_true", help="write the table into the docs")
     args = parser.parse_args(argv)
@@ -361,25 +387,26 @@ def main(argv=None) -> None:
             if f"density check ({coordinates})" not in results:
                 results[f"density check ({coordinates})"] = density_check(reference, coordinates)
                 write_json(args.results, results)
-        for seed in args.seeds[:1] if args.quick else args.seeds:
-            if f"seed {seed}" in results:
-                continue
-            results[f"seed {seed}"] = run_seed(seed, train_set, reference, source)
-            print(json.dumps(results[f"seed {seed}"], indent=1), flush=True)
-            write_json(args.results, results)
         runs = reference_runs(DATASET)
-        for seed in args.unbiased:
-            if f"unbiased seed {seed}" not in results:
-                results[f"unbiased seed {seed}"] = run_seed(
-                    seed, reference[runs == 0], reference[runs == 1], source, "unbiased")
+        samplers = [("biased", seed, train_set, reference)
+                    for seed in (args.seeds[:1] if args.quick else args.seeds)]
+        samplers += [("unbiased", seed, reference[runs == 0], reference[runs == 1])
+                     for seed in args.unbiased]
+        for kind, seed, data, scored_on in samplers:
+            name = f"seed {seed}" if kind == "biased" else f"unbiased seed {seed}"
+            if name not in results:
+                results[name] = run_seed(seed, data, scored_on, source, kind)
+                print(json.dumps(results[name], indent=1), flush=True)
                 write_json(args.results, results)
             # the F/kT-drift rows came first, without a drift in their key
-            key = (f"annealed unbiased K={args.anneal_steps}"
-                   f"{' exact-drift' if args.anneal_drift == 'exact' else ''} seed {seed}")
+            key = (f"annealed {kind} K={args.anneal_steps}"
+                   f"{' exact-drift' if args.anneal_drift == 'exact' else ''}"
+                   f"{' torsions' if args.torsion_moves else ''} seed {seed}")
             if args.anneal_steps and key not in results:
-                results[key] = run_annealed(seed, reference[runs == 0], reference[runs == 1],
-                                            source, "unbiased", args.anneal_steps, args.anneal_n,
-                                            args.anneal_drift)
+                results[key] = run_annealed(seed, data, scored_on, source, kind,
+                                            args.anneal_steps, args.anneal_n, args.anneal_drift,
+                                            args.torsion_moves)
+                print(json.dumps(results[key], indent=1), flush=True)
                 write_json(args.results, results)
     text = table(results)
     unbiased = unbiased_table(results)
