@@ -174,18 +174,20 @@ def anneal(source: ForceSource, numbers, positions,
 def anneal_sampler(sampler, density, n: int, *, forces: ForceSource, steps: int,
                    seed: int | None = None, temperature_K: float | None = None,
                    step_size: float = DEFAULT_STEP_SIZE, exact_drift: bool = True,
-                   torsion_moves: TorsionMoves | None = None,
-                   progress: bool = True) -> AnnealingResult:
+                   torsion_moves: bool = False, progress: bool = True) -> AnnealingResult:
     """:func:`anneal` on ``n`` fresh samples of ``sampler`` with ``density`` as q: the
     annealed counterpart of :func:`~ase_drift.reweighting.reweight_sampler` (same arguments,
     same checks; ``steps`` = K of :func:`power_schedule`). ``exact_drift``: propose along
     ∇log γ_k with the density's gradient
     (:meth:`~ase_drift.likelihood.NCEDensity.log_prob_gradient`; ≈ 20 % more time per level
     on alanine dipeptide with amber); False drifts along F/kT only (best with
-    :data:`FORCE_DRIFT_STEP_SIZE`); ``torsion_moves`` as in :func:`anneal`."""
+    :data:`FORCE_DRIFT_STEP_SIZE`); ``torsion_moves``: a torsion move per level as in
+    :func:`anneal`, about the rotatable bonds of the draws
+    (:meth:`~ase_drift.torsions.TorsionMoves.from_frames`)."""
     positions, temperature_K = sampler_draws(sampler, density, n, seed, temperature_K)
     density_terms = ({"log_prob": None, "log_prob_gradient": density.log_prob_gradient}
                      if exact_drift else {"log_prob": density.log_prob})
     return anneal(forces, sampler.numbers, positions, temperature_K=temperature_K, steps=steps,
                   step_size=step_size, seed=seed, progress=progress,
-                  torsion_moves=torsion_moves, **density_terms)
+                  torsion_moves=(TorsionMoves.from_frames(sampler.numbers, positions)
+                                 if torsion_moves else None), **density_terms)

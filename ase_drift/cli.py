@@ -297,7 +297,7 @@ def cmd_sample(args) -> int:
     if refine is not None:
         info.update(refine_calculator=args.refine, refine_steps=args.refine_steps,
                     refine_step_size_angstrom=refine.keywords["step_size"])
-    accepted = 0
+    accepted, moves = 0, None
     start = time.perf_counter()
     # Streamed batch by batch: any n fits in memory, and a failure leaves no half-written file.
     with FrameWriter(output, sampler.numbers, info, n_frames=args.n) as out, \
@@ -307,15 +307,21 @@ def cmd_sample(args) -> int:
             if refine is None:
                 out.write(positions)
             else:  # each batch's chains from their own seed: reproducible, streamable
-                chains = refine(positions=positions, seed=(seed + batch) % MAX_SEED)
+                if args.torsion_moves and moves is None:  # bonds of the first batch, kept
+                    from .torsions import TorsionMoves
+
+                    moves = TorsionMoves.from_frames(sampler.numbers, positions)
+                chains = refine(positions=positions, seed=(seed + batch) % MAX_SEED,
+                                torsion_moves=moves)
                 out.write(chains.positions, chains.energies, chains.forces)
                 accepted += int(chains.accepted.sum())
             bar.update(len(positions))
     elapsed = time.perf_counter() - start
     written = f"{output} (topology {topology_path(output)})" if output.suffix == ".dcd" else output
     what = "" if refine is None else (
-        f", each refined by {args.refine_steps} MALA steps with {args.refine} (acceptance "
-        f"{accepted / max(1, args.n * args.refine_steps):.2f})")
+        f", each refined by {args.refine_steps} MALA steps"
+        f"{' and torsion moves' if args.torsion_moves else ''} with {args.refine} (MALA "
+        f"acceptance {accepted / max(1, args.n * args.refine_steps):.2f})")
     print(f"sampled {args.n} conformations with {sampler!r} (seed {seed}){what} in "
           f"{elapsed:.3f} s -> {written}")
     return 0
@@ -345,8 +351,9 @@ def cmd_generate(args) -> int:
 def _refinement(args, sampler):
     """``--refine``: MALA on each batch (a partial of :func:`ase_drift.refine.mala`), or None."""
     if args.refine is None:
-        if args.refine_steps or args.refine_step_size is not None:
-            raise ValueError("--refine-steps and --refine-step-size need --refine CALC")
+        if args.refine_steps or args.refine_step_size is not None or args.torsion_moves:
+            raise ValueError("--refine-steps, --refine-step-size and --torsion-moves need "
+                             "--refine CALC")
         return None
     from functools import partial
 
@@ -375,8 +382,8 @@ def cmd_reweight(args) -> int:
     if output.suffix not in LABELLED_SUFFIXES:
         raise ValueError(f"-o {output}: weighted frames are written as "
                          f"{', '.join(LABELLED_SUFFIXES)} (formats that keep per-frame info)")
-    if args.anneal_step_size is not None and not args.anneal_steps:
-        raise ValueError("--anneal-step-size needs --anneal-steps K")
+    if (args.anneal_step_size is not None or args.torsion_moves) and not args.anneal_steps:
+        raise ValueError("--anneal-step-size and --torsion-moves need --anneal-steps K")
     source = source_from_spec(args.calculator)  # an unknown kind fails before any work
     sampler = load(args.model)
     density = NCEDensity.for_model(args.model, n=args.fit_samples, steps=args.fit_steps,
@@ -389,6 +396,7 @@ def cmd_reweight(args) -> int:
                      else args.anneal_step_size)
         weighted = anneal_sampler(sampler, density, args.n, forces=source, steps=args.anneal_steps,
                                   seed=args.seed, step_size=step_size,
+                                  torsion_moves=args.torsion_moves,
                                   progress=sys.stderr.isatty()).samples
     else:
         weighted = reweight_sampler(sampler, density, args.n, forces=source, seed=args.seed,
@@ -606,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine-step-size", type=float, metavar="Å",
                    help="MALA step for a hydrogen atom, Å (default 0.03; heavier atoms move "
                         "less, by √(m_H/m))")
+    p.add_argument("--torsion-moves", action="store_true",
+                   help="after each MALA step, an exact move that turns one side of a "
+                        "rotatable bond (crosses torsional barriers; one more force call)")
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("generate", parents=[debug],
@@ -660,6 +671,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(0: plain reweighting; docs/likelihoods.md, Eqs. 15-17)")
     p.add_argument("--anneal-step-size", type=float, metavar="Å",
                    help="MALA step for a hydrogen atom, Å (default 0.03)")
+    p.add_argument("--torsion-moves", action="store_true",
+                   help="annealing: a torsion move per level after the MALA step (carries "
+                        "chains across torsional barriers into rotamers the density misses)")
     p.add_argument("-o", "--output", required=True,
                    help="weighted frames (weight, log_weight, energy_kT in each frame's info): "
                         + ", ".join(LABELLED_SUFFIXES))

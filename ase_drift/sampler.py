@@ -207,7 +207,7 @@ class TemplateSampler:
                 f"model {''.join(chemical_symbols[z] for z in expected)})")
 
     def sample(self, atoms, n: int, seed: int | None = None, refine=None, refine_steps: int = 0,
-               refine_step_size: float | None = None) -> list:
+               refine_step_size: float | None = None, refine_torsions: bool = False) -> list:
         """``n`` copies of ``atoms`` with sampled positions, centred on the template's centroid.
 
         The template's cell, pbc and info are kept; calculators and stored results are not.
@@ -218,14 +218,17 @@ class TemplateSampler:
         default :data:`~ase_drift.refine.DEFAULT_STEP_SIZE`; its seed is ``seed``). Each
         returned Atoms then carries its energy (eV) and forces (eV/Å) in a
         ``SinglePointCalculator``, and ``info["mala_steps"]`` and ``info["mala_acceptance"]``
-        (its chain's accepted fraction of moves).
+        (its chain's accepted fraction of MALA moves). ``refine_torsions`` adds a torsion move
+        after each MALA step (:mod:`ase_drift.torsions`, about the rotatable bonds of the
+        samples; one more force evaluation per step), so that the chains also cross torsional
+        barriers.
         """
         if isinstance(refine_steps, bool) or not isinstance(refine_steps, (int, np.integer)) \
                 or refine_steps < 0:
             raise ValueError(f"refine_steps must be a non-negative integer, got {refine_steps!r}")
-        if refine is None and (refine_steps or refine_step_size is not None):
-            raise ValueError("refine_steps and refine_step_size need a force source: pass "
-                             "refine=")
+        if refine is None and (refine_steps or refine_step_size is not None or refine_torsions):
+            raise ValueError("refine_steps, refine_step_size and refine_torsions need a force "
+                             "source: pass refine=")
         if refine is not None and not hasattr(refine, "compute"):
             raise TypeError(f"refine must be a ForceSource, got {type(refine).__name__}; wrap "
                             f"an ASE calculator as ase_drift.forces.CalculatorForces(calc)")
@@ -240,10 +243,13 @@ class TemplateSampler:
         from ase.calculators.singlepoint import SinglePointCalculator
 
         from .refine import DEFAULT_STEP_SIZE, mala
+        from .torsions import TorsionMoves
 
         chains = mala(refine, self.numbers, positions, temperature_K, refine_steps,
                       step_size=DEFAULT_STEP_SIZE if refine_step_size is None
-                      else refine_step_size, seed=seed)
+                      else refine_step_size, seed=seed,
+                      torsion_moves=(TorsionMoves.from_frames(self.numbers, positions)
+                                     if refine_torsions else None))
         centred = chains.positions - chains.positions.mean(axis=1, keepdims=True)  # [n, A, 3]
         frames = atoms_from_positions(atoms, centred + atoms.positions.mean(axis=0))
         for frame, energy, forces, accepted in zip(frames, chains.energies, chains.forces,

@@ -35,15 +35,19 @@ class RotatableBond(NamedTuple):
 
 
 def bond_graph(numbers, positions: np.ndarray) -> list[list[int]]:
-    """Each atom's bonded neighbours in one frame ``[A, 3]`` (Å): ASE's natural cutoffs
-    (covalent radii)."""
-    from ase import Atoms
-    from ase.neighborlist import NeighborList, natural_cutoffs
+    """Each atom's bonded neighbours in a frame ``[A, 3]`` or frames ``[n, A, 3]`` (Å): the
+    project's bonds (:func:`ase_drift.metrics.covalent_bonds`, mean distance below 1.2 × the
+    sum of the covalent radii)."""
+    from .metrics import covalent_bonds, pair_indices
 
-    atoms = Atoms(numbers=np.asarray(numbers), positions=np.asarray(positions, dtype=float))
-    neighbours = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=True)
-    neighbours.update(atoms)
-    return [sorted(int(b) for b in neighbours.get_neighbors(a)[0]) for a in range(len(atoms))]
+    numbers = np.asarray(numbers)
+    frames = np.asarray(positions, dtype=np.float64).reshape(-1, len(numbers), 3)
+    i, j = pair_indices(len(numbers))
+    neighbours: list[list[int]] = [[] for _ in numbers]
+    for pair in covalent_bonds(numbers, frames):
+        neighbours[int(i[pair])].append(int(j[pair]))
+        neighbours[int(j[pair])].append(int(i[pair]))
+    return [sorted(row) for row in neighbours]
 
 
 def _side(bonded: list[list[int]], start: int, cut: int) -> set[int]:
@@ -60,7 +64,8 @@ def _side(bonded: list[list[int]], start: int, cut: int) -> set[int]:
 
 
 def rotatable_bonds(numbers, positions: np.ndarray) -> list[RotatableBond]:
-    """Every bond of one frame ``[A, 3]`` (Å) (:func:`bond_graph`) that lies on no ring and has
+    """Every bond (:func:`bond_graph` of a frame ``[A, 3]`` or frames ``[n, A, 3]``, Å) that lies
+    on no ring and has
     at least two atoms on each side, i.e. turning one side about it moves something; the side
     with fewer atoms moves (on a tie, the side of the higher-indexed atom). Methyl rotors and
     peptide bonds are included, and so are double bonds (bond orders are not read from the
@@ -103,13 +108,13 @@ class TorsionMoves:
     """The proposal of the module docstring: per frame, a bond drawn uniformly from ``bonds``
     and an angle uniformly from [−``max_angle``, ``max_angle``] (rad).
 
-    Build it from one frame of the molecule with :meth:`from_frame`; the bond list stays fixed
+    Build it from frames of the molecule with :meth:`from_frames`; the bond list stays fixed
     (a proposal whose bonds depended on the current frame would not be symmetric).
     """
 
     def __init__(self, bonds: list[RotatableBond], max_angle: float = np.pi):
         if not bonds:
-            raise ValueError("torsion moves need at least one rotatable bond (a single bond on "
+            raise ValueError("torsion moves need at least one rotatable bond (a bond on "
                              "no ring with two or more atoms on each side)")
         if not (np.isfinite(max_angle) and 0 < max_angle <= np.pi):
             raise ValueError(f"max_angle must lie in (0, π] rad, got {max_angle!r}")
@@ -117,9 +122,15 @@ class TorsionMoves:
         self.max_angle = float(max_angle)
 
     @classmethod
-    def from_frame(cls, numbers, positions: np.ndarray, max_angle: float = np.pi
-                   ) -> TorsionMoves:
-        """Moves about every :func:`rotatable_bonds` of one frame ``[A, 3]`` (Å)."""
+    def from_frames(cls, numbers, positions: np.ndarray, max_angle: float = np.pi
+                    ) -> TorsionMoves:
+        """Moves about every :func:`rotatable_bonds` of a frame ``[A, 3]`` or of frames
+        ``[n, A, 3]`` (Å; at most 1,000 of them are read)."""
+        from .internal_coordinates import evenly_spaced
+
+        positions = np.asarray(positions)
+        if positions.ndim == 3:
+            positions = evenly_spaced(positions, 1000)
         return cls(rotatable_bonds(numbers, positions), max_angle)
 
     def propose(self, positions: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -49,7 +49,6 @@ from ase_drift.metrics import (
 )
 from ase_drift.metrics.tables import Estimate
 from ase_drift.reweighting import WeightedSamples, reweight, weighted_histogram
-from ase_drift.torsions import TorsionMoves
 from ase_drift.training import ProgressBar, TrainConfig, Trainer
 from benchmarks.common import PAPER_DISTANCES, ROOT, gfn2, write_json, write_section
 
@@ -182,7 +181,7 @@ def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int,
     with its internal-coordinate density (fitted as in :func:`run_seed`, kept on disk),
     proposals drifting along the tempered target's gradient (``drift`` "exact") or F/kT
     ("force"), and with ``torsions`` a torsion move per level about each of ethanol's
-    rotatable bonds (the methyl and the hydroxyl, read from the reference's first frame)."""
+    rotatable bonds (the methyl and the hydroxyl)."""
     sampler = drift_sampler(train_set, seed, kind)
     path = ROOT / "bench_out" / f"{SAMPLERS[kind][0]}-seed{seed}.internal.nce.pt"
     if path.exists():
@@ -190,13 +189,11 @@ def run_annealed(seed: int, train_set, reference, source, kind: str, steps: int,
     else:
         density = NCEDensity.fit(sampler, n=N_FIT, config=DENSITY, seed=seed)
         density.save(path)
-    moves = (TorsionMoves.from_frame(reference.numbers, reference.positions[0]) if torsions
-             else None)
     start = time.perf_counter()
     result = anneal_sampler(sampler, density, n, forces=source, steps=steps, seed=1000 + seed,
                             temperature_K=reference.temperature_K,
                             step_size=DEFAULT_STEP_SIZE if drift == "exact" else FORCE_DRIFT_STEP_SIZE,
-                            exact_drift=drift == "exact", torsion_moves=moves)
+                            exact_drift=drift == "exact", torsion_moves=torsions)
     return {"row": summary(result.samples, reference, *reference_histogram(reference)),
             "reference_mean_energy_eV": float(reference.energies.mean()),
             "acceptance": float(result.acceptance.mean()), "n": n, "steps": steps,

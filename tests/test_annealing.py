@@ -187,8 +187,12 @@ def test_cli_reweight_with_annealing_writes_weighted_frames(tiny_model, tmp_path
     frames = ase.io.read(out, ":")
     weights = np.array([atoms.info["weight"] for atoms in frames])
     assert len(frames) == 12 and weights.sum() == pytest.approx(1.0)
-    assert main(common + ["--anneal-step-size", "0.01", "-o", str(out)]) == 2
-    assert "--anneal-step-size needs --anneal-steps" in capsys.readouterr().err
+    assert main(common + ["--anneal-steps", "3", "--torsion-moves", "-o", str(out)]) == 0
+    assert len(ase.io.read(out, ":")) == 12
+    capsys.readouterr()
+    for bad in (["--anneal-step-size", "0.01"], ["--torsion-moves"]):
+        assert main(common + [*bad, "-o", str(out)]) == 2
+        assert "--torsion-moves need --anneal-steps" in capsys.readouterr().err
 
 
 def test_explicit_schedules_seeds_and_masses_are_used():
@@ -234,6 +238,12 @@ def test_anneal_sampler_uses_its_arguments(tiny_model):
     assert first.step_size == 0.005
     energies = spring.compute(sampler.numbers, first.samples.positions).energies
     np.testing.assert_allclose(first.samples.reduced_energies, energies / KT)
+    assert np.isnan(first.torsion_acceptance).all()
+    turned = anneal_sampler(sampler, density, 16, forces=spring, steps=2, seed=3,
+                            temperature_K=T, step_size=0.005, torsion_moves=True,
+                            progress=False)
+    assert np.isfinite(turned.torsion_acceptance).all()  # ethanol: the methyl and the hydroxyl
+    assert turned.force_evaluations == 16 * (2 + 1 + 2)
 
 
 class _WalledSprings:

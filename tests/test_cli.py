@@ -153,7 +153,7 @@ def test_sample_refines_with_a_calculator_and_writes_its_labels(model_file, tmp_
     out = tmp_path / "refined.extxyz"
     assert main(["sample", str(model_file), "-n", "4", "--seed", "1", "--refine", "emt",
                  "--refine-steps", "2", "-o", str(out)]) == 0
-    assert "2 MALA steps with emt (acceptance" in capsys.readouterr().out
+    assert "2 MALA steps with emt (MALA acceptance" in capsys.readouterr().out
     import ase.io
 
     frames = ase.io.read(out, ":")
@@ -162,9 +162,15 @@ def test_sample_refines_with_a_calculator_and_writes_its_labels(model_file, tmp_
         stored = atoms.get_potential_energy()
         atoms.calc = EMT()
         assert atoms.get_potential_energy() == pytest.approx(stored, abs=1e-6)
-    assert main(["sample", str(model_file), "-n", "4", "--refine-steps", "2",
-                 "-o", str(tmp_path / "x.extxyz")]) == 2
-    assert "--refine-steps and --refine-step-size need --refine" in capsys.readouterr().err
+    assert main(["sample", str(model_file), "-n", "4", "--seed", "1", "--refine", "emt",
+                 "--refine-steps", "2", "--torsion-moves", "-o", str(out)]) == 0
+    assert "2 MALA steps and torsion moves with emt" in capsys.readouterr().out
+    turned = ase.io.read(out, ":")
+    assert not np.allclose(turned[0].positions, frames[0].positions)  # other moves, same seed
+    for bad in (["--refine-steps", "2"], ["--torsion-moves"]):
+        assert main(["sample", str(model_file), "-n", "4", *bad,
+                     "-o", str(tmp_path / "x.extxyz")]) == 2
+        assert "--torsion-moves need --refine" in capsys.readouterr().err
 
 
 def test_sample_in_bf16_is_close_to_fp32(model_file, tmp_path):

@@ -314,12 +314,13 @@ def test_refine_uses_the_sampler_temperature(water_sampler, water, monkeypatch):
     monkeypatch.setattr(ase_drift.refine, "mala", spy)
     water_sampler.sample(water, 2, seed=3, refine=CalculatorForces(EMT()), refine_steps=1,
                          refine_step_size=0.01)
-    assert seen == [(TEMPERATURE_K, 1, {"step_size": 0.01, "seed": 3})]
+    assert seen == [(TEMPERATURE_K, 1, {"step_size": 0.01, "seed": 3, "torsion_moves": None})]
 
 
 @pytest.mark.parametrize(("kwargs", "error", "message"), [
     ({"refine_steps": 3}, ValueError, "need a force source"),
     ({"refine_step_size": 0.01}, ValueError, "need a force source"),
+    ({"refine_torsions": True}, ValueError, "need a force source"),
     ({"refine_steps": -1, "refine": "emt"}, ValueError, "non-negative integer, got -1"),
     ({"refine_steps": 1.5, "refine": "emt"}, ValueError, "non-negative integer, got 1.5"),
     ({"refine": EMT()}, TypeError, "must be a ForceSource, got EMT; wrap"),

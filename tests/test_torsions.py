@@ -142,7 +142,7 @@ def test_rotation_is_rigid_on_each_side_and_turns_the_dihedral_by_the_angle():
 
 def test_proposals_pick_bonds_uniformly_and_angles_within_the_range():
     ethanol = molecule("CH3CH2OH")
-    moves = TorsionMoves.from_frame(ethanol.numbers, ethanol.positions, max_angle=1.0)
+    moves = TorsionMoves.from_frames(ethanol.numbers, ethanol.positions, max_angle=1.0)
     frames = np.repeat(ethanol.positions[None], 4000, 0)
     proposed = moves.propose(frames, np.random.default_rng(0))
     moved_hydroxyl = np.abs(proposed[:, 3] - frames[:, 3]).sum(-1) > 0
@@ -170,13 +170,13 @@ def test_bad_moves_are_refused():
             TorsionMoves([bond], max_angle=bad)
     benzene = molecule("C6H6")
     with pytest.raises(ValueError, match="rotatable bond"):
-        TorsionMoves.from_frame(benzene.numbers, benzene.positions)
+        TorsionMoves.from_frames(benzene.numbers, benzene.positions)
 
 
 def test_mala_with_torsion_moves_samples_the_dihedral_marginal():
     """From the lower well only, 2,000 independent chains of 150 MALA + torsion steps reach
     the exact φ-marginal (both wells); without torsion moves they stay in the start well."""
-    moves = TorsionMoves.from_frame(NUMBERS, chain_frames(1, 1.0)[0])
+    moves = TorsionMoves.from_frames(NUMBERS, chain_frames(1, 1.0)[0])
     start = chain_frames(2000, np.pi / 2)
     result = mala(ChainForces(), NUMBERS, start, T, 150, seed=0, torsion_moves=moves)
     phi = torsion(result.positions)
@@ -203,7 +203,7 @@ def test_torsion_step_is_invariant_for_tempered_targets():
         return (-well_potential(phi) - 3 * torch.sin(phi)).numpy()
 
     kernel = MALAKernel(source, NUMBERS, KT, 0.03, log_prob=log_q)
-    moves = TorsionMoves.from_frame(NUMBERS, chain_frames(1, 1.0)[0])
+    moves = TorsionMoves.from_frames(NUMBERS, chain_frames(1, 1.0)[0])
     chains = kernel.start(chain_frames(3000, np.pi / 2))
     rng = np.random.default_rng(1)
     for _ in range(60):
@@ -223,7 +223,7 @@ def test_annealing_with_torsion_moves_recovers_a_well_that_q_nearly_misses():
     without them."""
     tilt = lambda p: 3 * (1 - torch.sin(p))
     tilted = ChainForces(tilt)
-    moves = TorsionMoves.from_frame(NUMBERS, chain_frames(1, 1.0)[0])
+    moves = TorsionMoves.from_frames(NUMBERS, chain_frames(1, 1.0)[0])
     start = mala(tilted, NUMBERS, chain_frames(2000, np.pi / 2), T, 150, seed=2,
                  torsion_moves=moves).positions
 
