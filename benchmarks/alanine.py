@@ -18,7 +18,8 @@ by:
 - the fraction of mirror-image (D) samples, before and after :func:`restore_chirality` (a
   reflection; the scores above are after it).
 
-``--refine-steps K …`` adds rows for each sampler's draws after K exact MALA steps with the
+``--refine-steps K …`` adds rows for each sampler's draws after K exact MALA steps (with
+``--torsion-moves``, each followed by a torsion move, :mod:`ase_drift.torsions`) with the
 amber force field (:func:`ase_drift.refine.mala`, default step size; acceptance and cost in the
 last columns): the one-step samples as a warm start of an exact sampler. A sampler's raw draws
 are kept in ``benchmarks/results/samples`` under the digest of its training set, so runs
@@ -80,6 +81,7 @@ from ase_drift.peptides import (
     topology_from_pdb,
 )
 from ase_drift.refine import mala
+from ase_drift.torsions import TorsionMoves
 from ase_drift.training import TrainConfig, Trainer, progress_hook
 from ase_drift.units import kT
 from benchmarks.common import PAPER_DISTANCES, ROOT, write_json, write_section
@@ -206,16 +208,19 @@ def train(train_set: Conformations, config: TrainConfig, desc: str) -> tuple[np.
 
 
 def score_draws(positions: np.ndarray, reference: Conformations, ref_angles, topology,
-                forces: OpenMMForces, refine_steps: int = 0, seed: int = 0) -> dict:
+                forces: OpenMMForces, refine_steps: int = 0, seed: int = 0,
+                torsion_moves: TorsionMoves | None = None) -> dict:
     """Scores of a sampler's draws, mirror images already reflected back
     (:func:`restore_chirality`), after ``refine_steps`` MALA steps with the amber force field at
     the reference's temperature (:func:`ase_drift.refine.mala`, default step size, proposals
     seeded by ``seed``), the acceptance and cost among them."""
     start = time.perf_counter()
     chains = mala(forces, reference.numbers, positions, reference.temperature_K, refine_steps,
-                  seed=seed)
+                  seed=seed, torsion_moves=torsion_moves)
     refined = {"refine_steps": refine_steps, "refine_s": time.perf_counter() - start,
-               "acceptance": chains.acceptance_rate}
+               "acceptance": chains.acceptance_rate,
+               "torsion_acceptance": float(np.mean(chains.torsion_acceptance))
+               if refine_steps and torsion_moves is not None else None}
     return dict(scores(chains.positions, reference, ref_angles, topology, chains.energies),
                 **refined, **strain(chains.energies, chains.forces, reference, topology))
 
@@ -291,6 +296,8 @@ def main():
     parser.add_argument("--results", type=Path)
     parser.add_argument("--training-sets", nargs="+", choices=TRAINING_SETS,
                         default=list(TRAINING_SETS), help="train on these sets only")
+    parser.add_argument("--torsion-moves", action="store_true",
+                        help="each refinement step adds a torsion move (rows named so)")
     parser.add_argument("--refine-steps", type=int, nargs="*", default=[],
                         help="also score each sampler's draws after these numbers of MALA "
                              "steps with the amber force field")
@@ -330,6 +337,8 @@ def main():
     held_out = np.setdiff1d(np.arange(len(reference)), picked)
     reference, runs = reference[held_out], runs[held_out]
     ref_angles = backbone_dihedrals(reference.positions, topology)
+    moves = (TorsionMoves.from_frames(reference.numbers, reference.positions)
+             if args.torsion_moves else None)
     series = np.stack(ref_angles, axis=1)  # [R, 2] in time order, run after run
     reference_delta_f = block_bootstrap(lambda s: basin_delta_f(s[:, 0], s[:, 1]), series)
 
@@ -383,11 +392,13 @@ def main():
             mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
             positions = restore_chirality(raw, reference.positions[:1000], topology)[0]
             for k in (0, *args.refine_steps):
-                method = f"{name} ({space})" + (f" + {k} MALA steps" if k else "")
+                method = f"{name} ({space})" + (f" + {k} MALA steps" if k else "") + (
+                    " and torsion moves" if k and args.torsion_moves else "")
                 row = f"{method}|{run}"
                 if row not in stored:
                     stored[row] = dict(score_draws(positions, reference, ref_angles, topology,
-                                                   forces, refine_steps=k, seed=seed),
+                                                   forces, refine_steps=k, seed=seed,
+                                                   torsion_moves=moves),
                                        mirrored=mirrored, train_s=train_s)
                     write_json(results_path, stored)
                 scored.setdefault(f"{method}|{label}", []).append(stored[row])
