@@ -343,12 +343,21 @@ def classify_chirality(positions: np.ndarray, quadruples: np.ndarray,
     return Chirality(mirror=every, inverted=some & ~every)
 
 
+def mirror_reflection(positions: np.ndarray, quadruples: np.ndarray,
+                      reference_signs: np.ndarray) -> np.ndarray:
+    """Factors ``[n, 1, 3]`` that reflect the mirror frames of ``positions`` ``[n, A, 3]``
+    (x → −x) and leave the others: (−1, 1, 1) or (1, 1, 1)."""
+    mirror = classify_chirality(positions, quadruples, reference_signs).mirror  # [n]
+    factors = np.ones((len(mirror), 1, 3))
+    factors[mirror, :, 0] = -1.0
+    return factors
+
+
 def reflect_mirrors(positions: np.ndarray, quadruples: np.ndarray,
                     reference_signs: np.ndarray) -> np.ndarray:
     """A copy of ``positions`` ``[n, A, 3]`` with the mirror frames reflected (x → −x)."""
-    positions = np.array(positions, dtype=np.float64)
-    positions[classify_chirality(positions, quadruples, reference_signs).mirror, :, 0] *= -1
-    return positions
+    positions = np.asarray(positions, dtype=np.float64)
+    return positions * mirror_reflection(positions, quadruples, reference_signs)
 
 
 class InternalFrame(NamedTuple):
@@ -578,9 +587,10 @@ class NCEDensity:
             distances = torch.linalg.norm(x[:, i] - x[:, j], dim=-1)  # [n, M]
             return (-self._energy(distances).double()
                     + log_volume_factor(x, self.scale.double().numpy()))
-        sign = torch.ones(len(x), 1, 3, dtype=x.dtype)
-        sign[torch.as_tensor(self.chirality(x.detach().numpy()).mirror), :, 0] = -1.0
-        features, log_volume = InternalFrame.from_metadata(self.metadata).coordinates(x * sign)
+        reflection = mirror_reflection(x.detach().numpy(), self.quadruples,
+                                       np.asarray(self.metadata["chirality_signs"]))
+        features, log_volume = InternalFrame.from_metadata(self.metadata).coordinates(
+            x * torch.as_tensor(reflection, dtype=x.dtype))
         return -self._energy(features).double() - self.scale.double().log().sum() - log_volume
 
     def _check_samples(self, samples) -> np.ndarray:
