@@ -108,9 +108,11 @@ SAMPLERS = {
 ALPHA_L_PS = 1000.0  # the second start's run is as long as the biased set's
 
 
-# AIS proposal drift: (label, MALA step ε in Å)
+# AIS proposals: (label, MALA step ε in Å); "torsions": the exact drift plus a torsion move per
+# level (ase_drift.torsions), which can carry chains across the φ and ψ barriers
 DRIFTS = {"exact": ("exact drift", DEFAULT_STEP_SIZE),
-          "force": ("F/kT drift", FORCE_DRIFT_STEP_SIZE)}
+          "force": ("F/kT drift", FORCE_DRIFT_STEP_SIZE),
+          "torsions": ("exact drift + torsion moves", DEFAULT_STEP_SIZE)}
 
 
 class Setup(NamedTuple):
@@ -134,7 +136,8 @@ class Setup(NamedTuple):
             return key
         step_size = DRIFTS[self.drift][1]
         return (key + f" anneal={self.anneal_steps} p={DEFAULT_POWER:g} eps={step_size:g}"
-                + (" exact" if self.drift == "exact" else ""))  # force rows came first
+                + {"exact": " exact", "force": "", "torsions": " exact torsions"}[self.drift])
+        # (force rows came first, without a suffix)
 
     @property
     def label(self) -> str:
@@ -272,11 +275,14 @@ def reweighted(directory: Path, train_set, topology, setup: Setup) -> dict:
         annealed = anneal_sampler(sampler, density, N_EVAL, forces=forces,
                                   steps=setup.anneal_steps, seed=1000 + setup.seed,
                                   step_size=DRIFTS[setup.drift][1],
-                                  exact_drift=setup.drift == "exact",
+                                  exact_drift=setup.drift != "force",
+                                  torsion_moves=setup.drift == "torsions",
                                   temperature_K=train_set.temperature_K)
         ws = annealed.samples
         out["ess_by_level"] = annealed.ess.tolist()
         out["acceptance"] = float(annealed.acceptance.mean())
+        if setup.drift == "torsions":
+            out["torsion_acceptance"] = float(annealed.torsion_acceptance.mean())
     else:
         ws = reweight_sampler(sampler, density, N_EVAL, forces=forces, seed=1000 + setup.seed,
                               temperature_K=train_set.temperature_K)
@@ -351,7 +357,8 @@ def main(argv=None) -> None:
                              "per value")
     parser.add_argument("--anneal-drift", choices=sorted(DRIFTS), nargs="+", default=["exact"],
                         help="AIS proposals drift along the tempered target's gradient (exact, "
-                             "ε = 0.03 Å) or the force alone (force, ε = 0.02 Å); one row each")
+                             "ε = 0.03 Å) or the force alone (force, ε = 0.02 Å), or exact plus "
+                             "a torsion move per level (torsions); one row each")
     parser.add_argument("--md", type=Path, nargs="+", default=[],
                         help="long MD npz files (independent runs) for a third truth column")
     parser.add_argument("--skip-reweight", action="store_true")
@@ -481,7 +488,8 @@ def main(argv=None) -> None:
                  f"{N_EVAL:,} fresh samples weighted with amber energies at 300 K, plain "
                  f"(Eq. 9) or after K annealing levels (Eqs. 15–17; linear schedule; MALA "
                  "drifting along ∇log γ_k (exact drift, ε = "
-                 f"{DRIFTS['exact'][1]:g} Å) or F/kT ({DRIFTS['force'][1]:g} Å); acceptance "
+                 f"{DRIFTS['exact'][1]:g} Å) or F/kT ({DRIFTS['force'][1]:g} Å), with torsion "
+                 "moves where named; acceptance "
                  + ", ".join(f"{samplers[s.key]['acceptance']:.2f}" for s in setups
                              if s.anneal_steps) + ").")
     text = f"{note}\n\n{truth_table}\n\n{render_table(header, rows, digits=2)}"
