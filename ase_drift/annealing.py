@@ -161,7 +161,9 @@ def anneal(source: ForceSource, numbers, positions,
                                 f"a proposal: {err}") from err
         acceptance[k - 1] = move.mean()
         bar.update()
-        bar.set_postfix(ess=f"{ess[k]:.3f}", acceptance=f"{acceptance[k - 1]:.2f}")
+        bar.set_postfix(ess=f"{ess[k]:.3f}", acceptance=f"{acceptance[k - 1]:.2f}",
+                        **({} if torsion_moves is None
+                           else {"torsions": f"{torsion_acceptance[k - 1]:.2f}"}))
     bar.close()
     reduced = chains.energies / kT  # [n] E/kT of the final frames
     samples = WeightedSamples(chains.positions, normalised_log_weights(log_w, 0.0), reduced,
