@@ -7,9 +7,9 @@ axis by an angle θ in one proposal,
 
     x'_a = p + R_u(θ)(x_a − p)   for the atoms a on the moving side,   x'_a = x_a otherwise,
 
-with p the position of the bond's fixed atom, u the unit vector from it to the pivot (the
-bond's atom on the moving side, which lies on the axis and stays put) and R_u(θ) the rotation
-by θ about u (Rodrigues). The bond is drawn uniformly from a list fixed in advance and θ
+with p the position of the pivot (the bond's atom on the moving side, which lies on the axis
+and stays put), u the unit vector from the bond's fixed atom to the pivot and R_u(θ) the
+rotation by θ about u (Rodrigues). The bond is drawn uniformly from a list fixed in advance and θ
 uniformly from [−θ_max, θ_max].
 
 **Why Metropolis needs no proposal ratio.** Given (b, θ), the map x ↦ x' is a rigid rotation
