@@ -80,8 +80,8 @@ def mala(source: ForceSource, numbers, positions, temperature_K: float, steps: i
     barriers of many kT (torsional minima) only slowly.
 
     **Cost.** ``steps + 1`` calls of ``source.compute`` on all n chains at once (the first
-    labels the start), i.e. n·(steps + 1) energy-and-force evaluations; the rest is O(n·A) numpy
-    per step.
+    labels the start), i.e. n·(steps + 1) energy-and-force evaluations (n·steps more with torsion
+    moves); the rest is O(n·A) numpy per step.
 
     **The default ε = 0.03 Å.** With the mass preconditioner the eigenvalues of C·∇²E/kT are
     m_H ω²/kT for the vibrational frequencies ω, so ε is limited by the fastest vibrations, the
