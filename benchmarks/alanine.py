@@ -18,9 +18,9 @@ by:
 - the fraction of mirror-image (D) samples, before and after :func:`restore_chirality` (a
   reflection; the scores above are after it).
 
-``--refine-steps K …`` adds rows for each sampler's draws after K exact MALA steps (with
-``--torsion-moves``, each followed by a torsion move, :mod:`ase_drift.torsions`) with the
-amber force field (:func:`ase_drift.refine.mala`, default step size; acceptance and cost in the
+``--refine-steps K …`` adds rows for each sampler's draws after K exact MALA steps
+(``--torsion-refine-steps K …``: K MALA steps each followed by a torsion move,
+:mod:`ase_drift.torsions`) with the amber force field (:func:`ase_drift.refine.mala`, default step size; acceptance and cost in the
 last columns): the one-step samples as a warm start of an exact sampler. A sampler's raw draws
 are kept in ``benchmarks/results/samples`` under the digest of its training set, so runs
 against another reference (``--data`` with the same training set, ``--extra-reference``)
@@ -296,8 +296,9 @@ def main():
     parser.add_argument("--results", type=Path)
     parser.add_argument("--training-sets", nargs="+", choices=TRAINING_SETS,
                         default=list(TRAINING_SETS), help="train on these sets only")
-    parser.add_argument("--torsion-moves", action="store_true",
-                        help="each refinement step adds a torsion move (rows named so)")
+    parser.add_argument("--torsion-refine-steps", type=int, nargs="*", default=[],
+                        metavar="K", help="also rows after K MALA steps each followed by a "
+                                          "torsion move")
     parser.add_argument("--refine-steps", type=int, nargs="*", default=[],
                         help="also score each sampler's draws after these numbers of MALA "
                              "steps with the amber force field")
@@ -337,8 +338,9 @@ def main():
     held_out = np.setdiff1d(np.arange(len(reference)), picked)
     reference, runs = reference[held_out], runs[held_out]
     ref_angles = backbone_dihedrals(reference.positions, topology)
-    moves = (TorsionMoves.from_frames(reference.numbers, reference.positions)
-             if args.torsion_moves else None)
+    moves = TorsionMoves.from_frames(reference.numbers, reference.positions)
+    refinements = ([(0, None)] + [(k, None) for k in args.refine_steps]
+                   + [(k, moves) for k in args.torsion_refine_steps])  # (steps, torsion moves)
     series = np.stack(ref_angles, axis=1)  # [R, 2] in time order, run after run
     reference_delta_f = block_bootstrap(lambda s: basin_delta_f(s[:, 0], s[:, 1]), series)
 
@@ -391,14 +393,14 @@ def main():
             raw = np.load(draws_file)
             mirrored = mirrored_fraction(raw, reference.positions[:1000], topology)
             positions = restore_chirality(raw, reference.positions[:1000], topology)[0]
-            for k in (0, *args.refine_steps):
+            for k, turns in refinements:
                 method = f"{name} ({space})" + (f" + {k} MALA steps" if k else "") + (
-                    " and torsion moves" if k and args.torsion_moves else "")
+                    " and torsion moves" if k and turns is not None else "")
                 row = f"{method}|{run}"
                 if row not in stored:
                     stored[row] = dict(score_draws(positions, reference, ref_angles, topology,
                                                    forces, refine_steps=k, seed=seed,
-                                                   torsion_moves=moves),
+                                                   torsion_moves=turns),
                                        mirrored=mirrored, train_s=train_s)
                     write_json(results_path, stored)
                 scored.setdefault(f"{method}|{label}", []).append(stored[row])
