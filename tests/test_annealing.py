@@ -13,8 +13,8 @@ reversing the sign of β_k − β_{k−1}, dropping the increment, dropping (1 �
 acceptance, a drift in the proposal that the proposal densities do not share, or accepting
 with the untempered energy difference: each fails the checks.
 mutmut (`make mutants`): 244 mutants of annealing.py, 214 killed, the other 30 equivalent;
-refine.py 381, 358 killed, 23 equivalent
-(benchmarks/mutants_equivalent.toml).
+refine.py 381, 358 killed, 23 equivalent (benchmarks/mutants_equivalent.toml), counted before
+torsion moves were added to both (now 288 and 392 mutants, not re-run).
 """
 
 import numpy as np
