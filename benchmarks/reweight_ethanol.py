@@ -63,9 +63,12 @@ RESULTS_PATH = ROOT / "benchmarks" / "results" / "reweight_ethanol.json"
 
 #: Sampler kinds: file name stem and TrainConfig options. "biased": the bundled biased set, the
 #: paper's distance map, 4,000 steps. "unbiased": reference run 0 (scored against run 1), the
-#: default distance map without forces, 20,000 steps, as in the unbiased-floor ablation.
+#: default distance map without forces, 20,000 steps, as in the unbiased-floor ablation. "fk":
+#: as "biased" with the paper's FK field (annealed only, ``--fk-seeds``).
 SAMPLERS = {"biased": ("reweight-ethanol-drift", {"steps": TRAIN_STEPS, **PAPER_DISTANCES}),
-            "unbiased": ("reweight-ethanol-unbiased-drift", {"field": "drift", "steps": 20_000})}
+            "unbiased": ("reweight-ethanol-unbiased-drift", {"field": "drift", "steps": 20_000}),
+            "fk": ("reweight-ethanol-fk", {"field": "fk", "steps": TRAIN_STEPS,
+                                            **PAPER_DISTANCES})}
 
 
 def drift_sampler(train_set, seed: int, kind: str = "biased"):
@@ -273,7 +276,7 @@ def unbiased_table(results: dict) -> str:
             + f"\n\nMinutes per seed (train / fit / label): {minutes}.{timing}")
 
 
-def annealed_rows(results: dict, kind: str) -> tuple[list, str]:
+def annealed_rows(results: dict, kind: str, sampler: str = "drift") -> tuple[list, str]:
     """Table rows of the ``kind`` sampler's annealed runs, one per setup (levels, drift,
     torsion moves) with its seeds, and a sentence of their wall times."""
     annealed = sorted(k for k in results if k.startswith(f"annealed {kind} "))
@@ -287,7 +290,7 @@ def annealed_rows(results: dict, kind: str) -> tuple[list, str]:
         how = "∇log γ_k, ε 0.03 Å" if drift == "exact" else "F/kT, ε 0.02 Å"
         turns = (f", torsion moves accepted {np.mean([r['torsion_acceptance'] for r in runs]):.2f}"
                  if torsions else "")
-        name = (f"drift, annealed over {levels} levels ({how}; {runs[0]['n']:,} frames, "
+        name = (f"{sampler}, annealed over {levels} levels ({how}; {runs[0]['n']:,} frames, "
                 f"acceptance {np.mean([r['acceptance'] for r in runs]):.2f}{turns})")
         rows.append([name, len(runs),
                      [r["row"]["ess"] for r in runs], [r["row"]["tvd"] for r in runs],
@@ -316,6 +319,9 @@ def table(results: dict) -> str:
                      [r["dF_gauche_trans"][0] for r in runs]])
     annealed, timing = annealed_rows(results, "biased")
     rows += annealed
+    annealed, fk_timing = annealed_rows(results, "fk", "FK sampler")
+    rows += annealed
+    timing += fk_timing
     for name in ("training set", "reference MD"):
         r = ref[name]
         rows.append([name, "—", "—", r["tvd"],
@@ -366,6 +372,8 @@ def main(argv=None) -> None:
     parser.add_argument("--anneal-steps", type=int, default=0, metavar="K",
                         help="also anneal fresh frames of every sampler run over K levels")
     parser.add_argument("--anneal-n", type=int, default=2000, help="frames to anneal")
+    parser.add_argument("--fk-seeds", type=int, nargs="*", default=[], metavar="SEED",
+                        help="with --anneal-steps: also anneal an FK sampler on the biased set")
     parser.add_argument("--anneal-drift", choices=("exact", "force"), default="exact",
                         help="AIS proposals along ∇log γ_k (ε 0.03 Å) or F/kT (ε 0.02 Å)")
     parser.add_argument("--torsion-moves", action="store_true",
@@ -389,9 +397,10 @@ def main(argv=None) -> None:
                     for seed in (args.seeds[:1] if args.quick else args.seeds)]
         samplers += [("unbiased", seed, reference[runs == 0], reference[runs == 1])
                      for seed in args.unbiased]
+        samplers += [("fk", seed, train_set, reference) for seed in args.fk_seeds]
         for kind, seed, data, scored_on in samplers:
-            name = f"seed {seed}" if kind == "biased" else f"unbiased seed {seed}"
-            if name not in results:
+            name = f"seed {seed}" if kind == "biased" else f"{kind} seed {seed}"
+            if name not in results and kind != "fk":  # the FK sampler is only annealed
                 results[name] = run_seed(seed, data, scored_on, source, kind)
                 print(json.dumps(results[name], indent=1), flush=True)
                 write_json(args.results, results)
