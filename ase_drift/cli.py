@@ -296,7 +296,8 @@ def cmd_sample(args) -> int:
     info = _provenance(sampler, args.model, seed)
     if refine is not None:
         info.update(refine_calculator=args.refine, refine_steps=args.refine_steps,
-                    refine_step_size_angstrom=refine.keywords["step_size"])
+                    refine_step_size_angstrom=refine.keywords["step_size"],
+                    refine_torsion_moves=args.torsion_moves)
     accepted, moves = 0, None
     start = time.perf_counter()
     # Streamed batch by batch: any n fits in memory, and a failure leaves no half-written file.

@@ -167,6 +167,7 @@ def test_sample_refines_with_a_calculator_and_writes_its_labels(model_file, tmp_
     assert "2 MALA steps and torsion moves with emt" in capsys.readouterr().out
     turned = ase.io.read(out, ":")
     assert not np.allclose(turned[0].positions, frames[0].positions)  # other moves, same seed
+    assert turned[0].info["refine_torsion_moves"] and not frames[0].info["refine_torsion_moves"]
     for bad in (["--refine-steps", "2"], ["--torsion-moves"]):
         assert main(["sample", str(model_file), "-n", "4", *bad,
                      "-o", str(tmp_path / "x.extxyz")]) == 2
