@@ -65,9 +65,8 @@ def _side(bonded: list[list[int]], start: int, cut: int) -> set[int]:
 
 def rotatable_bonds(numbers, positions: np.ndarray) -> list[RotatableBond]:
     """Every bond (:func:`bond_graph` of a frame ``[A, 3]`` or frames ``[n, A, 3]``, Å) that lies
-    on no ring and has
-    at least two atoms on each side, i.e. turning one side about it moves something; the side
-    with fewer atoms moves (on a tie, the side of the higher-indexed atom). Methyl rotors and
+    on no ring and has at least two atoms on each side, i.e. turning one side about it moves
+    something; the side with fewer atoms moves (on a tie, the side of the higher-indexed atom). Methyl rotors and
     peptide bonds are included, and so are double bonds (bond orders are not read from the
     geometry): a move that costs many kT is simply rejected."""
     numbers = np.asarray(numbers)
