@@ -20,8 +20,8 @@ by:
 
 ``--refine-steps K …`` adds rows for each sampler's draws after K exact MALA steps
 (``--torsion-refine-steps K …``: K MALA steps each followed by a torsion move,
-:mod:`ase_drift.torsions`) with the amber force field (:func:`ase_drift.refine.mala`, default step size; acceptance and cost in the
-last columns): the one-step samples as a warm start of an exact sampler. A sampler's raw draws
+:mod:`ase_drift.torsions`) with the amber force field (:func:`ase_drift.refine.mala`, default
+step size; acceptance and cost in the last columns): the one-step samples as a warm start of an exact sampler. A sampler's raw draws
 are kept in ``benchmarks/results/samples`` under the digest of its training set, so runs
 against another reference (``--data`` with the same training set, ``--extra-reference``)
 re-score them without training.
@@ -325,10 +325,12 @@ def main():
     if args.train_run is None:
         # Unbiased subset: evenly spread over all runs, held out of the reference.
         picked = np.linspace(0, len(reference) - 1, N_TRAIN).round().astype(int)
-        training_sets = {"biased 1 ns": train_set, "unbiased subset": label_frames(
-            reference[picked], forces, progress=False)}
-        training_sets = {label: data for label, data in training_sets.items()
-                         if label in args.training_sets}
+        training_sets = {}
+        if "biased 1 ns" in args.training_sets:
+            training_sets["biased 1 ns"] = train_set
+        if "unbiased subset" in args.training_sets:  # labelled only when it is trained on
+            training_sets["unbiased subset"] = label_frames(reference[picked], forces,
+                                                            progress=False)
     else:
         if args.train_run not in runs:
             raise SystemExit(f"--train-run {args.train_run}: the reference has runs "
@@ -338,7 +340,8 @@ def main():
     held_out = np.setdiff1d(np.arange(len(reference)), picked)
     reference, runs = reference[held_out], runs[held_out]
     ref_angles = backbone_dihedrals(reference.positions, topology)
-    moves = TorsionMoves.from_frames(reference.numbers, reference.positions)
+    moves = (TorsionMoves.from_frames(reference.numbers, reference.positions)
+             if args.torsion_refine_steps else None)
     refinements = ([(0, None)] + [(k, None) for k in args.refine_steps]
                    + [(k, moves) for k in args.torsion_refine_steps])  # (steps, torsion moves)
     series = np.stack(ref_angles, axis=1)  # [R, 2] in time order, run after run
