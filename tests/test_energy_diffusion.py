@@ -1,7 +1,8 @@
 """Energy-based diffusion (ase_drift.diffusion.energy): the score is −∇U, the weak Fokker–Planck
 residual vanishes exactly for the VP SDE's own densities and not for wrong ones, DSM learns a
-Gaussian's variance, the reverse SDE samples an analytic score's distribution, and the molecular
-model saves, loads, computes forces in eV/Å and rejects bad inputs.
+Gaussian's variance, the reverse SDE samples an analytic score's distribution, the noise-aware pair
+features (E8) are standard normal under the VP marginal and the bonded prior is ½ k z², and the
+molecular model saves, loads, computes forces in eV/Å and rejects bad inputs.
 
 Statistical bounds: z-scores below 5 (two-sided false-failure rate 6·10⁻⁷ per comparison) for
 quantities that must vanish; χ² bounds at 10⁻⁶ where the samples are independent Gaussians."""
@@ -24,6 +25,8 @@ from ase_drift.diffusion.energy import (
     EnergyDiffusionConfig,
     EnergyModel,
     MoleculeFeatures,
+    PairPrior,
+    bonded_pairs,
     chiral_quadruples,
     expert_steps,
     fp_loss,
@@ -245,6 +248,103 @@ def test_given_quadruples_make_a_chain_tell_its_mirror_image_apart():
         energy_mirror = model.compute(data.numbers, mirror).energies
         assert (np.abs(energy - energy_mirror).max() > 1e-4) == tells_apart
         assert model.metadata["chiral_quadruples"] == (quadruples or [])
+
+@pytest.mark.parametrize("t", [1e-3, 0.05, 0.3, 0.6])
+def test_pair_features_are_standard_normal_under_the_vp_marginal(t):
+    # (E8): a pair whose distance is N(μ, s²) at t = 0 has, at time t, distance
+    # ≈ N(m μ, m² s² + 2σ²) while σ ≪ μ (the χ bias 2σ²/(mμ) is < 0.04 of its spread at
+    # μ = 200): z has mean 0 and variance 1 within 0.06 (standard errors 0.007 and 0.01).
+    g = torch.Generator().manual_seed(0)
+    n, mu, s = 20000, 200.0, 1.0
+    d0 = mu + s * torch.randn(n, generator=g, dtype=F64)
+    x0 = torch.zeros(n, 2, 3, dtype=F64)
+    x0[:, 1, 2] = d0
+    tt = torch.full((n,), t, dtype=F64)
+    m, sigma = SDE.marginal(tt)
+    xt = m[:, None, None] * x0 + sigma[:, None, None] * torch.randn(n, 2, 3, generator=g,
+                                                                   dtype=F64)
+    prior = PairPrior(torch.tensor([mu]), torch.tensor([s]), torch.tensor([0]), SDE).to(F64)
+    z = prior((xt[:, 1] - xt[:, 0]).norm(dim=-1, keepdim=True), tt)[:, 0]
+    assert abs(z.mean().item()) < 0.06
+    assert abs(z.var().item() - 1) < 0.06
+
+
+def test_bonded_prior_energy_is_half_k_z_squared_on_restrained_pairs():
+    # with the networks' last layers zeroed, U = ½ Σ_R k_p z_p², k = exp(log k): here the
+    # restrained pairs are 0 and 2 of NH3's six, with k = 3 on the second; volumes pass through
+    data = pyramid_data(50)
+    features = MoleculeFeatures(4, [[0, 1, 2, 3]])
+    x = torch.as_tensor(data.positions, dtype=torch.float32).flatten(1)
+    distances = features.distances.features(x.view(-1, 4, 3))
+    prior = PairPrior.fit(distances, [0, 2], SDE)
+    model = EnergyModel(features.n_features, EnergyDiffusionConfig(hidden=8, layers=1,
+                                                                   experts=(0.1,)),
+                        features, prior)
+    with torch.no_grad():
+        for expert in model.experts:
+            expert.net[-1].weight.zero_()
+            expert.net[-1].bias.zero_()
+            expert.log_stiffness.copy_(torch.log(torch.tensor([1.0, 3.0])))
+    t = torch.tensor([1e-3, 0.05, 0.5, 0.9]).repeat_interleave(2)  # both experts
+    x = x[:8]
+    m, sigma = SDE.marginal(t)
+    z = (distances[:8] - m[:, None] * prior.mean) / (
+        (m[:, None] * prior.std) ** 2 + 2 * sigma[:, None] ** 2).sqrt()
+    expected = 0.5 * z[:, 0] ** 2 + 1.5 * z[:, 2] ** 2
+    torch.testing.assert_close(model.energy(x, t), expected, rtol=1e-4, atol=1e-5)
+    phi = model.prior(features(x), t)
+    torch.testing.assert_close(phi[:, :6], z, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(phi[:, 6], features(x)[:, 6])
+
+
+def test_bonded_pairs_are_the_bonds_and_the_1_3_pairs():
+    from ase.build import molecule
+
+    atoms = molecule("CH3CH2OH")
+    i, j = np.triu_indices(len(atoms), k=1)
+    pairs = {(int(i[k]), int(j[k])) for k in bonded_pairs(atoms.numbers, atoms.positions)}
+    # 8 bonds; 1-3 pairs: 6 about each carbon (four neighbours), 1 about the oxygen
+    assert len(pairs) == 8 + 6 + 6 + 1
+    symbols = atoms.get_chemical_symbols()
+    c_c = next((a, b) for a, b in pairs if symbols[a] == symbols[b] == "C")
+    assert atoms.get_distance(*c_c) == pytest.approx(1.51, abs=0.02)
+    assert all(atoms.get_distance(a, b) < 2.6 for a, b in pairs)
+    far = [(a, b) for a, b in zip(i, j) if (a, b) not in pairs]
+    assert all(atoms.get_distance(a, b) > 2.3 for a, b in far)  # 1-4 and beyond
+
+
+def test_the_bonded_prior_holds_the_bonds_of_a_briefly_trained_model():
+    # 100 steps are far too few for the network, but the prior alone is a Gaussian of the
+    # right bond lengths and spreads (E8): the i.i.d. N–H distances keep the data's mean within
+    # 0.02 Å and its spread within a factor 1.5; without the prior they do neither
+    data = pyramid_data(400)
+    reference = np.linalg.norm(data.positions[:, 1:] - data.positions[:, :1], axis=-1)
+    outcomes = []
+    for pair_prior in (True, False):
+        config = EnergyDiffusionConfig(hidden=16, layers=2, steps=100, sampler_steps=300,
+                                       pair_prior=pair_prior)
+        model = EnergyDiffusion.train(data, config=config, progress=False)
+        samples = model.sample_positions(1000, seed=0)
+        bonds = np.linalg.norm(samples[:, 1:] - samples[:, :1], axis=-1)
+        outcomes.append(abs(bonds.mean() - reference.mean()) < 0.02
+                        and 1 / 1.5 < bonds.std() / reference.std() < 1.5)
+    assert outcomes == [True, False]
+
+
+def test_checkpoints_from_before_the_pair_prior_still_load(tmp_path):
+    config = EnergyDiffusionConfig(hidden=8, layers=1, steps=5, sampler_steps=5,
+                                   pair_prior=False)
+    model = EnergyDiffusion.train(pyramid_data(30), config=config, progress=False)
+    path = model.save(tmp_path / "old.pt")
+    payload = load_checkpoint(path)
+    del payload["config"]["energy_diffusion"]["pair_prior"]
+    del payload["metadata"]["restrained_pairs"]
+    torch.save(payload, path)
+    loaded = ase_drift.load(path)
+    assert loaded.model.prior is None and not loaded.config.pair_prior
+    np.testing.assert_array_equal(loaded.compute([7, 1, 1, 1], pyramid_data(2).positions).forces,
+                                  model.compute([7, 1, 1, 1], pyramid_data(2).positions).forces)
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

@@ -20,6 +20,9 @@ The seed text of the paper carries no equation numbers; the numbers (E1)–(E7) 
 - (E7) Experts: ``experts=(0.1, 0.6)`` splits [0, 1] into [0, 0.1), [0.1, 0.6), [0.6, 1]; each
   interval has its own energy network, trained in turn (largest t first, as ScoreMD), and the
   regulariser acts on the smallest-t expert only — the one simulations use.
+- (E8) Noise-aware pair features and a bonded prior (beyond the paper, :class:`PairPrior`):
+  z_p = (d_p − m μ_p)/√(m² s_p² + 2σ²) for every pair distance, and each expert's energy adds
+  ½ Σ_{p∈R} k_p z_p² over bonded and 1-3 pairs R, log k_p learned (starting at 0).
 
 Everything up to :func:`train_energy_model` works on tensors ``[B, D]`` (2-D toys need no
 atoms). :class:`EnergyDiffusion` puts a molecule on top: centred coordinates / their global
@@ -62,7 +65,8 @@ class EnergyDiffusionConfig(StoredConfig):
     times (E7); ``fokker_planck`` is α (0: plain DSM); ``small_t_share`` the fraction of
     ``steps`` given to the smallest-t expert when there are experts (ScoreMD: 120 of 180
     epochs), the rest shared equally. ``t_min`` is the smallest training time, the end of
-    sampling and the time of the force field.
+    sampling and the time of the force field. ``pair_prior`` (molecules only) standardises the
+    distances for the noise level and adds the bonded prior (E8, :class:`PairPrior`).
     """
 
     hidden: int = 92
@@ -82,6 +86,7 @@ class EnergyDiffusionConfig(StoredConfig):
     sampler_steps: int = 1000
     probability_flow: bool = False
     chirality: bool = True
+    pair_prior: bool = True
     temperature_K: float | None = None
     seed: int = 0
 
@@ -205,10 +210,65 @@ def time_features(t: Tensor, low: float, high: float) -> Tensor:
                         torch.sin(2 * math.pi * u), -torch.cos(4 * math.pi * u)], -1)
 
 
-class ExpertEnergy(nn.Module):
-    """U_k(φ, t) ``[B]``: a SiLU MLP on features φ ``[B, F]`` and time features."""
+class PairPrior(nn.Module):
+    """Noise-aware pair features and the Gaussian bonded prior (E8, beyond the paper).
 
-    def __init__(self, n_features: int, hidden: int, layers: int, low: float, high: float):
+    A stiff bond spreads by ~0.02 Å where a torsion-coupled pair spreads by ~1 Å: on raw
+    distances the energy network must hold every bond with a curvature thousands of times its
+    others, which an MLP does not learn (bonds break in sampling and simulation). With the data
+    mean μ_p and standard deviation s_p of pair distance p (normalised units), the VP marginal
+    (E1) of that distance at time t is ≈ N(m μ_p, m² s_p² + 2σ²) while σ ≪ d_p (the noise of a
+    difference of two atoms has variance 2σ² per component), so
+
+        z_p = (d_p − m μ_p) / √(m² s_p² + 2σ²)
+
+    is of order one for every pair at every t: the experts read z instead of d. On the
+    ``restrained`` pairs R (bonds and 1-3 pairs, nearly Gaussian) each expert adds the energy
+    ½ Σ_{p∈R} k_p z_p² (:class:`ExpertEnergy`), exact at t → 0 for independent Gaussian bonds
+    and at t = 1 up to the χ-distribution's entropy; the network learns the rest, and log k_p
+    (starting at 0) corrects the redundancy of overlapping pairs.
+
+    ``mean``, ``std`` ``[M]``; ``restrained`` ``[R]`` indices into the M pairs. Feature columns
+    past M (signed volumes) pass through unchanged.
+    """
+
+    def __init__(self, mean: Tensor, std: Tensor, restrained: Tensor, sde: VPSDE):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.register_buffer("restrained", torch.as_tensor(restrained, dtype=torch.int64))
+        self.sde = sde
+
+    @classmethod
+    def fit(cls, distances: Tensor, restrained, sde: VPSDE) -> PairPrior:
+        """Statistics of the training frames' distances ``[N, M]`` (normalised units)."""
+        return cls(distances.mean(0), distances.std(0).clamp_min(1e-6),
+                   torch.as_tensor(np.asarray(restrained, dtype=np.int64)), sde)
+
+    @classmethod
+    def unfitted(cls, n_pairs: int, restrained, sde: VPSDE) -> PairPrior:
+        """Placeholder statistics, for loading a state dict."""
+        return cls(torch.zeros(n_pairs), torch.ones(n_pairs),
+                   torch.as_tensor(np.asarray(restrained, dtype=np.int64)), sde)
+
+    def forward(self, phi: Tensor, t: Tensor) -> Tensor:
+        """Features ``[B, F]`` with the first M columns (distances) replaced by z ``[B, M]``."""
+        log_mean = _column(self.sde.log_mean(t))  # [B, 1]
+        # σ² from log m, not σ: stays smooth for the slightly negative t of the Fokker–Planck
+        # term's time differences (E5) near t_min
+        variance = (2 * log_mean).exp() * self.std.square() - 2 * torch.expm1(2 * log_mean)
+        n_pairs = len(self.mean)
+        z = (phi[:, :n_pairs] - log_mean.exp() * self.mean) / variance.sqrt()  # [B, M]
+        return torch.cat([z, phi[:, n_pairs:]], -1)
+
+
+class ExpertEnergy(nn.Module):
+    """U_k(φ, t) ``[B]``: a SiLU MLP on features φ ``[B, F]`` and time features, plus
+    ½ Σ_p k_p φ_p² over the ``restrained`` feature columns (the bonded prior of (E8),
+    log k_p learned) when there are any."""
+
+    def __init__(self, n_features: int, hidden: int, layers: int, low: float, high: float,
+                 restrained: Tensor | None = None):
         super().__init__()
         self.low, self.high = low, high
         widths = [n_features + 7] + [hidden] * layers
@@ -216,22 +276,33 @@ class ExpertEnergy(nn.Module):
         for width_in, width_out in pairwise(widths):
             blocks += [nn.Linear(width_in, width_out), nn.SiLU()]
         self.net = nn.Sequential(*blocks, nn.Linear(widths[-1], 1))
+        restrained = None if restrained is None or not len(restrained) else restrained.clone()
+        self.register_buffer("restrained", restrained, persistent=False)
+        if restrained is not None:
+            self.log_stiffness = nn.Parameter(torch.zeros(len(restrained)))
 
     def forward(self, phi: Tensor, t: Tensor) -> Tensor:
-        return self.net(torch.cat([phi, time_features(t, self.low, self.high)], -1))[:, 0]
+        energy = self.net(torch.cat([phi, time_features(t, self.low, self.high)], -1))[:, 0]
+        if self.restrained is not None:
+            z = phi[:, self.restrained]  # [B, R]
+            energy = energy + 0.5 * (self.log_stiffness.exp() * z.square()).sum(-1)
+        return energy
 
 
 class EnergyModel(nn.Module):
-    """U_θ(x, t) on ``[B, D]``: features φ(x) (identity for toys), then the expert whose time
-    interval holds t (E7). log q = −U, score = −∇ₓU (E2)."""
+    """U_θ(x, t) on ``[B, D]``: features φ(x) (identity for toys), made noise-aware by
+    ``prior`` (E8) when given, then the expert whose time interval holds t (E7).
+    log q = −U, score = −∇ₓU (E2)."""
 
     def __init__(self, n_features: int, config: EnergyDiffusionConfig,
-                 features: nn.Module | None = None):
+                 features: nn.Module | None = None, prior: PairPrior | None = None):
         super().__init__()
         self.features = features or nn.Identity()
+        self.prior = prior
+        restrained = None if prior is None else prior.restrained
         bounds = config.bounds
         self.experts = nn.ModuleList(
-            ExpertEnergy(n_features, config.hidden, config.layers, low, high)
+            ExpertEnergy(n_features, config.hidden, config.layers, low, high, restrained)
             for low, high in pairwise(bounds))
         self.splits = config.experts
 
@@ -242,6 +313,8 @@ class EnergyModel(nn.Module):
     def energy(self, x: Tensor, t: Tensor) -> Tensor:
         """U_θ(x, t) ``[B]`` in kT."""
         phi = self.features(x)  # [B, F]
+        if self.prior is not None:
+            phi = self.prior(phi, t)
         if len(self.experts) == 1:
             return self.experts[0](phi, t)
         index = self.expert_index(t)
@@ -296,7 +369,8 @@ def expert_steps(config: EnergyDiffusionConfig) -> list[int]:
 def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
                        features: nn.Module | None = None, n_features: int | None = None,
                        project: Callable[[Tensor], Tensor] | None = None,
-                       dim: int | None = None, progress: bool = True) -> TrainedEnergyModel:
+                       dim: int | None = None, progress: bool = True,
+                       prior: PairPrior | None = None) -> TrainedEnergyModel:
     """Train U_θ on data ``x0`` ``[N, D]`` by DSM (E3), plus α·L_FP (E6) on the smallest-t
     expert, each expert on its own time interval (E7), largest t first; Adam, cosine learning
     rate per expert, gradient norm clipped at 10³, EMA of the weights (decay
@@ -304,7 +378,8 @@ def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
 
     ``features`` maps x to the energy network's input (``n_features`` wide; default: x itself);
     ``project`` maps noise into the subspace the diffusion lives in (default: none) and ``dim``
-    is that subspace's dimension (default D).
+    is that subspace's dimension (default D); ``prior`` makes the features noise-aware and
+    adds the bonded prior (E8).
     """
     from tqdm.auto import trange
 
@@ -315,7 +390,7 @@ def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
     sde = VPSDE(config.beta_min, config.beta_max)
     with torch.random.fork_rng(devices=[]):  # seeded initialisation, caller's RNG untouched
         torch.manual_seed(config.seed)
-        model = EnergyModel(n_features, config, features).to(x0.dtype)
+        model = EnergyModel(n_features, config, features, prior).to(x0.dtype)
     ema = copy.deepcopy(model).requires_grad_(False)
     rng = torch.Generator().manual_seed(config.seed)
 
@@ -421,17 +496,27 @@ class MoleculeFeatures(nn.Module):
 
 def chiral_quadruples(numbers, positions: np.ndarray) -> list[list[int]]:
     """[a, b, c, d] for each atom a with at least three bonded neighbours b < c < d (the first
-    three; bonds from the mean distances over ``positions`` ``[N, A, 3]`` and ASE covalent
-    radii, as :func:`ase_drift.metrics.distances.covalent_bonds`)."""
-    from ..metrics.distances import covalent_bonds, pair_indices
+    three; bonds from the mean distances over ``positions`` ``[N, A, 3]``, as
+    :func:`ase_drift.torsions.bond_graph`)."""
+    from ..torsions import bond_graph
 
-    i, j = pair_indices(len(numbers))
-    bonds = covalent_bonds(numbers, positions)
-    neighbours: dict[int, list[int]] = {}
-    for a, b in zip(i[bonds], j[bonds]):
-        neighbours.setdefault(int(a), []).append(int(b))
-        neighbours.setdefault(int(b), []).append(int(a))
-    return [[a, *sorted(nb)[:3]] for a, nb in sorted(neighbours.items()) if len(nb) >= 3]
+    return [[a, *near[:3]] for a, near in enumerate(bond_graph(numbers, positions))
+            if len(near) >= 3]
+
+
+def bonded_pairs(numbers, positions: np.ndarray) -> list[int]:
+    """Indices into the M pairs (``numpy.triu_indices`` order) of the bonds and 1-3 pairs (two
+    atoms bonded to a common one) of the frames ``positions`` ``[N, A, 3]``
+    (:func:`ase_drift.torsions.bond_graph`): the restrained pairs of (E8)."""
+    from ..torsions import bond_graph
+
+    bonded = bond_graph(numbers, positions)
+    n_atoms = len(bonded)
+    close = {(min(a, b), max(a, b)) for a, near in enumerate(bonded) for b in near}
+    close |= {(b, c) for near in bonded for b in near for c in near if b < c}
+    i, j = np.triu_indices(n_atoms, k=1)
+    index = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(i, j))}
+    return sorted(index[pair] for pair in close)
 
 
 def _centre(z: Tensor, n_atoms: int) -> Tensor:
@@ -504,10 +589,16 @@ class EnergyDiffusion(TemplateSampler):
         n_atoms = data.n_atoms
         features = MoleculeFeatures(n_atoms, quadruples)
         x0 = torch.as_tensor(positions / scale, dtype=torch.float32).flatten(1)  # [N, 3A]
+        restrained = bonded_pairs(data.numbers, data.positions) if config.pair_prior else []
+        prior = (PairPrior.fit(features.distances.features(x0.view(-1, n_atoms, 3)), restrained,
+                               VPSDE(config.beta_min, config.beta_max))
+                 if config.pair_prior else None)
         trained = train_energy_model(x0, config, features, features.n_features,
-                                     lambda z: _centre(z, n_atoms), 3 * n_atoms - 3, progress)
+                                     lambda z: _centre(z, n_atoms), 3 * n_atoms - 3, progress,
+                                     prior)
         metadata = {"numbers": data.numbers.tolist(), "scale_angstrom": scale,
                     "temperature_K": temperature, "chiral_quadruples": quadruples,
+                    "restrained_pairs": restrained,
                     "training_seconds": list(trained.seconds), "training_frames": len(data),
                     "units": {"positions": "Å", "energies": "eV", "forces": "eV/Å"}}
         return cls(trained.model, data.numbers, scale, config, metadata)
@@ -611,10 +702,16 @@ class EnergyDiffusion(TemplateSampler):
 
     @classmethod
     def from_checkpoint(cls, payload: dict, path: str | Path) -> EnergyDiffusion:
-        config = EnergyDiffusionConfig.from_dict(payload["config"]["energy_diffusion"])
+        stored = payload["config"]["energy_diffusion"]
+        # checkpoints from before (E8) have no pair prior
+        config = EnergyDiffusionConfig.from_dict({"pair_prior": False, **stored})
         metadata = {k: v for k, v in payload["metadata"].items() if k != "kind"}
-        features = MoleculeFeatures(len(metadata["numbers"]), metadata["chiral_quadruples"])
-        model = EnergyModel(features.n_features, config, features)
+        n_atoms = len(metadata["numbers"])
+        features = MoleculeFeatures(n_atoms, metadata["chiral_quadruples"])
+        prior = (PairPrior.unfitted(n_atoms * (n_atoms - 1) // 2, metadata["restrained_pairs"],
+                                    VPSDE(config.beta_min, config.beta_max))
+                 if config.pair_prior else None)
+        model = EnergyModel(features.n_features, config, features, prior)
         try:
             model.load_state_dict(payload["state_dict"])
         except RuntimeError as exc:
