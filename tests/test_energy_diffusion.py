@@ -1,13 +1,15 @@
 """Energy-based diffusion (ase_drift.diffusion.energy): the score is −∇U, the weak Fokker–Planck
 residual vanishes exactly for the VP SDE's own densities and not for wrong ones, DSM learns a
 Gaussian's variance, the reverse SDE samples an analytic score's distribution, the noise-aware pair
-features (E8) are standard normal under the VP marginal and the bonded prior is ½ k z², and the
+and volume features (E8) are standard normal under the VP marginal, the bonded prior is ½ k z²
+and keeps a stereocentre's handedness, and the
 molecular model saves, loads, computes forces in eV/Å and rejects bad inputs.
 
 Statistical bounds: z-scores below 5 (two-sided false-failure rate 6·10⁻⁷ per comparison) for
 quantities that must vanish; χ² bounds at 10⁻⁶ where the samples are independent Gaussians."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,16 +23,16 @@ from ase_drift.checkpoint import load_checkpoint
 from ase_drift.data import Conformations
 from ase_drift.diffusion.energy import (
     VPSDE,
+    BondedPrior,
     EnergyDiffusion,
     EnergyDiffusionConfig,
     EnergyModel,
     MoleculeFeatures,
-    PairPrior,
-    bonded_pairs,
     chiral_quadruples,
     expert_steps,
     fp_loss,
     fp_weak_residual,
+    restrained_features,
     sample_energy_model,
     train_energy_model,
 )
@@ -263,20 +265,43 @@ def test_pair_features_are_standard_normal_under_the_vp_marginal(t):
     m, sigma = SDE.marginal(tt)
     xt = m[:, None, None] * x0 + sigma[:, None, None] * torch.randn(n, 2, 3, generator=g,
                                                                    dtype=F64)
-    prior = PairPrior(torch.tensor([mu]), torch.tensor([s]), torch.tensor([0]), SDE).to(F64)
+    prior = BondedPrior(torch.tensor([mu]), torch.tensor([s]), torch.tensor([1e-5, 1.0]),
+                        torch.zeros(2, 0), torch.ones(2, 0), [0], SDE).to(F64)
     z = prior((xt[:, 1] - xt[:, 0]).norm(dim=-1, keepdim=True), tt)[:, 0]
     assert abs(z.mean().item()) < 0.06
     assert abs(z.var().item() - 1) < 0.06
 
 
-def test_bonded_prior_energy_is_half_k_z_squared_on_restrained_pairs():
+@pytest.mark.parametrize("t", [3e-4, 0.02, 0.15, 0.45, 0.8])
+def test_volume_features_are_standard_normal_under_the_vp_marginal(t):
+    # the volumes' statistics are tabulated on noised training frames at log-spaced times and
+    # interpolated in log t: fresh frames noised at times between the table's rows standardise
+    # to mean 0 within 0.1 and variance 1 within 0.15 (table and test from 4,096 and 4,000
+    # frames: standard errors ~0.02 and, for the heavy-tailed volumes, ~0.03)
+    data = pyramid_data(8000, seed=1)
+    features = MoleculeFeatures(4, [[0, 1, 2, 3]])
+    x0 = torch.as_tensor(data.positions / 0.6, dtype=torch.float32).flatten(1)
+    x0 = (x0.view(-1, 4, 3) - x0.view(-1, 4, 3).mean(1, keepdim=True)).flatten(1)
+    prior = BondedPrior.fit(features, x0[:4000], [6], SDE, 1e-4,
+                            torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    x = x0[4000:]
+    tt = torch.full((len(x),), t)
+    m, sigma = SDE.marginal(tt)
+    noise = torch.randn(x.shape, generator=g).view(-1, 4, 3)
+    noise = (noise - noise.mean(1, keepdim=True)).flatten(1)
+    z = prior(features(m[:, None] * x + sigma[:, None] * noise), tt)
+    assert abs(z[:, 6].mean().item()) < 0.1
+    assert abs(z[:, 6].var().item() - 1) < 0.15
+
+
+def test_bonded_prior_energy_is_half_k_z_squared_on_restrained_features():
     # with the networks' last layers zeroed, U = ½ Σ_R k_p z_p², k = exp(log k): here the
-    # restrained pairs are 0 and 2 of NH3's six, with k = 3 on the second; volumes pass through
+    # restrained columns are pair 0, pair 2 and the volume, with k = 3 on pair 2
     data = pyramid_data(50)
     features = MoleculeFeatures(4, [[0, 1, 2, 3]])
     x = torch.as_tensor(data.positions, dtype=torch.float32).flatten(1)
-    distances = features.distances.features(x.view(-1, 4, 3))
-    prior = PairPrior.fit(distances, [0, 2], SDE)
+    prior = BondedPrior.fit(features, x, [0, 2, 6], SDE, 1e-4, torch.Generator().manual_seed(0))
     model = EnergyModel(features.n_features, EnergyDiffusionConfig(hidden=8, layers=1,
                                                                    experts=(0.1,)),
                         features, prior)
@@ -284,25 +309,34 @@ def test_bonded_prior_energy_is_half_k_z_squared_on_restrained_pairs():
         for expert in model.experts:
             expert.net[-1].weight.zero_()
             expert.net[-1].bias.zero_()
-            expert.log_stiffness.copy_(torch.log(torch.tensor([1.0, 3.0])))
+            expert.log_stiffness.copy_(torch.log(torch.tensor([1.0, 3.0, 1.0])))
     t = torch.tensor([1e-3, 0.05, 0.5, 0.9]).repeat_interleave(2)  # both experts
     x = x[:8]
+    phi = features(x)
     m, sigma = SDE.marginal(t)
-    z = (distances[:8] - m[:, None] * prior.mean) / (
+    z = (phi[:, :6] - m[:, None] * prior.mean) / (
         (m[:, None] * prior.std) ** 2 + 2 * sigma[:, None] ** 2).sqrt()
-    expected = 0.5 * z[:, 0] ** 2 + 1.5 * z[:, 2] ** 2
+    volume_mean, volume_std = prior.volume_statistics(t)
+    z_volume = (phi[:, 6] - volume_mean[:, 0]) / volume_std[:, 0]
+    expected = 0.5 * z[:, 0] ** 2 + 1.5 * z[:, 2] ** 2 + 0.5 * z_volume ** 2
     torch.testing.assert_close(model.energy(x, t), expected, rtol=1e-4, atol=1e-5)
-    phi = model.prior(features(x), t)
-    torch.testing.assert_close(phi[:, :6], z, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(phi[:, 6], features(x)[:, 6])
+    torch.testing.assert_close(model.prior(phi, t), torch.cat([z, z_volume[:, None]], 1),
+                               rtol=1e-4, atol=1e-5)
+    # at a tabulated time the table's own row comes back
+    row = 20
+    mean, std = prior.volume_statistics(prior.times[row:row + 1])
+    torch.testing.assert_close(mean, prior.volume_mean[row:row + 1])
+    torch.testing.assert_close(std, prior.volume_std[row:row + 1])
 
 
-def test_bonded_pairs_are_the_bonds_and_the_1_3_pairs():
+def test_restrained_features_are_bonds_1_3_pairs_and_stereocentre_volumes():
     from ase.build import molecule
 
     atoms = molecule("CH3CH2OH")
+    quadruples = chiral_quadruples(atoms.numbers, atoms.positions)
+    restrained = restrained_features(atoms.numbers, atoms.positions, quadruples)
     i, j = np.triu_indices(len(atoms), k=1)
-    pairs = {(int(i[k]), int(j[k])) for k in bonded_pairs(atoms.numbers, atoms.positions)}
+    pairs = {(int(i[k]), int(j[k])) for k in restrained if k < len(i)}
     # 8 bonds; 1-3 pairs: 6 about each carbon (four neighbours), 1 about the oxygen
     assert len(pairs) == 8 + 6 + 6 + 1
     symbols = atoms.get_chemical_symbols()
@@ -311,37 +345,45 @@ def test_bonded_pairs_are_the_bonds_and_the_1_3_pairs():
     assert all(atoms.get_distance(a, b) < 2.6 for a, b in pairs)
     far = [(a, b) for a, b in zip(i, j) if (a, b) not in pairs]
     assert all(atoms.get_distance(a, b) > 2.3 for a, b in far)  # 1-4 and beyond
+    # both carbons are centres: their volumes follow the 36 pairs
+    assert len(quadruples) == 2 and restrained[-2:] == [36, 37]
+    # a chain's dihedral-sign volume is no centre's: not restrained
+    assert restrained_features(atoms.numbers, atoms.positions, [[2, 0, 1, 8]]) == restrained[:-2]
 
 
-def test_the_bonded_prior_holds_the_bonds_of_a_briefly_trained_model():
+def test_the_bonded_prior_holds_bonds_and_handedness_of_a_briefly_trained_model():
     # 100 steps are far too few for the network, but the prior alone is a Gaussian of the
-    # right bond lengths and spreads (E8): the i.i.d. N–H distances keep the data's mean within
-    # 0.02 Å and its spread within a factor 1.5; without the prior they do neither
+    # right bond lengths, spreads and signed volume (E8): the i.i.d. N–H distances keep the
+    # data's mean within 0.02 Å and its spread within a factor 1.5, and 99 % of the samples the
+    # pyramid's handedness; without the prior they do none of it (mirror images ~half)
     data = pyramid_data(400)
     reference = np.linalg.norm(data.positions[:, 1:] - data.positions[:, :1], axis=-1)
+    features = MoleculeFeatures(4, [[0, 1, 2, 3]])
     outcomes = []
-    for pair_prior in (True, False):
+    for bonded_prior in (True, False):
         config = EnergyDiffusionConfig(hidden=16, layers=2, steps=100, sampler_steps=300,
-                                       pair_prior=pair_prior)
+                                       bonded_prior=bonded_prior)
         model = EnergyDiffusion.train(data, config=config, progress=False)
         samples = model.sample_positions(1000, seed=0)
         bonds = np.linalg.norm(samples[:, 1:] - samples[:, :1], axis=-1)
-        outcomes.append(abs(bonds.mean() - reference.mean()) < 0.02
-                        and 1 / 1.5 < bonds.std() / reference.std() < 1.5)
-    assert outcomes == [True, False]
+        volumes = features(torch.as_tensor(samples).flatten(1))[:, 6]
+        outcomes.append((abs(bonds.mean() - reference.mean()) < 0.02,
+                         1 / 1.5 < bonds.std() / reference.std() < 1.5,
+                         (volumes > 0).float().mean().item() > 0.99))
+    assert outcomes == [(True, True, True), (False, False, False)]
 
 
 def test_checkpoints_from_before_the_pair_prior_still_load(tmp_path):
     config = EnergyDiffusionConfig(hidden=8, layers=1, steps=5, sampler_steps=5,
-                                   pair_prior=False)
+                                   bonded_prior=False)
     model = EnergyDiffusion.train(pyramid_data(30), config=config, progress=False)
     path = model.save(tmp_path / "old.pt")
     payload = load_checkpoint(path)
-    del payload["config"]["energy_diffusion"]["pair_prior"]
-    del payload["metadata"]["restrained_pairs"]
+    del payload["config"]["energy_diffusion"]["bonded_prior"]
+    del payload["metadata"]["restrained_features"]
     torch.save(payload, path)
     loaded = ase_drift.load(path)
-    assert loaded.model.prior is None and not loaded.config.pair_prior
+    assert loaded.model.prior is None and not loaded.config.bonded_prior
     np.testing.assert_array_equal(loaded.compute([7, 1, 1, 1], pyramid_data(2).positions).forces,
                                   model.compute([7, 1, 1, 1], pyramid_data(2).positions).forces)
 
@@ -351,7 +393,7 @@ def trained(tmp_path_factory):
     model = EnergyDiffusion.train(pyramid_data(), temperature_K=300.0, fokker_planck=1e-3,
                                   experts=(0.1,), steps=60, seed=0,
                                   config=EnergyDiffusionConfig(hidden=16, layers=2,
-                                                               sampler_steps=20),
+                                                               sampler_steps=50),
                                   progress=False)
     path = model.save(tmp_path_factory.mktemp("energy") / "nh3.pt")
     return model, path
@@ -514,3 +556,12 @@ def test_the_shell_trains_and_simulates_an_energy_diffusion_model(trained, tmp_p
                             progress=False)
     np.testing.assert_allclose(read_positions(out).positions, frames.reshape(-1, 4, 3),
                                rtol=0, atol=1e-6)
+
+
+def test_a_diverging_reverse_diffusion_names_sampler_steps(trained):
+    # 5 Euler steps cannot resolve the bonded prior's stiffness at t_min: say so
+    model, _ = trained
+    coarse = EnergyDiffusion(model.model, model.numbers, model.scale,
+                             replace(model.config, sampler_steps=5), model.metadata)
+    with pytest.warns(RuntimeWarning, match="raise sampler_steps"):
+        coarse.sample_positions(50, seed=0)

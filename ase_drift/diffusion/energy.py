@@ -20,9 +20,10 @@ The seed text of the paper carries no equation numbers; the numbers (E1)–(E7) 
 - (E7) Experts: ``experts=(0.1, 0.6)`` splits [0, 1] into [0, 0.1), [0.1, 0.6), [0.6, 1]; each
   interval has its own energy network, trained in turn (largest t first, as ScoreMD), and the
   regulariser acts on the smallest-t expert only — the one simulations use.
-- (E8) Noise-aware pair features and a bonded prior (beyond the paper, :class:`PairPrior`):
-  z_p = (d_p − m μ_p)/√(m² s_p² + 2σ²) for every pair distance, and each expert's energy adds
-  ½ Σ_{p∈R} k_p z_p² over bonded and 1-3 pairs R, log k_p learned (starting at 0).
+- (E8) Noise-aware features and a bonded prior (beyond the paper, :class:`BondedPrior`):
+  z_p = (d_p − m μ_p)/√(m² s_p² + 2σ²) for every pair distance (the signed volumes standardised
+  by their tabulated VP statistics), and each expert's energy adds ½ Σ_{p∈R} k_p z_p² over the
+  bonds, 1-3 pairs and stereocentre volumes R, log k_p learned (starting at 0).
 
 Everything up to :func:`train_energy_model` works on tensors ``[B, D]`` (2-D toys need no
 atoms). :class:`EnergyDiffusion` puts a molecule on top: centred coordinates / their global
@@ -37,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from itertools import pairwise
@@ -65,8 +67,8 @@ class EnergyDiffusionConfig(StoredConfig):
     times (E7); ``fokker_planck`` is α (0: plain DSM); ``small_t_share`` the fraction of
     ``steps`` given to the smallest-t expert when there are experts (ScoreMD: 120 of 180
     epochs), the rest shared equally. ``t_min`` is the smallest training time, the end of
-    sampling and the time of the force field. ``pair_prior`` (molecules only) standardises the
-    distances for the noise level and adds the bonded prior (E8, :class:`PairPrior`).
+    sampling and the time of the force field. ``bonded_prior`` (molecules only) standardises the
+    features for the noise level and adds the bonded prior (E8, :class:`BondedPrior`).
     """
 
     hidden: int = 92
@@ -86,7 +88,7 @@ class EnergyDiffusionConfig(StoredConfig):
     sampler_steps: int = 1000
     probability_flow: bool = False
     chirality: bool = True
-    pair_prior: bool = True
+    bonded_prior: bool = True
     temperature_K: float | None = None
     seed: int = 0
 
@@ -210,8 +212,12 @@ def time_features(t: Tensor, low: float, high: float) -> Tensor:
                         torch.sin(2 * math.pi * u), -torch.cos(4 * math.pi * u)], -1)
 
 
-class PairPrior(nn.Module):
-    """Noise-aware pair features and the Gaussian bonded prior (E8, beyond the paper).
+VOLUME_TABLE_TIMES = 48  # times at which the signed volumes' VP statistics are tabulated
+VOLUME_TABLE_FRAMES = 4096  # noised training frames per tabulated time
+
+
+class BondedPrior(nn.Module):
+    """Noise-aware features and the Gaussian bonded prior (E8, beyond the paper).
 
     A stiff bond spreads by ~0.02 Å where a torsion-coupled pair spreads by ~1 Å: on raw
     distances the energy network must hold every bond with a curvature thousands of times its
@@ -222,44 +228,81 @@ class PairPrior(nn.Module):
 
         z_p = (d_p − m μ_p) / √(m² s_p² + 2σ²)
 
-    is of order one for every pair at every t: the experts read z instead of d. On the
-    ``restrained`` pairs R (bonds and 1-3 pairs, nearly Gaussian) each expert adds the energy
-    ½ Σ_{p∈R} k_p z_p² (:class:`ExpertEnergy`), exact at t → 0 for independent Gaussian bonds
-    and at t = 1 up to the χ-distribution's entropy; the network learns the rest, and log k_p
-    (starting at 0) corrects the redundancy of overlapping pairs.
+    is of order one for every pair at every t: the experts read z instead of d. The signed
+    volumes (chirality, :class:`MoleculeFeatures`) are cubic in the noise, so their marginal
+    mean and standard deviation are tabulated instead: measured on noised training frames at
+    ``times`` (log-spaced), interpolated in log t, the first row's below it.
 
-    ``mean``, ``std`` ``[M]``; ``restrained`` ``[R]`` indices into the M pairs. Feature columns
-    past M (signed volumes) pass through unchanged.
+    On the ``restrained`` feature columns R (bonds, 1-3 pairs and the volumes at branched atoms:
+    stiff, one-mode, nearly Gaussian) each expert adds the energy ½ Σ_{p∈R} k_p z_p²
+    (:class:`ExpertEnergy`), exact at t → 0 for independent Gaussian features; the network
+    learns the rest, and log k_p (starting at 0) corrects the redundancy of overlapping ones.
+    The volume term is what keeps a stereocentre's handedness: without it the network is left
+    to learn a sign from a feature it barely sees, and half the samples come out mirrored.
+
+    ``mean``, ``std`` ``[M]`` (distances); ``times`` ``[T]``; ``volume_mean``, ``volume_std``
+    ``[T, Q]``; ``restrained`` ``[R]`` indices into the M + Q feature columns.
     """
 
-    def __init__(self, mean: Tensor, std: Tensor, restrained: Tensor, sde: VPSDE):
+    def __init__(self, mean: Tensor, std: Tensor, times: Tensor, volume_mean: Tensor,
+                 volume_std: Tensor, restrained: Tensor, sde: VPSDE):
         super().__init__()
-        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
-        self.register_buffer("restrained", torch.as_tensor(restrained, dtype=torch.int64))
+        for name, value in (("mean", mean), ("std", std), ("times", times),
+                            ("volume_mean", volume_mean), ("volume_std", volume_std)):
+            self.register_buffer(name, torch.as_tensor(value, dtype=torch.float32))
+        self.register_buffer("restrained", torch.as_tensor(np.asarray(restrained, np.int64)))
         self.sde = sde
 
     @classmethod
-    def fit(cls, distances: Tensor, restrained, sde: VPSDE) -> PairPrior:
-        """Statistics of the training frames' distances ``[N, M]`` (normalised units)."""
-        return cls(distances.mean(0), distances.std(0).clamp_min(1e-6),
-                   torch.as_tensor(np.asarray(restrained, dtype=np.int64)), sde)
+    def fit(cls, features: MoleculeFeatures, x0: Tensor, restrained, sde: VPSDE, t_min: float,
+            generator: torch.Generator) -> BondedPrior:
+        """Statistics of the training frames ``x0`` ``[N, 3A]`` (centred, normalised): the
+        distances' at t = 0, the volumes' at every tabulated time (VP noise, centred)."""
+        with torch.no_grad():
+            phi = features(x0)  # [N, F]
+            n_pairs = features.n_pairs
+            times = torch.logspace(math.log10(t_min / 2), 0, VOLUME_TABLE_TIMES)
+            index = torch.randint(len(x0), (VOLUME_TABLE_FRAMES,), generator=generator)
+            volumes = []
+            for t in times:
+                mean, std = sde.marginal(t)
+                noise = _centre(torch.randn(x0[index].shape, generator=generator),
+                                features.n_atoms)
+                volumes.append(features(mean * x0[index] + std * noise)[:, n_pairs:])
+            volumes = torch.stack(volumes)  # [T, n, Q]
+        volume_std = (volumes.std(1) if volumes.shape[-1] else volumes.sum(1)).clamp_min(1e-6)
+        return cls(phi[:, :n_pairs].mean(0), phi[:, :n_pairs].std(0).clamp_min(1e-6), times,
+                   volumes.mean(1), volume_std, restrained, sde)
 
     @classmethod
-    def unfitted(cls, n_pairs: int, restrained, sde: VPSDE) -> PairPrior:
-        """Placeholder statistics, for loading a state dict."""
+    def unfitted(cls, n_pairs: int, n_volumes: int, restrained, sde: VPSDE) -> BondedPrior:
+        """Placeholder statistics of the right shapes, for loading a state dict."""
         return cls(torch.zeros(n_pairs), torch.ones(n_pairs),
-                   torch.as_tensor(np.asarray(restrained, dtype=np.int64)), sde)
+                   torch.ones(VOLUME_TABLE_TIMES), torch.zeros(VOLUME_TABLE_TIMES, n_volumes),
+                   torch.ones(VOLUME_TABLE_TIMES, n_volumes), restrained, sde)
+
+    def volume_statistics(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """Tabulated (mean, std) of the volumes at times ``t`` ``[B]``: ``[B, Q]`` each."""
+        log_t = t.clamp_min(self.times[0]).log()
+        log_times = self.times.log()
+        upper = torch.searchsorted(log_times, log_t).clamp(1, len(log_times) - 1)  # [B]
+        low, high = log_times[upper - 1], log_times[upper]
+        weight = _column(((log_t - low) / (high - low)).clamp(0, 1))  # [B, 1]
+        mean = torch.lerp(self.volume_mean[upper - 1], self.volume_mean[upper], weight)
+        log_std = torch.lerp(self.volume_std[upper - 1].log(), self.volume_std[upper].log(),
+                             weight)
+        return mean, log_std.exp()
 
     def forward(self, phi: Tensor, t: Tensor) -> Tensor:
-        """Features ``[B, F]`` with the first M columns (distances) replaced by z ``[B, M]``."""
+        """Standardised features z ``[B, F]`` of features ``phi`` ``[B, F]`` at times ``t``."""
         log_mean = _column(self.sde.log_mean(t))  # [B, 1]
         # σ² from log m, not σ: stays smooth for the slightly negative t of the Fokker–Planck
         # term's time differences (E5) near t_min
         variance = (2 * log_mean).exp() * self.std.square() - 2 * torch.expm1(2 * log_mean)
         n_pairs = len(self.mean)
         z = (phi[:, :n_pairs] - log_mean.exp() * self.mean) / variance.sqrt()  # [B, M]
-        return torch.cat([z, phi[:, n_pairs:]], -1)
+        volume_mean, volume_std = self.volume_statistics(t)  # [B, Q] each
+        return torch.cat([z, (phi[:, n_pairs:] - volume_mean) / volume_std], -1)
 
 
 class ExpertEnergy(nn.Module):
@@ -295,7 +338,7 @@ class EnergyModel(nn.Module):
     log q = −U, score = −∇ₓU (E2)."""
 
     def __init__(self, n_features: int, config: EnergyDiffusionConfig,
-                 features: nn.Module | None = None, prior: PairPrior | None = None):
+                 features: nn.Module | None = None, prior: BondedPrior | None = None):
         super().__init__()
         self.features = features or nn.Identity()
         self.prior = prior
@@ -370,7 +413,7 @@ def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
                        features: nn.Module | None = None, n_features: int | None = None,
                        project: Callable[[Tensor], Tensor] | None = None,
                        dim: int | None = None, progress: bool = True,
-                       prior: PairPrior | None = None) -> TrainedEnergyModel:
+                       prior: BondedPrior | None = None) -> TrainedEnergyModel:
     """Train U_θ on data ``x0`` ``[N, D]`` by DSM (E3), plus α·L_FP (E6) on the smallest-t
     expert, each expert on its own time interval (E7), largest t first; Adam, cosine learning
     rate per expert, gradient norm clipped at 10³, EMA of the weights (decay
@@ -484,8 +527,12 @@ class MoleculeFeatures(nn.Module):
         self.register_buffer("quadruples", quadruples, persistent=False)
 
     @property
+    def n_pairs(self) -> int:
+        return len(self.distances.pair_i)
+
+    @property
     def n_features(self) -> int:
-        return len(self.distances.pair_i) + len(self.quadruples)
+        return self.n_pairs + len(self.quadruples)
 
     def forward(self, x: Tensor) -> Tensor:
         coords = x.view(len(x), self.n_atoms, 3)
@@ -504,10 +551,13 @@ def chiral_quadruples(numbers, positions: np.ndarray) -> list[list[int]]:
             if len(near) >= 3]
 
 
-def bonded_pairs(numbers, positions: np.ndarray) -> list[int]:
-    """Indices into the M pairs (``numpy.triu_indices`` order) of the bonds and 1-3 pairs (two
-    atoms bonded to a common one) of the frames ``positions`` ``[N, A, 3]``
-    (:func:`ase_drift.torsions.bond_graph`): the restrained pairs of (E8)."""
+def restrained_features(numbers, positions: np.ndarray, quadruples) -> list[int]:
+    """The restrained feature columns R of (E8) among the M pair distances
+    (``numpy.triu_indices`` order) and then the signed volumes of ``quadruples`` ``[Q, 4]``:
+    bonds, 1-3 pairs (two atoms bonded to a common one) and the volumes of quadruples made of
+    a centre and three of its bonded neighbours, in the frames ``positions`` ``[N, A, 3]``
+    (:func:`ase_drift.torsions.bond_graph`). Volumes of other quadruples (a chain's dihedral
+    signs) flip with the conformation and stay unrestrained."""
     from ..torsions import bond_graph
 
     bonded = bond_graph(numbers, positions)
@@ -515,8 +565,10 @@ def bonded_pairs(numbers, positions: np.ndarray) -> list[int]:
     close = {(min(a, b), max(a, b)) for a, near in enumerate(bonded) for b in near}
     close |= {(b, c) for near in bonded for b in near for c in near if b < c}
     i, j = np.triu_indices(n_atoms, k=1)
-    index = {(int(a), int(b)): k for k, (a, b) in enumerate(zip(i, j))}
-    return sorted(index[pair] for pair in close)
+    pairs = [k for k, pair in enumerate(zip(i.tolist(), j.tolist())) if pair in close]
+    centres = [len(i) + k for k, (a, *others) in enumerate(np.asarray(quadruples).reshape(-1, 4))
+               if set(others) <= set(bonded[a])]
+    return pairs + centres
 
 
 def _centre(z: Tensor, n_atoms: int) -> Tensor:
@@ -589,16 +641,17 @@ class EnergyDiffusion(TemplateSampler):
         n_atoms = data.n_atoms
         features = MoleculeFeatures(n_atoms, quadruples)
         x0 = torch.as_tensor(positions / scale, dtype=torch.float32).flatten(1)  # [N, 3A]
-        restrained = bonded_pairs(data.numbers, data.positions) if config.pair_prior else []
-        prior = (PairPrior.fit(features.distances.features(x0.view(-1, n_atoms, 3)), restrained,
-                               VPSDE(config.beta_min, config.beta_max))
-                 if config.pair_prior else None)
+        restrained = (restrained_features(data.numbers, data.positions, quadruples)
+                      if config.bonded_prior else [])
+        prior = (BondedPrior.fit(features, x0, restrained, VPSDE(config.beta_min, config.beta_max),
+                                 config.t_min, torch.Generator().manual_seed(config.seed))
+                 if config.bonded_prior else None)
         trained = train_energy_model(x0, config, features, features.n_features,
                                      lambda z: _centre(z, n_atoms), 3 * n_atoms - 3, progress,
                                      prior)
         metadata = {"numbers": data.numbers.tolist(), "scale_angstrom": scale,
                     "temperature_K": temperature, "chiral_quadruples": quadruples,
-                    "restrained_pairs": restrained,
+                    "restrained_features": restrained,
                     "training_seconds": list(trained.seconds), "training_frames": len(data),
                     "units": {"positions": "Å", "energies": "eV", "forces": "eV/Å"}}
         return cls(trained.model, data.numbers, scale, config, metadata)
@@ -611,6 +664,12 @@ class EnergyDiffusion(TemplateSampler):
         t_min)."""
         flat = sample_energy_model(self.model, n, (3 * len(self.numbers),), self.config, rng,
                                    self._project)
+        diverged = int((~flat.isfinite().all(-1)).sum())
+        if diverged:
+            warnings.warn(f"the reverse diffusion diverged for {diverged} of {n} samples (their "
+                          f"positions are not finite): the model is stiffer than "
+                          f"sampler_steps={self.config.sampler_steps} Euler steps resolve; "
+                          f"raise sampler_steps", RuntimeWarning, stacklevel=3)
         return (flat.view(n, len(self.numbers), 3) * self.scale).numpy().astype(np.float32)
 
     def log_prob(self, positions, divergence: str = "exact", seed: int | None = None,
@@ -704,13 +763,14 @@ class EnergyDiffusion(TemplateSampler):
     def from_checkpoint(cls, payload: dict, path: str | Path) -> EnergyDiffusion:
         stored = payload["config"]["energy_diffusion"]
         # checkpoints from before (E8) have no pair prior
-        config = EnergyDiffusionConfig.from_dict({"pair_prior": False, **stored})
+        config = EnergyDiffusionConfig.from_dict({"bonded_prior": False, **stored})
         metadata = {k: v for k, v in payload["metadata"].items() if k != "kind"}
         n_atoms = len(metadata["numbers"])
         features = MoleculeFeatures(n_atoms, metadata["chiral_quadruples"])
-        prior = (PairPrior.unfitted(n_atoms * (n_atoms - 1) // 2, metadata["restrained_pairs"],
-                                    VPSDE(config.beta_min, config.beta_max))
-                 if config.pair_prior else None)
+        prior = (BondedPrior.unfitted(features.n_pairs, len(features.quadruples),
+                                      metadata["restrained_features"],
+                                      VPSDE(config.beta_min, config.beta_max))
+                 if config.bonded_prior else None)
         model = EnergyModel(features.n_features, config, features, prior)
         try:
             model.load_state_dict(payload["state_dict"])
