@@ -2,8 +2,8 @@
 time (Plainer et al. 2025, "Consistent Sampling and Simulation", ScoreMD): one model that draws
 i.i.d. samples by reverse diffusion *and* drives molecular dynamics with its t → 0 score.
 
-The seed text of the paper carries no equation numbers; the numbers (E1)–(E7) below are those of
-``docs/energy-diffusion.md``, which names the paper's section for each.
+The seed text of the paper carries no equation numbers; the numbers (E1)–(E8) below are those of
+``docs/energy-diffusion.md``, which names the paper's section for each ((E8) is beyond it).
 
 - (E1) VP SDE: dx = −½β(t) x dt + √β(t) dw, β(t) = β_min + t (β_max − β_min) (β 0.1–20);
   x_t = m(t) x₀ + σ(t) ε with log m(t) = −¼t²(β_max − β_min) − ½t β_min, σ² = 1 − m².
