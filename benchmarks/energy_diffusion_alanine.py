@@ -63,7 +63,13 @@ from ase_drift.peptides import backbone_beads, bead_dihedrals, topology_from_pdb
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
 from benchmarks.common import ROOT, write_json, write_section
-from benchmarks.energy_diffusion_molecules import METHODS, _mean_std, run_arguments
+from benchmarks.energy_diffusion_molecules import (
+    METHODS,
+    _mean_std,
+    prior_option,
+    prior_tag,
+    run_arguments,
+)
 
 DATASET = "alanine-dipeptide-amber99sbildn-300K-small"
 TIMESTEP_FS, FRICTION_PER_FS = 1.0, 1e-3  # the data's LangevinMiddle protocol: 1 fs, 1/ps
@@ -146,7 +152,9 @@ def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> t
     """Scores of one (method, seed), and the (φ, ψ) of its i.i.d. and simulated frames."""
     start = time.perf_counter()
     model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, quadruples=level.quadruples,
-                                  config=EnergyDiffusionConfig(batch_size=BATCH_SIZE),
+                                  config=EnergyDiffusionConfig(
+                                      batch_size=BATCH_SIZE,
+                                      bonded_prior=not args.no_bonded_prior),
                                   **METHODS[method])
     train_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -311,7 +319,7 @@ def main():
     args.md_steps = args.md_steps or (20000 if quick else 2_000_000)
     args.drift_steps = args.drift_steps or (500 if quick else 4000)
     tag = (f"steps={args.steps}|batch={BATCH_SIZE}|replicas={args.replicas}|"
-           f"sim={args.sim_steps}")
+           f"sim={args.sim_steps}{prior_tag(args)}")
     _, reference = load(DATASET)
     level = resolution(args.all_atom, len(reference.numbers))
     suffix = ("_allatom" if args.all_atom else "") + ("-quick" if quick else "")
@@ -370,7 +378,7 @@ def main():
                + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}")
                + (f" --steps {args.steps}" if args.steps != 20000 else "")
                + (f" --methods {' '.join(args.methods)}" if args.methods != list(METHODS)
-                  else ""))
+                  else "") + prior_option(args))
     write_section("energy-diffusion.md", marker,
                   f"`{command}` ({args.steps:,} training steps of batch {BATCH_SIZE}, "
                   f"{args.replicas} replicas × {args.sim_steps:,} steps of {TIMESTEP_FS:g} fs)"

@@ -36,6 +36,7 @@ import numpy as np
 
 from ase_drift.datasets import load, reference_runs
 from ase_drift.diffusion import EnergyDiffusion
+from ase_drift.diffusion.energy import EnergyDiffusionConfig
 from ase_drift.forces import LabelingError
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.metrics.distances import BOND_TOLERANCE, covalent_bonds, pair_distances
@@ -97,7 +98,9 @@ def scores(positions: np.ndarray, target) -> dict:
 
 def run_method(method: str, seed: int, args, run0, run1, drift_starts: np.ndarray) -> dict:
     start = time.perf_counter()
-    model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, **METHODS[method])
+    model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, **METHODS[method],
+                                  config=EnergyDiffusionConfig(
+                                      bonded_prior=not args.no_bonded_prior))
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     iid = model.sample_positions(1000, seed=seed)
@@ -243,9 +246,22 @@ def run_arguments(doc: str, quick_help: str, score_help: str) -> argparse.Argume
                         help="steps between recorded frames")
     parser.add_argument("--score-every", type=int, default=100, help=score_help)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--no-bonded-prior", action="store_true",
+                        help="train without the bonded prior (E8), as before it existed")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--results", type=Path, default=None)
     return parser
+
+
+def prior_tag(args) -> str:
+    """The stored results' key suffix for the bonded-prior setting (rows stored before (E8)
+    existed carry none: they were trained without it)."""
+    return "" if args.no_bonded_prior else "|bonded-prior"
+
+
+def prior_option(args) -> str:
+    """The command-line switch to print beside a table."""
+    return " --no-bonded-prior" if args.no_bonded_prior else ""
 
 
 def main():
@@ -259,7 +275,7 @@ def main():
     args.steps = args.steps or (4000 if quick else 20000)
     args.replicas = args.replicas or (50 if quick else 100)
     args.sim_steps = args.sim_steps or (4000 if quick else 10000)
-    tag = f"steps={args.steps}|replicas={args.replicas}|sim={args.sim_steps}"
+    tag = f"steps={args.steps}|replicas={args.replicas}|sim={args.sim_steps}{prior_tag(args)}"
     results = args.results or Path(f"benchmarks/results/energy_diffusion_ethanol"
                                    f"{'-quick' if quick else ''}.json")
     stored = json.loads(results.read_text()) if results.exists() else {}
@@ -303,7 +319,8 @@ def main():
     print(text)
     if not args.no_docs:
         command = ("python -m benchmarks.energy_diffusion_molecules"
-                   + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}"))
+                   + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}")
+                   + prior_option(args))
         write_section("energy-diffusion.md", "ethanol-quick" if quick else "ethanol",
                       f"`{command}` ({args.steps:,} training steps, {args.replicas} replicas × "
                       f"{args.sim_steps:,} steps of {TIMESTEP_FS} fs)\n\n{text}")

@@ -34,6 +34,7 @@ from ase_drift.diffusion.energy import (
     fp_weak_residual,
     restrained_features,
     sample_energy_model,
+    torsion_quadruples,
     train_energy_model,
 )
 from ase_drift.diffusion.samplers import reverse_sde_sample
@@ -233,6 +234,37 @@ def test_molecule_features_tell_mirror_images_apart():
 
 
 
+def test_dihedral_features_are_the_dihedral_angles_ase_reads():
+    # (cos ω, sin ω) of butane's three rotatable bonds, read through heavy atoms where there
+    # are any, in ASE's sign convention; a mirror flips sin only, a rigid motion changes none,
+    # and a collinear triple keeps finite gradients
+    from ase.build import molecule
+
+    atoms = molecule("trans-butane")
+    torsions = torsion_quadruples(atoms.numbers, atoms.positions)
+    assert torsions == [[4, 0, 1, 2], [0, 1, 2, 3], [1, 2, 3, 5]]
+    features = MoleculeFeatures(len(atoms), [], torsions)
+    rng = np.random.default_rng(0)
+    frames = atoms.positions + 0.3 * rng.standard_normal((20, len(atoms), 3))
+    phi = features(torch.as_tensor(frames).flatten(1))[:, -6:]  # [20, cos ×3, sin ×3]
+    for frame, row in zip(frames, phi):
+        atoms.positions = frame
+        omega = np.radians([atoms.get_dihedral(*t) for t in torsions])
+        np.testing.assert_allclose(row.numpy(), np.concatenate([np.cos(omega), np.sin(omega)]),
+                                   atol=1e-5)
+    mirrored = features(torch.as_tensor(frames * [1.0, -1.0, 1.0]).flatten(1))[:, -6:]
+    torch.testing.assert_close(mirrored, phi * torch.tensor([1.0] * 3 + [-1.0] * 3, dtype=F64))
+    rotation = torch.as_tensor(np.linalg.qr(rng.normal(size=(3, 3)))[0])
+    rotation = rotation * torch.linalg.det(rotation)
+    moved = torch.as_tensor(frames) @ rotation.T + 1.5
+    torch.testing.assert_close(features(moved.flatten(1))[:, -6:], phi)
+    collinear = torch.as_tensor(frames[:1]).clone()
+    collinear[0, 4] = collinear[0, 0] + 0.5 * (collinear[0, 0] - collinear[0, 1])
+    collinear = collinear.flatten(1).requires_grad_(True)
+    features(collinear)[:, -6:].sum().backward()
+    assert torch.isfinite(collinear.grad).all()
+
+
 def test_given_quadruples_make_a_chain_tell_its_mirror_image_apart():
     # an unbranched C–N–C–C chain at a gauche dihedral: no atom has three bonded neighbours
     rng = np.random.default_rng(0)
@@ -240,15 +272,17 @@ def test_given_quadruples_make_a_chain_tell_its_mirror_image_apart():
     data = Conformations([6, 7, 6, 6], base + 0.03 * rng.standard_normal((200, 4, 3)),
                          temperature_K=300.0)
     assert chiral_quadruples(data.numbers, data.positions) == []
-    config = EnergyDiffusionConfig(hidden=16, layers=2, steps=30)
     frames = data.positions[:5]
     mirror = frames * np.array([1.0, 1.0, -1.0])
-    for quadruples, tells_apart in ((None, False), ([[0, 1, 2, 3]], True)):
+    # the signed volume, or the dihedral's sine, carries the handedness; distances do not
+    for quadruples, dihedrals, tells_apart in ((None, False, False), ([[0, 1, 2, 3]], False, True),
+                                               (None, True, True)):
+        config = EnergyDiffusionConfig(hidden=16, layers=2, steps=30, dihedrals=dihedrals)
         model = EnergyDiffusion.train(data, config=config, quadruples=quadruples,
                                       progress=False)
         energy = model.compute(data.numbers, frames).energies
         energy_mirror = model.compute(data.numbers, mirror).energies
-        assert (np.abs(energy - energy_mirror).max() > 1e-4) == tells_apart
+        assert (np.abs(energy - energy_mirror).max() > 1e-6) == tells_apart  # float32: ~1e-8
         assert model.metadata["chiral_quadruples"] == (quadruples or [])
 
 @pytest.mark.parametrize("t", [1e-3, 0.05, 0.3, 0.6])

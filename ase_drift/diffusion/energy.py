@@ -68,7 +68,9 @@ class EnergyDiffusionConfig(StoredConfig):
     ``steps`` given to the smallest-t expert when there are experts (ScoreMD: 120 of 180
     epochs), the rest shared equally. ``t_min`` is the smallest training time, the end of
     sampling and the time of the force field. ``bonded_prior`` (molecules only) standardises the
-    features for the noise level and adds the bonded prior (E8, :class:`BondedPrior`).
+    features for the noise level and adds the bonded prior (E8, :class:`BondedPrior`);
+    ``dihedrals`` adds the rotatable bonds' dihedral angles to the features
+    (:class:`MoleculeFeatures`).
     """
 
     hidden: int = 92
@@ -88,6 +90,7 @@ class EnergyDiffusionConfig(StoredConfig):
     sampler_steps: int = 1000
     probability_flow: bool = False
     chirality: bool = True
+    dihedrals: bool = True
     bonded_prior: bool = True
     temperature_K: float | None = None
     seed: int = 0
@@ -241,7 +244,8 @@ class BondedPrior(nn.Module):
     to learn a sign from a feature it barely sees, and half the samples come out mirrored.
 
     ``mean``, ``std`` ``[M]`` (distances); ``times`` ``[T]``; ``volume_mean``, ``volume_std``
-    ``[T, Q]``; ``restrained`` ``[R]`` indices into the M + Q feature columns.
+    ``[T, Q]``; ``restrained`` ``[R]`` indices into the M + Q feature columns. Columns past them
+    (the dihedrals' cosines and sines, already of order one) pass through.
     """
 
     def __init__(self, mean: Tensor, std: Tensor, times: Tensor, volume_mean: Tensor,
@@ -261,6 +265,7 @@ class BondedPrior(nn.Module):
         with torch.no_grad():
             phi = features(x0)  # [N, F]
             n_pairs = features.n_pairs
+            end = n_pairs + len(features.quadruples)
             times = torch.logspace(math.log10(t_min / 2), 0, VOLUME_TABLE_TIMES)
             index = torch.randint(len(x0), (VOLUME_TABLE_FRAMES,), generator=generator)
             volumes = []
@@ -268,7 +273,7 @@ class BondedPrior(nn.Module):
                 mean, std = sde.marginal(t)
                 noise = _centre(torch.randn(x0[index].shape, generator=generator),
                                 features.n_atoms)
-                volumes.append(features(mean * x0[index] + std * noise)[:, n_pairs:])
+                volumes.append(features(mean * x0[index] + std * noise)[:, n_pairs:end])
             volumes = torch.stack(volumes)  # [T, n, Q]
         volume_std = (volumes.std(1) if volumes.shape[-1] else volumes.sum(1)).clamp_min(1e-6)
         return cls(phi[:, :n_pairs].mean(0), phi[:, :n_pairs].std(0).clamp_min(1e-6), times,
@@ -302,7 +307,9 @@ class BondedPrior(nn.Module):
         n_pairs = len(self.mean)
         z = (phi[:, :n_pairs] - log_mean.exp() * self.mean) / variance.sqrt()  # [B, M]
         volume_mean, volume_std = self.volume_statistics(t)  # [B, Q] each
-        return torch.cat([z, (phi[:, n_pairs:] - volume_mean) / volume_std], -1)
+        end = n_pairs + volume_mean.shape[1]
+        return torch.cat([z, (phi[:, n_pairs:end] - volume_mean) / volume_std, phi[:, end:]],
+                         -1)
 
 
 class ExpertEnergy(nn.Module):
@@ -508,23 +515,29 @@ def sample_energy_model(model: EnergyModel, n: int, dim_shape: tuple[int, ...],
 
 
 class MoleculeFeatures(nn.Module):
-    """Invariant features of flattened coordinates ``[B, 3A]``: the M pairwise distances and,
-    for chirality, the signed volumes (r_b − r_a)·((r_c − r_a) × (r_d − r_a)) ``[B, Q]`` of
-    given quadruples (a centre and three of its bonded neighbours).
+    """Invariant features of flattened coordinates ``[B, 3A]``: the M pairwise distances; for
+    chirality, the signed volumes (r_b − r_a)·((r_c − r_a) × (r_d − r_a)) ``[B, Q]`` of given
+    quadruples (a centre and three of its bonded neighbours); and (cos ω, sin ω) ``[B, 2T]`` of
+    the dihedral ω of each of the ``torsions`` quadruples (one per rotatable bond).
 
     Distances alone are invariant under reflections too, so an energy of distances gives a
     conformation and its mirror image the same probability: right for achiral molecules (their
     mirror conformations are equally likely), wrong at stereocentres, where i.i.d. sampling from
     noise would produce both enantiomers. The signed volumes change sign under reflection, so
-    the energy can tell them apart.
+    the energy can tell them apart. The dihedrals (beyond the paper) give the network the
+    torsion angles that set a flexible molecule's conformational free energy directly, where
+    distances hold them only through 1-4 pairs mixed with everything else; sin ω also flips
+    under reflection. The normals' lengths are softened by 10⁻³ (normalised units) so that a
+    nearly collinear triple, which noise at large t makes, keeps finite gradients.
     """
 
-    def __init__(self, n_atoms: int, quadruples):
+    def __init__(self, n_atoms: int, quadruples, torsions=()):
         super().__init__()
         self.n_atoms = n_atoms
         self.distances = PairwiseDistances(n_atoms)
-        quadruples = torch.as_tensor(np.asarray(quadruples, dtype=np.int64).reshape(-1, 4))
-        self.register_buffer("quadruples", quadruples, persistent=False)
+        for name, value in (("quadruples", quadruples), ("torsions", torsions)):
+            index = torch.as_tensor(np.asarray(value, dtype=np.int64).reshape(-1, 4))
+            self.register_buffer(name, index, persistent=False)
 
     @property
     def n_pairs(self) -> int:
@@ -532,13 +545,45 @@ class MoleculeFeatures(nn.Module):
 
     @property
     def n_features(self) -> int:
-        return self.n_pairs + len(self.quadruples)
+        return self.n_pairs + len(self.quadruples) + 2 * len(self.torsions)
 
     def forward(self, x: Tensor) -> Tensor:
         coords = x.view(len(x), self.n_atoms, 3)
         a, b, c, d = (coords[:, self.quadruples[:, k]] for k in range(4))  # [B, Q, 3] each
         volumes = ((b - a) * torch.linalg.cross(c - a, d - a)).sum(-1)  # [B, Q]
-        return torch.cat([self.distances.features(coords), volumes], -1)
+        a, b, c, d = (coords[:, self.torsions[:, k]] for k in range(4))  # [B, T, 3] each
+        axis = c - b
+        normal_1 = torch.linalg.cross(b - a, axis)
+        normal_2 = torch.linalg.cross(axis, d - c)
+        in_plane = torch.linalg.cross(axis / _soft_norm(axis), normal_1)  # IUPAC sign
+        lengths = _soft_norm(normal_1) * _soft_norm(normal_2)  # [B, T, 1]
+        cos = (normal_1 * normal_2).sum(-1) / lengths[..., 0]  # [B, T]
+        sin = (in_plane * normal_2).sum(-1) / lengths[..., 0]
+        return torch.cat([self.distances.features(coords), volumes, cos, sin], -1)
+
+
+def _soft_norm(v: Tensor) -> Tensor:
+    """√(‖v‖² + 10⁻⁶) over the last axis, kept ``[..., 1]``."""
+    return (v.square().sum(-1, keepdim=True) + 1e-6).sqrt()
+
+
+def torsion_quadruples(numbers, positions: np.ndarray) -> list[list[int]]:
+    """[a, b, c, d] for each rotatable bond b–c (:func:`ase_drift.torsions.rotatable_bonds` of
+    ``positions`` ``[N, A, 3]``): a and d are the heaviest other neighbours of b and c (on a
+    tie, the lowest index), so a backbone dihedral is read through its heavy atoms."""
+    from ..torsions import bond_graph, rotatable_bonds
+
+    numbers = np.asarray(numbers)
+    bonded = bond_graph(numbers, positions)
+
+    def heaviest(atom: int, other: int) -> int:
+        return min((n for n in bonded[atom] if n != other), key=lambda n: (-numbers[n], n))
+
+    out = []
+    for bond in rotatable_bonds(numbers, positions):
+        b, c = sorted((bond.fixed, bond.pivot))
+        out.append([heaviest(b, c), b, c, heaviest(c, b)])
+    return out
 
 
 def chiral_quadruples(numbers, positions: np.ndarray) -> list[list[int]]:
@@ -639,7 +684,8 @@ class EnergyDiffusion(TemplateSampler):
                           else [])
         quadruples = np.asarray(quadruples, dtype=np.int64).reshape(-1, 4).tolist()
         n_atoms = data.n_atoms
-        features = MoleculeFeatures(n_atoms, quadruples)
+        torsions = torsion_quadruples(data.numbers, data.positions) if config.dihedrals else []
+        features = MoleculeFeatures(n_atoms, quadruples, torsions)
         x0 = torch.as_tensor(positions / scale, dtype=torch.float32).flatten(1)  # [N, 3A]
         restrained = (restrained_features(data.numbers, data.positions, quadruples)
                       if config.bonded_prior else [])
@@ -651,7 +697,7 @@ class EnergyDiffusion(TemplateSampler):
                                      prior)
         metadata = {"numbers": data.numbers.tolist(), "scale_angstrom": scale,
                     "temperature_K": temperature, "chiral_quadruples": quadruples,
-                    "restrained_features": restrained,
+                    "restrained_features": restrained, "torsions": torsions,
                     "training_seconds": list(trained.seconds), "training_frames": len(data),
                     "units": {"positions": "Å", "energies": "eV", "forces": "eV/Å"}}
         return cls(trained.model, data.numbers, scale, config, metadata)
@@ -762,11 +808,13 @@ class EnergyDiffusion(TemplateSampler):
     @classmethod
     def from_checkpoint(cls, payload: dict, path: str | Path) -> EnergyDiffusion:
         stored = payload["config"]["energy_diffusion"]
-        # checkpoints from before (E8) have no pair prior
-        config = EnergyDiffusionConfig.from_dict({"bonded_prior": False, **stored})
+        # checkpoints from before (E8) have neither the bonded prior nor dihedrals
+        config = EnergyDiffusionConfig.from_dict(
+            {"bonded_prior": False, "dihedrals": False, **stored})
         metadata = {k: v for k, v in payload["metadata"].items() if k != "kind"}
         n_atoms = len(metadata["numbers"])
-        features = MoleculeFeatures(n_atoms, metadata["chiral_quadruples"])
+        features = MoleculeFeatures(n_atoms, metadata["chiral_quadruples"],
+                                    metadata.get("torsions", []))
         prior = (BondedPrior.unfitted(features.n_pairs, len(features.quadruples),
                                       metadata["restrained_features"],
                                       VPSDE(config.beta_min, config.beta_max))
