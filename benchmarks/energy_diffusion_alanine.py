@@ -9,7 +9,8 @@ Data: the bundled alanine dipeptide (amber99sb-ildn, vacuum, 300 K; two unbiased
 a frame every 4 ps), reduced to the beads C(ACE), N, CA, C, N(NME)
 (:func:`~ase_drift.peptides.backbone_beads`, ScoreMD's 5-bead coarse-graining), whose φ and ψ
 are the all-atom ones. Models train on run 0 (5,000 frames) and are scored against run 1, so
-every error left is the model's. The energy network sees the bead distances and the signed
+every error left is the model's; ``--data`` (a file of ``ase_drift.datasets.alanine``, its run 0
+for training) and ``--extra-reference`` (more such files) score against every other run. The energy network sees the bead distances and the signed
 volumes of beads 0–3 and 1–4 (mirror images have (φ, ψ) → (−φ, −ψ); distances alone cannot
 tell them apart). With ``--all-atom`` it sees all 22 atoms: their distances and the signed
 volumes about every branched atom (the default chirality features; the α-carbon's fixes the
@@ -18,7 +19,7 @@ same backbone atoms.
 
 - i.i.d.: 20,000 reverse-SDE samples: Ramachandran JS (64 × 64 bins, nats), PMF RMSE (kT, bins
   with ≥ 10 frames in both sets), ΔF = F(C5/β) − F(C7eq/αR), TVD of bead distances, bond
-  stability; JS also on 5,000 of them (run 1's size, to set against the run-to-run floor).
+  stability; JS also on as many as run 0 holds, to set against the run-to-run floor.
 - simulation: ``--replicas`` BAOAB replicas on the model's force kT·s(x, t_min) with the beads'
   atomic masses, the data's Langevin protocol (1 fs, friction 1/ps), started from training
   frames, ``--sim-steps`` steps, a frame every ``--record-every``; the same metrics on the
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -62,6 +64,7 @@ from ase_drift.metrics.timeseries import integrated_autocorrelation_time
 from ase_drift.peptides import backbone_beads, bead_dihedrals, topology_from_pdb
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
+from benchmarks.alanine import load_reference
 from benchmarks.common import ROOT, write_json, write_section
 from benchmarks.energy_diffusion_molecules import (
     METHODS,
@@ -121,16 +124,18 @@ def delta_f(phi, psi) -> float:
     return free_energy_difference(phi, *basin_masks_psi(phi, psi))
 
 
-def scores(positions: np.ndarray, target: Conformations, backbone: np.ndarray) -> dict:
+def scores(positions: np.ndarray, target: Conformations, backbone: np.ndarray,
+           n_small: int) -> dict:
     """Ramachandran and distance scores of frames ``positions`` [n, A, 3] (the 5 beads at
-    ``backbone``) against ``target``; non-finite frames (a diverged sampler) are counted and
-    left out."""
+    ``backbone``) against ``target``, the JS also on ``n_small`` of them (the training run's
+    size, to set against the run-to-run floor); non-finite frames (a diverged sampler) are
+    counted and left out."""
     finite = np.isfinite(positions).all(axis=(1, 2))
     positions = positions[finite]
     phi, psi = bead_dihedrals(positions[:, backbone])
     ref_phi, ref_psi = bead_dihedrals(target.positions[:, backbone])
     reference = ramachandran_histogram(ref_phi, ref_psi)
-    few = np.linspace(0, len(phi) - 1, min(len(phi), len(target))).round().astype(int)
+    few = np.linspace(0, len(phi) - 1, min(len(phi), n_small)).round().astype(int)
     report = evaluate(positions, target.positions, target.numbers)
     return {"js": js_divergence(ramachandran_histogram(phi, psi), reference),
             "js_at_reference_size": js_divergence(ramachandran_histogram(phi[few], psi[few]),
@@ -172,7 +177,7 @@ def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> t
                  else 0.0 for f, ok in zip(frames[thin - 1::thin], finite[thin - 1::thin])]
     kept = frames[len(frames) // 10:]  # after 10 % burn-in
     n_atoms = len(level.atoms)
-    sim = scores(kept.reshape(-1, n_atoms, 3), run1, level.backbone)
+    sim = scores(kept.reshape(-1, n_atoms, 3), run1, level.backbone, len(run0))
     diverged = int((~finite.all(axis=0)).sum())
     sim.update(wall_s=wall, s_per_step_replica=wall / (args.sim_steps * args.replicas),
                diverged_replicas=diverged, bond_stability_curve=stability,
@@ -182,7 +187,7 @@ def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> t
     seconds = model.metadata["training_seconds"]
     result = {"train_s": train_s, "expert_seconds": seconds,
               "expert_steps": expert_steps(model.config), "iid_s_per_sample": iid_s,
-              "iid": scores(iid, run1, level.backbone), "sim": sim}
+              "iid": scores(iid, run1, level.backbone, len(run0)), "sim": sim}
     pooled = kept.reshape(-1, n_atoms, 3)
     pooled = pooled[np.isfinite(pooled).all(axis=(1, 2))]
     return result, {name: bead_dihedrals(frames[np.linspace(0, len(frames) - 1, N_PLOTTED)
@@ -236,17 +241,20 @@ def drift_cost(run0, run1, steps: int, backbone: np.ndarray) -> dict:
     samples = drift.sample_positions(N_IID, seed=1)
     return {"steps": steps, "train_s": train_s,
             "s_per_sample": (time.perf_counter() - start) / N_IID,
-            "iid": scores(samples, run1, backbone)}
+            "iid": scores(samples, run1, backbone, len(run0))}
 
 
 def tables(stored: dict, args, floor: dict, md: dict, drift: dict) -> str:
     runs_of = {m: [v for k, v in stored.items() if k.startswith(f"{m}|")] for m in METHODS}
-    lines = [(f"Run-to-run floor (all of run 0 against run 1, 5,000 frames each): JS "
+    small = f"{min(floor['frames'], floor['reference_frames']):,}"
+    lines = [(f"Run-to-run floor (all {floor['frames']:,} frames of run 0 against the "
+              f"{floor['reference_frames']:,} of {floor['reference_name']}): JS "
               f"{floor['js']:.3f}, PMF RMSE {floor['pmf_rmse']:.2f} kT, ΔF C5−C7eq "
-              f"{floor['delta_f']:.2f} kT in run 0, {floor['reference_delta_f']:.2f} kT in run 1. "
-              f"Mean ± std over seeds; JS (5,000): on 5,000 of the frames, as the floor."), "",
-             ("| method | seeds | i.i.d. JS | i.i.d. JS (5,000) | i.i.d. PMF RMSE (kT) | "
-              "i.i.d. ΔF (kT) | sim JS | sim JS (5,000) | sim PMF RMSE (kT) | sim ΔF (kT) | "
+              f"{floor['delta_f']:.2f} kT in run 0, {floor['reference_delta_f']:.2f} kT in "
+              f"{floor['reference_name']}. Mean ± std over seeds; JS ({small}): on {small} of the "
+              f"frames, as the floor."), "",
+             (f"| method | seeds | i.i.d. JS | i.i.d. JS ({small}) | i.i.d. PMF RMSE (kT) | "
+              f"i.i.d. ΔF (kT) | sim JS | sim JS ({small}) | sim PMF RMSE (kT) | sim ΔF (kT) | "
               "sim/i.i.d. JS | i.i.d. bond stab. | worst sim bond stab. | diverged replicas |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for method, runs in runs_of.items():
@@ -310,6 +318,11 @@ def main():
     parser.add_argument("--drift-steps", type=int, default=None)
     parser.add_argument("--all-atom", action="store_true",
                         help="all 22 atoms instead of the 5 backbone beads")
+    parser.add_argument("--data", type=Path, help="npz of ase_drift.datasets.alanine to train "
+                        "on (its run 0) and score against (its other runs) instead of the "
+                        "bundled set")
+    parser.add_argument("--extra-reference", type=Path, nargs="*", default=[],
+                        help="more such files whose runs join the reference")
     args = parser.parse_args()
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
@@ -319,8 +332,14 @@ def main():
     args.md_steps = args.md_steps or (20000 if quick else 2_000_000)
     args.drift_steps = args.drift_steps or (500 if quick else 4000)
     tag = (f"steps={args.steps}|batch={BATCH_SIZE}|replicas={args.replicas}|"
-           f"sim={args.sim_steps}{prior_tag(args)}")
-    _, reference = load(DATASET)
+           f"sim={args.sim_steps}{prior_tag(args)}"
+           + "".join(f"|{p.stem}" for p in ([args.data] if args.data else [])
+                     + args.extra_reference))
+    if args.data:
+        _, reference, runs, _ = load_reference([args.data, *args.extra_reference])
+    else:
+        _, reference = load(DATASET)
+        runs = reference_runs(DATASET)
     level = resolution(args.all_atom, len(reference.numbers))
     suffix = ("_allatom" if args.all_atom else "") + ("-quick" if quick else "")
     results = args.results or ROOT / "benchmarks" / "results" / (
@@ -331,10 +350,13 @@ def main():
     def save():
         write_json(results, stored)
 
-    runs = reference_runs(DATASET)
-    run0, run1 = (coarse_grain(reference[runs == k], level.atoms) for k in (0, 1))
-    floor = scores(run0.positions, run1, level.backbone)
-    floor["reference_delta_f"] = delta_f(*bead_dihedrals(run1.positions[:, level.backbone]))
+    run0 = coarse_grain(reference[runs == 0], level.atoms)
+    run1 = coarse_grain(reference[runs != 0], level.atoms)  # run 1, or every run but 0
+    floor = scores(run0.positions, run1, level.backbone, len(run0))
+    floor.update(reference_delta_f=delta_f(*bead_dihedrals(run1.positions[:, level.backbone])),
+                 frames=len(run0), reference_frames=len(run1),
+                 reference_name=("run 1" if len(np.unique(runs)) == 2
+                                 else f"runs 1–{runs.max()}"))
     if "openmm_md" not in stored:
         stored["openmm_md"] = openmm_md_cost(reference.positions[runs == 0][0], args.md_steps,
                                              seed=0)

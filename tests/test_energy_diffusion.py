@@ -34,6 +34,7 @@ from ase_drift.diffusion.energy import (
     fp_weak_residual,
     restrained_features,
     sample_energy_model,
+    sampler_times,
     torsion_quadruples,
     train_energy_model,
 )
@@ -181,6 +182,39 @@ def test_reverse_sampler_reproduces_an_analytic_gaussian(probability_flow):
     assert ((ratio > low - 0.015) & (ratio < high + 0.015)).all(), ratio
     assert ((x.mean(0) - mean).abs()
             < 5 * variance.sqrt() / math.sqrt(n) + 0.01).all()
+
+
+class _StiffGaussian:
+    """The exact VP score of N(0, v) in 1-D, as a model's ``score(x, t)``."""
+
+    def __init__(self, variance: float):
+        self.variance = variance
+
+    def score(self, x, t):
+        m, s = SDE.marginal(t)
+        return -x / (m[:, None] ** 2 * self.variance + s[:, None] ** 2)
+
+
+def test_log_snr_grid_inverts_and_resolves_a_stiff_target():
+    # t(λ(t)) = t; N(0, 10⁻⁴) (a bond's spread in normalised units), 300 steps: uniform steps
+    # in t are unstable at t_min (β h k ≈ 0.1 · 3·10⁻³ · 10⁴ = 3 > 2: the variance comes out
+    # ~5×), steps uniform in log-SNR reach the marginal variance at t_min, m² v + σ², within
+    # the χ² bounds at 10⁻⁶ and 3 % Euler error
+    t = torch.tensor([1e-4, 1e-3, 0.1, 0.5, 1.0], dtype=F64)
+    torch.testing.assert_close(SDE.time_of_log_snr(SDE.log_snr(t)), t)
+    times = sampler_times(SDE, 1e-4, 300, "log-snr")
+    assert times[0] == 1.0 and times[-1] == pytest.approx(1e-4) and (times.diff() < 0).all()
+    n, variance = 10000, 1e-4
+    low, high = chi2.ppf(1e-6 / 2, n - 1) / (n - 1), chi2.ppf(1 - 1e-6 / 2, n - 1) / (n - 1)
+    outcomes = []
+    for grid in ("log-snr", "uniform"):
+        config = EnergyDiffusionConfig(sampler_steps=300, sampler_grid=grid)
+        m, s = SDE.marginal(torch.tensor(config.t_min, dtype=F64))
+        x = sample_energy_model(_StiffGaussian(variance), n, (1,), config,
+                                torch.Generator().manual_seed(0), dtype=F64)
+        ratio = x.var().item() / (m**2 * variance + s**2).item()
+        outcomes.append(low - 0.03 < ratio < high + 0.03)
+    assert outcomes == [True, False]
 
 
 def test_reverse_sampler_rejects_bad_times():
@@ -490,6 +524,7 @@ def test_sampling_and_simulation_shapes(trained):
     ({"steps": 0}, "steps"),
     ({"beta_min": 30.0}, "beta_min"),
     ({"temperature_K": -3}, "temperature"),
+    ({"sampler_grid": "cosine"}, "sampler_grid"),
 ])
 def test_config_rejects_bad_settings(options, message):
     with pytest.raises(ValueError, match=message):

@@ -57,6 +57,10 @@ from ..forces import ForceResult
 from ..sampler import TemplateSampler, _formula, register_sampler
 from .samplers import reverse_sde_sample
 
+# What a stored configuration without these keys was trained and sampled with
+BEFORE_E8 = {"bonded_prior": False, "dihedrals": False, "sampler_grid": "uniform"}
+SAMPLER_GRIDS = ("log-snr", "uniform")
+
 
 @dataclass(frozen=True)
 class EnergyDiffusionConfig(StoredConfig):
@@ -70,7 +74,9 @@ class EnergyDiffusionConfig(StoredConfig):
     sampling and the time of the force field. ``bonded_prior`` (molecules only) standardises the
     features for the noise level and adds the bonded prior (E8, :class:`BondedPrior`);
     ``dihedrals`` adds the rotatable bonds' dihedral angles to the features
-    (:class:`MoleculeFeatures`).
+    (:class:`MoleculeFeatures`). ``sampler_grid`` spaces the sampler's steps uniformly in
+    log-SNR λ = log(m/σ) (as DPM-Solver; fine steps at both ends, where a model that holds
+    bonds is stiff) or uniformly in t (ScoreMD's; such steps loosen stiff bonds at t_min).
     """
 
     hidden: int = 92
@@ -88,6 +94,7 @@ class EnergyDiffusionConfig(StoredConfig):
     learning_rate: float = 3e-4
     ema: float = 0.999
     sampler_steps: int = 1000
+    sampler_grid: str = "log-snr"
     probability_flow: bool = False
     chirality: bool = True
     dihedrals: bool = True
@@ -115,6 +122,9 @@ class EnergyDiffusionConfig(StoredConfig):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not 0 < self.small_t_share < 1:
             raise ValueError(f"small_t_share must lie in (0, 1), got {self.small_t_share}")
+        if self.sampler_grid not in SAMPLER_GRIDS:
+            raise ValueError(f"sampler_grid must be one of {SAMPLER_GRIDS}, got "
+                             f"{self.sampler_grid!r}")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema must lie in [0, 1), got {self.ema}")
         check_temperature(self.temperature_K)
@@ -143,6 +153,19 @@ class VPSDE(NamedTuple):
         """(m(t), σ(t)) of x_t = m x₀ + σ ε."""
         log_mean = self.log_mean(t)
         return log_mean.exp(), (-torch.expm1(2 * log_mean)).sqrt()
+
+    def log_snr(self, t: Tensor) -> Tensor:
+        """λ(t) = log(m/σ) = log m − ½ log(1 − m²)."""
+        log_mean = self.log_mean(t)
+        return log_mean - 0.5 * torch.log(-torch.expm1(2 * log_mean))
+
+    def time_of_log_snr(self, log_snr: Tensor) -> Tensor:
+        """The t of a given λ: log m = −½ log(1 + e^(−2λ)), then the root t ≥ 0 of
+        ¼(β_max − β_min) t² + ½β_min t + log m = 0."""
+        log_mean = -0.5 * torch.nn.functional.softplus(-2 * log_snr)
+        spread = self.beta_max - self.beta_min
+        return (-0.5 * self.beta_min
+                + torch.sqrt(0.25 * self.beta_min**2 - spread * log_mean)) / (0.5 * spread)
 
     def drift(self, x: Tensor, t: Tensor) -> Tensor:
         """f(x, t) = −½β(t) x for a scalar ``t``."""
@@ -492,13 +515,24 @@ def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
 # --------------------------------------------------------------------------- sampling
 
 
+def sampler_times(sde: VPSDE, t_min: float, steps: int, grid: str) -> Tensor:
+    """Decreasing times ``[steps + 1]`` from 1 to ``t_min`` (float64): uniform in t, or uniform
+    in the log signal-to-noise ratio λ = log(m/σ) (:meth:`VPSDE.time_of_log_snr`)."""
+    if grid == "uniform":
+        return torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
+    ends = sde.log_snr(torch.tensor([1.0, t_min], dtype=torch.float64))
+    return sde.time_of_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1,
+                                              dtype=torch.float64)).clamp(t_min, 1.0)
+
+
 def sample_energy_model(model: EnergyModel, n: int, dim_shape: tuple[int, ...],
                         config: EnergyDiffusionConfig, rng: torch.Generator,
                         project: Callable[[Tensor], Tensor] | None = None,
                         dtype: torch.dtype = torch.float32) -> Tensor:
     """``n`` i.i.d. samples ``[n, *dim_shape]`` at t_min: reverse SDE (or the probability-flow
     ODE, ``config.probability_flow``) from N(0, I) at t = 1, ``config.sampler_steps``
-    Euler–Maruyama steps (:func:`~ase_drift.diffusion.samplers.reverse_sde_sample`)."""
+    Euler–Maruyama steps (:func:`~ase_drift.diffusion.samplers.reverse_sde_sample`) on the
+    grid ``config.sampler_grid`` (:func:`sampler_times`)."""
     project = project or (lambda z: z)
     sde = VPSDE(config.beta_min, config.beta_max)
     shape = (n, *dim_shape)
@@ -506,7 +540,7 @@ def sample_energy_model(model: EnergyModel, n: int, dim_shape: tuple[int, ...],
     def noise(t=None, t_next=None) -> Tensor:
         return project(torch.randn(shape, generator=rng, dtype=dtype))
 
-    times = torch.linspace(1.0, config.t_min, config.sampler_steps + 1, dtype=torch.float64)
+    times = sampler_times(sde, config.t_min, config.sampler_steps, config.sampler_grid)
     return reverse_sde_sample(model.score, noise(), times.to(dtype), sde.drift, sde.beta, rng,
                               probability_flow=config.probability_flow, noise_sampler=noise)
 
@@ -808,9 +842,7 @@ class EnergyDiffusion(TemplateSampler):
     @classmethod
     def from_checkpoint(cls, payload: dict, path: str | Path) -> EnergyDiffusion:
         stored = payload["config"]["energy_diffusion"]
-        # checkpoints from before (E8) have neither the bonded prior nor dihedrals
-        config = EnergyDiffusionConfig.from_dict(
-            {"bonded_prior": False, "dihedrals": False, **stored})
+        config = EnergyDiffusionConfig.from_dict({**BEFORE_E8, **stored})
         metadata = {k: v for k, v in payload["metadata"].items() if k != "kind"}
         n_atoms = len(metadata["numbers"])
         features = MoleculeFeatures(n_atoms, metadata["chiral_quadruples"],
