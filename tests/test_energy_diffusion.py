@@ -37,6 +37,7 @@ from ase_drift.diffusion.energy import (
     sampler_times,
     torsion_quadruples,
     train_energy_model,
+    training_times,
 )
 from ase_drift.diffusion.samplers import reverse_sde_sample
 
@@ -152,6 +153,18 @@ def test_experts_own_disjoint_time_intervals():
     after = model.energy(x, t)
     changed = (after - before).abs() > 1e-9
     assert changed.tolist() == [False, False, True, True, False, False]
+
+
+def test_training_times_put_half_of_each_batch_below_the_midpoint():
+    g = torch.Generator().manual_seed(0)
+    t = training_times(0.1, 0.6, 0.2, 1000, g, F64)
+    assert ((t >= 0.1) & (t < 0.6)).all()
+    assert (t < 0.2).sum() == 500
+    # within each half uniform: the means are the halves' midpoints (standard errors ~0.002, 0.004)
+    assert t[t < 0.2].mean().item() == pytest.approx(0.15, abs=0.01)
+    assert t[t >= 0.2].mean().item() == pytest.approx(0.4, abs=0.02)
+    uniform = training_times(0.1, 0.6, None, 1000, g, F64)
+    assert (uniform < 0.2).sum().item() == pytest.approx(200, abs=5 * 13)  # binomial sd ~13
 
 
 def test_step_split_between_experts():
@@ -525,6 +538,8 @@ def test_sampling_and_simulation_shapes(trained):
     ({"beta_min": 30.0}, "beta_min"),
     ({"temperature_K": -3}, "temperature"),
     ({"sampler_grid": "cosine"}, "sampler_grid"),
+    ({"time_midpoints": (0.05, 0.3)}, "time_midpoints"),  # two midpoints, one expert
+    ({"experts": (0.1,), "time_midpoints": (0.05, 0.05)}, "time_midpoints"),  # 0.05 < 0.1
 ])
 def test_config_rejects_bad_settings(options, message):
     with pytest.raises(ValueError, match=message):

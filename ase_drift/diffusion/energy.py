@@ -71,7 +71,10 @@ class EnergyDiffusionConfig(StoredConfig):
     times (E7); ``fokker_planck`` is α (0: plain DSM); ``small_t_share`` the fraction of
     ``steps`` given to the smallest-t expert when there are experts (ScoreMD: 120 of 180
     epochs), the rest shared equally. ``t_min`` is the smallest training time, the end of
-    sampling and the time of the force field. ``bonded_prior`` (molecules only) standardises the
+    sampling and the time of the force field. ``time_midpoints`` (one per expert, smallest t
+    first; empty: uniform) draws half of each batch's times below the midpoint and half above
+    (ScoreMD's "equal weight"; its alanine runs put 0.3 for one model, 0.03 on the
+    smallest-t expert). ``bonded_prior`` (molecules only) standardises the
     features for the noise level and adds the bonded prior (E8, :class:`BondedPrior`);
     ``dihedrals`` adds the rotatable bonds' dihedral angles to the features
     (:class:`MoleculeFeatures`). ``sampler_grid`` spaces the sampler's steps uniformly in
@@ -85,6 +88,7 @@ class EnergyDiffusionConfig(StoredConfig):
     beta_max: float = 20.0
     t_min: float = 1e-4
     experts: tuple[float, ...] = ()
+    time_midpoints: tuple[float, ...] = ()
     fokker_planck: float = 0.0
     fp_sigma: float = 1e-4
     fp_time_step: float = 1e-3
@@ -105,12 +109,18 @@ class EnergyDiffusionConfig(StoredConfig):
     def __post_init__(self):
         experts = tuple(float(e) for e in self.experts)
         object.__setattr__(self, "experts", experts)
+        midpoints = tuple(float(m) for m in self.time_midpoints)
+        object.__setattr__(self, "time_midpoints", midpoints)
         if not 0 < self.t_min < 0.01:
             raise ValueError(f"t_min must lie in (0, 0.01), got {self.t_min}")
         bounds = (self.t_min, *experts, 1.0)
         if any(b <= a for a, b in pairwise(bounds)):
             raise ValueError(f"experts must be increasing split times inside ({self.t_min}, 1), "
                              f"got {self.experts}")
+        if midpoints and (len(midpoints) != len(bounds) - 1 or not all(
+                low < mid < high for low, mid, high in zip(bounds, midpoints, bounds[1:]))):
+            raise ValueError(f"time_midpoints must hold one time inside each expert's interval "
+                             f"{list(pairwise(bounds))}, got {self.time_midpoints}")
         if not 0 < self.beta_min < self.beta_max:
             raise ValueError(f"need 0 < beta_min < beta_max, got {self.beta_min}, "
                              f"{self.beta_max}")
@@ -439,6 +449,18 @@ def expert_steps(config: EnergyDiffusionConfig) -> list[int]:
     return [small] + [rest // (n - 1) + (k < rest % (n - 1)) for k in range(n - 1)]
 
 
+def training_times(low: float, high: float, midpoint: float | None, n: int,
+                   rng: torch.Generator, dtype: torch.dtype) -> Tensor:
+    """``n`` training times ``[n]`` on [low, high): uniform, or with a ``midpoint`` half of
+    them uniform below it and half above (ScoreMD's "equal weight" time weighting, drawn
+    rather than weighted)."""
+    u = torch.rand(n, generator=rng, dtype=dtype)
+    if midpoint is None:
+        return low + (high - low) * u
+    below = torch.arange(n) < n // 2
+    return torch.where(below, low + (midpoint - low) * u, midpoint + (high - midpoint) * u)
+
+
 def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
                        features: nn.Module | None = None, n_features: int | None = None,
                        project: Callable[[Tensor], Tensor] | None = None,
@@ -474,6 +496,7 @@ def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
         return model.log_q_and_score(x, t, create_graph=True)
 
     bounds = (config.t_min, *config.experts, 1.0)
+    midpoints = config.time_midpoints or (None,) * len(model.experts)
     seconds = [0.0] * len(model.experts)
     for k in reversed(range(len(model.experts))):
         steps = expert_steps(config)[k]
@@ -489,8 +512,7 @@ def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
         for step in bar:
             index = torch.randint(len(x0), (config.batch_size,), generator=rng)
             x = x0[index]  # [b, D]
-            t = low + (high - low) * torch.rand(config.batch_size, generator=rng,
-                                                dtype=x0.dtype)  # [b]
+            t = training_times(low, high, midpoints[k], config.batch_size, rng, x0.dtype)
             loss = dsm_loss(lambda xt, tt: log_q_and_score(xt, tt)[1], x, t,
                             noise(x.shape), sde).mean()
             if regularised:
