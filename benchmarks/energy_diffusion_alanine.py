@@ -46,11 +46,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 
 from ase_drift.data import Conformations
 from ase_drift.datasets import load, reference_runs, topology_pdb
 from ase_drift.diffusion import EnergyDiffusion
-from ase_drift.diffusion.energy import EnergyDiffusionConfig, expert_steps
+from ase_drift.diffusion.energy import VPSDE, EnergyDiffusionConfig, expert_steps
 from ase_drift.metrics import (
     basin_masks_psi,
     evaluate,
@@ -187,12 +188,41 @@ def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> t
     seconds = model.metadata["training_seconds"]
     result = {"train_s": train_s, "expert_seconds": seconds,
               "expert_steps": expert_steps(model.config), "iid_s_per_sample": iid_s,
-              "iid": scores(iid, run1, level.backbone, len(run0)), "sim": sim}
+              "iid": scores(iid, run1, level.backbone, len(run0)), "sim": sim,
+              "path": path_diagnosis(model, run1, level.backbone, seed)}
     pooled = kept.reshape(-1, n_atoms, 3)
     pooled = pooled[np.isfinite(pooled).all(axis=(1, 2))]
     return result, {name: bead_dihedrals(frames[np.linspace(0, len(frames) - 1, N_PLOTTED)
                                                 .astype(int)][:, level.backbone])
                     for name, frames in (("iid", iid), ("simulation", pooled))}
+
+
+PATH_TIMES = (0.01, 0.03, 0.1, 0.2, 0.4, 1.0)
+PATH_FRAMES = 1000
+
+
+def path_diagnosis(model: EnergyDiffusion, target: Conformations, backbone: np.ndarray,
+                   seed: int) -> list[dict]:
+    """Where the reverse diffusion decides the torsions: ``PATH_FRAMES`` reference frames
+    noised to each of ``PATH_TIMES`` and brought back (:meth:`EnergyDiffusion.denoise`); per
+    start time, σ in Å, the share of frames with φ > 0 (the reference: almost none), the median
+    |Δφ| from the start frame (rad) and the Ramachandran JS against the reference."""
+    frames = target.positions[np.linspace(0, len(target) - 1, PATH_FRAMES).astype(int)]
+    phi0, _ = bead_dihedrals(frames[:, backbone])
+    reference = ramachandran_histogram(*bead_dihedrals(target.positions[:, backbone]))
+    sde = VPSDE(model.config.beta_min, model.config.beta_max)
+    rows = []
+    for t_start in PATH_TIMES:
+        out = model.denoise(frames, t_start, seed=seed)
+        out = out[np.isfinite(out).all(axis=(1, 2))]
+        phi, psi = bead_dihedrals(out[:, backbone])
+        sigma = float(sde.marginal(torch.tensor(t_start))[1]) * model.scale
+        turned = np.abs(np.angle(np.exp(1j * (phi - phi0[:len(phi)]))))
+        rows.append({"t_start": t_start, "sigma_angstrom": sigma,
+                     "phi_positive": float(np.mean(phi > 0)),
+                     "median_dphi": float(np.median(turned)),
+                     "js": js_divergence(ramachandran_histogram(phi, psi), reference)})
+    return rows
 
 
 def openmm_md_cost(start_angstrom: np.ndarray, steps: int, seed: int,
@@ -295,6 +325,15 @@ def tables(stored: dict, args, floor: dict, md: dict, drift: dict) -> str:
                  f"steps) | {md['s_per_step'] * md['tau_steps']:.3g} | {md['s_per_step']:.3g} | "
                  f"{md['tau_steps']:.3g} |")
     lines.append(f"| drift sampler, one step | {drift['s_per_sample']:.3g} | — | — |")
+    with_path = [(m, runs[0]) for m, runs in runs_of.items() if runs and "path" in runs[0]]
+    for method, run in with_path:
+        lines += ["", (f"Where {method} (first seed) decides the torsions: {PATH_FRAMES:,} "
+                       f"reference frames noised to t and brought back by the reverse diffusion "
+                       f"(`EnergyDiffusion.denoise`; the reference has φ > 0 in "
+                       f"{floor['reference_phi_positive']:.3f} of its frames):"), "",
+                  "| t | σ (Å) | φ > 0 | median \\|Δφ\\| (rad) | JS |", "|---|---|---|---|---|"]
+        lines += [f"| {r['t_start']:g} | {r['sigma_angstrom']:.2f} | {r['phi_positive']:.3f} | "
+                  f"{r['median_dphi']:.2f} | {r['js']:.3f} |" for r in run["path"]]
     both = runs_of["both"]
     if both:
         # 'both': expert 0 trains with the regulariser, experts 1 and 2 without (same network)
@@ -353,7 +392,9 @@ def main():
     run0 = coarse_grain(reference[runs == 0], level.atoms)
     run1 = coarse_grain(reference[runs != 0], level.atoms)  # run 1, or every run but 0
     floor = scores(run0.positions, run1, level.backbone, len(run0))
-    floor.update(reference_delta_f=delta_f(*bead_dihedrals(run1.positions[:, level.backbone])),
+    ref_phi, ref_psi = bead_dihedrals(run1.positions[:, level.backbone])
+    floor.update(reference_delta_f=delta_f(ref_phi, ref_psi),
+                 reference_phi_positive=float(np.mean(ref_phi > 0)),
                  frames=len(run0), reference_frames=len(run1),
                  reference_name=("run 1" if len(np.unique(runs)) == 2
                                  else f"runs 1–{runs.max()}"))

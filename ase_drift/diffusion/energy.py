@@ -537,24 +537,33 @@ def train_energy_model(x0: Tensor, config: EnergyDiffusionConfig,
 # --------------------------------------------------------------------------- sampling
 
 
-def sampler_times(sde: VPSDE, t_min: float, steps: int, grid: str) -> Tensor:
-    """Decreasing times ``[steps + 1]`` from 1 to ``t_min`` (float64): uniform in t, or uniform
-    in the log signal-to-noise ratio λ = log(m/σ) (:meth:`VPSDE.time_of_log_snr`)."""
+def sampler_times(sde: VPSDE, t_min: float, steps: int, grid: str,
+                  t_start: float = 1.0) -> Tensor:
+    """Decreasing times ``[steps + 1]`` from ``t_start`` to ``t_min`` (float64): uniform in t,
+    or uniform in the log signal-to-noise ratio λ = log(m/σ) (:meth:`VPSDE.time_of_log_snr`)."""
     if grid == "uniform":
-        return torch.linspace(1.0, t_min, steps + 1, dtype=torch.float64)
-    ends = sde.log_snr(torch.tensor([1.0, t_min], dtype=torch.float64))
-    return sde.time_of_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1,
-                                              dtype=torch.float64)).clamp(t_min, 1.0)
+        return torch.linspace(t_start, t_min, steps + 1, dtype=torch.float64)
+    ends = sde.log_snr(torch.tensor([t_start, t_min], dtype=torch.float64))
+    times = sde.time_of_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1,
+                                               dtype=torch.float64)).clamp(t_min, t_start)
+    times[0] = t_start  # exact, not a round trip through λ
+    return times
 
 
 def sample_energy_model(model: EnergyModel, n: int, dim_shape: tuple[int, ...],
                         config: EnergyDiffusionConfig, rng: torch.Generator,
                         project: Callable[[Tensor], Tensor] | None = None,
-                        dtype: torch.dtype = torch.float32) -> Tensor:
-    """``n`` i.i.d. samples ``[n, *dim_shape]`` at t_min: reverse SDE (or the probability-flow
-    ODE, ``config.probability_flow``) from N(0, I) at t = 1, ``config.sampler_steps``
-    Euler–Maruyama steps (:func:`~ase_drift.diffusion.samplers.reverse_sde_sample`) on the
-    grid ``config.sampler_grid`` (:func:`sampler_times`)."""
+                        dtype: torch.dtype = torch.float32, start: Tensor | None = None,
+                        t_start: float = 1.0) -> Tensor:
+    """``n`` samples ``[n, *dim_shape]`` at t_min: reverse SDE (or the probability-flow ODE,
+    ``config.probability_flow``) from N(0, I) at t = 1, ``config.sampler_steps`` Euler–Maruyama
+    steps (:func:`~ase_drift.diffusion.samplers.reverse_sde_sample`) on the grid
+    ``config.sampler_grid`` (:func:`sampler_times`): i.i.d. samples of the model.
+
+    With ``start`` ``[n, *dim_shape]`` and ``t_start`` < 1, the reverse process starts instead
+    from ``start`` noised to ``t_start`` by the forward SDE (E1), x = m x₀ + σ ε (SDEdit, Meng
+    et al. 2022), with the share of the steps that the grid puts below ``t_start``: the model
+    redraws the structure finer than σ(t_start) and keeps what is coarser."""
     project = project or (lambda z: z)
     sde = VPSDE(config.beta_min, config.beta_max)
     shape = (n, *dim_shape)
@@ -562,8 +571,17 @@ def sample_energy_model(model: EnergyModel, n: int, dim_shape: tuple[int, ...],
     def noise(t=None, t_next=None) -> Tensor:
         return project(torch.randn(shape, generator=rng, dtype=dtype))
 
-    times = sampler_times(sde, config.t_min, config.sampler_steps, config.sampler_grid)
-    return reverse_sde_sample(model.score, noise(), times.to(dtype), sde.drift, sde.beta, rng,
+    full = sampler_times(sde, config.t_min, config.sampler_steps, config.sampler_grid)
+    if start is None:
+        x, times = noise(), full
+    else:
+        if not config.t_min < t_start <= 1:
+            raise ValueError(f"t_start must lie in (t_min, 1], got {t_start}")
+        steps = max(1, int((full < t_start).sum()))
+        times = sampler_times(sde, config.t_min, steps, config.sampler_grid, t_start)
+        mean, std = sde.marginal(torch.tensor(t_start, dtype=torch.float64))
+        x = float(mean) * start.to(dtype) + float(std) * noise()
+    return reverse_sde_sample(model.score, x, times.to(dtype), sde.drift, sde.beta, rng,
                               probability_flow=config.probability_flow, noise_sampler=noise)
 
 
@@ -773,6 +791,28 @@ class EnergyDiffusion(TemplateSampler):
                           f"sampler_steps={self.config.sampler_steps} Euler steps resolve; "
                           f"raise sampler_steps", RuntimeWarning, stacklevel=3)
         return (flat.view(n, len(self.numbers), 3) * self.scale).numpy().astype(np.float32)
+
+    def denoise(self, positions, t_start: float, seed: int | None = None) -> np.ndarray:
+        """Conformations ``positions`` ``[n, A, 3]`` (Å) noised to time ``t_start`` and brought
+        back to t_min by the reverse diffusion (SDEdit, :func:`sample_energy_model` with
+        ``start``), centred, in Å: the model redraws what is finer than σ(t_start) (bonds,
+        angles) and keeps what is coarser (at small ``t_start``, the torsions). ``t_start`` = 1
+        forgets the start: an i.i.d. sample."""
+        from ..sampler import torch_generator
+
+        n_atoms = len(self.numbers)
+        positions = np.asarray(positions, dtype=np.float64)
+        if positions.ndim != 3 or positions.shape[1:] != (n_atoms, 3):
+            raise ValueError(f"positions must have shape [n, {n_atoms}, 3], got "
+                             f"{positions.shape}")
+        if not np.isfinite(positions).all():
+            raise ValueError("positions are not finite")
+        centred = positions - positions.mean(axis=1, keepdims=True)
+        x = torch.as_tensor(centred / self.scale, dtype=torch.float32).flatten(1)  # [n, 3A]
+        out = sample_energy_model(self.model, len(x), (3 * n_atoms,), self.config,
+                                  torch_generator(seed), self._project, start=x,
+                                  t_start=t_start)
+        return (out.view(-1, n_atoms, 3) * self.scale).numpy()
 
     def log_prob(self, positions, divergence: str = "exact", seed: int | None = None,
                  batch_size: int = 64, rtol: float = 1e-5, atol: float = 1e-5) -> np.ndarray:
