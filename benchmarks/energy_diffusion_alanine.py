@@ -70,6 +70,7 @@ from benchmarks.common import ROOT, write_json, write_section
 from benchmarks.energy_diffusion_molecules import (
     METHODS,
     _mean_std,
+    method_groups,
     prior_option,
     prior_tag,
     run_arguments,
@@ -274,8 +275,7 @@ def drift_cost(run0, run1, steps: int, backbone: np.ndarray) -> dict:
             "iid": scores(samples, run1, backbone, len(run0))}
 
 
-def tables(stored: dict, args, floor: dict, md: dict, drift: dict) -> str:
-    runs_of = {m: [v for k, v in stored.items() if k.startswith(f"{m}|")] for m in METHODS}
+def tables(runs_of: dict, args, floor: dict, md: dict, drift: dict) -> str:
     small = f"{min(floor['frames'], floor['reference_frames']):,}"
     lines = [(f"Run-to-run floor (all {floor['frames']:,} frames of run 0 against the "
               f"{floor['reference_frames']:,} of {floor['reference_name']}): JS "
@@ -334,7 +334,7 @@ def tables(stored: dict, args, floor: dict, md: dict, drift: dict) -> str:
                   "| t | σ (Å) | φ > 0 | median \\|Δφ\\| (rad) | JS |", "|---|---|---|---|---|"]
         lines += [f"| {r['t_start']:g} | {r['sigma_angstrom']:.2f} | {r['phi_positive']:.3f} | "
                   f"{r['median_dphi']:.2f} | {r['js']:.3f} |" for r in run["path"]]
-    both = runs_of["both"]
+    both = runs_of.get("both")
     if both:
         # 'both': expert 0 trains with the regulariser, experts 1 and 2 without (same network)
         with_fp = [r["expert_seconds"][0] / r["expert_steps"][0] for r in both]
@@ -418,8 +418,7 @@ def main():
                 kept.update({f"{method}|{name}": np.stack(a).astype(np.float16)
                              for name, a in angles.items()})
                 np.savez_compressed(angles_path, **kept)
-    shown = {k: v for k, v in stored.items() if k.endswith(tag)}
-    text = tables(shown, args, floor, stored["openmm_md"],
+    text = tables(method_groups(stored, tag), args, floor, stored["openmm_md"],
                   stored[f"drift|steps={args.drift_steps}"])
     print(text)
     if args.no_docs or quick:  # a quick run is a smoke test: printed, not documented

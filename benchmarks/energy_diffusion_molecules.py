@@ -166,7 +166,7 @@ def _mean_std(values) -> str:
     return f"{np.mean(values):.3g} ± {np.std(values):.2g}" if len(values) > 1 else f"{values[0]:.3g}"
 
 
-def tables(stored: dict, args, floor, replica_floor, md: dict, drift: dict) -> str:
+def tables(groups: dict, args, floor, replica_floor, md: dict, drift: dict) -> str:
     lines = [(f"Noise floor at 1,000 frames: TVD {floor.mean.tvd:.4f}, energy W1 "
               f"{floor.mean.energy_w1:.2f} kT. Mean ± std over seeds. Energy W1 over the intact "
               "frames (every bond within 0.5 Å, as bond stability counts) that xTB converges "
@@ -175,10 +175,7 @@ def tables(stored: dict, args, floor, replica_floor, md: dict, drift: dict) -> s
               "sim E W1 (kT) | sim/i.i.d. TVD | worst bond stab. | diverged | xTB failed "
               "(i.i.d., sim) | train (min) |"),
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for method in METHODS:
-        runs = [v for k, v in stored.items() if k.startswith(f"{method}|")]
-        if not runs:
-            continue
+    for method, runs in groups.items():
         sims = [r["sim"]["training frames"] for r in runs]
         ok = [s for s in sims if s["finite"]]
         lines.append(
@@ -197,8 +194,7 @@ def tables(stored: dict, args, floor, replica_floor, md: dict, drift: dict) -> s
                    "the integrated autocorrelation time of the potential energy the dynamics "
                    "runs on, in steps):"), "",
               "| sampler | s per sample | τ (steps) |", "|---|---|---|"]
-    for method in METHODS:
-        runs = [v for k, v in stored.items() if k.startswith(f"{method}|")]
+    for method, runs in groups.items():
         ok = [r["sim"]["training frames"] for r in runs if r["sim"]["training frames"]["finite"]]
         if runs:
             lines.append(f"| {method}, i.i.d. (reverse SDE) | "
@@ -214,10 +210,7 @@ def tables(stored: dict, args, floor, replica_floor, md: dict, drift: dict) -> s
                    f"time (scored every {args.score_every * TIMESTEP_FS:g} fs), first seed of "
                    "each method:"), "", "| method | start | first | 25 % | 50 % | end |",
               "|---|---|---|---|---|---|"]
-    for method in METHODS:
-        runs = [v for k, v in stored.items() if k.startswith(f"{method}|")]
-        if not runs:
-            continue
+    for method, runs in groups.items():
         for start, entry in runs[0]["sim"].items():
             curve = entry["tvd_curve"]
             if curve is None:
@@ -257,6 +250,22 @@ def prior_tag(args) -> str:
     """The stored results' key suffix for the bonded-prior setting (rows stored before (E8)
     existed carry none: they were trained without it)."""
     return "" if args.no_bonded_prior else "|bonded-prior"
+
+
+def method_groups(stored: dict, tag: str) -> dict[str, list[dict]]:
+    """The stored runs of each method under ``tag``; when ``tag`` is one with the bonded prior,
+    also those stored before (E8) under the same settings, as "METHOD (before E8)"."""
+    tags = {"": tag}
+    if tag.endswith("|bonded-prior"):
+        tags[" (before E8)"] = tag.removesuffix("|bonded-prior")
+    groups = {}
+    for suffix, wanted in tags.items():
+        for method in METHODS:
+            runs = [v for k, v in stored.items()
+                    if k.startswith(f"{method}|") and k.split("|", 2)[2] == wanted]
+            if runs:
+                groups[method + suffix] = runs
+    return groups
 
 
 def prior_option(args) -> str:
@@ -312,10 +321,10 @@ def main():
     floor = noise_floor(reference.positions, reference.numbers, 1000, groups=runs,
                         reference_energies=reference.energies,
                         temperature_K=reference.temperature_K)
-    shown = {k: v for k, v in stored.items() if k.endswith(tag)}
     replica_floor = noise_floor(reference.positions, reference.numbers, args.replicas,
                                 groups=runs)
-    text = tables(shown, args, floor, replica_floor, stored["gfn2_md"], stored["drift"])
+    text = tables(method_groups(stored, tag), args, floor, replica_floor, stored["gfn2_md"],
+                  stored["drift"])
     print(text)
     if not args.no_docs:
         command = ("python -m benchmarks.energy_diffusion_molecules"
