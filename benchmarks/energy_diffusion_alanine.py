@@ -51,7 +51,7 @@ import torch
 from ase_drift.data import Conformations
 from ase_drift.datasets import load, reference_runs, topology_pdb
 from ase_drift.diffusion import EnergyDiffusion
-from ase_drift.diffusion.energy import VPSDE, EnergyDiffusionConfig, expert_steps
+from ase_drift.diffusion.energy import VPSDE, expert_steps
 from ase_drift.metrics import (
     basin_masks_psi,
     evaluate,
@@ -71,6 +71,7 @@ from benchmarks.energy_diffusion_molecules import (
     METHODS,
     _mean_std,
     method_groups,
+    model_config,
     prior_option,
     prior_tag,
     run_arguments,
@@ -159,9 +160,7 @@ def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> t
     """Scores of one (method, seed), and the (φ, ψ) of its i.i.d. and simulated frames."""
     start = time.perf_counter()
     model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, quadruples=level.quadruples,
-                                  config=EnergyDiffusionConfig(
-                                      batch_size=BATCH_SIZE,
-                                      bonded_prior=not args.no_bonded_prior),
+                                  config=model_config(args, batch_size=BATCH_SIZE),
                                   **METHODS[method])
     train_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -415,7 +414,8 @@ def main():
             save()
             if seed == args.seeds[0]:  # the Ramachandran plot shows the first seed
                 kept = dict(np.load(angles_path)) if angles_path.exists() else {}
-                kept.update({f"{method}|{name}": np.stack(a).astype(np.float16)
+                label = method + (" (before E8)" if args.before_e8 else "")
+                kept.update({f"{label}|{name}": np.stack(a).astype(np.float16)
                              for name, a in angles.items()})
                 np.savez_compressed(angles_path, **kept)
     text = tables(method_groups(stored, tag), args, floor, stored["openmm_md"],

@@ -36,7 +36,7 @@ import numpy as np
 
 from ase_drift.datasets import load, reference_runs
 from ase_drift.diffusion import EnergyDiffusion
-from ase_drift.diffusion.energy import EnergyDiffusionConfig
+from ase_drift.diffusion.energy import BEFORE_E8, EnergyDiffusionConfig
 from ase_drift.forces import LabelingError
 from ase_drift.metrics import evaluate, noise_floor
 from ase_drift.metrics.distances import BOND_TOLERANCE, covalent_bonds, pair_distances
@@ -99,8 +99,7 @@ def scores(positions: np.ndarray, target) -> dict:
 def run_method(method: str, seed: int, args, run0, run1, drift_starts: np.ndarray) -> dict:
     start = time.perf_counter()
     model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, **METHODS[method],
-                                  config=EnergyDiffusionConfig(
-                                      bonded_prior=not args.no_bonded_prior))
+                                  config=model_config(args))
     train_s = time.perf_counter() - start
     start = time.perf_counter()
     iid = model.sample_positions(1000, seed=seed)
@@ -239,8 +238,9 @@ def run_arguments(doc: str, quick_help: str, score_help: str) -> argparse.Argume
                         help="steps between recorded frames")
     parser.add_argument("--score-every", type=int, default=100, help=score_help)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--no-bonded-prior", action="store_true",
-                        help="train without the bonded prior (E8), as before it existed")
+    parser.add_argument("--before-e8", action="store_true",
+                        help="train and sample as before (E8) existed: no bonded prior, steps "
+                        "uniform in t")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--results", type=Path, default=None)
     return parser
@@ -249,7 +249,7 @@ def run_arguments(doc: str, quick_help: str, score_help: str) -> argparse.Argume
 def prior_tag(args) -> str:
     """The stored results' key suffix for the bonded-prior setting (rows stored before (E8)
     existed carry none: they were trained without it)."""
-    return "" if args.no_bonded_prior else "|bonded-prior"
+    return "" if args.before_e8 else "|bonded-prior"
 
 
 def method_groups(stored: dict, tag: str) -> dict[str, list[dict]]:
@@ -268,9 +268,14 @@ def method_groups(stored: dict, tag: str) -> dict[str, list[dict]]:
     return groups
 
 
+def model_config(args, **options) -> EnergyDiffusionConfig:
+    """The benchmark's model settings: the defaults, or those before (E8) with ``--before-e8``."""
+    return EnergyDiffusionConfig(**options, **(BEFORE_E8 if args.before_e8 else {}))
+
+
 def prior_option(args) -> str:
     """The command-line switch to print beside a table."""
-    return " --no-bonded-prior" if args.no_bonded_prior else ""
+    return " --before-e8" if args.before_e8 else ""
 
 
 def main():

@@ -77,7 +77,8 @@ class EnergyDiffusionConfig(StoredConfig):
     smallest-t expert). ``bonded_prior`` (molecules only) standardises the
     features for the noise level and adds the bonded prior (E8, :class:`BondedPrior`);
     ``dihedrals`` adds the rotatable bonds' dihedral angles to the features
-    (:class:`MoleculeFeatures`). ``sampler_grid`` spaces the sampler's steps uniformly in
+    (:class:`MoleculeFeatures`; off by default: on the 5-bead alanine dipeptide they made
+    sampling and simulation worse, see docs/energy-diffusion.md). ``sampler_grid`` spaces the sampler's steps uniformly in
     log-SNR λ = log(m/σ) (as DPM-Solver; fine steps at both ends, where a model that holds
     bonds is stiff) or uniformly in t (ScoreMD's; such steps loosen stiff bonds at t_min).
     """
@@ -101,7 +102,7 @@ class EnergyDiffusionConfig(StoredConfig):
     sampler_grid: str = "log-snr"
     probability_flow: bool = False
     chirality: bool = True
-    dihedrals: bool = True
+    dihedrals: bool = False
     bonded_prior: bool = True
     temperature_K: float | None = None
     seed: int = 0
