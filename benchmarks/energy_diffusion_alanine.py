@@ -127,6 +127,16 @@ def delta_f(phi, psi) -> float:
     return free_energy_difference(phi, *basin_masks_psi(phi, psi))
 
 
+def shared_pmf_rmse(phi, psi, ref_phi, ref_psi) -> float:
+    """PMF RMSE (kT) over the bins with ≥ ``MIN_COUNT`` frames in both sets; NaN when no bin
+    has (samples that miss the reference's basins altogether)."""
+    try:
+        return pmf_rmse(np.stack([phi, psi], 1), np.stack([ref_phi, ref_psi], 1),
+                        min_count=MIN_COUNT)
+    except ValueError:  # no shared bin
+        return float("nan")
+
+
 def scores(positions: np.ndarray, target: Conformations, backbone: np.ndarray,
            n_small: int) -> dict:
     """Ramachandran and distance scores of frames ``positions`` [n, A, 3] (the 5 beads at
@@ -143,8 +153,7 @@ def scores(positions: np.ndarray, target: Conformations, backbone: np.ndarray,
     return {"js": js_divergence(ramachandran_histogram(phi, psi), reference),
             "js_at_reference_size": js_divergence(ramachandran_histogram(phi[few], psi[few]),
                                                   reference),
-            "pmf_rmse": pmf_rmse(np.stack([phi, psi], 1), np.stack([ref_phi, ref_psi], 1),
-                                 min_count=MIN_COUNT),
+            "pmf_rmse": shared_pmf_rmse(phi, psi, ref_phi, ref_psi),
             "delta_f": delta_f(phi, psi), "tvd": report.tvd,
             "bond_stability": report.bond_stability, "non_finite": float(1 - finite.mean())}
 
