@@ -140,8 +140,13 @@ def flow_log_prob(velocity: Velocity, x: Tensor, t0: float, t1: float,
         return dx, div
 
     times = torch.tensor([t0, t1], dtype=x.dtype, device=x.device)
-    xs, integrals = odeint(dynamics, (x.detach(), x.new_zeros(len(x))), times, rtol=rtol,
-                           atol=atol, method=method, options=options)
+    try:
+        xs, integrals = odeint(dynamics, (x.detach(), x.new_zeros(len(x))), times, rtol=rtol,
+                               atol=atol, method=method, options=options)
+    except AssertionError as exc:  # torchdiffeq's "underflow in dt"
+        raise RuntimeError(f"the probability-flow ODE is too stiff for {method} at rtol={rtol}, "
+                           f"atol={atol} ({exc}): loosen the tolerances or pass a fixed-step "
+                           f"method") from exc
     end, integral = xs[-1], integrals[-1]
     prior = prior_log_prob(end)
     return FlowLogProb(prior + integral, prior, integral, end, nfe)
