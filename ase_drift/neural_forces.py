@@ -22,8 +22,8 @@ model (and the other way round). The labels agree to rounding, but not bit for b
 sums run in another order), and a fingerprint shared with the calculator would have to
 reproduce the calculator's parameter dict, which belongs to MACE and SchNetPack and changes
 with their versions. The cost is one relabelling of an old cache, which the batched source
-does 5–7 times faster than the calculator made it (docs/benchmarks.md). A fingerprint here holds the model's
-weights digest (and its file's, when loaded from one), the dtype and the settings that change
+does 9–14 times faster in float64 than the calculator made it (docs/benchmarks.md). A
+fingerprint here holds the model's weights digest (and its file's, when loaded from one), the dtype and the settings that change
 the labels (SchNetPack's cutoff, MACE's head); not the device or ``batch_size``.
 
 This module is separate from :mod:`ase_drift.potentials`, which builds and fits the small
@@ -52,9 +52,9 @@ from .forces import (
 )
 from .potentials import PAINN_CUTOFF_ANGSTROM
 
-#: Frames per model call unless told otherwise, as in label()'s batches: on ethanol within 5 %
-#: of the best rate of 16, 64 and 256 frames per call for both models, with memory growing
-#: with it (``python -m benchmarks.forces --batched``).
+#: Frames per model call unless told otherwise, as in label()'s batches: on ethanol within 6 %
+#: of the best rate of 16, 64 and 256 frames per call for both models in float64 (15 % in
+#: float32), with memory growing with it (``python -m benchmarks.forces --batched``).
 DEFAULT_BATCH_SIZE = 64
 
 
@@ -147,10 +147,13 @@ class MACEForces(_BatchedPotential):
     """A MACE model as a batched :class:`~ase_drift.forces.ForceSource` (Å in; eV, eV/Å out).
 
     Each chunk of ``batch_size`` frames becomes one ``torch_geometric`` batch of MACE's own
-    ``AtomicData`` graphs (``config_from_atoms`` and ``AtomicData.from_config`` with the model's
-    ``r_max``, as ``MACECalculator`` builds them one at a time), evaluated by one model call
-    without stress. Agrees with ``CalculatorForces(MACECalculator(model_paths=path,
-    default_dtype="float64"))`` to rounding.
+    ``AtomicData`` graph of the molecule (``config_from_atoms``, ``AtomicData.from_config``,
+    as ``MACECalculator`` builds one per frame; here built once per molecule and chunk size),
+    with the chunk's positions and its edges, every ordered pair of atoms of a frame closer than
+    the model's ``r_max``, found in torch for all frames at once as for
+    :class:`SchNetPackForces`. One model call without stress evaluates it. Agrees with
+    ``CalculatorForces(MACECalculator(model_paths=path, default_dtype="float64"))`` to
+    rounding.
 
     Args:
         model: a MACE model saved with ``torch.save(model, path)`` (a whole pickled module:
@@ -177,6 +180,7 @@ class MACEForces(_BatchedPotential):
         self.head = self.heads[0] if head is None else head
         self.r_max = float(self.model.r_max)  # Å
         self.z_table = AtomicNumberTable([int(z) for z in self.model.atomic_numbers])
+        self._graphs: dict[tuple[bytes, int], dict[str, torch.Tensor]] = {}  # _frames_graph's
 
     def _load(self, path: str) -> torch.nn.Module:
         import mace  # noqa: F401  (sets up e3nn before the model's modules are unpickled)
@@ -190,27 +194,49 @@ class MACEForces(_BatchedPotential):
                              f"elements {list(self.z_table.zs)}")
 
     def _evaluate(self, numbers: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        from ase import Atoms
-        from mace import data as mace_data
-        from mace.tools import torch_geometric
-
-        atoms = Atoms(numbers=numbers)  # no cell, not periodic: an isolated molecule
-        graphs = []
-        for frame in positions:
-            atoms.positions = frame
-            config = mace_data.config_from_atoms(atoms, head_name=self.head)
-            graphs.append(mace_data.AtomicData.from_config(config, z_table=self.z_table,
-                                                           cutoff=self.r_max, heads=self.heads))
-        batch = torch_geometric.Batch.from_data_list(graphs).to(self.device).to_dict()
-        inputs = {key: value.to(self.dtype) if torch.is_floating_point(value) else value
-                  for key, value in batch.items()}
-        # from_config stores positions at torch's default dtype; the model gets them exactly
-        inputs["positions"] = torch.tensor(positions.reshape(-1, 3), dtype=self.dtype,
-                                           device=self.device)  # [b·A, 3] Å
+        n_frames, n_atoms = positions.shape[:2]
+        frame_positions = torch.tensor(positions, dtype=self.dtype,
+                                       device=self.device)  # [b, A, 3] Å
+        # pairs beyond r_max would carry zero weight under MACE's radial envelope: left out as
+        # MACE's neighbour list leaves them out, for speed
+        frame, i, j = _pairs_within(frame_positions, self.r_max)  # [E] each
+        inputs = dict(self._frames_graph(numbers, positions[0], n_frames))
+        inputs["positions"] = frame_positions.reshape(-1, 3)  # [b·A, 3] Å
+        # MACE's edges run sender → receiver; with both directions present the order is free
+        inputs["edge_index"] = torch.stack((frame * n_atoms + i, frame * n_atoms + j))  # [2, E]
+        no_shift = torch.zeros(len(i), 3, dtype=self.dtype, device=self.device)  # [E, 3]
+        inputs["shifts"], inputs["unit_shifts"] = no_shift, no_shift  # isolated: no images
         output = self.model(inputs, training=False, compute_stress=False)
         energies = output["energy"].detach().cpu().numpy()  # [b] eV
         forces = output["forces"].detach().cpu().numpy().reshape(positions.shape)
         return energies, forces  # forces [b, A, 3] eV/Å
+
+    def _frames_graph(self, numbers: np.ndarray, frame: np.ndarray,
+                      n_frames: int) -> dict[str, torch.Tensor]:
+        """MACE's batch of ``n_frames`` copies of the molecule's graph (``config_from_atoms``,
+        ``AtomicData.from_config``, ``Batch.from_data_list``, as ``MACECalculator`` builds one),
+        floats in ``dtype``, without the fields :meth:`_evaluate` sets per chunk (positions and
+        the per-edge ``edge_index``, ``shifts`` and ``unit_shifts``). Built once per molecule and
+        chunk size: MACE's own graph construction, frame by frame, cost a third of the batched
+        call; ``frame`` ``[A, 3]`` (Å) only gives the template finite positions."""
+        key = (numbers.tobytes(), n_frames)
+        if key not in self._graphs:
+            from ase import Atoms
+            from mace import data as mace_data
+            from mace.tools import torch_geometric
+
+            if len(self._graphs) > 4:  # one molecule at a time holds batch_size and remainder
+                self._graphs.clear()
+            config = mace_data.config_from_atoms(Atoms(numbers=numbers, positions=frame),
+                                                 head_name=self.head)
+            graph = mace_data.AtomicData.from_config(config, z_table=self.z_table,
+                                                     cutoff=self.r_max, heads=self.heads)
+            batch = torch_geometric.Batch.from_data_list([graph] * n_frames).to(self.device)
+            self._graphs[key] = {
+                name: value.to(self.dtype) if torch.is_floating_point(value) else value
+                for name, value in batch.to_dict().items()
+                if name not in ("positions", "edge_index", "shifts", "unit_shifts")}
+        return self._graphs[key]
 
     def _label_settings(self) -> dict:
         return {"head": self.head}

@@ -184,9 +184,9 @@ def fit_painn(model, data: Conformations, epochs: int, learning_rate: float,
     return fit_loop(model, loader, epochs, learning_rate, batch_loss, progress)
 
 
-def painn_calculator(model_path: str | Path) -> Calculator:
+def painn_calculator(model_path: str | Path, dtype: torch.dtype = torch.float64) -> Calculator:
     """SchNetPack's ``SpkCalculator`` for a model saved with ``torch.save(model, path)``,
-    evaluated in float64. ``SpkCalculator`` assumes kcal/mol unless told otherwise, so the
+    evaluated in ``dtype``. ``SpkCalculator`` assumes kcal/mol unless told otherwise, so the
     units (eV, Å) are passed explicitly."""
     import schnetpack.transform as trn
     from schnetpack import properties
@@ -195,7 +195,7 @@ def painn_calculator(model_path: str | Path) -> Calculator:
     return SpkCalculator(model=str(model_path),  # a str; a Path would be taken for a module
                          neighbor_list=trn.ASENeighborList(cutoff=PAINN_CUTOFF_ANGSTROM),
                          energy_key=properties.energy, force_key=properties.forces,
-                         energy_unit="eV", position_unit="Ang", dtype=torch.float64)
+                         energy_unit="eV", position_unit="Ang", dtype=dtype)
 
 
 # ----------------------------------------------------------------------------- MACE
@@ -285,8 +285,9 @@ def fit_mace(model, loader, epochs: int, learning_rate: float, energy_weight: fl
     return fit_loop(model, loader, epochs, learning_rate, batch_loss, progress)
 
 
-def mace_calculator(model_path: str | Path) -> Calculator:
-    """MACE's ``MACECalculator`` for a model saved with ``torch.save``, in float64 on the CPU.
+def mace_calculator(model_path: str | Path, dtype: torch.dtype = torch.float64) -> Calculator:
+    """MACE's ``MACECalculator`` for a model saved with ``torch.save``, in ``dtype`` (float64 or
+    float32) on the CPU.
 
     The model is unpickled here with ``weights_only=False`` said explicitly (a MACE model file is
     a pickled module: load only files you trust), not by MACECalculator's bare ``torch.load``,
@@ -294,7 +295,8 @@ def mace_calculator(model_path: str | Path) -> Calculator:
     from mace.calculators import MACECalculator
 
     model = torch.load(model_path, map_location="cpu", weights_only=False)
-    return MACECalculator(models=model, device="cpu", default_dtype="float64")
+    return MACECalculator(models=model, device="cpu",
+                          default_dtype=str(dtype).removeprefix("torch."))
 
 
 # ----------------------------------------------------------------------------- either

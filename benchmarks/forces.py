@@ -11,7 +11,7 @@ speed does not depend on the weights. Prints a markdown table.
 ``--batched`` compares, for each neural potential on ``--frames`` ethanol frames and each
 ``--threads`` count, its per-frame ASE calculator (``CalculatorForces``) with the batched
 source of the same model file (``SchNetPackForces``, ``MACEForces``) at several frames per
-model call; ``--docs`` writes that table into docs/benchmarks.md. Give ``--threads 1 2`` on a
+model call, both in each of ``--dtypes``; ``--docs`` writes that table into docs/benchmarks.md. Give ``--threads 1 2`` on a
 machine with two idle cores only: with other work on them, OpenMP's second thread is
 descheduled and the first waits for it (a two-thread run here took over half an hour).
 """
@@ -136,43 +136,53 @@ def engine_speeds(frames: int, threads: int) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
-def batched_speeds(frames: int, thread_counts: list[int]) -> str:
+def batched_speeds(frames: int, thread_counts: list[int], dtypes: list[str]) -> str:
     """Frames/s of each neural potential's per-frame calculator and batched source on
-    ``frames`` ethanol frames, per thread count, as a markdown table with the speed-ups. The
-    per-frame calculator is timed once, each batched size as the best of 3, all after a
-    warm-up call; the largest difference between the two sources' forces is checked."""
+    ``frames`` ethanol frames, per dtype and thread count, as a markdown table with the
+    speed-ups (both routes in the row's dtype). The per-frame calculator is timed once, each
+    batched size as the best of 3, all after a warm-up call. Every batched result is checked
+    against the float64 per-frame calculator's: forces to 1e-5 eV/Å (the issue's tolerance),
+    and the largest force and energy differences are shown."""
     import torch
 
     from ase_drift import neural_forces
 
     ethanol = load(SYSTEMS["ethanol"])[0]
     numbers, positions = ethanol.numbers, ethanol.positions[:frames]  # [A], [N, A, 3] Å
-    header = ("| model | threads | per-frame calculator (frames/s) | "
+    header = ("| model | dtype | threads | per-frame calculator (frames/s) | "
               + " | ".join(f"batched, {size}/call (frames/s)" for size in BATCH_SIZES)
-              + " | best speed-up |")
-    lines = [header, "|---|---:|" + "---:|" * (len(BATCH_SIZES) + 2)]
+              + " | best speed-up | max force / energy difference from float64 calculator |")
+    lines = [header, "|---|---|---:|" + "---:|" * (len(BATCH_SIZES) + 2) + "---:|"]
     with tempfile.TemporaryDirectory() as workdir:
         for model, (save, calculator, batched) in NEURAL.items():
             path = save(ethanol, workdir)
-            for threads in thread_counts:
-                torch.set_num_threads(threads)
-                per_frame = CalculatorForces(calculator(path))
-                per_frame.compute(numbers, positions[:2])  # warm-up
-                start = time.perf_counter()
-                reference = per_frame.compute(numbers, positions)
-                rates = [frames / (time.perf_counter() - start)]
-                for size in BATCH_SIZES:
-                    source = getattr(neural_forces, batched)(path, batch_size=size)
-                    source.compute(numbers, positions[:size])  # warm-up
-                    got = source.compute(numbers, positions)
-                    worst = float(np.abs(got.forces - reference.forces).max())  # eV/Å
-                    if worst > 1e-5:
-                        raise AssertionError(f"{model}: batched forces differ by {worst:g} eV/Å")
-                    rates.append(frames / best_of(partial(source.compute, numbers, positions)))
-                cells = [f"{rate:,.0f}" for rate in rates]
-                lines.append(f"| {model} | {threads} | {' | '.join(cells)} | "
-                             f"{max(rates[1:]) / rates[0]:.1f}× |")
-                print(lines[-1], file=sys.stderr, flush=True)  # progress: a row a few minutes
+            exact = CalculatorForces(calculator(path)).compute(numbers, positions)
+            for dtype_name in dtypes:
+                dtype = getattr(torch, dtype_name)
+                for threads in thread_counts:
+                    torch.set_num_threads(threads)
+                    per_frame = CalculatorForces(calculator(path, dtype))
+                    per_frame.compute(numbers, positions[:2])  # warm-up
+                    start = time.perf_counter()
+                    per_frame.compute(numbers, positions)
+                    rates = [frames / (time.perf_counter() - start)]
+                    force_error = energy_error = 0.0
+                    for size in BATCH_SIZES:
+                        source = getattr(neural_forces, batched)(path, batch_size=size, dtype=dtype)
+                        source.compute(numbers, positions[:size])  # warm-up
+                        got = source.compute(numbers, positions)
+                        force_error = max(force_error, float(np.abs(got.forces - exact.forces).max()))
+                        energy_error = max(energy_error,
+                                           float(np.abs(got.energies - exact.energies).max()))
+                        if force_error > 1e-5:
+                            raise AssertionError(f"{model} ({dtype_name}): batched forces differ "
+                                                 f"by {force_error:g} eV/Å")
+                        rates.append(frames / best_of(partial(source.compute, numbers, positions)))
+                    cells = [f"{rate:,.0f}" for rate in rates]
+                    lines.append(f"| {model} | {dtype_name} | {threads} | {' | '.join(cells)} | "
+                                 f"{max(rates[1:]) / rates[0]:.1f}× | {force_error:.0e} eV/Å / "
+                                 f"{energy_error:.0e} eV |")
+                    print(lines[-1], file=sys.stderr, flush=True)  # progress: a row a minute
     return "\n".join(lines)
 
 
@@ -183,6 +193,8 @@ def main():
     parser.add_argument("--frames", type=int, help="200 by default; 1,000 with --batched")
     parser.add_argument("--threads", type=int, nargs="+",
                         help="torch thread counts (1 by default)")
+    parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"],
+                        choices=["float64", "float32"], help="with --batched: model dtypes")
     parser.add_argument("--docs", action="store_true",
                         help="with --batched: write the table into docs/benchmarks.md")
     args = parser.parse_args()
@@ -190,9 +202,9 @@ def main():
         print(engine_speeds(args.frames or 200, args.threads[0] if args.threads else 1))
         return
     frames, threads = args.frames or 1000, args.threads or [1]
-    table = batched_speeds(frames, threads)
+    table = batched_speeds(frames, threads, args.dtypes)
     command = (f"python -m benchmarks.forces --batched --frames {frames} --threads "
-               + " ".join(map(str, threads)))
+               + " ".join(map(str, threads)) + " --dtypes " + " ".join(args.dtypes))
     text = f"`{command}`: {frames} ethanol frames.\n\n{table}"
     print(text)
     if args.docs:

@@ -178,6 +178,18 @@ def test_schnetpack_pairs_end_at_the_cutoff(case):
     assert source.fingerprint()["cutoff"] == cutoff
 
 
+def test_one_source_follows_a_change_of_atom_order(case):
+    """A source reused on the same molecule with its atoms in another order (a graph built
+    for the first order must not be reused) gives the permuted labels."""
+    kind, numbers, frames, path, reference = case
+    order = np.random.default_rng(2).permutation(len(numbers))
+    source = _batched(kind, path, batch_size=BATCH)
+    source.compute(numbers, frames)
+    got = source.compute(numbers[order], frames[:, order])
+    np.testing.assert_allclose(got.forces, reference.forces[:, order], rtol=0, atol=TOL)
+    np.testing.assert_allclose(got.energies, reference.energies, rtol=0, atol=TOL)
+
+
 def test_wrong_shapes_and_elements_raise_value_error(case):
     kind, numbers, frames, path, _ = case
     source = _batched(kind, path)
