@@ -10,7 +10,9 @@ a frame every 4 ps), reduced to the beads C(ACE), N, CA, C, N(NME)
 (:func:`~ase_drift.peptides.backbone_beads`, ScoreMD's 5-bead coarse-graining), whose φ and ψ
 are the all-atom ones. Models train on run 0 (5,000 frames) and are scored against run 1, so
 every error left is the model's; ``--data`` (a file of ``ase_drift.datasets.alanine``, its run 0
-for training) and ``--extra-reference`` (more such files) score against every other run. The energy network sees the bead distances and the signed
+for training) and ``--extra-reference`` (more such files) score against every other run, and
+``--train-runs K`` trains on runs 0 to K − 1 (of the files in that order) and scores against the
+rest (results and docs section "…more data"). The energy network sees the bead distances and the signed
 volumes of beads 0–3 and 1–4 (mirror images have (φ, ψ) → (−φ, −ψ); distances alone cannot
 tell them apart). With ``--all-atom`` it sees all 22 atoms: their distances and the signed
 volumes about every branched atom (the default chirality features; the α-carbon's fixes the
@@ -165,11 +167,17 @@ def autocorrelation_steps(frames: np.ndarray, record_every: int, backbone: np.nd
     return float(np.median(taus)) * record_every
 
 
+def network_options(args) -> dict:
+    """The energy network's settings given on the command line (none: the defaults)."""
+    return {"hidden": args.hidden} if args.hidden else {}
+
+
 def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> tuple[dict, dict]:
     """Scores of one (method, seed), and the (φ, ψ) of its i.i.d. and simulated frames."""
     start = time.perf_counter()
     model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, quadruples=level.quadruples,
-                                  config=model_config(args, batch_size=BATCH_SIZE),
+                                  config=model_config(args, batch_size=BATCH_SIZE,
+                                                      **network_options(args)),
                                   **METHODS[method])
     train_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -285,10 +293,11 @@ def drift_cost(run0, run1, steps: int, backbone: np.ndarray) -> dict:
 
 def tables(runs_of: dict, args, floor: dict, md: dict, drift: dict) -> str:
     small = f"{min(floor['frames'], floor['reference_frames']):,}"
-    lines = [(f"Run-to-run floor (all {floor['frames']:,} frames of run 0 against the "
+    training = floor.get("training_name", "run 0")
+    lines = [(f"Run-to-run floor (all {floor['frames']:,} frames of {training} against the "
               f"{floor['reference_frames']:,} of {floor['reference_name']}): JS "
               f"{floor['js']:.3f}, PMF RMSE {floor['pmf_rmse']:.2f} kT, ΔF C5−C7eq "
-              f"{floor['delta_f']:.2f} kT in run 0, {floor['reference_delta_f']:.2f} kT in "
+              f"{floor['delta_f']:.2f} kT in {training}, {floor['reference_delta_f']:.2f} kT in "
               f"{floor['reference_name']}. Mean ± std over seeds; JS ({small}): on {small} of the "
               f"frames, as the floor."), "",
              (f"| method | seeds | i.i.d. JS | i.i.d. JS ({small}) | i.i.d. PMF RMSE (kT) | "
@@ -370,6 +379,10 @@ def main():
                         "bundled set")
     parser.add_argument("--extra-reference", type=Path, nargs="*", default=[],
                         help="more such files whose runs join the reference")
+    parser.add_argument("--hidden", type=int, default=None,
+                        help="width of the energy networks (EnergyDiffusionConfig's by default)")
+    parser.add_argument("--train-runs", type=int, default=1,
+                        help="train on the first this many runs, score against the others")
     args = parser.parse_args()
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2])
@@ -380,15 +393,22 @@ def main():
     args.drift_steps = args.drift_steps or (500 if quick else 4000)
     tag = (f"steps={args.steps}|batch={BATCH_SIZE}|replicas={args.replicas}|"
            f"sim={args.sim_steps}{prior_tag(args)}"
+           + "".join(f"|{name}={value}" for name, value in network_options(args).items())
            + "".join(f"|{p.stem}" for p in ([args.data] if args.data else [])
-                     + args.extra_reference))
+                     + args.extra_reference)
+           + (f"|train-runs={args.train_runs}" if args.train_runs != 1 else ""))
     if args.data:
         _, reference, runs, _ = load_reference([args.data, *args.extra_reference])
     else:
         _, reference = load(DATASET)
         runs = reference_runs(DATASET)
+    if not 1 <= args.train_runs < len(np.unique(runs)):
+        raise SystemExit(f"--train-runs {args.train_runs}: the data hold "
+                         f"{len(np.unique(runs))} runs, and at least one must be left to score")
     level = resolution(args.all_atom, len(reference.numbers))
-    suffix = ("_allatom" if args.all_atom else "") + ("-quick" if quick else "")
+    more_data = args.data is not None or args.train_runs != 1
+    suffix = (("_allatom" if args.all_atom else "") + ("_more_data" if more_data else "")
+              + ("-quick" if quick else ""))
     results = args.results or ROOT / "benchmarks" / "results" / (
         f"energy_diffusion_alanine{suffix}.json")
     stored = json.loads(results.read_text()) if results.exists() else {}
@@ -397,15 +417,18 @@ def main():
     def save():
         write_json(results, stored)
 
-    run0 = coarse_grain(reference[runs == 0], level.atoms)
-    run1 = coarse_grain(reference[runs != 0], level.atoms)  # run 1, or every run but 0
+    # "run0" and "run1": the training runs and the reference runs (run 1, or all others)
+    run0 = coarse_grain(reference[runs < args.train_runs], level.atoms)
+    run1 = coarse_grain(reference[runs >= args.train_runs], level.atoms)
     floor = scores(run0.positions, run1, level.backbone, len(run0))
     ref_phi, ref_psi = bead_dihedrals(run1.positions[:, level.backbone])
     floor.update(reference_delta_f=delta_f(ref_phi, ref_psi),
                  reference_phi_positive=float(np.mean(ref_phi > 0)),
                  frames=len(run0), reference_frames=len(run1),
-                 reference_name=("run 1" if len(np.unique(runs)) == 2
-                                 else f"runs 1–{runs.max()}"))
+                 training_name=("run 0" if args.train_runs == 1
+                                else f"runs 0–{args.train_runs - 1}"),
+                 reference_name=(f"run {runs.max()}" if runs.max() == args.train_runs
+                                 else f"runs {args.train_runs}–{runs.max()}"))
     if "openmm_md" not in stored:
         stored["openmm_md"] = openmm_md_cost(reference.positions[runs == 0][0], args.md_steps,
                                              seed=0)
@@ -432,12 +455,14 @@ def main():
     print(text)
     if args.no_docs or quick:  # a quick run is a smoke test: printed, not documented
         return
-    marker = "alanine-allatom" if args.all_atom else "alanine"
+    marker = "alanine" + ("-allatom" if args.all_atom else "") + ("-more-data" if more_data else "")
     figure = ""
     if angles_path.exists():
         kept = np.load(angles_path)
-        panels = {"reference MD (run 1)": bead_dihedrals(run1.positions[:, level.backbone]),
-                  "training set (run 0)": bead_dihedrals(run0.positions[:, level.backbone])}
+        panels = {f"reference MD ({floor['reference_name']})":
+                  bead_dihedrals(run1.positions[:, level.backbone]),
+                  f"training set ({floor['training_name']})":
+                  bead_dihedrals(run0.positions[:, level.backbone])}
         panels.update({f"{key.replace('|', ', ')} (seed {args.seeds[0]})":
                        tuple(kept[key].astype(np.float64))
                        for key in kept.files})
@@ -448,6 +473,11 @@ def main():
                + (" --all-atom" if args.all_atom else "")
                + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}")
                + (f" --steps {args.steps}" if args.steps != 20000 else "")
+               + (f" --data {args.data}" if args.data else "")
+               + (" --extra-reference " + " ".join(map(str, args.extra_reference))
+                  if args.extra_reference else "")
+               + (f" --train-runs {args.train_runs}" if args.train_runs != 1 else "")
+               + (f" --hidden {args.hidden}" if args.hidden else "")
                + (f" --methods {' '.join(args.methods)}" if args.methods != list(METHODS)
                   else "") + prior_option(args))
     write_section("energy-diffusion.md", marker,
