@@ -23,8 +23,9 @@ sums run in another order), and a fingerprint shared with the calculator would h
 reproduce the calculator's parameter dict, which belongs to MACE and SchNetPack and changes
 with their versions. The cost is one relabelling of an old cache, which the batched source
 does 9–14 times faster in float64 than the calculator made it (docs/benchmarks.md). A
-fingerprint here holds the model's weights digest (and its file's, when loaded from one), the dtype and the settings that change
-the labels (SchNetPack's cutoff, MACE's head); not the device or ``batch_size``.
+fingerprint here holds the model's weights digest (and its file's, when loaded from one), the
+dtype and the settings that change the labels (SchNetPack's cutoff, MACE's head); not the
+device or ``batch_size``.
 
 This module is separate from :mod:`ase_drift.potentials`, which builds and fits the small
 models of the examples and tests: these sources evaluate any saved MACE or SchNetPack model.

@@ -302,12 +302,12 @@ class BondedPrior(nn.Module):
             end = n_pairs + len(features.quadruples)
             times = torch.logspace(math.log10(t_min / 2), 0, VOLUME_TABLE_TIMES)
             index = torch.randint(len(x0), (VOLUME_TABLE_FRAMES,), generator=generator)
+            frames = x0[index]  # [n, 3A]
             volumes = []
             for t in times:
                 mean, std = sde.marginal(t)
-                noise = _centre(torch.randn(x0[index].shape, generator=generator),
-                                features.n_atoms)
-                volumes.append(features(mean * x0[index] + std * noise)[:, n_pairs:end])
+                noise = _centre(torch.randn(frames.shape, generator=generator), features.n_atoms)
+                volumes.append(features(mean * frames + std * noise)[:, n_pairs:end])
             volumes = torch.stack(volumes)  # [T, n, Q]
         volume_std = (volumes.std(1) if volumes.shape[-1] else volumes.sum(1)).clamp_min(1e-6)
         return cls(phi[:, :n_pairs].mean(0), phi[:, :n_pairs].std(0).clamp_min(1e-6), times,
