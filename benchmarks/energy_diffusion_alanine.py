@@ -167,9 +167,10 @@ def autocorrelation_steps(frames: np.ndarray, record_every: int, backbone: np.nd
     return float(np.median(taus)) * record_every
 
 
-def network_options(args) -> dict:
-    """The energy network's settings given on the command line (none: the defaults)."""
-    return {"hidden": args.hidden} if args.hidden else {}
+def config_options(args) -> dict:
+    """The model settings given on the command line (none: the defaults)."""
+    given = {"hidden": args.hidden, "small_t_share": args.small_t_share}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> tuple[dict, dict]:
@@ -177,7 +178,7 @@ def run_method(method: str, seed: int, args, run0, run1, level: Resolution) -> t
     start = time.perf_counter()
     model = EnergyDiffusion.train(run0, steps=args.steps, seed=seed, quadruples=level.quadruples,
                                   config=model_config(args, batch_size=BATCH_SIZE,
-                                                      **network_options(args)),
+                                                      **config_options(args)),
                                   **METHODS[method])
     train_s = time.perf_counter() - start
     start = time.perf_counter()
@@ -381,6 +382,9 @@ def main():
                         help="more such files whose runs join the reference")
     parser.add_argument("--hidden", type=int, default=None,
                         help="width of the energy networks (EnergyDiffusionConfig's by default)")
+    parser.add_argument("--small-t-share", type=float, default=None,
+                        help="with experts, the smallest-t expert's share of the steps "
+                        "(EnergyDiffusionConfig's by default)")
     parser.add_argument("--train-runs", type=int, default=1,
                         help="train on the first this many runs, score against the others")
     args = parser.parse_args()
@@ -393,7 +397,7 @@ def main():
     args.drift_steps = args.drift_steps or (500 if quick else 4000)
     tag = (f"steps={args.steps}|batch={BATCH_SIZE}|replicas={args.replicas}|"
            f"sim={args.sim_steps}{prior_tag(args)}"
-           + "".join(f"|{name}={value}" for name, value in network_options(args).items())
+           + "".join(f"|{name}={value}" for name, value in config_options(args).items())
            + "".join(f"|{p.stem}" for p in ([args.data] if args.data else [])
                      + args.extra_reference)
            + (f"|train-runs={args.train_runs}" if args.train_runs != 1 else ""))
@@ -477,7 +481,8 @@ def main():
                + (" --extra-reference " + " ".join(map(str, args.extra_reference))
                   if args.extra_reference else "")
                + (f" --train-runs {args.train_runs}" if args.train_runs != 1 else "")
-               + (f" --hidden {args.hidden}" if args.hidden else "")
+               + "".join(f" --{name.replace('_', '-')} {value}"
+                         for name, value in config_options(args).items())
                + (f" --methods {' '.join(args.methods)}" if args.methods != list(METHODS)
                   else "") + prior_option(args))
     write_section("energy-diffusion.md", marker,
