@@ -54,6 +54,19 @@ def write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def store_results(path: Path, stored: dict) -> None:
+    """Write the results dict ``stored`` to ``path`` (atomically, :func:`write_json`), first
+    adding the entries another run of the same benchmark wrote there since ``stored`` was read:
+    runs of different seeds or settings may share a results file in parallel."""
+    import json
+
+    path = Path(path)
+    if path.exists():
+        for key, value in json.loads(path.read_text()).items():
+            stored.setdefault(key, value)
+    write_json(path, stored)
+
+
 def best_of(fn, repeats: int = 3) -> float:
     """Shortest wall time of ``repeats`` calls of ``fn()`` (s)."""
     times = []

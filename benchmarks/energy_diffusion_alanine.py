@@ -68,7 +68,7 @@ from ase_drift.peptides import backbone_beads, bead_dihedrals, topology_from_pdb
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
 from benchmarks.alanine import load_reference
-from benchmarks.common import ROOT, write_json, write_section
+from benchmarks.common import ROOT, store_results, write_section
 from benchmarks.energy_diffusion_molecules import (
     METHODS,
     _mean_std,
@@ -419,7 +419,7 @@ def main():
     angles_path = results.with_name(results.stem + "_angles.npz")
 
     def save():
-        write_json(results, stored)
+        store_results(results, stored)
 
     # "run0" and "run1": the training runs and the reference runs (run 1, or all others)
     run0 = coarse_grain(reference[runs < args.train_runs], level.atoms)

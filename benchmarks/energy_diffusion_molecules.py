@@ -43,7 +43,7 @@ from ase_drift.metrics.distances import BOND_TOLERANCE, covalent_bonds, pair_dis
 from ase_drift.metrics.timeseries import integrated_autocorrelation_time
 from ase_drift.simulate import simulate
 from ase_drift.training import TrainConfig, Trainer
-from benchmarks.common import PAPER_DISTANCES, gfn2_energies, write_json, write_section
+from benchmarks.common import PAPER_DISTANCES, gfn2_energies, store_results, write_section
 
 DATASET = "ethanol-gfn2-500K"
 TIMESTEP_FS, FRICTION_PER_FS = 0.5, 0.01
@@ -295,7 +295,7 @@ def main():
     stored = json.loads(results.read_text()) if results.exists() else {}
 
     def save():
-        write_json(results, stored)
+        store_results(results, stored)
 
     _, reference = load(DATASET)
     runs = reference_runs(DATASET)

@@ -40,7 +40,7 @@ from ase_drift.diffusion.energy import (
 )
 from ase_drift.metrics.density2d import js_2d, pmf_error
 from ase_drift.simulate import baoab
-from benchmarks.common import write_json, write_section
+from benchmarks.common import store_results, write_section
 
 KT, MASS, FRICTION, TIMESTEP, STRIDE = 23.0, 0.5, 1.0, 5e-3, 50
 LIMITS = ((-1.8, 1.1), (-0.5, 2.0))
@@ -189,7 +189,7 @@ def main():
     stored.setdefault("runs", {})
 
     def save():
-        write_json(results, stored)
+        store_results(results, stored)
 
     start = time.perf_counter()
     data = true_run(args.data_frames, args.replicas, seed=1)
