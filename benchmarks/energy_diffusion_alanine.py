@@ -477,6 +477,8 @@ def main():
                + (" --all-atom" if args.all_atom else "")
                + (" --quick" if quick else f" --seeds {' '.join(map(str, args.seeds))}")
                + (f" --steps {args.steps}" if args.steps != 20000 else "")
+               + (f" --replicas {args.replicas}" if args.replicas != 100 else "")
+               + (f" --sim-steps {args.sim_steps}" if args.sim_steps != 10000 else "")
                + (f" --data {args.data}" if args.data else "")
                + (" --extra-reference " + " ".join(map(str, args.extra_reference))
                   if args.extra_reference else "")
