@@ -43,6 +43,7 @@ Methods as in :mod:`benchmarks.energy_diffusion_molecules`. Each result is store
 from __future__ import annotations
 
 import json
+import textwrap
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -448,9 +449,13 @@ def main():
                 continue
             stored[key], angles = run_method(method, seed, args, run0, run1, level)
             save()
-            if seed == args.seeds[0]:  # the Ramachandran plot shows the first seed
+            if seed == args.seeds[0]:  # the Ramachandran plot shows a run's first seed
                 kept = dict(np.load(angles_path)) if angles_path.exists() else {}
-                label = method + (" (before E8)" if args.before_e8 else "")
+                label = (method + (" (before E8)" if args.before_e8 else "")
+                         + f", {args.steps:,} steps"
+                         + "".join(f", {name} {value}"
+                                   for name, value in config_options(args).items())
+                         + f" (seed {seed})")
                 kept.update({f"{label}|{name}": np.stack(a).astype(np.float16)
                              for name, a in angles.items()})
                 np.savez_compressed(angles_path, **kept)
@@ -467,9 +472,8 @@ def main():
                   bead_dihedrals(run1.positions[:, level.backbone]),
                   f"training set ({floor['training_name']})":
                   bead_dihedrals(run0.positions[:, level.backbone])}
-        panels.update({f"{key.replace('|', ', ')} (seed {args.seeds[0]})":
-                       tuple(kept[key].astype(np.float64))
-                       for key in kept.files})
+        panels.update({textwrap.fill(key.replace("|", ", "), 44):
+                       tuple(kept[key].astype(np.float64)) for key in kept.files})
         name = f"energy_diffusion_{marker.replace('-', '_')}.png"
         plot_ramachandran(ROOT / "docs" / "img" / name, panels, columns=3)
         figure = f"\n\n![Ramachandran free energies, {level.name} alanine dipeptide](img/{name})"
