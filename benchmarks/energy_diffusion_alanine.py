@@ -9,12 +9,12 @@ Data: the bundled alanine dipeptide (amber99sb-ildn, vacuum, 300 K; two unbiased
 a frame every 4 ps), reduced to the beads C(ACE), N, CA, C, N(NME)
 (:func:`~ase_drift.peptides.backbone_beads`, ScoreMD's 5-bead coarse-graining), whose φ and ψ
 are the all-atom ones. Models train on run 0 (5,000 frames) and are scored against run 1, so
-every error left is the model's; ``--data`` (a file of ``ase_drift.datasets.alanine``, its run 0
-for training) and ``--extra-reference`` (more such files) score against every other run, and
-``--train-runs K`` trains on runs 0 to K − 1 (of the files in that order) and scores against the
-rest (results and docs section "…more data"). The energy network sees the bead distances and the signed
-volumes of beads 0–3 and 1–4 (mirror images have (φ, ψ) → (−φ, −ψ); distances alone cannot
-tell them apart). With ``--all-atom`` it sees all 22 atoms: their distances and the signed
+every error left is the model's; ``--data`` (a file of ``ase_drift.datasets.alanine``, its run
+0 for training) and ``--extra-reference`` (more such files) score against every other run, and
+``--train-runs K`` trains on runs 0 to K − 1 (of the files in that order) and scores against
+the rest (results and docs section "…more data"). The energy network sees the bead distances
+and the signed volumes of beads 0–3 and 1–4 (mirror images have (φ, ψ) → (−φ, −ψ); distances
+alone cannot tell them apart). With ``--all-atom`` it sees all 22 atoms: their distances and the signed
 volumes about every branched atom (the default chirality features; the α-carbon's fixes the
 L form, and with it the distances tell (φ, ψ) from (−φ, −ψ)); the dihedrals are read from the
 same backbone atoms.

@@ -11,8 +11,8 @@ speed does not depend on the weights. Prints a markdown table.
 ``--batched`` compares, for each neural potential on ``--frames`` ethanol frames and each
 ``--threads`` count, its per-frame ASE calculator (``CalculatorForces``) with the batched
 source of the same model file (``SchNetPackForces``, ``MACEForces``) at several frames per
-model call, both in each of ``--dtypes``; ``--docs`` writes that table into docs/benchmarks.md. Give ``--threads 1 2`` on a
-machine with two idle cores only: with other work on them, OpenMP's second thread is
+model call, both in each of ``--dtypes``; ``--docs`` writes that table into
+docs/benchmarks.md. Give ``--threads 1 2`` on a machine with two idle cores only: with other work on them, OpenMP's second thread is
 descheduled and the first waits for it (a two-thread run here took over half an hour).
 """
 
@@ -171,7 +171,8 @@ def batched_speeds(frames: int, thread_counts: list[int], dtypes: list[str]) -> 
                         source = getattr(neural_forces, batched)(path, batch_size=size, dtype=dtype)
                         source.compute(numbers, positions[:size])  # warm-up
                         got = source.compute(numbers, positions)
-                        force_error = max(force_error, float(np.abs(got.forces - exact.forces).max()))
+                        force_error = max(force_error,
+                                          float(np.abs(got.forces - exact.forces).max()))
                         energy_error = max(energy_error,
                                            float(np.abs(got.energies - exact.energies).max()))
                         if force_error > 1e-5:
