@@ -195,17 +195,16 @@ class MACEForces(_BatchedPotential):
                              f"elements {list(self.z_table.zs)}")
 
     def _evaluate(self, numbers: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n_frames, n_atoms = positions.shape[:2]
         frame_positions = torch.tensor(positions, dtype=self.dtype,
                                        device=self.device)  # [b, A, 3] Å
         # pairs beyond r_max would carry zero weight under MACE's radial envelope: left out as
         # MACE's neighbour list leaves them out, for speed
-        frame, i, j = _pairs_within(frame_positions, self.r_max)  # [E] each
-        inputs = dict(self._frames_graph(numbers, positions[0], n_frames))
+        sender, receiver = _pairs_within(frame_positions, self.r_max)  # [E] each
+        inputs = dict(self._frames_graph(numbers, positions[0], len(positions)))
         inputs["positions"] = frame_positions.reshape(-1, 3)  # [b·A, 3] Å
         # MACE's edges run sender → receiver; with both directions present the order is free
-        inputs["edge_index"] = torch.stack((frame * n_atoms + i, frame * n_atoms + j))  # [2, E]
-        no_shift = torch.zeros(len(i), 3, dtype=self.dtype, device=self.device)  # [E, 3]
+        inputs["edge_index"] = torch.stack((sender, receiver))  # [2, E]
+        no_shift = torch.zeros(len(sender), 3, dtype=self.dtype, device=self.device)  # [E, 3]
         inputs["shifts"], inputs["unit_shifts"] = no_shift, no_shift  # isolated: no images
         output = self.model(inputs, training=False, compute_stress=False)
         energies = output["energy"].detach().cpu().numpy()  # [b] eV
@@ -297,7 +296,7 @@ class SchNetPackForces(_BatchedPotential):
         n_frames, n_atoms = positions.shape[:2]
         frame_positions = torch.tensor(positions, dtype=self.dtype,
                                        device=self.device)  # [b, A, 3] Å
-        frame, i, j = _pairs_within(frame_positions, self.cutoff)  # [P] each
+        i, j = _pairs_within(frame_positions, self.cutoff)  # [P] each, into the b·A atoms
         on_device = {"device": self.device}
         inputs = {
             properties.Z: torch.tensor(numbers, **on_device).repeat(n_frames),  # [b·A]
@@ -305,8 +304,8 @@ class SchNetPackForces(_BatchedPotential):
             properties.n_atoms: torch.full((n_frames,), n_atoms, **on_device),  # [b]
             properties.idx_m: torch.arange(n_frames, **on_device).repeat_interleave(
                 n_atoms),  # [b·A] frame of each atom
-            properties.idx_i: frame * n_atoms + i,  # [P] index into the b·A atoms
-            properties.idx_j: frame * n_atoms + j,  # [P]
+            properties.idx_i: i,  # [P]
+            properties.idx_j: j,  # [P]
             properties.offsets: torch.zeros(len(i), 3, dtype=self.dtype, **on_device),  # [P, 3]
             properties.cell: torch.zeros(n_frames, 3, 3, dtype=self.dtype, **on_device),
             properties.pbc: torch.zeros(n_frames, 3, dtype=torch.bool, **on_device),
@@ -321,11 +320,13 @@ class SchNetPackForces(_BatchedPotential):
         return {"cutoff": self.cutoff}
 
 
-def _pairs_within(positions: torch.Tensor, cutoff: float):
+def _pairs_within(positions: torch.Tensor, cutoff: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Every ordered pair ``(i, j)``, i ≠ j, of atoms of a frame of ``positions`` ``[b, A, 3]``
-    (Å) closer than ``cutoff`` (Å): their frames, ``i`` and ``j``, each ``[P]``, by frame, then
-    i, then j."""
+    (Å) closer than ``cutoff`` (Å), as indices ``[P]`` each into the frames' b·A atoms laid end
+    to end; by frame, then i, then j."""
+    n_atoms = positions.shape[1]
     vectors = positions[:, None, :, :] - positions[:, :, None, :]  # [b, A, A, 3]: R_j − R_i
-    others = ~torch.eye(positions.shape[1], dtype=torch.bool, device=positions.device)  # [A, A]
+    others = ~torch.eye(n_atoms, dtype=torch.bool, device=positions.device)  # [A, A]
     within = (vectors.square().sum(-1) < cutoff ** 2) & others  # [b, A, A]
-    return within.nonzero(as_tuple=True)
+    frame, i, j = within.nonzero(as_tuple=True)
+    return frame * n_atoms + i, frame * n_atoms + j

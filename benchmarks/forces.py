@@ -12,8 +12,9 @@ speed does not depend on the weights. Prints a markdown table.
 ``--threads`` count, its per-frame ASE calculator (``CalculatorForces``) with the batched
 source of the same model file (``SchNetPackForces``, ``MACEForces``) at several frames per
 model call, both in each of ``--dtypes``; ``--docs`` writes that table into
-docs/benchmarks.md. Give ``--threads 1 2`` on a machine with two idle cores only: with other work on them, OpenMP's second thread is
-descheduled and the first waits for it (a two-thread run here took over half an hour).
+docs/benchmarks.md. Give ``--threads 1 2`` on a machine with two idle cores only: with other
+work on them, OpenMP's second thread is descheduled and the first waits for it (a two-thread
+run here took over half an hour).
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ def batched_speeds(frames: int, thread_counts: list[int], dtypes: list[str]) -> 
                     rates = [frames / (time.perf_counter() - start)]
                     force_error = energy_error = 0.0
                     for size in BATCH_SIZES:
-                        source = getattr(neural_forces, batched)(path, batch_size=size, dtype=dtype)
+                        source = getattr(neural_forces, batched)(path, batch_size=size,
+                                                                 dtype=dtype)
                         source.compute(numbers, positions[:size])  # warm-up
                         got = source.compute(numbers, positions)
                         force_error = max(force_error,

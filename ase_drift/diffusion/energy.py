@@ -78,9 +78,10 @@ class EnergyDiffusionConfig(StoredConfig):
     features for the noise level and adds the bonded prior (E8, :class:`BondedPrior`);
     ``dihedrals`` adds the rotatable bonds' dihedral angles to the features
     (:class:`MoleculeFeatures`; off by default: on the 5-bead alanine dipeptide they made
-    sampling and simulation worse, see docs/energy-diffusion.md). ``sampler_grid`` spaces the sampler's steps uniformly in
-    log-SNR λ = log(m/σ) (as DPM-Solver; fine steps at both ends, where a model that holds
-    bonds is stiff) or uniformly in t (ScoreMD's; such steps loosen stiff bonds at t_min).
+    sampling and simulation worse, see docs/energy-diffusion.md). ``sampler_grid`` spaces the
+    sampler's steps uniformly in log-SNR λ = log(m/σ) (as DPM-Solver; fine steps at both ends,
+    where a model that holds bonds is stiff) or uniformly in t (ScoreMD's; such steps loosen
+    stiff bonds at t_min).
     """
 
     hidden: int = 92
