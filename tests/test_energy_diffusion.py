@@ -29,6 +29,7 @@ from ase_drift.diffusion.energy import (
     EnergyModel,
     MoleculeFeatures,
     chiral_quadruples,
+    dsm_loss,
     expert_steps,
     fp_loss,
     fp_weak_residual,
@@ -70,8 +71,9 @@ def gaussian_vp(mean, variance, variance_error=0.0, normalised=True):
 MEAN, VARIANCE = [1.0, -0.5, 0.3], [0.25, 0.5, 0.1]
 
 
-def residual_means(log_q_and_score, log_q, n_points=6, n_draws=20000, seed=0):
-    """Mean and standard error of R̃(x, t; v) over v at a few fixed (x, t) ``[n_points]``."""
+def residual_means(log_q_and_score, log_q, n_points=6, n_draws=20000, seed=0, sigma=1e-4):
+    """Mean and standard error of R̃(x, t; v) over v ~ N(0, ``sigma``² I) at a few fixed
+    (x, t) ``[n_points]``."""
     g = torch.Generator().manual_seed(seed)
     t = torch.linspace(0.02, 0.9, n_points, dtype=F64)
     m, s = SDE.marginal(t)
@@ -79,17 +81,20 @@ def residual_means(log_q_and_score, log_q, n_points=6, n_draws=20000, seed=0):
          + (m[:, None] ** 2 * torch.tensor(VARIANCE, dtype=F64) + s[:, None] ** 2).sqrt()
          * torch.randn(n_points, 3, generator=g, dtype=F64))
     xs, ts = x.repeat_interleave(n_draws, 0), t.repeat_interleave(n_draws)
-    v = 1e-4 * torch.randn(xs.shape, generator=g, dtype=F64)
-    r = fp_weak_residual(log_q_and_score, log_q, xs, ts, v, SDE, 1e-4, 1e-3, 3)
+    v = sigma * torch.randn(xs.shape, generator=g, dtype=F64)
+    r = fp_weak_residual(log_q_and_score, log_q, xs, ts, v, SDE, sigma, 1e-3, 3)
     r = r.view(n_points, n_draws)
     return r.mean(1), r.std(1) / math.sqrt(n_draws)
 
 
-def test_fp_residual_vanishes_for_the_exact_vp_density():
+@pytest.mark.parametrize("sigma", [1e-4, 0.3])
+def test_fp_residual_vanishes_for_the_exact_vp_density(sigma):
     # The VP SDE's Gaussian marginals satisfy the log Fokker–Planck equation (E4), so the weak
     # residual (E5) has zero mean over v at every (x, t). Dropping any term (the ½βD of div f,
-    # x·s, ‖s‖², the divergence estimate) or a wrong sign makes it nonzero.
-    mean, error = residual_means(*gaussian_vp(MEAN, VARIANCE))
+    # x·s, ‖s‖², the divergence estimate) or a wrong sign makes it nonzero. For a Gaussian the
+    # score is linear, so E_v R̃(x, t; v) = E_v R(x + v, t) = 0 at any σ: a large σ checks that
+    # every term is read at the same shifted point x + v.
+    mean, error = residual_means(*gaussian_vp(MEAN, VARIANCE), sigma=sigma)
     assert (mean.abs() / error).max() < 5
 
 
@@ -113,9 +118,12 @@ def test_fp_loss_multiplies_two_independent_estimates():
                    lambda shape: torch.randn(shape, generator=g, dtype=F64)) * 9  # × D²
     r = fp_weak_residual(*fns, x, t, 1e-4 * torch.randn(x.shape, generator=g, dtype=F64), SDE,
                          1e-4, 1e-3, 3)
-    target = r.mean().item() ** 2
-    assert r.var().item() > 20 * target  # the variance an R̃² estimator would add
-    assert abs(loss.mean().item() - target) < 5 * loss.std().item() / math.sqrt(n)
+    target, variance = r.mean().item() ** 2, r.var().item()
+    assert variance > 20 * target  # the variance an R̃² estimator would add
+    # the standard error of a mean of n products of two independent estimates, from the
+    # separate draws r (not from the loss itself, so a mis-scaled loss cannot widen it)
+    error = math.sqrt((variance + target) ** 2 - target**2) / math.sqrt(n)
+    assert abs(loss.mean().item() - target) < 5 * error
 
 
 def small_model(dtype=F64, **config) -> tuple[EnergyModel, EnergyDiffusionConfig]:
@@ -164,13 +172,49 @@ def test_training_times_put_half_of_each_batch_below_the_midpoint():
     assert t[t < 0.2].mean().item() == pytest.approx(0.15, abs=0.01)
     assert t[t >= 0.2].mean().item() == pytest.approx(0.4, abs=0.02)
     uniform = training_times(0.1, 0.6, None, 1000, g, F64)
+    assert ((uniform >= 0.1) & (uniform < 0.6)).all() and uniform.dtype == F64
     assert (uniform < 0.2).sum().item() == pytest.approx(200, abs=5 * 13)  # binomial sd ~13
+    assert (training_times(0.1, 0.6, 0.2, 1001, g, F64) < 0.2).sum() == 500  # odd: ⌊n/2⌋ below
+    # the generator alone decides the draws
+    again = [training_times(0.1, 0.6, 0.2, 10, torch.Generator().manual_seed(3), F64)
+             for _ in range(2)]
+    torch.testing.assert_close(*again)
 
 
 def test_step_split_between_experts():
     assert expert_steps(EnergyDiffusionConfig(steps=900, experts=(0.1, 0.6))) == [600, 150, 150]
     assert expert_steps(EnergyDiffusionConfig(steps=901, experts=(0.1, 0.6))) == [601, 150, 150]
     assert expert_steps(EnergyDiffusionConfig(steps=900)) == [900]
+    # the remainder after the smallest-t expert's share goes one step each to the first experts
+    assert expert_steps(EnergyDiffusionConfig(steps=1000, experts=(0.1, 0.6))) == [667, 167, 166]
+    assert expert_steps(EnergyDiffusionConfig(steps=1001, experts=(0.1, 0.6))) == [667, 167, 167]
+    for steps in range(995, 1010):
+        split = expert_steps(EnergyDiffusionConfig(steps=steps, experts=(0.1, 0.3, 0.6)))
+        assert sum(split) == steps and max(split[1:]) - min(split[1:]) <= 1
+
+
+def test_dsm_loss_of_the_exact_score_is_its_analytic_value():
+    # For data N(μ, diag v) the exact score at t is −(x − mμ)/V with V = m²v + σ² (E1); then
+    # σs + ε = ε m²v/V − σm(x₀ − μ)/V and E‖σs + ε‖² = Σ_d m²v_d/V_d, the (E3) loss's minimum.
+    # A score off by 10 % scores measurably higher.
+    log_q_and_score, _ = gaussian_vp(MEAN, VARIANCE)
+    n, g = 100_000, torch.Generator().manual_seed(4)
+    t = torch.full((n,), 0.3, dtype=F64)
+    x0 = (torch.tensor(MEAN, dtype=F64)
+          + torch.tensor(VARIANCE, dtype=F64).sqrt() * torch.randn(n, 3, generator=g, dtype=F64))
+    eps = torch.randn(n, 3, generator=g, dtype=F64)
+
+    def exact_score(x, t):
+        return log_q_and_score(x, t)[1]
+
+    loss = dsm_loss(exact_score, x0, t, eps, SDE)
+    assert loss.shape == (n,)
+    m, s = SDE.marginal(t[:1])
+    signal = m**2 * torch.tensor(VARIANCE, dtype=F64)
+    expected = (signal / (signal + s**2)).sum().item()
+    assert abs(loss.mean().item() - expected) < 5 * loss.std().item() / math.sqrt(n)
+    off = dsm_loss(lambda x, t: 1.1 * exact_score(x, t), x0, t, eps, SDE)
+    assert (off - loss).mean().item() > 5 * (off - loss).std().item() / math.sqrt(n)
 
 
 @pytest.mark.parametrize("probability_flow", [False, True])
@@ -353,6 +397,24 @@ def test_dihedral_features_are_the_dihedral_angles_ase_reads():
     collinear = collinear.flatten(1).requires_grad_(True)
     features(collinear)[:, -6:].sum().backward()
     assert torch.isfinite(collinear.grad).all()
+
+
+def test_torsions_are_read_through_heavy_atoms_whatever_the_atom_order():
+    # With butane's hydrogens listed first, the central bond's dihedral is still C–C–C–C, not
+    # one through the lower-numbered hydrogens.
+    from ase.build import molecule
+
+    atoms = molecule("trans-butane")
+    order = np.argsort(atoms.numbers != 1, kind="stable")  # hydrogens first
+    atoms = atoms[order]
+    carbons = set(np.flatnonzero(atoms.numbers == 6).tolist())
+    torsions = torsion_quadruples(atoms.numbers, atoms.positions)
+    assert any(set(q) == carbons for q in torsions)
+    for a, b, c, d in torsions:  # each end atom is a carbon where the bond's atom has one
+        for end, inner, other in ((a, b, c), (d, c, b)):
+            heavy = [n for n in carbons if n not in (inner, other)
+                     and np.linalg.norm(atoms.positions[n] - atoms.positions[inner]) < 1.7]
+            assert (end in carbons) == bool(heavy)
 
 
 def test_given_quadruples_make_a_chain_tell_its_mirror_image_apart():

@@ -13,6 +13,10 @@ checkpoint to ``--workdir`` every few minutes: rerunning the same command resume
 whose budget is spent goes straight to writing the outputs: the models (EMA weights; the GPFF
 also carries the shape prior, per-atom-count Gaussian mixtures fitted on the subset) and a JSON
 training record beside them (steps, wall time, loss curves, subset, configuration).
+
+``--init MODEL`` trains a saved GPFF further for ``--minutes`` with a fresh optimiser (a lost
+trainer checkpoint need not cost the training behind a shipped model); its record runs on from
+MODEL's and lists the stages. The baseline is left alone with ``--baseline-minutes 0``.
 """
 
 from __future__ import annotations
@@ -50,6 +54,27 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def continued_record(earlier: dict, record: dict, source: str, training) -> dict:
+    """The training record of a model trained further (``record``, steps counted from 0) from
+    one with the record ``earlier``: steps, wall time and loss histories run on from the
+    earlier ones, and ``stages`` lists each stage's start, length and optimisation."""
+    offset = earlier["steps"]
+    history = {key: list(values) for key, values in earlier["history"].items()}
+    for key in ("step", "validation_step"):
+        history[key] += [offset + s for s in record["history"][key]]
+    for key in ("loss", "validation_loss"):
+        history[key] += record["history"][key]
+    stages = list(earlier.get("stages", [{"from_step": 0, "steps": offset,
+                                          "wall_time_s": earlier["wall_time_s"],
+                                          "training": earlier.get("training")}]))
+    stages.append({"from_step": offset, "steps": record["steps"],
+                   "wall_time_s": record["wall_time_s"], "initial": Path(source).name,
+                   "training": training.as_dict()})
+    return {"steps": offset + record["steps"],
+            "wall_time_s": round(earlier["wall_time_s"] + record["wall_time_s"], 1),
+            "history": history, "stages": stages}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=45.0, help="GPFF wall-time budget")
@@ -65,6 +90,11 @@ def main(argv=None) -> None:
     parser.add_argument("--workdir", default="bench_out/gpff_train")
     parser.add_argument("--output", default=str(bundled_path("gpff-qm9.pt")))
     parser.add_argument("--baseline-output", default=str(bundled_path("gpff-qm9-baseline.pt")))
+    parser.add_argument("--init", default=None,
+                        help="a saved GPFF (with its JSON training record beside it) to train "
+                             "further, with a fresh optimiser, for --minutes more")
+    parser.add_argument("--learning-rate", type=float, default=5e-4,
+                        help="peak learning rate of the cosine decay")
     args = parser.parse_args(argv)
 
     workdir = Path(args.workdir)
@@ -85,17 +115,28 @@ def main(argv=None) -> None:
     runs = [("gpff", args.minutes, False, Path(args.output))]
     if args.baseline_minutes > 0:
         runs.append(("baseline", args.baseline_minutes, True, Path(args.baseline_output)))
-    shape_prior = None
+    shape_prior, initial, earlier = None, None, None
+    if args.init is not None:
+        initial = PseudoForceField.load(args.init)
+        earlier = json.loads(Path(args.init).with_suffix(".json").read_text())
     for name, minutes, timed, output in runs:
         config = PseudoForceConfig(n_features=args.features, n_interactions=args.interactions,
                                    n_rbf=args.rbf, time_conditioned=timed)
-        training = TrainingConfig(batch_size=args.batch_size, minutes=minutes, seed=args.seed)
+        warm = initial is not None and not timed
+        stage = len(earlier.get("stages", [])) + 1 if warm else 0
+        # a further stage draws new batches and noise: its step counter starts at 0 again
+        training = TrainingConfig(batch_size=args.batch_size, minutes=minutes,
+                                  learning_rate=args.learning_rate, seed=args.seed + stage)
         started = time.time()
-        net, record = train_pseudo_force_field(molecules, config, training,
-                                               validation=validation,
-                                               checkpoint=str(workdir / f"{name}-trainer.pt"))
+        net, record = train_pseudo_force_field(
+            molecules, initial.config if warm else config, training, validation=validation,
+            checkpoint=str(workdir / f"{name}{f'-stage{stage}' if warm else ''}-trainer.pt"),
+            initial=initial.net if warm else None)
         if not timed:
             shape_prior = fit_shape_prior(molecules, seed=args.seed)
+        if warm:
+            record = continued_record(earlier, record, args.init, training)
+            config = initial.config
         record.update(data, model=config.as_dict(), training=training.as_dict(),
                       machine="one CPU thread (OMP_NUM_THREADS=1), shared 2-core machine",
                       finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
