@@ -36,6 +36,7 @@ from ase_drift.diffusion.energy import (
     restrained_features,
     sample_energy_model,
     sampler_times,
+    time_features,
     torsion_quadruples,
     train_energy_model,
     training_times,
@@ -261,6 +262,12 @@ def test_log_snr_grid_inverts_and_resolves_a_stiff_target():
     torch.testing.assert_close(SDE.time_of_log_snr(SDE.log_snr(t)), t)
     times = sampler_times(SDE, 1e-4, 300, "log-snr")
     assert times[0] == 1.0 and times[-1] == pytest.approx(1e-4) and (times.diff() < 0).all()
+    steps_in_log_snr = SDE.log_snr(times).diff()  # equal to float64 precision
+    assert times.dtype == F64 and torch.allclose(steps_in_log_snr, steps_in_log_snr.mean(),
+                                                 rtol=1e-9)
+    uniform = sampler_times(SDE, 1e-4, 300, "uniform", t_start=0.5)
+    assert uniform.dtype == F64 and len(uniform) == 301
+    torch.testing.assert_close(uniform.diff(), torch.full((300,), -(0.5 - 1e-4) / 300, dtype=F64))
     n, variance = 10000, 1e-4
     low, high = chi2.ppf(1e-6 / 2, n - 1) / (n - 1), chi2.ppf(1 - 1e-6 / 2, n - 1) / (n - 1)
     outcomes = []
@@ -481,6 +488,42 @@ def test_volume_features_are_standard_normal_under_the_vp_marginal(t):
     assert abs(z[:, 6].var().item() - 1) < 0.15
 
 
+def test_bonded_prior_fit_tabulates_the_volumes_only_reproducibly_over_t_min_to_1():
+    # the table spans [t_min, 1] and holds the Q volume columns, not the dihedral columns after
+    # them; the generator alone decides its noise; a molecule without volumes fits silently
+    import warnings
+
+    data = pyramid_data(200)
+    x = torch.as_tensor(data.positions, dtype=torch.float32).flatten(1)
+    features = MoleculeFeatures(4, [[0, 1, 2, 3]], torsions=[[1, 0, 2, 3]])
+    fits = [BondedPrior.fit(features, x, [0], SDE, 1e-4, torch.Generator().manual_seed(5))
+            for _ in range(2)]
+    assert fits[0].volume_mean.shape == fits[0].volume_std.shape == (len(fits[0].times), 1)
+    assert fits[0].times[0] <= 1e-4 and fits[0].times[-1] >= 1.0
+    torch.testing.assert_close(fits[0].volume_mean, fits[1].volume_mean, rtol=0, atol=0)
+    torch.testing.assert_close(fits[0].volume_std, fits[1].volume_std, rtol=0, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plain = BondedPrior.fit(MoleculeFeatures(4, []), x, [], SDE, 1e-4,
+                                torch.Generator().manual_seed(5))
+    assert plain.volume_std.shape == (len(plain.times), 0)
+    # statistics in the default dtype whatever they came in; restrained columns index even empty
+    assert plain.restrained.dtype == torch.int64
+    assert BondedPrior(*(np.ones(2) for _ in range(5)), [0], SDE).mean.dtype == torch.float32
+    # the feature quadruples come from the checkpoint's metadata, not its state dict
+    assert list(features.state_dict()) == []
+
+
+def test_time_features_are_fourier_features_of_t_and_of_the_time_within_the_expert():
+    # [t − ½, cos 2πt, sin 2πt, −cos 4πt, cos 2πu, sin 2πu, −cos 4πu] with u = (t − low) /
+    # (high − low), here on [0.1, 0.6]: u = 0, ½, ¼, 1 at these t
+    t = torch.tensor([0.1, 0.35, 0.225, 0.6], dtype=F64)
+    relative = torch.tensor([[1, 0, -1], [-1, 0, -1], [0, 1, 1], [1, 0, -1]], dtype=F64)
+    angle = 2 * math.pi * t
+    absolute = torch.stack([t - 0.5, angle.cos(), angle.sin(), -(2 * angle).cos()], -1)
+    torch.testing.assert_close(time_features(t, 0.1, 0.6), torch.cat([absolute, relative], -1))
+
+
 def test_bonded_prior_energy_is_half_k_z_squared_on_restrained_features():
     # with the networks' last layers zeroed, U = ½ Σ_R k_p z_p², k = exp(log k): here the
     # restrained columns are pair 0, pair 2 and the volume, with k = 3 on pair 2
@@ -513,6 +556,10 @@ def test_bonded_prior_energy_is_half_k_z_squared_on_restrained_features():
     mean, std = prior.volume_statistics(prior.times[row:row + 1])
     torch.testing.assert_close(mean, prior.volume_mean[row:row + 1])
     torch.testing.assert_close(std, prior.volume_std[row:row + 1])
+    # outside the table (before its first time, after its last) the end rows hold
+    mean, std = prior.volume_statistics(torch.tensor([1e-7, 2.0]))
+    torch.testing.assert_close(mean, prior.volume_mean[[0, -1]])
+    torch.testing.assert_close(std, prior.volume_std[[0, -1]])
 
 
 def test_restrained_features_are_bonds_1_3_pairs_and_stereocentre_volumes():
