@@ -514,6 +514,19 @@ def test_bonded_prior_fit_tabulates_the_volumes_only_reproducibly_over_t_min_to_
     assert list(features.state_dict()) == []
 
 
+def test_volume_table_is_interpolated_linearly_in_log_t_and_held_beyond_its_ends():
+    # a table whose mean is 3 + log₁₀ t and whose log std is twice that, at t = 10⁻³ … 1: the
+    # interpolation in log t reproduces both between rows and holds the end rows outside
+    times = torch.logspace(-3, 0, 4)
+    rows = torch.arange(4.0)[:, None]  # [T, 1]
+    prior = BondedPrior(torch.zeros(1), torch.ones(1), times, rows, (2 * rows).exp(), [0], SDE)
+    t = torch.tensor([1e-6, 1e-3, 10**-2.5, 0.02, 0.3, 1.0, 5.0])
+    mean, std = prior.volume_statistics(t)
+    expected = (3 + t.log10()).clamp(0, 3)[:, None]
+    torch.testing.assert_close(mean, expected)
+    torch.testing.assert_close(std, (2 * expected).exp())
+
+
 def test_time_features_are_fourier_features_of_t_and_of_the_time_within_the_expert():
     # [t − ½, cos 2πt, sin 2πt, −cos 4πt, cos 2πu, sin 2πu, −cos 4πu] with u = (t − low) /
     # (high − low), here on [0.1, 0.6]: u = 0, ½, ¼, 1 at these t
