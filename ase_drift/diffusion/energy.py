@@ -547,8 +547,8 @@ def sampler_times(sde: VPSDE, t_min: float, steps: int, grid: str,
         return torch.linspace(t_start, t_min, steps + 1, dtype=torch.float64)
     ends = sde.log_snr(torch.tensor([t_start, t_min], dtype=torch.float64))
     times = sde.time_of_log_snr(torch.linspace(float(ends[0]), float(ends[1]), steps + 1,
-                                               dtype=torch.float64)).clamp(t_min, t_start)
-    times[0] = t_start  # exact, not a round trip through λ
+                                               dtype=torch.float64))
+    times[0], times[-1] = t_start, t_min  # exact, not round trips through λ
     return times
 
 
