@@ -817,3 +817,37 @@ def test_a_diverging_reverse_diffusion_names_sampler_steps(trained):
                              replace(model.config, sampler_steps=5), model.metadata)
     with pytest.warns(RuntimeWarning, match="raise sampler_steps"):
         coarse.sample_positions(50, seed=0)
+
+
+class _ExactGaussianEnergy(torch.nn.Module):
+    """log q of centred isotropic Gaussian data N(0, v I) under the VP SDE, exactly: the
+    marginal N(0, (m²v + σ²) I) on the 3A − 3 centred dimensions."""
+
+    experts = ()
+
+    def __init__(self, variance: float, n_atoms: int):
+        super().__init__()
+        self.variance, self.dim = variance, 3 * n_atoms - 3
+
+    def log_q(self, x, t):
+        m, s = SDE.marginal(t)
+        var = m**2 * self.variance + s**2  # [B]
+        return -0.5 * x.square().sum(-1) / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
+
+
+def test_log_prob_is_the_data_density_in_angstrom_for_an_exact_model():
+    # With the exact log-density, the probability-flow ODE (docs/likelihoods.md F4, F5) returns
+    # log p_{t_min}: for frames in Å, the centred Gaussian N(0, (m²v + σ²) s²) on 3A − 3
+    # dimensions, i.e. the normalised density minus (3A − 3) log s. Frames need not be centred.
+    n_atoms, scale, variance = 3, 1.7, 0.5
+    model = EnergyDiffusion(_ExactGaussianEnergy(variance, n_atoms), [1] * n_atoms, scale,
+                            EnergyDiffusionConfig(), {})
+    rng = np.random.default_rng(0)
+    frames = rng.normal(scale=math.sqrt(variance) * scale, size=(4, n_atoms, 3))
+    log_p = model.log_prob(frames + [0.3, -1.0, 2.0], batch_size=3)
+    centred = frames - frames.mean(1, keepdims=True)
+    m, s = SDE.marginal(torch.tensor(model.config.t_min, dtype=F64))
+    var = float(m**2 * variance + s**2) * scale**2  # Å²
+    dim = 3 * n_atoms - 3
+    expected = -0.5 * (centred**2).sum((1, 2)) / var - 0.5 * dim * np.log(2 * np.pi * var)
+    np.testing.assert_allclose(log_p, expected, atol=2e-3)
