@@ -19,7 +19,7 @@ from scipy.stats import chi2
 
 import ase_drift
 from ase_drift import units
-from ase_drift.checkpoint import load_checkpoint
+from ase_drift.checkpoint import CheckpointError, load_checkpoint
 from ase_drift.data import Conformations
 from ase_drift.diffusion.energy import (
     VPSDE,
@@ -630,6 +630,7 @@ def test_checkpoints_from_before_the_pair_prior_still_load(tmp_path):
     payload = load_checkpoint(path)
     del payload["config"]["energy_diffusion"]["bonded_prior"]
     del payload["metadata"]["restrained_features"]
+    del payload["metadata"]["torsions"]
     torch.save(payload, path)
     loaded = ase_drift.load(path)
     assert loaded.model.prior is None and not loaded.config.bonded_prior
@@ -696,6 +697,64 @@ def test_sampling_and_simulation_shapes(trained):
                           progress=False)
     assert traj.shape == (2, 2, 4, 3) and np.isfinite(traj).all()
     assert model.sample_positions(0).shape == (0, 4, 3)
+
+
+def test_simulate_is_baoab_on_the_learned_potential(trained):
+    # the method is ase_drift.simulate.simulate on the model at its temperature, with every
+    # setting passed through, recording every 100 steps by default; repr names the temperature
+    from ase_drift.simulate import simulate
+
+    model, _ = trained
+    atoms = Atoms("NH3", positions=pyramid_data(1).positions[0])
+    traj = model.simulate(atoms, n_replicas=2, steps=200, timestep_fs=0.7, friction_per_fs=0.05,
+                          seed=1, progress=False)
+    direct = simulate(model, model.numbers, np.repeat(atoms.positions[None], 2, axis=0), 300.0,
+                      200, timestep_fs=0.7, friction_per_fs=0.05, record_every=100, seed=1)
+    assert traj.shape == (2, 2, 4, 3)
+    np.testing.assert_array_equal(traj, direct)
+    assert "T=300.0 K" in repr(model)
+    # atomic numbers of any shape that flatten to the model's are accepted
+    positions = pyramid_data(2).positions
+    np.testing.assert_array_equal(model.compute(np.array([[7, 1, 1, 1]]), positions).forces,
+                                  model.compute([7, 1, 1, 1], positions).forces)
+
+
+def test_denoise_centres_its_start_and_is_reproducible_by_seed(trained):
+    # shifted frames denoise to what the centred frames do (centred outputs), the seed alone
+    # decides the noise
+    model, _ = trained
+    frames = pyramid_data(20, seed=4).positions
+    frames = frames - frames.mean(axis=1, keepdims=True)
+    out = model.denoise(frames, 0.3, seed=5)
+    np.testing.assert_allclose(model.denoise(frames + [4.0, -2.0, 1.0], 0.3, seed=5), out,
+                               atol=1e-5)
+    assert np.abs(out.mean(axis=1)).max() < 1e-5
+    assert not np.allclose(model.denoise(frames, 0.3, seed=6), out)
+
+
+def test_checkpoint_keeps_dihedrals_and_the_noise_schedule(tmp_path):
+    # a model with dihedral features and a non-default β_max loads with both; its metadata
+    # comes back without the checkpoint's kind; weights that do not fit are a clear error
+    from ase_drift.datasets import load
+
+    data = load("ethanol-gfn2-500K")[0]
+    config = EnergyDiffusionConfig(hidden=8, layers=1, steps=5, sampler_steps=5, dihedrals=True,
+                                   beta_max=15.0)
+    model = EnergyDiffusion.train(data, config=config, temperature_K=500.0, progress=False)
+    assert model.metadata["torsions"]
+    path = model.save(tmp_path / "ethanol.pt")
+    loaded = ase_drift.load(path)
+    assert "kind" not in loaded.metadata
+    frames = data.positions[:3]
+    for name in ("energies", "forces"):
+        np.testing.assert_array_equal(getattr(loaded.compute(data.numbers, frames), name),
+                                      getattr(model.compute(data.numbers, frames), name))
+    payload = load_checkpoint(path)
+    key = next(k for k in payload["state_dict"] if k.endswith("weight"))
+    payload["state_dict"][key] = payload["state_dict"][key][:1]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        ase_drift.load(path)
 
 
 @pytest.mark.parametrize("options, message", [
