@@ -118,6 +118,19 @@ def check_seed(seed, name: str = "seed") -> int:
     return int(seed)
 
 
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` for :func:`warnings.warn`, called from the warning function, that
+    names the first frame outside ase_drift: a warning about the user's call points at their
+    line whichever path inside the package led to it (Python 3.12's ``skip_file_prefixes``)."""
+    import sys
+
+    package = Path(__file__).resolve().parent
+    frame, level = sys._getframe(1), 1
+    while frame is not None and Path(frame.f_code.co_filename).resolve().is_relative_to(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def torch_generator(seed: int | None) -> torch.Generator:
     """A seeded ``torch.Generator``; ``None`` draws a fresh seed from the OS."""
     if seed is None:

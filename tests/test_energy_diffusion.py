@@ -697,6 +697,11 @@ def test_sampling_and_simulation_shapes(trained):
                           progress=False)
     assert traj.shape == (2, 2, 4, 3) and np.isfinite(traj).all()
     assert model.sample_positions(0).shape == (0, 4, 3)
+    with pytest.warns(RuntimeWarning):  # 50 steps are too few for some samples: see below
+        positions = model.sample_positions(20, seed=1)
+    finite = np.isfinite(positions).all(axis=(1, 2))  # centred, in float32 like every sampler's
+    assert positions.dtype == np.float32 and finite.any()
+    assert np.abs(positions[finite].mean(axis=1)).max() < 1e-5
 
 
 def test_simulate_is_baoab_on_the_learned_potential(trained):
@@ -874,8 +879,12 @@ def test_a_diverging_reverse_diffusion_names_sampler_steps(trained):
     model, _ = trained
     coarse = EnergyDiffusion(model.model, model.numbers, model.scale,
                              replace(model.config, sampler_steps=5), model.metadata)
-    with pytest.warns(RuntimeWarning, match="raise sampler_steps"):
-        coarse.sample_positions(50, seed=0)
+    with pytest.warns(RuntimeWarning, match="raise sampler_steps") as caught:
+        samples = coarse.sample_positions(50, seed=0)
+    # the warning counts the diverged samples and points at the caller's line
+    diverged = int((~np.isfinite(samples).all(axis=(1, 2))).sum())
+    assert 0 < diverged and f"for {diverged} of 50 samples" in str(caught[0].message)
+    assert caught[0].filename == __file__
 
 
 class _ExactGaussianEnergy(torch.nn.Module):

@@ -54,7 +54,7 @@ from ..checkpoint import CheckpointError, StoredConfig, save_checkpoint
 from ..data import Conformations, check_temperature
 from ..features import PairwiseDistances
 from ..forces import ForceResult
-from ..sampler import TemplateSampler, _formula, register_sampler
+from ..sampler import TemplateSampler, _formula, caller_stacklevel, register_sampler
 from .samplers import reverse_sde_sample
 
 # What a stored configuration without these keys was trained and sampled with
@@ -791,7 +791,7 @@ class EnergyDiffusion(TemplateSampler):
             warnings.warn(f"the reverse diffusion diverged for {diverged} of {n} samples (their "
                           f"positions are not finite): the model is stiffer than "
                           f"sampler_steps={self.config.sampler_steps} Euler steps resolve; "
-                          f"raise sampler_steps", RuntimeWarning, stacklevel=3)
+                          f"raise sampler_steps", RuntimeWarning, stacklevel=caller_stacklevel())
         return (flat.view(n, len(self.numbers), 3) * self.scale).numpy().astype(np.float32)
 
     def denoise(self, positions, t_start: float, seed: int | None = None) -> np.ndarray:
