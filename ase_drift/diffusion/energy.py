@@ -55,6 +55,7 @@ from ..data import Conformations, check_temperature
 from ..features import PairwiseDistances
 from ..forces import ForceResult
 from ..sampler import TemplateSampler, _formula, caller_stacklevel, register_sampler
+from .flow_likelihood import centre_flat
 from .samplers import reverse_sde_sample
 
 # What a stored configuration without these keys was trained and sampled with
@@ -307,7 +308,7 @@ class BondedPrior(nn.Module):
             volumes = []
             for t in times:
                 mean, std = sde.marginal(t)
-                noise = _centre(torch.randn(frames.shape, generator=generator), features.n_atoms)
+                noise = centre_flat(torch.randn(frames.shape, generator=generator), features.n_atoms)
                 volumes.append(features(mean * frames + std * noise)[:, n_pairs:end])
             volumes = torch.stack(volumes)  # [T, n, Q]
         volume_std = (volumes.std(1) if volumes.shape[-1] else volumes.sum(1)).clamp_min(1e-6)
@@ -692,12 +693,6 @@ def restrained_features(numbers, positions: np.ndarray, quadruples) -> list[int]
     return pairs + centres
 
 
-def _centre(z: Tensor, n_atoms: int) -> Tensor:
-    """Project flattened ``[B, 3A]`` onto the centred subspace (no centroid motion)."""
-    coords = z.view(len(z), n_atoms, 3)
-    return (coords - coords.mean(1, keepdim=True)).view_as(z)
-
-
 @register_sampler("energy-diffusion")
 class EnergyDiffusion(TemplateSampler):
     """A trained energy-based diffusion model of one molecule: i.i.d. sampler
@@ -769,7 +764,7 @@ class EnergyDiffusion(TemplateSampler):
                                  config.t_min, torch.Generator().manual_seed(config.seed))
                  if config.bonded_prior else None)
         trained = train_energy_model(x0, config, features, features.n_features,
-                                     lambda z: _centre(z, n_atoms), 3 * n_atoms - 3, progress,
+                                     lambda z: centre_flat(z, n_atoms), 3 * n_atoms - 3, progress,
                                      prior)
         metadata = {"numbers": data.numbers.tolist(), "scale_angstrom": scale,
                     "temperature_K": temperature, "chiral_quadruples": quadruples,
@@ -779,7 +774,7 @@ class EnergyDiffusion(TemplateSampler):
         return cls(trained.model, data.numbers, scale, config, metadata)
 
     def _project(self, z: Tensor) -> Tensor:
-        return _centre(z, len(self.numbers))
+        return centre_flat(z, len(self.numbers))
 
     def _sample_batch(self, n: int, rng: torch.Generator) -> np.ndarray:
         """``n`` i.i.d. conformations ``[n, A, 3]`` in Å, centred (reverse diffusion to
