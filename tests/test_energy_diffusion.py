@@ -896,12 +896,12 @@ class _ExactGaussianEnergy(torch.nn.Module):
 
     experts = ()
 
-    def __init__(self, variance: float, n_atoms: int):
+    def __init__(self, variance: float, n_atoms: int, sde: VPSDE):
         super().__init__()
-        self.variance, self.dim = variance, 3 * n_atoms - 3
+        self.variance, self.dim, self.sde = variance, 3 * n_atoms - 3, sde
 
     def log_q(self, x, t):
-        m, s = SDE.marginal(t)
+        m, s = self.sde.marginal(t)
         var = m**2 * self.variance + s**2  # [B]
         return -0.5 * x.square().sum(-1) / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
 
@@ -909,16 +909,26 @@ class _ExactGaussianEnergy(torch.nn.Module):
 def test_log_prob_is_the_data_density_in_angstrom_for_an_exact_model():
     # With the exact log-density, the probability-flow ODE (docs/likelihoods.md F4, F5) returns
     # log p_{t_min}: for frames in Å, the centred Gaussian N(0, (m²v + σ²) s²) on 3A − 3
-    # dimensions, i.e. the normalised density minus (3A − 3) log s. Frames need not be centred.
+    # dimensions, i.e. the normalised density minus (3A − 3) log s. Frames need not be centred;
+    # the model's own noise schedule (here β_max = 15) is the one integrated.
     n_atoms, scale, variance = 3, 1.7, 0.5
-    model = EnergyDiffusion(_ExactGaussianEnergy(variance, n_atoms), [1] * n_atoms, scale,
-                            EnergyDiffusionConfig(), {})
+    sde = VPSDE(0.1, 15.0)
+    model = EnergyDiffusion(_ExactGaussianEnergy(variance, n_atoms, sde), [1] * n_atoms, scale,
+                            EnergyDiffusionConfig(beta_max=15.0), {})
     rng = np.random.default_rng(0)
     frames = rng.normal(scale=math.sqrt(variance) * scale, size=(4, n_atoms, 3))
     log_p = model.log_prob(frames + [0.3, -1.0, 2.0], batch_size=3)
     centred = frames - frames.mean(1, keepdims=True)
-    m, s = SDE.marginal(torch.tensor(model.config.t_min, dtype=F64))
+    m, s = sde.marginal(torch.tensor(model.config.t_min, dtype=F64))
     var = float(m**2 * variance + s**2) * scale**2  # Å²
     dim = 3 * n_atoms - 3
     expected = -0.5 * (centred**2).sum((1, 2)) / var - 0.5 * dim * np.log(2 * np.pi * var)
     np.testing.assert_allclose(log_p, expected, atol=2e-3)
+    # Hutchinson's estimate is seeded, and differs from the exact divergence's
+    hutchinson = [model.log_prob(frames, divergence="hutchinson", seed=3) for _ in range(2)]
+    np.testing.assert_array_equal(*hutchinson)
+    assert np.abs(hutchinson[0] - log_p).max() > 1e-3
+    # no frames: no values; frames of the wrong shape: a clear error
+    assert model.log_prob(np.zeros((0, n_atoms, 3))).shape == (0,)
+    with pytest.raises(ValueError, match=r"shape \[n, 3, 3\], got \(4, 2, 3\)"):
+        model.log_prob(frames[:, :2])

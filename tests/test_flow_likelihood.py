@@ -225,6 +225,7 @@ def test_dsm_log_prob_is_invariant_under_rigid_motions(ethanol):
     frames = ethanol.positions[:4]
     log_q = dsm.log_prob(frames)
     assert log_q.shape == (4,) and np.isfinite(log_q).all()
+    assert dsm.log_prob(frames[:0]).shape == (0,)
     np.testing.assert_allclose(dsm.log_prob(_rigid_motion(frames)), log_q, atol=1e-3)
     hutchinson = dsm.log_prob(frames, divergence="hutchinson", seed=0)
     assert np.abs(hutchinson - log_q).max() < 10

@@ -190,7 +190,7 @@ class DiffusionSampler(TemplateSampler):
         out = [ve_log_prob(score, chunk, self.config.sigma_min, self.config.sigma_max,
                            dim=3 * n_atoms - 3, project=lambda z: centre_flat(z, n_atoms),
                            divergence=divergence, rng=rng, rtol=rtol, atol=atol).log_prob
-               for chunk in x.split(batch_size)]
+               for chunk in x.split(batch_size) if len(chunk)]  # no frames: one empty chunk
         log_p = torch.cat(out).double().numpy() if out else np.zeros(0)
         return (log_p - (3 * n_atoms - 3) * math.log(self.scale)
                 - orbit_log_volume(aligned, reference))

@@ -841,7 +841,7 @@ class EnergyDiffusion(TemplateSampler):
         out = [vp_log_prob(score, chunk, sde.beta, self.config.t_min, dim=3 * n_atoms - 3,
                            project=self._project, divergence=divergence, rng=rng, rtol=rtol,
                            atol=atol).log_prob
-               for chunk in x.split(batch_size)]
+               for chunk in x.split(batch_size) if len(chunk)]  # no frames: one empty chunk
         log_p = torch.cat(out).double().numpy() if out else np.zeros(0)
         return log_p - (3 * n_atoms - 3) * math.log(self.scale)
 
