@@ -324,7 +324,7 @@ def test_denoise_keeps_coarse_structure_and_forgets_it_at_t_start_1(trained):
     assert np.sqrt(((far - frames) ** 2).sum(-1).mean()) > 0.3
     with pytest.raises(ValueError, match=r"\[n, 4, 3\]"):
         model.denoise(frames[:, :3], 0.1)
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(ValueError, match="^positions are not finite$"):
         model.denoise(np.full((1, 4, 3), np.nan), 0.1)
 
 
