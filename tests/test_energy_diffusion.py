@@ -249,11 +249,11 @@ def test_reverse_sampler_reproduces_an_analytic_gaussian(probability_flow):
 class _StiffGaussian:
     """The exact VP score of N(0, v) in 1-D, as a model's ``score(x, t)``."""
 
-    def __init__(self, variance: float):
-        self.variance = variance
+    def __init__(self, variance: float, sde: VPSDE = SDE):
+        self.variance, self.sde = variance, sde
 
     def score(self, x, t):
-        m, s = SDE.marginal(t)
+        m, s = self.sde.marginal(t)
         return -x / (m[:, None] ** 2 * self.variance + s[:, None] ** 2)
 
 
@@ -303,9 +303,26 @@ def test_a_start_noised_to_t_start_maps_as_the_probability_flow_predicts(t_start
     assert x.mean().item() == pytest.approx(
         expected_mean, abs=5 * math.sqrt(float(expected_var) / n) + 0.03 * abs(expected_mean))
     assert x.var().item() == pytest.approx(float(expected_var), rel=0.05)
-    with pytest.raises(ValueError, match="t_start"):
-        sample_energy_model(_StiffGaussian(variance), 2, (1,), config, torch.Generator(),
-                            start=torch.zeros(2, 1), t_start=1e-5)
+    assert x.dtype == F64
+    for bad in (1e-5, config.t_min, 1.5):
+        with pytest.raises(ValueError, match="t_start"):
+            sample_energy_model(_StiffGaussian(variance), 2, (1,), config, torch.Generator(),
+                                start=torch.zeros(2, 1), t_start=bad)
+
+
+def test_sampling_follows_the_configured_schedule_and_generator():
+    # with β_max = 15 and its exact score, the reverse SDE returns the marginal variance at
+    # t_min (a schedule mismatch would not); one seeded generator decides every draw
+    n, variance = 20000, 0.3
+    sde = VPSDE(0.1, 15.0)
+    config = EnergyDiffusionConfig(beta_max=15.0, sampler_steps=200)
+    draws = [sample_energy_model(_StiffGaussian(variance, sde), n, (1,), config,
+                                 torch.Generator().manual_seed(2), dtype=F64) for _ in range(2)]
+    torch.testing.assert_close(*draws, rtol=0, atol=0)
+    m, s = sde.marginal(torch.tensor(config.t_min, dtype=F64))
+    low, high = chi2.ppf(1e-6 / 2, n - 1) / (n - 1), chi2.ppf(1 - 1e-6 / 2, n - 1) / (n - 1)
+    ratio = draws[0].var().item() / float(m**2 * variance + s**2)
+    assert low - 0.03 < ratio < high + 0.03
 
 
 def test_denoise_keeps_coarse_structure_and_forgets_it_at_t_start_1(trained):
@@ -654,6 +671,12 @@ def test_checkpoint_round_trip_through_ase_drift_load(trained):
     model, path = trained
     payload = load_checkpoint(path)  # weights_only=True
     assert set(payload) == {"format_version", "config", "state_dict", "metadata"}
+    # the experts' copies of the restrained columns are not weights (the prior's are stored)
+    assert not [k for k in payload["state_dict"] if k.startswith("experts")
+                and k.endswith("restrained")]
+    # sequences in the configuration become tuples, as the dataclass's fields say
+    assert EnergyDiffusionConfig(experts=[0.1, 0.6], time_midpoints=[0.05, 0.3, 0.8]) == \
+        EnergyDiffusionConfig(experts=(0.1, 0.6), time_midpoints=(0.05, 0.3, 0.8))
     assert payload["metadata"]["kind"] == "energy-diffusion"
     loaded = ase_drift.load(path)
     assert isinstance(loaded, EnergyDiffusion)
@@ -772,6 +795,8 @@ def test_checkpoint_keeps_dihedrals_and_the_noise_schedule(tmp_path):
     ({"temperature_K": -3}, "temperature"),
     ({"sampler_grid": "cosine"}, "sampler_grid"),
     ({"time_midpoints": (0.05, 0.3)}, "time_midpoints"),  # two midpoints, one expert
+    ({"t_min": 0.0}, "t_min"),
+    ({"t_min": 0.01}, "t_min"),
     ({"experts": (0.1,), "time_midpoints": (0.05, 0.05)}, "time_midpoints"),  # 0.05 < 0.1
 ])
 def test_config_rejects_bad_settings(options, message):
