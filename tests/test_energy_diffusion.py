@@ -797,11 +797,25 @@ def test_checkpoint_keeps_dihedrals_and_the_noise_schedule(tmp_path):
     ({"time_midpoints": (0.05, 0.3)}, "time_midpoints"),  # two midpoints, one expert
     ({"t_min": 0.0}, "t_min"),
     ({"t_min": 0.01}, "t_min"),
+    ({"experts": (0.1, 0.1)}, "increasing"),
+    ({"experts": (0.1,), "time_midpoints": (0.05, 0.1)}, "time_midpoints"),  # at a bound
+    ({"experts": (0.1,), "time_midpoints": (0.05, 1.0)}, "time_midpoints"),
+    ({"hidden": True}, "hidden"),
+    ({"beta_min": 20.0}, "beta_min"),
+    ({"beta_min": 0.0}, "beta_min"),
+    ({"small_t_share": 0.0}, "small_t_share"),
+    ({"small_t_share": 1.0}, "small_t_share"),
     ({"experts": (0.1,), "time_midpoints": (0.05, 0.05)}, "time_midpoints"),  # 0.05 < 0.1
 ])
 def test_config_rejects_bad_settings(options, message):
     with pytest.raises(ValueError, match=message):
         EnergyDiffusionConfig(**options)
+
+
+def test_config_accepts_settings_inside_the_bounds():
+    config = EnergyDiffusionConfig(experts=(0.1, 0.6), time_midpoints=(0.05, 0.3, 0.9),
+                                   t_min=0.009, small_t_share=0.99, beta_min=19.9)
+    assert config.time_midpoints == (0.05, 0.3, 0.9)
 
 
 def test_model_rejects_bad_inputs(trained):
