@@ -196,6 +196,24 @@ def test_generate_returns_molecules_of_the_formula(sampler):
     np.testing.assert_allclose(frames[0].positions.mean(0), 0, atol=1e-5)
 
 
+def test_the_shipped_models_load_with_their_training_records():
+    # the pretrained GPFF (with its shape prior) and its baseline load offline, their metadata
+    # agrees with the JSON training record beside them, and the GPFF generates a formula
+    import json
+
+    from ase_drift.datasets import bundled_path
+
+    for name, kind in (("qm9", "gpff"), ("qm9-baseline", "baseline")):
+        model = pf.PseudoForceField.load_pretrained(name)
+        record = json.loads(bundled_path(f"gpff-{name}.json").read_text())
+        assert model.metadata["training"]["steps"] == record["steps"] > 0
+        assert model.config.time_conditioned == (kind == "baseline")
+        assert (model.shape_prior is not None) == (kind == "gpff")
+    frames = pf.PseudoForceField.load_pretrained("qm9").generate("C3H8O", 2, sampler="dd", nfe=8,
+                                                                  seed=0)
+    assert [a.get_chemical_formula() for a in frames] == ["C3H8O"] * 2
+
+
 def test_generate_is_reproducible_by_seed():
     model = tiny_model()
     one, two = (model.generate("C2H6O", 2, sampler="sdd", nfe=3, seed=5) for _ in range(2))
