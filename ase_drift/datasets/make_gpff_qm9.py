@@ -123,8 +123,9 @@ def main(argv=None) -> None:
         config = PseudoForceConfig(n_features=args.features, n_interactions=args.interactions,
                                    n_rbf=args.rbf, time_conditioned=timed)
         warm = initial is not None and not timed
-        stage = len(earlier.get("stages", [])) + 1 if warm else 0
-        # a further stage draws new batches and noise: its step counter starts at 0 again
+        # stage k ≥ 1 (the first training was stage 0) draws new batches and noise: its step
+        # counter starts at 0 again
+        stage = len(earlier.get("stages", [earlier])) if warm else 0
         training = TrainingConfig(batch_size=args.batch_size, minutes=minutes,
                                   learning_rate=args.learning_rate, seed=args.seed + stage)
         started = time.time()

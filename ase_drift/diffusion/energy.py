@@ -308,7 +308,8 @@ class BondedPrior(nn.Module):
             volumes = []
             for t in times:
                 mean, std = sde.marginal(t)
-                noise = centre_flat(torch.randn(frames.shape, generator=generator), features.n_atoms)
+                noise = centre_flat(torch.randn(frames.shape, generator=generator),
+                                    features.n_atoms)
                 volumes.append(features(mean * frames + std * noise)[:, n_pairs:end])
             volumes = torch.stack(volumes)  # [T, n, Q]
         volume_std = (volumes.std(1) if volumes.shape[-1] else volumes.sum(1)).clamp_min(1e-6)
