@@ -120,9 +120,10 @@ def main(argv=None) -> None:
         initial = PseudoForceField.load(args.init)
         earlier = json.loads(Path(args.init).with_suffix(".json").read_text())
     for name, minutes, timed, output in runs:
-        config = PseudoForceConfig(n_features=args.features, n_interactions=args.interactions,
-                                   n_rbf=args.rbf, time_conditioned=timed)
         warm = initial is not None and not timed
+        config = initial.config if warm else PseudoForceConfig(
+            n_features=args.features, n_interactions=args.interactions, n_rbf=args.rbf,
+            time_conditioned=timed)
         # stage k ≥ 1 (the first training was stage 0) draws new batches and noise: its step
         # counter starts at 0 again
         stage = len(earlier.get("stages", [earlier])) if warm else 0
@@ -130,14 +131,13 @@ def main(argv=None) -> None:
                                   learning_rate=args.learning_rate, seed=args.seed + stage)
         started = time.time()
         net, record = train_pseudo_force_field(
-            molecules, initial.config if warm else config, training, validation=validation,
+            molecules, config, training, validation=validation,
             checkpoint=str(workdir / f"{name}{f'-stage{stage}' if warm else ''}-trainer.pt"),
             initial=initial.net if warm else None)
         if not timed:
             shape_prior = fit_shape_prior(molecules, seed=args.seed)
         if warm:
             record = continued_record(earlier, record, args.init, training)
-            config = initial.config
         record.update(data, model=config.as_dict(), training=training.as_dict(),
                       machine="one CPU thread (OMP_NUM_THREADS=1), shared 2-core machine",
                       finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
