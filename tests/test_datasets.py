@@ -140,7 +140,7 @@ def test_alanine_run_from_a_start_labels_its_frames_and_refuses_bad_starts():
 
 def test_a_further_training_stage_continues_the_record_of_the_model_it_starts_from():
     from ase_drift.datasets.make_gpff_qm9 import continued_record
-    from ase_drift.diffusion.pseudoforce import TrainingConfig
+    from ase_drift.diffusion.pseudoforce import PseudoForceConfig, TrainingConfig
 
     earlier = {"steps": 100, "wall_time_s": 60.0, "training": {"seed": 0},
                "history": {"step": [50, 100], "loss": [3.0, 2.0], "validation_step": [100],
@@ -148,7 +148,9 @@ def test_a_further_training_stage_continues_the_record_of_the_model_it_starts_fr
     new = {"steps": 40, "wall_time_s": 30.0,
            "history": {"step": [20, 40], "loss": [1.9, 1.8], "validation_step": [40],
                        "validation_loss": [2.1]}}
-    record = continued_record(earlier, new, "dir/model.pt", TrainingConfig(seed=1))
+    low_noise = PseudoForceConfig(p_mean=-1.2)
+    record = continued_record(earlier, new, "dir/model.pt", TrainingConfig(seed=1), low_noise,
+                              "subset 1")
     assert record["steps"] == 140 and record["wall_time_s"] == 90.0
     assert record["history"] == {"step": [50, 100, 120, 140], "loss": [3.0, 2.0, 1.9, 1.8],
                                  "validation_step": [100, 140], "validation_loss": [2.5, 2.1]}
@@ -156,6 +158,18 @@ def test_a_further_training_stage_continues_the_record_of_the_model_it_starts_fr
     assert (first["from_step"], first["steps"], second["from_step"], second["steps"]) == (
         0, 100, 100, 40)
     assert second["initial"] == "model.pt" and second["training"]["seed"] == 1
-    third = continued_record(record, new, "model.pt", TrainingConfig(seed=2))["stages"]
+    assert second["subset"] == "subset 1"
+    assert second["noise"] == {"p_mean": -1.2, "p_std": 1.5, "sigma_min": 0.01, "sigma_max": 30.0}
+    third = continued_record(record, new, "model.pt", TrainingConfig(seed=2), PseudoForceConfig(),
+                             "subset 2")["stages"]
     assert [s["from_step"] for s in third] == [0, 100, 140]
     assert earlier["history"]["step"] == [50, 100]  # the earlier record is not modified
+
+
+def test_noise_mean_is_refused_without_a_model_to_train_further(capsys):
+    from ase_drift.datasets.make_gpff_qm9 import main
+
+    with pytest.raises(SystemExit):
+        main(["--noise-mean", "-1.2", "--minutes", "0.01"])
+    assert "--noise-mean changes the noise of a further stage: it needs --init" in (
+        capsys.readouterr().err)

@@ -6,6 +6,8 @@ calculator equals the model, fixed atoms stay, round trips) hold for any weights
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from ase.optimize import FIRE
 from ase_drift.calculators import PseudoForceCalculator
 from ase_drift.checkpoint import CheckpointError, save_checkpoint
 from ase_drift.cli import main
+from ase_drift.datasets.qm9 import QM9
 from ase_drift.diffusion import pseudoforce as pf
 
 TINY = pf.PseudoForceConfig(n_features=16, n_interactions=2, n_rbf=12)
@@ -354,3 +357,23 @@ def test_ase_drift_load_reads_both_gpff_kinds_in_a_fresh_process(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                          check=True).stdout
     assert out.split() == ["PseudoForceField", "['gpff',", "'gpff-conformers']"]
+
+
+def test_fine_tuning_may_change_the_training_noise_but_not_the_network():
+    """A further stage trains the initial weights with its own noise levels; a configuration of
+    another network is refused instead of being silently replaced."""
+    base = tiny_model()
+    ethanol = molecule("CH3CH2OH")
+    molecules = QM9(np.tile(ethanol.numbers, 4), np.tile(ethanol.positions, (4, 1)),
+                    np.arange(5) * len(ethanol), np.arange(4))
+    training = pf.TrainingConfig(steps=2, minutes=None, batch_size=2)
+    low_noise = replace(base.config, p_mean=-1.2, p_std=0.5)
+    net, record = pf.train_pseudo_force_field(molecules, low_noise, training, progress=False,
+                                              initial=base.net)
+    assert net.config == low_noise and record["steps"] == 2
+    assert base.net.config == TINY  # the initial net is left as it was
+    changed = [not torch.equal(a, b) for a, b in zip(net.parameters(), base.net.parameters())]
+    assert any(changed)  # trained from the initial weights, which it loaded
+    with pytest.raises(ValueError, match="does not describe the initial net"):
+        pf.train_pseudo_force_field(molecules, replace(low_noise, n_features=8), training,
+                                    progress=False, initial=base.net)

@@ -16,12 +16,16 @@ training record beside them (steps, wall time, loss curves, subset, configuratio
 
 ``--init MODEL`` trains a saved GPFF further for ``--minutes`` with a fresh optimiser (a lost
 trainer checkpoint need not cost the training behind a shipped model); its record runs on from
-MODEL's and lists the stages. The baseline is left alone with ``--baseline-minutes 0``.
+MODEL's and lists the stages. ``--noise-mean`` moves that stage's training noise levels (e.g.
+towards the near-equilibrium σ where the generated molecules' topology is decided); a different
+``--seed`` draws the stage's subset afresh. The baseline is left alone with
+``--baseline-minutes 0``.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -54,10 +58,12 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def continued_record(earlier: dict, record: dict, source: str, training) -> dict:
+def continued_record(earlier: dict, record: dict, source: str, training, config,
+                     subset: str) -> dict:
     """The training record of a model trained further (``record``, steps counted from 0) from
     one with the record ``earlier``: steps, wall time and loss histories run on from the
-    earlier ones, and ``stages`` lists each stage's start, length and optimisation."""
+    earlier ones, and ``stages`` lists each stage's start, length, optimisation, training
+    noise (of the model configuration ``config``) and training ``subset``."""
     offset = earlier["steps"]
     history = {key: list(values) for key, values in earlier["history"].items()}
     for key in ("step", "validation_step"):
@@ -69,7 +75,9 @@ def continued_record(earlier: dict, record: dict, source: str, training) -> dict
                                           "training": earlier.get("training")}]))
     stages.append({"from_step": offset, "steps": record["steps"],
                    "wall_time_s": record["wall_time_s"], "initial": Path(source).name,
-                   "training": training.as_dict()})
+                   "training": training.as_dict(), "subset": subset,
+                   "noise": {k: getattr(config, k)
+                             for k in ("p_mean", "p_std", "sigma_min", "sigma_max")}})
     return {"steps": offset + record["steps"],
             "wall_time_s": round(earlier["wall_time_s"] + record["wall_time_s"], 1),
             "history": history, "stages": stages}
@@ -95,7 +103,13 @@ def main(argv=None) -> None:
                              "further, with a fresh optimiser, for --minutes more")
     parser.add_argument("--learning-rate", type=float, default=5e-4,
                         help="peak learning rate of the cosine decay")
+    parser.add_argument("--noise-mean", type=float, default=None,
+                        help="with --init: train this stage with ln σ ~ N(NOISE_MEAN, p_std²) "
+                             "instead of the initial model's p_mean (e.g. below 0 to spend the "
+                             "steps near equilibrium); the validation loss follows it")
     args = parser.parse_args(argv)
+    if args.noise_mean is not None and args.init is None:
+        parser.error("--noise-mean changes the noise of a further stage: it needs --init")
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +138,8 @@ def main(argv=None) -> None:
         config = initial.config if warm else PseudoForceConfig(
             n_features=args.features, n_interactions=args.interactions, n_rbf=args.rbf,
             time_conditioned=timed)
+        if warm and args.noise_mean is not None:
+            config = dataclasses.replace(config, p_mean=args.noise_mean)
         # stage k ≥ 1 (the first training was stage 0) draws new batches and noise: its step
         # counter starts at 0 again
         stage = len(earlier.get("stages", [earlier])) if warm else 0
@@ -137,7 +153,8 @@ def main(argv=None) -> None:
         if not timed:
             shape_prior = fit_shape_prior(molecules, seed=args.seed)
         if warm:
-            record = continued_record(earlier, record, args.init, training)
+            record = continued_record(earlier, record, args.init, training, config,
+                                      data["subset"])
         record.update(data, model=config.as_dict(), training=training.as_dict(),
                       machine="one CPU thread (OMP_NUM_THREADS=1), shared 2-core machine",
                       finished=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

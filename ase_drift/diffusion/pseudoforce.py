@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -311,8 +312,9 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
     atomically every ``checkpoint_minutes``) continues exactly where it stopped; each checkpoint
     records the EMA net's :func:`validation_loss` on the molecule set ``validation``.
 
-    ``initial``: a net to fine-tune (its configuration replaces ``config``) instead of a fresh
-    one.
+    ``initial``: a net to fine-tune instead of a fresh one. ``config`` must describe its network;
+    only the training noise (``p_mean``, ``p_std``, ``sigma_min``, ``sigma_max``) may differ, so
+    a further stage can spend its steps on other noise levels.
 
     Returns ``(ema_net, record)``: the exponential moving average of the weights and a record
     {steps, wall time, loss history (mean training loss per 50 steps, validation losses)}.
@@ -326,7 +328,12 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
     if training.steps is None and training.minutes is None:
         raise ValueError("give steps or minutes (or both): training needs a budget")
     if initial is not None:
-        net, config = copy.deepcopy(initial).train().requires_grad_(True), initial.config
+        noise = ("p_mean", "p_std", "sigma_min", "sigma_max")
+        if dataclasses.replace(initial.config, **{k: getattr(config, k) for k in noise}) != config:
+            raise ValueError(f"config {config} does not describe the initial net "
+                             f"({initial.config}): only its training noise may differ")
+        net = copy.deepcopy(initial).train().requires_grad_(True)
+        net.config = config
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(training.seed)
@@ -558,7 +565,7 @@ class PseudoForceField:
         structures towards the conformational ensemble; samples are drawn with ``sampler`` and
         ``nfe`` (and ``sampling`` options of :meth:`generate`) from the Gaussian prior. ``base``
         (e.g. ``PseudoForceField.load_pretrained("qm9")``) is fine-tuned instead of training a
-        fresh ``config`` network. Default training: 2,000 steps of 32 conformations.
+        fresh ``config`` network (then ``config`` may change only the training noise). Default training: 2,000 steps of 32 conformations.
         """
         from ..datasets.qm9 import QM9
 
@@ -568,8 +575,8 @@ class PseudoForceField:
         molecules = QM9(np.tile(numbers, count), positions.reshape(-1, 3),
                         np.arange(count + 1) * n_atoms, np.arange(count))
         training = training or TrainingConfig(steps=2000, minutes=None)
-        net, record = train_pseudo_force_field(molecules, config or PseudoForceConfig(),
-                                               training, progress=progress,
+        config = config or (base.config if base is not None else PseudoForceConfig())
+        net, record = train_pseudo_force_field(molecules, config, training, progress=progress,
                                                initial=None if base is None else base.net)
         elements = sorted(set(numbers.tolist()) | set((base.metadata.get("elements") or [])
                                                       if base is not None else []))
