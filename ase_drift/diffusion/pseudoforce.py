@@ -39,9 +39,9 @@ models see the same geometry features.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
