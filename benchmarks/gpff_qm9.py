@@ -436,6 +436,39 @@ def ethanol(args) -> None:
         write_section("pseudo-force-fields.md", "gpff-ethanol", table)
 
 
+def fixed_validity_at(points: dict, label: str, nfe: float) -> float | None:
+    """Validity of the fixed-schedule sampler ``label`` at ``nfe`` evaluations spent, linear
+    between its two measured points around it (None outside them)."""
+    curve = sorted((p["nfe_mean"], p["validity"]) for p in points.values() if p["label"] == label)
+    spent = [c[0] for c in curve]
+    if not curve or not spent[0] <= nfe <= spent[-1]:
+        return None
+    return float(np.interp(nfe, spent, [c[1] for c in curve]))
+
+
+def matched_nfe_lines(points: dict) -> list[str]:
+    """Each adaptive point against its fixed sampler at the same mean NFE spent (the paper's
+    Fig. 4 plots validity against NFE spent: an adaptive run that stops early at a budget is
+    compared with a fixed run of as many evaluations)."""
+    rows = []
+    for label, *_ in CONFIGS:
+        fixed = label.removesuffix(" AS")
+        if fixed == label:
+            continue
+        for point in sorted((p for p in points.values() if p["label"] == label),
+                            key=lambda p: p["nfe_budget"]):
+            reference = fixed_validity_at(points, fixed, point["nfe_mean"])
+            if reference is not None:
+                rows.append(f"| {label} | {point['nfe_budget']} | {point['nfe_mean']:.1f} | "
+                            f"{point['validity']:.2f} | {reference:.2f} |")
+    if not rows:
+        return []
+    return ["", ("Adaptive against fixed at the same NFE spent (fixed: linear between its two "
+                 "measured points around it):"), "",
+            "| adaptive sampler | budget | mean NFE spent | validity | fixed, same NFE |",
+            "|---|---:|---:|---:|---:|", *rows]
+
+
 def markdown(results: dict) -> str:
     nfes = results["setup"]["nfe"]
     points = results["points"]
@@ -459,6 +492,7 @@ def markdown(results: dict) -> str:
             cells.append(f"{point['validity']:.2f}{spent}")
         if any(c != "–" for c in cells):
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += matched_nfe_lines(points)
     lines += ["", "Generation speed (molecules/s, one thread):", "",
               "| sampler | " + " | ".join(str(k) for k in nfes) + " |",
               "|---|" + "---:|" * len(nfes)]
@@ -479,10 +513,10 @@ def markdown(results: dict) -> str:
         for label in (*(k for k in stats if k.startswith("QM9 noise")), *DISTRIBUTION_CONFIGS):
             if label in stats:
                 s = stats[label]
+                energy = (f"{s['energy_js']:.3f} | {s['energy_median_eV']:.2f} | "
+                          f"{s['energy_molecules']}" if "energy_js" in s else "– | – | –")
                 lines.append(f"| {label} | {s['mpd_js']:.3f} | {s['mpd_median']:.2f} | "
-                             f"{s.get('energy_js', float('nan')):.3f} | "
-                             f"{s.get('energy_median_eV', float('nan')):.2f} | "
-                             f"{s.get('energy_molecules', 0)} |")
+                             f"{energy} |")
     return "\n".join(lines)
 
 
