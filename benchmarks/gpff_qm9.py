@@ -426,9 +426,9 @@ def ethanol(args) -> None:
              "| xTB failures |"), "|---|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
         if name != "training":
+            seconds = f"{row['sample_1000_s']:.1f}" if "sample_1000_s" in row else "–"
             lines.append(f"| {name} | {row['tvd']:.3f} | {row['energy_w1']:.2f} | "
-                         f"{row['bond_stability']:.3f} | "
-                         f"{row.get('sample_1000_s', float('nan')):.1f} | "
+                         f"{row['bond_stability']:.3f} | {seconds} | "
                          f"{row.get('xtb_failed', 0)} |")
     table = "\n".join(lines)
     print(table)
