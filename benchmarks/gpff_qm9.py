@@ -181,6 +181,27 @@ def main(argv=None) -> None:
         write_section("pseudo-force-fields.md", "gpff-training", training_table())
 
 
+def validation_summary(record: dict) -> str:
+    """First → last validation loss of each run of training stages with the same noise
+    distribution (the loss is an average over that distribution: across distributions it is
+    not comparable)."""
+    history, model = record["history"], record["model"]
+    stages = record.get("stages") or [{"from_step": 0, "steps": record["steps"]}]
+    segments: list[tuple[tuple, list]] = []
+    for step, loss in zip(history["validation_step"], history["validation_loss"]):
+        stage = next((s for s in stages if s["from_step"] < step <= s["from_step"] + s["steps"]),
+                     stages[-1])
+        noise = stage.get("noise", model)
+        key = (noise["p_mean"], noise["p_std"])
+        if not segments or segments[-1][0] != key:
+            segments.append((key, []))
+        segments[-1][1].append((step, loss))
+    return "; ".join(
+        f"{points[0][1]:.2f} (step {points[0][0]:,}) → {points[-1][1]:.2f} (step "
+        f"{points[-1][0]:,})" + (f", ln σ ~ N({mean:g}, {std:g}²)" if len(segments) > 1 else "")
+        for (mean, std), points in segments)
+
+
 def training_table() -> str:
     """The shipped models' training records (the JSON files ``make_gpff_qm9`` writes beside
     them) as a markdown table."""
@@ -195,9 +216,7 @@ def training_table() -> str:
         lines.append(
             f"| {label} (`{name}`, {path.stat().st_size / 1000:.0f} kB) | {record['steps']:,} | "
             f"{record['wall_time_s'] / 60:.1f} min | {history['loss'][0]:,.1f} → "
-            f"{history['loss'][-1]:.1f} | {history['validation_loss'][0]:.2f} (step "
-            f"{history['validation_step'][0]:,}) → {history['validation_loss'][-1]:.2f} (step "
-            f"{history['validation_step'][-1]:,}) |")
+            f"{history['loss'][-1]:.1f} | {validation_summary(record)} |")
     return "\n".join(lines)
 
 

@@ -19,3 +19,21 @@ def test_adaptive_points_are_compared_with_the_fixed_sampler_at_the_nfe_they_spe
     rows = [line for line in matched_nfe_lines(points) if line.startswith("| GPFF")]
     assert rows == ["| GPFF ancestral AS | 16 | 10.0 | 0.20 | 0.15 |"]
     assert matched_nfe_lines(point("GPFF DD", 6, 6.0, 0.1)) == []
+
+
+def test_validation_losses_are_summarised_per_training_noise_distribution():
+    from benchmarks.gpff_qm9 import validation_summary
+
+    noise = {"p_mean": 0.0, "p_std": 1.5, "sigma_min": 0.01, "sigma_max": 30.0}
+    record = {"steps": 300, "model": {**noise, "p_mean": -1.2},
+              "history": {"validation_step": [50, 100, 200, 300],
+                          "validation_loss": [5.0, 4.0, 2.5, 2.0]},
+              "stages": [{"from_step": 0, "steps": 100, "noise": noise},
+                         {"from_step": 100, "steps": 200, "noise": {**noise, "p_mean": -1.2}}]}
+    assert validation_summary(record) == (
+        "5.00 (step 50) → 4.00 (step 100), ln σ ~ N(0, 1.5²); "
+        "2.50 (step 200) → 2.00 (step 300), ln σ ~ N(-1.2, 1.5²)")
+    # records from before stages could change the noise store none: the model's applies
+    del record["stages"][0]["noise"], record["stages"][1]["noise"]
+    assert validation_summary(record) == "5.00 (step 50) → 2.00 (step 300)"
+    assert validation_summary({**record, "stages": None}) == "5.00 (step 50) → 2.00 (step 300)"
