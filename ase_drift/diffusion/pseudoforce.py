@@ -39,10 +39,9 @@ models see the same geometry features.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -329,7 +328,7 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
         raise ValueError("give steps or minutes (or both): training needs a budget")
     if initial is not None:
         noise = ("p_mean", "p_std", "sigma_min", "sigma_max")
-        if dataclasses.replace(initial.config, **{k: getattr(config, k) for k in noise}) != config:
+        if replace(initial.config, **{k: getattr(config, k) for k in noise}) != config:
             raise ValueError(f"config {config} does not describe the initial net "
                              f"({initial.config}): only its training noise may differ")
         net = copy.deepcopy(initial).train().requires_grad_(True)
@@ -565,7 +564,8 @@ class PseudoForceField:
         structures towards the conformational ensemble; samples are drawn with ``sampler`` and
         ``nfe`` (and ``sampling`` options of :meth:`generate`) from the Gaussian prior. ``base``
         (e.g. ``PseudoForceField.load_pretrained("qm9")``) is fine-tuned instead of training a
-        fresh ``config`` network (then ``config`` may change only the training noise). Default training: 2,000 steps of 32 conformations.
+        fresh ``config`` network (then ``config`` may change only the training noise). Default
+        training: 2,000 steps of 32 conformations.
         """
         from ..datasets.qm9 import QM9
 
