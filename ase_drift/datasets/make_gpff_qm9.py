@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from ..diffusion.pseudoforce import (
+    TRAINING_NOISE_FIELDS,
     PseudoForceConfig,
     PseudoForceField,
     TrainingConfig,
@@ -76,8 +77,7 @@ def continued_record(earlier: dict, record: dict, source: str, training, config,
     stages.append({"from_step": offset, "steps": record["steps"],
                    "wall_time_s": record["wall_time_s"], "initial": Path(source).name,
                    "training": training.as_dict(), "subset": subset,
-                   "noise": {k: getattr(config, k)
-                             for k in ("p_mean", "p_std", "sigma_min", "sigma_max")}})
+                   "noise": {k: getattr(config, k) for k in TRAINING_NOISE_FIELDS}})
     return {"steps": offset + record["steps"],
             "wall_time_s": round(earlier["wall_time_s"] + record["wall_time_s"], 1),
             "history": history, "stages": stages}

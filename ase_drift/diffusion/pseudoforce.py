@@ -76,6 +76,11 @@ class PseudoForceConfig(StoredConfig):
     sigma_max: float = 30.0
 
 
+#: The fields of :class:`PseudoForceConfig` that set the training noise only (not the network):
+#: a further training stage may change them.
+TRAINING_NOISE_FIELDS = ("p_mean", "p_std", "sigma_min", "sigma_max")
+
+
 class LogGaussianRBF(nn.Module):
     """Gaussians in ln d: exp(−(ln d − μ_k)²/(2w²)), μ_k evenly spaced on [ln d_min, ln d_max],
     w the spacing. ``forward(d [E, 1]) -> [E, 1, n_rbf]``, the shapes (and ``n_rbf``) PaiNN
@@ -327,8 +332,8 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
     if training.steps is None and training.minutes is None:
         raise ValueError("give steps or minutes (or both): training needs a budget")
     if initial is not None:
-        noise = ("p_mean", "p_std", "sigma_min", "sigma_max")
-        if replace(initial.config, **{k: getattr(config, k) for k in noise}) != config:
+        noise = {k: getattr(config, k) for k in TRAINING_NOISE_FIELDS}
+        if replace(initial.config, **noise) != config:
             raise ValueError(f"config {config} does not describe the initial net "
                              f"({initial.config}): only its training noise may differ")
         net = copy.deepcopy(initial).train().requires_grad_(True)
