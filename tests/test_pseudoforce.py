@@ -100,6 +100,46 @@ def test_gpff_loss_is_weighted_squared_error_of_the_aligned_pseudo_forces():
     assert torch.allclose(pf.loss_weights(torch.tensor([1e-5, 0.5])), torch.tensor([1e3, 2.0]))
 
 
+def test_edm_preconditioning_gives_unit_variance_targets():
+    """c_skip = σ_d²/(σ² + σ_d²), c_out = σσ_d/√(σ² + σ_d²) (Karras et al. 2022): for data of
+    variance σ_d² the target (x₀ − c_skip x̃)/c_out has unit variance at every σ, i.e.
+    (1 − c_skip)² σ_d² + c_skip² σ² = c_out²."""
+    sigma = torch.tensor([0.01, 0.5, 1.5, 30.0], dtype=torch.float64)
+    c_skip, c_out = pf.edm_coefficients(sigma, 1.5)
+    torch.testing.assert_close(c_skip[2], torch.tensor(0.5, dtype=torch.float64))
+    torch.testing.assert_close(c_out[2], torch.tensor(1.5 / 2**0.5, dtype=torch.float64))
+    torch.testing.assert_close((1 - c_skip) ** 2 * 1.5**2 + c_skip**2 * sigma**2, c_out**2)
+
+
+def test_baseline_loss_is_the_unaligned_preconditioned_error():
+    """The time-conditioned baseline's loss with a zero network is ‖(x₀ − c_skip x̃)/c_out‖²
+    summed over atoms, unweighted, averaged over molecules; the network sees σ."""
+    water = molecule("H2O")
+    numbers = torch.as_tensor(np.tile(water.numbers, 2))
+    one = torch.as_tensor(water.positions - water.positions.mean(0), dtype=torch.float32)
+    reference = torch.cat([one, one])
+    idx_m = torch.tensor([0, 0, 0, 1, 1, 1])
+    seen = []
+
+    class Zero(torch.nn.Module):
+        config = pf.PseudoForceConfig(time_conditioned=True, sigma_data=1.2)
+
+        def forward(self, numbers, positions, idx_m, n_molecules, sigma=None):
+            seen.append(sigma)
+            return torch.zeros_like(positions)
+
+    loss = pf.training_loss(Zero(), numbers, reference, idx_m, 2, torch.Generator().manual_seed(4))
+    rng = torch.Generator().manual_seed(4)  # replay the same draws
+    sigma = pf.sample_sigmas(2, Zero.config, rng)
+    eps = torch.randn(reference.shape, generator=rng)
+    noisy = reference + sigma[idx_m, None] * (eps - pf.molecule_mean(eps, idx_m, 2))
+    c_skip, c_out = pf.edm_coefficients(sigma[idx_m, None], 1.2)
+    target = (reference - c_skip * noisy) / c_out
+    per_molecule = torch.stack([target[idx_m == m].square().sum() for m in range(2)])
+    torch.testing.assert_close(loss, per_molecule.mean())
+    torch.testing.assert_close(seen[0], sigma)
+
+
 def test_training_noise_levels_follow_the_clipped_log_normal():
     config = pf.PseudoForceConfig(p_mean=0.0, p_std=1.5, sigma_min=0.01, sigma_max=30.0)
     sigma = pf.sample_sigmas(100_000, config, torch.Generator().manual_seed(0))
@@ -359,21 +399,156 @@ def test_ase_drift_load_reads_both_gpff_kinds_in_a_fresh_process(tmp_path):
     assert out.split() == ["PseudoForceField", "['gpff',", "'gpff-conformers']"]
 
 
+def ethanol_set(copies: int = 4, seed: int = 0) -> QM9:
+    """A QM9-like set of ``copies`` slightly different ethanol geometries."""
+    ethanol = molecule("CH3CH2OH")
+    noise = 0.05 * np.random.default_rng(seed).normal(size=(copies * len(ethanol), 3))
+    return QM9(np.tile(ethanol.numbers, copies), np.tile(ethanol.positions, (copies, 1)) + noise,
+               np.arange(copies + 1) * len(ethanol), np.arange(copies))
+
+
 def test_fine_tuning_may_change_the_training_noise_but_not_the_network():
     """A further stage trains the initial weights with its own noise levels; a configuration of
     another network is refused instead of being silently replaced."""
     base = tiny_model()
-    ethanol = molecule("CH3CH2OH")
-    molecules = QM9(np.tile(ethanol.numbers, 4), np.tile(ethanol.positions, (4, 1)),
-                    np.arange(5) * len(ethanol), np.arange(4))
+    before = {k: v.clone() for k, v in base.net.state_dict().items()}
+    molecules = ethanol_set()
     training = pf.TrainingConfig(steps=2, minutes=None, batch_size=2)
     low_noise = replace(base.config, p_mean=-1.2, p_std=0.5)
     net, record = pf.train_pseudo_force_field(molecules, low_noise, training, progress=False,
                                               initial=base.net)
     assert net.config == low_noise and record["steps"] == 2
-    assert base.net.config == TINY  # the initial net is left as it was
+    assert base.net.config == TINY  # the initial net is left as it was, weights and all
+    for name, value in base.net.state_dict().items():
+        assert torch.equal(value, before[name]), name
     changed = [not torch.equal(a, b) for a, b in zip(net.parameters(), base.net.parameters())]
     assert any(changed)  # trained from the initial weights, which it loaded
     with pytest.raises(ValueError, match="does not describe the initial net"):
         pf.train_pseudo_force_field(molecules, replace(low_noise, n_features=8), training,
                                     progress=False, initial=base.net)
+
+
+# ---- the training loop: budget, schedule, EMA, checkpoints
+
+
+def test_learning_rate_decays_by_a_half_cosine_to_five_percent():
+    assert pf.cosine_learning_rate(2.0, 0.0) == pytest.approx(2.0)
+    assert pf.cosine_learning_rate(2.0, 0.5) == pytest.approx(2.0 * (0.05 + 0.95 / 2))
+    assert pf.cosine_learning_rate(2.0, 1.0) == pytest.approx(0.1)
+    assert pf.cosine_learning_rate(1.0, 0.25) == pytest.approx(0.05 + 0.95 * (2 + 2**0.5) / 4)
+
+
+def test_ema_decay_warms_up_to_its_configured_value():
+    assert pf.ema_decay_at(0, 0.999) == pytest.approx(0.1)
+    assert pf.ema_decay_at(10, 0.999) == pytest.approx(11 / 20)
+    assert pf.ema_decay_at(10_000, 0.999) == 0.999
+
+
+def trainer_checkpoint(path) -> dict:
+    from ase_drift.checkpoint import load_checkpoint
+
+    return load_checkpoint(path, kind="gpff-trainer")
+
+
+def test_one_step_updates_the_average_by_the_warm_up_decay(tmp_path):
+    """After one step the EMA is 0.1·initial + 0.9·trained (decay (1+0)/(10+0)), the fresh net is
+    drawn from the training seed, and the optimiser ran at the configured rate and decay."""
+    training = pf.TrainingConfig(steps=1, minutes=None, batch_size=2, seed=5,
+                                 learning_rate=3e-3, weight_decay=0.02)
+    ema, _ = pf.train_pseudo_force_field(ethanol_set(), TINY, training, progress=False,
+                                         checkpoint=str(tmp_path / "run.ckpt"))
+    torch.manual_seed(5)
+    initial = pf.PseudoForceNet(TINY).state_dict()
+    payload = trainer_checkpoint(tmp_path / "run.ckpt")
+    trained = payload["state_dict"]["net"]
+    for name, value in ema.state_dict().items():
+        torch.testing.assert_close(value, 0.1 * initial[name] + 0.9 * trained[name])
+    assert any(not torch.equal(trained[k], initial[k]) for k in initial)
+    group = payload["state_dict"]["optimizer"]["param_groups"][0]
+    assert group["lr"] == pytest.approx(3e-3) and group["weight_decay"] == 0.02
+    assert not any(p.requires_grad for p in ema.parameters())
+
+
+def test_interrupted_training_resumes_exactly_from_its_checkpoint(tmp_path, monkeypatch):
+    """A run stopped after 3 of 4 steps and started again with the same checkpoint ends with
+    the same weights, history and schedule as one that was never stopped; every checkpoint
+    records the EMA's validation loss."""
+    molecules = ethanol_set()
+    training = pf.TrainingConfig(steps=4, minutes=None, batch_size=2, checkpoint_minutes=0.0,
+                                 learning_rate=1e-2)
+    straight, straight_record = pf.train_pseudo_force_field(
+        molecules, TINY, training, progress=False, validation=molecules,
+        checkpoint=str(tmp_path / "straight.ckpt"))
+
+    real_loss, calls = pf.training_loss, []
+
+    def stopping_loss(*args):
+        if torch.is_grad_enabled():  # a training step, not a validation
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            calls.append(1)
+        return real_loss(*args)
+
+    path = str(tmp_path / "stopped.ckpt")
+    monkeypatch.setattr(pf, "training_loss", stopping_loss)
+    with pytest.raises(KeyboardInterrupt):
+        pf.train_pseudo_force_field(molecules, TINY, training, progress=False,
+                                    validation=molecules, checkpoint=path)
+    assert trainer_checkpoint(path)["metadata"]["step"] == 3
+    monkeypatch.setattr(pf, "training_loss", real_loss)
+    resumed, record = pf.train_pseudo_force_field(molecules, TINY, training, progress=False,
+                                                  validation=molecules, checkpoint=path)
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert record["steps"] == 4 == straight_record["steps"]
+    assert record["history"]["validation_step"] == [1, 2, 3, 4]
+    assert record["history"] == straight_record["history"]
+    assert record["history"]["validation_loss"][-1] == pytest.approx(
+        pf.validation_loss(resumed, molecules))
+    payload = trainer_checkpoint(path)
+    assert payload["metadata"]["step"] == 4
+    assert payload["config"]["model"] == TINY.as_dict()
+    assert payload["config"]["training"] == training.as_dict()
+    group = payload["state_dict"]["optimizer"]["param_groups"][0]  # the last step's rate
+    assert group["lr"] == pytest.approx(pf.cosine_learning_rate(1e-2, 3 / 4))
+
+
+def test_loss_history_holds_the_mean_of_each_50_steps(monkeypatch):
+    real_loss, losses = pf.training_loss, []
+
+    def recording_loss(*args):
+        loss = real_loss(*args)
+        losses.append(loss.item())
+        return loss
+
+    monkeypatch.setattr(pf, "training_loss", recording_loss)
+    training = pf.TrainingConfig(steps=60, minutes=None, batch_size=1)
+    _, record = pf.train_pseudo_force_field(ethanol_set(2), TINY, training, progress=False)
+    assert record["history"]["step"] == [50]
+    assert record["history"]["loss"] == [pytest.approx(np.mean(losses[:50]))]
+    assert len(losses) == 60 and record["steps"] == 60
+
+
+def test_a_time_budget_ends_training_and_gradients_are_clipped(monkeypatch):
+    norms = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def recording_clip(parameters, max_norm):
+        norms.append(max_norm)
+        return real_clip(parameters, max_norm)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", recording_clip)
+    training = pf.TrainingConfig(steps=None, minutes=1e-9, batch_size=1, grad_clip=0.5)
+    _, record = pf.train_pseudo_force_field(ethanol_set(2), TINY, training, progress=False)
+    assert record["steps"] == 1 and record["wall_time_s"] >= 0 and norms == [0.5]
+
+
+def test_training_without_a_budget_or_with_a_nan_loss_is_a_clear_error(monkeypatch):
+    with pytest.raises(ValueError, match="give steps or minutes"):
+        pf.train_pseudo_force_field(ethanol_set(), TINY,
+                                    pf.TrainingConfig(steps=None, minutes=None), progress=False)
+    monkeypatch.setattr(pf, "training_loss",
+                        lambda *args: torch.tensor(float("nan"), requires_grad=True))
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 0"):
+        pf.train_pseudo_force_field(ethanol_set(), TINY,
+                                    pf.TrainingConfig(steps=2, minutes=None), progress=False)

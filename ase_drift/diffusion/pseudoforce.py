@@ -299,6 +299,18 @@ def validation_loss(net: PseudoForceNet, molecules, seed: int = 0, batch_size: i
     return total / len(molecules)
 
 
+def cosine_learning_rate(base: float, budget_fraction: float) -> float:
+    """The learning rate after ``budget_fraction`` ∈ [0, 1] of the budget: a half cosine from
+    ``base`` down to 5 % of it (:class:`TrainingConfig`)."""
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * budget_fraction)))
+
+
+def ema_decay_at(step: int, decay: float) -> float:
+    """The EMA's decay at (0-based) ``step``: min(decay, (1 + step)/(10 + step)), so the average
+    forgets the initial weights quickly before settling at ``decay``."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 def _trainer_state(net, ema, optimizer, step, elapsed, history) -> tuple[dict, dict]:
     return ({"net": net.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict()},
             {"kind": "gpff-trainer", "step": step, "elapsed_s": elapsed, "history": history})
@@ -378,16 +390,15 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
             len(molecules), size=training.batch_size)
         numbers, positions, idx_m = molecule_batch(molecules, chosen)
         for group in optimizer.param_groups:
-            group["lr"] = training.learning_rate * (
-                0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * budget_used())))
+            group["lr"] = cosine_learning_rate(training.learning_rate, budget_used())
         loss = training_loss(net, numbers, positions, idx_m, len(chosen), rng)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"training loss is {float(loss)} at step {step}")
+            raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), training.grad_clip)
         optimizer.step()
-        decay = min(training.ema_decay, (1 + step) / (10 + step))  # warm-up: forget the init
+        decay = ema_decay_at(step, training.ema_decay)
         with torch.no_grad():
             for average, current in zip(ema.parameters(), net.parameters()):
                 average.lerp_(current, 1 - decay)
