@@ -15,6 +15,7 @@ References used:
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 
@@ -244,7 +245,81 @@ def test_samplers_draw_only_from_their_generator():
         rng = torch.Generator().manual_seed(7)
         runs.append(stochastic_heun_sample(gaussian_denoiser(0.0, 1.0), x, 6, rng,
                                            sigma_min=0.01, sigma_max=5.0).x)
-    assert torch.equal(runs[0], runs[2]) and torch.equal(runs[1], runs[3])
+        rng = torch.Generator().manual_seed(7)
+        runs.append(ancestral_sample(gaussian_denoiser(0.0, 1.0), x, 6, rng,
+                                     sigma_min=0.01, sigma_max=5.0).x)
+    for first, second in zip(runs[:3], runs[3:]):
+        assert torch.equal(first, second)
+
+
+def test_defaults_are_edms_rho_and_the_papers_churn():
+    """ρ = 7 (Karras et al. 2022) unless given; the churn parameters are the GPFF paper's QM9
+    values (A.2: S_churn 60, S_tmin 0.01 Å, S_tmax 15 Å, S_noise 1), λ = 0.5 our choice."""
+    for sampler in (ancestral_sample, heun_sample, stochastic_heun_sample):
+        assert inspect.signature(sampler).parameters["rho"].default == 7.0
+    defaults = {name: p.default
+                for name, p in inspect.signature(stochastic_heun_sample).parameters.items()}
+    assert (defaults["s_churn"], defaults["s_tmin"], defaults["s_tmax"], defaults["s_noise"],
+            defaults["churn_correction"]) == (60.0, 0.01, 15.0, 1.0, 0.5)
+
+
+@pytest.mark.parametrize("s_churn", [1.2, 60.0])
+def test_stochastic_heun_raises_the_levels_inside_its_churn_window(s_churn):
+    """Each step first evaluates at σ_i(1 + γ), γ = min(S_churn/N, √2 − 1) for S_tmin ≤ σ_i ≤
+    S_tmax (both ends included) and 0 outside; the Heun corrector evaluates at σ_{i+1}."""
+    levels = edm_sigmas(6, SIGMA_MIN, SIGMA_MAX, dtype=torch.float64)
+    seen = []
+
+    def recording(x, sigma):
+        seen.append(sigma[0].item())
+        return gaussian_denoiser(0.0, 1.0)(x, sigma)
+
+    x = SIGMA_MAX * torch.randn(2, 3, 3, generator=torch.Generator().manual_seed(0),
+                                dtype=torch.float64)
+    stochastic_heun_sample(recording, x, 11, torch.Generator().manual_seed(1),
+                           sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, s_churn=s_churn,
+                           s_tmin=levels[3].item(), s_tmax=levels[1].item())
+    gamma = min(s_churn / 6, math.sqrt(2) - 1)
+    expected = []
+    for i in range(6):
+        expected.append(levels[i].item() * (1 + (gamma if 1 <= i <= 3 else 0.0)))
+        if i < 5:
+            expected.append(levels[i + 1].item())
+    assert seen == pytest.approx(expected, rel=1e-12)
+
+
+def test_stochastic_heun_adds_the_churn_noise_scaled_by_s_noise():
+    """From x = 0 the first evaluation sees √(σ̂⁺² − σ²)·S_noise·z: per coordinate variance
+    σ²((1 + γ)² − 1) S_noise² (χ² test, false-failure rate 10⁻⁴)."""
+    seen = []
+
+    def recording(x, sigma):
+        if not seen:
+            seen.append(x.clone())
+        return x
+
+    batch, s_noise = 4000, 0.5
+    stochastic_heun_sample(recording, torch.zeros(batch, 5, 3, dtype=torch.float64), 3,
+                           torch.Generator().manual_seed(2), sigma_min=SIGMA_MIN,
+                           sigma_max=SIGMA_MAX, s_churn=0.6, s_tmin=0.0, s_tmax=math.inf,
+                           s_noise=s_noise)
+    gamma = 0.6 / 2
+    expected = SIGMA_MAX**2 * ((1 + gamma) ** 2 - 1) * s_noise**2
+    low, high = _chi2_bounds(batch * 15)
+    assert low < seen[0].square().mean().item() / expected < high
+
+
+@pytest.mark.parametrize("adaptive", [False, True])
+def test_stochastic_heun_without_churn_is_heun(adaptive):
+    """S_churn = 0 adds no noise, and the (adaptive) steps are Heun's exactly, with the
+    Gaussian model's σ̂ below the scheduled level."""
+    _, x, _ = _molecules(4, 5, SIGMA_MAX, seed=17)
+    kwargs = {"sigma_min": SIGMA_MIN, "sigma_max": SIGMA_MAX, "adaptive": adaptive,
+              "target_steps": 4}
+    heun = heun_sample(gaussian_denoiser(0.0, 1.0), x, 15, **kwargs)
+    churnless = stochastic_heun_sample(gaussian_denoiser(0.0, 1.0), x, 15,
+                                       torch.Generator().manual_seed(3), s_churn=0.0, **kwargs)
+    assert torch.equal(heun.x, churnless.x) and torch.equal(heun.nfe, churnless.nfe)
 
 
 # --------------------------------------------------------------------------- budgets, masks
@@ -475,6 +550,11 @@ def test_bad_input_raises():
         dd_sample(lambda y, sigma: y[:1], x, 3)
     with pytest.raises(TypeError, match="Generator"):
         sdd_sample(identity, x, 3, 0)
+    for bad in ({"s_churn": -1.0}, {"s_noise": -0.1}, {"churn_correction": -0.5}):
+        with pytest.raises(ValueError, match="^s_churn, s_noise and churn_correction must be"):
+            stochastic_heun_sample(identity, x, 3, rng, sigma_min=0.1, sigma_max=1.0, **bad)
+    stochastic_heun_sample(identity, x, 3, rng, sigma_min=0.1, sigma_max=1.0, s_churn=0.0,
+                           s_noise=0.0, churn_correction=0.0)  # zero is allowed
 
 
 @pytest.mark.parametrize("name", SAMPLERS)

@@ -6,6 +6,7 @@ calculator equals the model, fixed atoms stay, round trips) hold for any weights
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 
 import numpy as np
@@ -59,6 +60,36 @@ def test_hungarian_alignment_never_matches_across_elements():
     assert np.array_equal(pf.hungarian_alignment(reference, swapped, numbers), [0, 1])
 
 
+def brute_force_alignment(reference, noisy, numbers) -> np.ndarray:
+    """The within-element permutation of least squared distance, by enumeration."""
+    groups = [np.flatnonzero(numbers == z) for z in np.unique(numbers)]
+    best, best_cost = None, np.inf
+    for choice in itertools.product(*(itertools.permutations(g) for g in groups)):
+        perm = np.arange(len(numbers))
+        for group, image in zip(groups, choice):
+            perm[group] = image
+        cost = ((noisy - reference[perm]) ** 2).sum()
+        if cost < best_cost:
+            best, best_cost = perm, cost
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_hungarian_alignment_is_the_least_squares_within_element_permutation(seed):
+    """Against enumeration: a lone lightest atom first, three elements of several atoms
+    shuffled among themselves, noise comparable to the atom spacing, the structures apart."""
+    rng = np.random.default_rng(seed)
+    numbers = np.array([1, 6, 6, 6, 7, 7, 7, 8, 8])
+    shuffle = np.arange(9)
+    for atoms in ([1, 2, 3], [4, 5, 6], [7, 8]):
+        shuffle[atoms] = rng.permutation(atoms)
+    reference = 1.5 * rng.normal(size=(9, 3))
+    noisy = reference[shuffle] + 0.6 * rng.normal(size=(9, 3)) + [-7.0, 3.0, 5.0]
+    perm = pf.hungarian_alignment(reference, noisy, numbers)
+    np.testing.assert_array_equal(perm, brute_force_alignment(reference, noisy, numbers))
+    assert (perm != np.arange(9)).any()  # the shuffle is undone, not ignored
+
+
 def test_target_is_reference_minus_noisy_after_alignment():
     water = molecule("H2O")
     numbers = torch.as_tensor(water.numbers)
@@ -69,33 +100,48 @@ def test_target_is_reference_minus_noisy_after_alignment():
     torch.testing.assert_close(target, reference[[0, 2, 1]] - noisy)
     # without alignment the label is the (longer) displacement to the swapped atoms
     unaligned = pf.pseudo_force_targets(reference, noisy, numbers, idx_m, align=False)
+    torch.testing.assert_close(unaligned, reference - noisy)
     assert unaligned.norm() > 10 * target.norm()
 
 
+def test_targets_align_every_molecule_of_a_batch():
+    """Three waters (H, O, H), each with its hydrogens swapped: each molecule, the first atom
+    of the first and the last of the last included, is aligned on its own."""
+    water = molecule("H2O")[[1, 0, 2]]
+    one = torch.as_tensor(water.positions - water.positions.mean(0), dtype=torch.float32)
+    reference = torch.cat([one, one + 0.1, one - 0.1])
+    swap = torch.tensor([2, 1, 0, 5, 4, 3, 8, 7, 6])
+    noisy = reference[swap] + 0.02
+    numbers = torch.as_tensor(np.tile(water.numbers, 3))
+    idx_m = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    target = pf.pseudo_force_targets(reference, noisy, numbers, idx_m)
+    torch.testing.assert_close(target, reference[swap] - noisy)
+
+
 def test_gpff_loss_is_weighted_squared_error_of_the_aligned_pseudo_forces():
-    """Eq. 9 with a perfect predictor of the aligned target is 0; with a zero predictor it is
-    w(σ)·‖x₀ − x̃‖², w = min(1/σ, 1000), averaged over molecules."""
+    """Eq. 9: w(σ)·‖F_θ(x̃) − (x₀ − x̃)‖² (aligned), w = min(1/σ, 1000), averaged over
+    molecules, here for the predictor F_θ(x̃) = 0.3 x̃ + 0.1."""
     water = molecule("H2O")
     numbers = torch.as_tensor(np.tile(water.numbers, 2))
     one = torch.as_tensor(water.positions - water.positions.mean(0), dtype=torch.float32)
     reference = torch.cat([one, one])
     idx_m = torch.tensor([0, 0, 0, 1, 1, 1])
 
-    class Zero(torch.nn.Module):
+    class Affine(torch.nn.Module):
         config = pf.PseudoForceConfig()
 
         def forward(self, numbers, positions, idx_m, n_molecules, sigma=None):
-            return torch.zeros_like(positions)
+            return 0.3 * positions + 0.1
 
     rng = torch.Generator().manual_seed(3)
-    loss = pf.training_loss(Zero(), numbers, reference, idx_m, 2, rng)
+    loss = pf.training_loss(Affine(), numbers, reference, idx_m, 2, rng)
     rng = torch.Generator().manual_seed(3)  # replay the same draws
-    sigma = pf.sample_sigmas(2, Zero.config, rng)
+    sigma = pf.sample_sigmas(2, Affine.config, rng)
     eps = torch.randn(reference.shape, generator=rng)
     eps = eps - pf.molecule_mean(eps, idx_m, 2)
     noisy = reference + sigma[idx_m, None] * eps
-    target = pf.pseudo_force_targets(reference, noisy, numbers, idx_m)
-    per_molecule = torch.stack([target[idx_m == m].square().sum() for m in range(2)])
+    residual = 0.3 * noisy + 0.1 - pf.pseudo_force_targets(reference, noisy, numbers, idx_m)
+    per_molecule = torch.stack([residual[idx_m == m].square().sum() for m in range(2)])
     torch.testing.assert_close(loss, (pf.loss_weights(sigma) * per_molecule).mean())
     assert torch.allclose(pf.loss_weights(torch.tensor([1e-5, 0.5])), torch.tensor([1e3, 2.0]))
 
@@ -112,8 +158,8 @@ def test_edm_preconditioning_gives_unit_variance_targets():
 
 
 def test_baseline_loss_is_the_unaligned_preconditioned_error():
-    """The time-conditioned baseline's loss with a zero network is ‖(x₀ − c_skip x̃)/c_out‖²
-    summed over atoms, unweighted, averaged over molecules; the network sees σ."""
+    """The time-conditioned baseline's loss is ‖v_θ(x̃, σ) − (x₀ − c_skip x̃)/c_out‖² summed over
+    atoms, unweighted, averaged over molecules (here v_θ = 0.3 x̃ + 0.1); the network sees σ."""
     water = molecule("H2O")
     numbers = torch.as_tensor(np.tile(water.numbers, 2))
     one = torch.as_tensor(water.positions - water.positions.mean(0), dtype=torch.float32)
@@ -121,21 +167,22 @@ def test_baseline_loss_is_the_unaligned_preconditioned_error():
     idx_m = torch.tensor([0, 0, 0, 1, 1, 1])
     seen = []
 
-    class Zero(torch.nn.Module):
+    class Affine(torch.nn.Module):
         config = pf.PseudoForceConfig(time_conditioned=True, sigma_data=1.2)
 
         def forward(self, numbers, positions, idx_m, n_molecules, sigma=None):
             seen.append(sigma)
-            return torch.zeros_like(positions)
+            return 0.3 * positions + 0.1
 
-    loss = pf.training_loss(Zero(), numbers, reference, idx_m, 2, torch.Generator().manual_seed(4))
+    loss = pf.training_loss(Affine(), numbers, reference, idx_m, 2,
+                            torch.Generator().manual_seed(4))
     rng = torch.Generator().manual_seed(4)  # replay the same draws
-    sigma = pf.sample_sigmas(2, Zero.config, rng)
+    sigma = pf.sample_sigmas(2, Affine.config, rng)
     eps = torch.randn(reference.shape, generator=rng)
     noisy = reference + sigma[idx_m, None] * (eps - pf.molecule_mean(eps, idx_m, 2))
     c_skip, c_out = pf.edm_coefficients(sigma[idx_m, None], 1.2)
-    target = (reference - c_skip * noisy) / c_out
-    per_molecule = torch.stack([target[idx_m == m].square().sum() for m in range(2)])
+    residual = 0.3 * noisy + 0.1 - (reference - c_skip * noisy) / c_out
+    per_molecule = torch.stack([residual[idx_m == m].square().sum() for m in range(2)])
     torch.testing.assert_close(loss, per_molecule.mean())
     torch.testing.assert_close(seen[0], sigma)
 

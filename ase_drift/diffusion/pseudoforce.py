@@ -193,12 +193,12 @@ def loss_weights(sigma: Tensor) -> Tensor:
 def hungarian_alignment(reference: np.ndarray, noisy: np.ndarray,
                         numbers: np.ndarray) -> np.ndarray:
     """The permutation ``p`` ``[A]`` (within each element) minimising Σ_i ‖noisy_i −
-    reference_{p_i}‖² over centred coordinates (paper A.8): noisy atom i is matched to reference
-    atom ``p[i]``, so ``reference[p] − noisy`` is the aligned pseudo-force."""
+    reference_{p_i}‖² (paper A.8): noisy atom i is matched to reference atom ``p[i]``, so
+    ``reference[p] − noisy`` is the aligned pseudo-force. The paper centres both structures
+    first; that changes nothing here, since a translation t adds Σ_i 2 t·(noisy_i −
+    reference_{p_i}) to the cost, the same for every permutation within an element."""
     from scipy.optimize import linear_sum_assignment
 
-    reference = reference - reference.mean(0)
-    noisy = noisy - noisy.mean(0)
     perm = np.arange(len(numbers))
     for z in np.unique(numbers):
         atoms = np.flatnonzero(numbers == z)
@@ -219,7 +219,7 @@ def pseudo_force_targets(reference: Tensor, noisy: Tensor, numbers: Tensor, idx_
         return reference - noisy
     ref, noi, z, m = (t.detach().cpu().numpy() for t in (reference, noisy, numbers, idx_m))
     index = np.arange(len(z))
-    bounds = np.flatnonzero(np.diff(m, prepend=-1, append=m[-1] + 1))
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(m))])  # molecule m: bounds[m:m + 2]
     for start, stop in itertools.pairwise(bounds):
         index[start:stop] = start + hungarian_alignment(ref[start:stop], noi[start:stop],
                                                         z[start:stop])

@@ -738,7 +738,7 @@ def stochastic_heun_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.G
     churn = min(s_churn / n_steps, math.sqrt(2) - 1)
 
     def step(x: Tensor, sigma: Tensor, i: int, rows: Tensor):
-        gamma = torch.where((sigma >= s_tmin) & (sigma <= s_tmax), churn, 0.0).to(x.dtype)
+        gamma = churn * ((sigma >= s_tmin) & (sigma <= s_tmax)).to(x.dtype)  # [b], in x's precision
         raised = sigma * (1 + gamma)  # [b] σ̂⁺
         added = _rows_view((raised**2 - sigma**2).sqrt() * s_noise, x)
         x_hat = x + added * evaluate.noise(x, rows, rng)
