@@ -142,21 +142,22 @@ def test_a_further_training_stage_continues_the_record_of_the_model_it_starts_fr
     from ase_drift.datasets.make_gpff_qm9 import continued_record
     from ase_drift.diffusion.pseudoforce import PseudoForceConfig, TrainingConfig
 
-    earlier = {"steps": 100, "wall_time_s": 60.0, "training": {"seed": 0},
+    earlier = {"steps": 100, "wall_time_s": 60.04, "training": {"seed": 0},
                "history": {"step": [50, 100], "loss": [3.0, 2.0], "validation_step": [100],
                            "validation_loss": [2.5]}}
-    new = {"steps": 40, "wall_time_s": 30.0,
+    new = {"steps": 40, "wall_time_s": 30.03,
            "history": {"step": [20, 40], "loss": [1.9, 1.8], "validation_step": [40],
                        "validation_loss": [2.1]}}
     low_noise = PseudoForceConfig(p_mean=-1.2)
     record = continued_record(earlier, new, "dir/model.pt", TrainingConfig(seed=1), low_noise,
                               "subset 1")
-    assert record["steps"] == 140 and record["wall_time_s"] == 90.0
+    assert record["steps"] == 140 and record["wall_time_s"] == 90.1  # rounded to 0.1 s
     assert record["history"] == {"step": [50, 100, 120, 140], "loss": [3.0, 2.0, 1.9, 1.8],
                                  "validation_step": [100, 140], "validation_loss": [2.5, 2.1]}
     first, second = record["stages"]
-    assert (first["from_step"], first["steps"], second["from_step"], second["steps"]) == (
-        0, 100, 100, 40)
+    assert first == {"from_step": 0, "steps": 100, "wall_time_s": 60.04,
+                     "training": {"seed": 0}}
+    assert (second["from_step"], second["steps"], second["wall_time_s"]) == (100, 40, 30.03)
     assert second["initial"] == "model.pt" and second["training"]["seed"] == 1
     assert second["subset"] == "subset 1"
     assert second["noise"] == {"p_mean": -1.2, "p_std": 1.5, "sigma_min": 0.01, "sigma_max": 30.0}

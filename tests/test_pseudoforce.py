@@ -21,6 +21,7 @@ from ase_drift.checkpoint import CheckpointError, save_checkpoint
 from ase_drift.cli import main
 from ase_drift.datasets.qm9 import QM9
 from ase_drift.diffusion import pseudoforce as pf
+from ase_drift.diffusion import samplers
 
 TINY = pf.PseudoForceConfig(n_features=16, n_interactions=2, n_rbf=12)
 ELEMENTS = [1, 6, 7, 8, 9]
@@ -336,6 +337,180 @@ def test_bad_sampler_and_shape_without_prior_are_clear_errors():
         model.generate("CH4", 1, shape="rod")
     with pytest.raises(ValueError, match="need sampler 'dd' or 'sdd'"):
         model.generate("CH4", 1, sampler="heun", shape="rod")
+
+
+def prior_draw(seed: int, count: int, n_atoms: int) -> tuple[torch.Tensor, torch.Generator]:
+    """generate's standard-normal draw ``[count, A, 3]`` and its generator, for replays."""
+    rng = torch.Generator().manual_seed(seed)
+    return torch.randn((count, n_atoms, 3), generator=rng), rng
+
+
+GENERATE_CASES = [
+    ("dd", False, {}, lambda d, x, rng: samplers.dd_sample(d, x, 5)),
+    ("dd", True, {"tolerance": 0.3},
+     lambda d, x, rng: samplers.dd_sample(d, x, 5, tolerance=0.3)),
+    ("sdd", False, {"noise_scale": 0.3},
+     lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, noise_scale=0.3)),
+    ("ancestral", True, {"sigma_min": 0.05, "rho": 5.0},
+     lambda d, x, rng: samplers.ancestral_sample(d, x, 5, rng, sigma_min=0.05, sigma_max=4.0,
+                                                 rho=5.0, adaptive=True)),
+    ("heun", False, {}, lambda d, x, rng: samplers.heun_sample(
+        d, x, 5, sigma_min=TINY.sigma_min, sigma_max=4.0)),
+    ("stochastic-heun", False, {"s_churn": 7.0},
+     lambda d, x, rng: samplers.stochastic_heun_sample(
+         d, x, 5, rng, sigma_min=TINY.sigma_min, sigma_max=4.0, s_churn=7.0)),
+]
+
+
+@pytest.mark.parametrize(("sampler", "adaptive", "options", "direct"), GENERATE_CASES)
+def test_generate_is_the_centred_isotropic_prior_then_the_named_sampler(sampler, adaptive,
+                                                                        options, direct):
+    """x = σ_max·z centred per molecule (z ~ N(0, I) from the seed), then the sampler with the
+    options given (the EDM samplers' σ_max is the prior's), one generator throughout."""
+    model, numbers = tiny_model(), pf.formula_numbers("CH2O")
+    run = pf.generate_positions(model, numbers, 3, sampler, 5, adaptive, None, seed=4,
+                                sigma_max=4.0, **options)
+    z, rng = prior_draw(4, 3, 4)
+    x = 4.0 * z
+    x = x - x.mean(1, keepdim=True)
+    expected = direct(model.denoiser(torch.as_tensor(numbers).expand(3, -1)), x, rng)
+    assert torch.equal(run.x, expected.x) and torch.equal(run.nfe, expected.nfe)
+
+
+def test_generate_uses_the_configured_noise_range_and_a_separate_prior_width():
+    model, numbers = tiny_model(), pf.formula_numbers("CH2O")
+    run = pf.generate_positions(model, numbers, 2, "heun", 3, False, None, seed=1,
+                                prior_sigma=2.0)
+    z, _ = prior_draw(1, 2, 4)
+    x = 2.0 * z
+    x = x - x.mean(1, keepdim=True)
+    expected = samplers.heun_sample(model.denoiser(torch.as_tensor(numbers).expand(2, -1)), x,
+                                    3, sigma_min=TINY.sigma_min, sigma_max=2.0, rho=7.0)
+    assert torch.equal(run.x, expected.x)
+    dd = pf.generate_positions(model, numbers, 2, "dd", 3, False, None, seed=1)
+    x = TINY.sigma_max * z
+    x = x - x.mean(1, keepdim=True)
+    assert torch.equal(dd.x, samplers.dd_sample(
+        model.denoiser(torch.as_tensor(numbers).expand(2, -1)), x, 3).x)
+    with pytest.raises(TypeError, match="^unknown generate option\\(s\\): colour, size"):
+        pf.generate_positions(model, numbers, 2, "dd", 3, False, None, seed=1, colour=1, size=2)
+
+
+@pytest.mark.parametrize("prior_sigma", [None, 0.5])
+def test_scaffold_prior_adds_noise_to_the_free_atoms_only(prior_sigma):
+    """DD+scaffold: x = template + σ z on the free atoms (σ = prior_sigma, default 1 Å), no
+    centring, and the fixed atoms are handed to the sampler."""
+    template = molecule("CH3CH2OH")
+    fixed = np.zeros(len(template), dtype=bool)
+    fixed[:3] = True
+    model = tiny_model()
+    options = {} if prior_sigma is None else {"prior_sigma": prior_sigma}
+    run = pf.generate_positions(model, template.numbers, 2, "dd", 2, False, None, seed=3,
+                                template=template, fixed=fixed, **options)
+    z, _ = prior_draw(3, 2, len(template))
+    start = torch.as_tensor(template.positions, dtype=torch.float32)
+    x = start + (prior_sigma or 1.0) * z * torch.as_tensor(~fixed)[:, None]
+    expected = samplers.dd_sample(model.denoiser(torch.as_tensor(template.numbers).expand(2, -1)),
+                                  x, 2, fixed=fixed)
+    assert torch.equal(run.x, expected.x)
+
+
+def small_shape_prior(n_atoms: int) -> dict:
+    rng = np.random.default_rng(0)
+    molecules = [rng.normal(size=(n_atoms, 3)) * [1.5, 1.0, 0.6] for _ in range(40)]
+    sizes = np.full(40, n_atoms)
+
+    class Set:
+        n_atoms = sizes
+
+        def __getitem__(self, m):
+            return None, molecules[m]
+
+    return pf.fit_shape_prior(Set(), components=2, seed=0)
+
+
+@pytest.mark.parametrize("sampler", ["dd", "sdd"])
+def test_shape_prior_draws_shaped_noise_and_constrains_with_decaying_strictness(sampler):
+    """DD+shape (Eq. 16): x = z·√τ per principal axis (τ from :func:`shape_variances` with the
+    seed), centred, and before step k the constraint at strictness s(1 − k/K)."""
+    model = tiny_model()
+    model.shape_prior = small_shape_prior(4)
+    numbers = pf.formula_numbers("CH2O")
+    run = pf.generate_positions(model, numbers, 3, sampler, 4, False, "disc", seed=6,
+                                strictness=0.8)
+    target = torch.as_tensor(pf.shape_variances(model, 4, 3, "disc", np.random.default_rng(6)),
+                             dtype=torch.float32)
+    z, rng = prior_draw(6, 3, 4)
+    x = z * target.sqrt()[:, None, :]
+    x = x - x.mean(1, keepdim=True)
+    denoiser = model.denoiser(torch.as_tensor(numbers).expand(3, -1))
+    seen = []
+
+    def constrain(y, step):
+        seen.append(step)
+        return samplers.shape_constraint(y, target[:len(y)], 0.8 * (1 - step / 4))
+
+    expected = (samplers.dd_sample(denoiser, x, 4, constrain=constrain) if sampler == "dd"
+                else samplers.sdd_sample(denoiser, x, 4, rng, constrain=constrain))
+    assert torch.equal(run.x, expected.x) and seen == [0, 1, 2, 3]
+
+
+def test_shape_archetypes_split_the_drawn_total_variance():
+    """Rod, disc and sphere keep each draw's total variance and split it as their relative
+    variances, the disc's third axis raised to 2 % (then normalised); "gmm" keeps the drawn
+    principal variances, largest first."""
+    model = tiny_model()
+    model.shape_prior = small_shape_prior(5)
+    drawn = np.diagonal(pf.sample_shape_covariances(model.shape_prior, 5, 50,
+                                                    np.random.default_rng(3)), axis1=1, axis2=2)
+    gmm = pf.shape_variances(model, 5, 50, "gmm", np.random.default_rng(3))
+    np.testing.assert_allclose(gmm, -np.sort(-drawn, axis=1))
+    for shape, relative in (("rod", [0.8, 0.1, 0.1]), ("sphere", [1 / 3] * 3),
+                            ("disc", np.array([0.5, 0.5, 0.02]) / 1.02)):
+        variances = pf.shape_variances(model, 5, 50, shape, np.random.default_rng(3))
+        np.testing.assert_allclose(variances, drawn.sum(1, keepdims=True) * relative)
+
+
+def test_principal_covariance_is_the_sorted_diagonal_of_the_centred_covariance():
+    """A rectangle of half-sides 2 and 1 Å, rotated and moved away from the origin: principal
+    variances 2², 1² and (planar) the floor 10⁻⁶ Å², largest first."""
+    corners = np.array([[2.0, 1, 0], [-2, 1, 0], [2, -1, 0], [-2, -1, 0]])
+    rotated = corners @ random_rotation(3).T + [4.0, -7.0, 1.5]
+    np.testing.assert_allclose(pf.principal_covariance(rotated), np.diag([4.0, 1.0, 1e-6]),
+                               atol=1e-12)
+
+
+def test_shape_prior_fits_each_atom_count_on_its_own():
+    """An atom count seen once is a point mass widened by reg_covar·I; one seen often gets the
+    requested number of components (fewer when it has fewer molecules); the fit is seeded."""
+    rng = np.random.default_rng(1)
+    molecules = ([rng.normal(size=(3, 3))] + [rng.normal(size=(4, 3)) for _ in range(3)]
+                 + [rng.normal(size=(5, 3)) * [2, 1, 0.5] for _ in range(30)])
+
+    class Set:
+        n_atoms = np.array([len(m) for m in molecules])
+
+        def __getitem__(self, m):
+            return None, molecules[m]
+
+    prior = pf.fit_shape_prior(Set(), components=4, seed=2, reg_covar=1e-3)
+    assert prior["3"] == {"weights": [1.0],
+                          "means": [pf.cholesky_log_vector(pf.principal_covariance(
+                              molecules[0])).tolist()],
+                          "covariances": [(1e-3 * np.eye(6)).tolist()]}
+    assert len(prior["4"]["weights"]) == 3 and len(prior["5"]["weights"]) == 4
+    assert min(np.linalg.eigvalsh(np.asarray(prior["5"]["covariances"])).ravel()) >= 1e-3
+    assert pf.fit_shape_prior(Set(), components=4, seed=2, reg_covar=1e-3) == prior
+
+
+def test_formula_errors_name_what_is_wrong():
+    with pytest.raises(ValueError, match="^need a chemical formula such as 'C4H10O', got 5"):
+        pf.formula_numbers(5)
+    with pytest.raises(ValueError, match="^cannot parse the formula 'C2\\('"):
+        pf.formula_numbers("C2(")
+    with pytest.raises(ValueError, match="^the formula 'CQqZz' has unknown element\\(s\\) Qq, Zz"):
+        pf.formula_numbers("CQqZz")
+    assert pf.formula_numbers(" CH4 ").tolist() == [6, 1, 1, 1, 1]
 
 
 # ---- shape prior (paper A.5, A.6)
