@@ -119,6 +119,19 @@ def test_targets_align_every_molecule_of_a_batch():
     torch.testing.assert_close(target, reference[swap] - noisy)
 
 
+def test_targets_never_match_atoms_of_another_molecule():
+    """Two waters on the same centre, hydrogens on x and on y; each noisy hydrogen sits nearer
+    the other molecule's hydrogens than its own, yet is matched within its molecule."""
+    numbers = torch.tensor([8, 1, 1, 8, 1, 1])
+    idx_m = torch.tensor([0, 0, 0, 1, 1, 1])
+    reference = torch.tensor([[0.0, 0, 0], [1, 0, 0], [-1, 0, 0],
+                              [0, 0, 0], [0, 1, 0], [0, -1, 0]])
+    noisy = torch.tensor([[0.0, 0, 0], [0.3, 0.9, 0], [-0.3, -0.9, 0],
+                          [0, 0, 0], [0.9, 0.3, 0], [-0.9, -0.3, 0]])
+    target = pf.pseudo_force_targets(reference, noisy, numbers, idx_m)
+    torch.testing.assert_close(target, reference - noisy)
+
+
 def test_gpff_loss_is_weighted_squared_error_of_the_aligned_pseudo_forces():
     """Eq. 9: w(σ)·‖F_θ(x̃) − (x₀ − x̃)‖² (aligned), w = min(1/σ, 1000), averaged over
     molecules, here for the predictor F_θ(x̃) = 0.3 x̃ + 0.1."""
@@ -172,7 +185,7 @@ def test_baseline_loss_is_the_unaligned_preconditioned_error():
         config = pf.PseudoForceConfig(time_conditioned=True, sigma_data=1.2)
 
         def forward(self, numbers, positions, idx_m, n_molecules, sigma=None):
-            seen.append(sigma)
+            seen.append((numbers, idx_m, n_molecules, sigma))
             return 0.3 * positions + 0.1
 
     loss = pf.training_loss(Affine(), numbers, reference, idx_m, 2,
@@ -185,7 +198,9 @@ def test_baseline_loss_is_the_unaligned_preconditioned_error():
     residual = 0.3 * noisy + 0.1 - (reference - c_skip * noisy) / c_out
     per_molecule = torch.stack([residual[idx_m == m].square().sum() for m in range(2)])
     torch.testing.assert_close(loss, per_molecule.mean())
-    torch.testing.assert_close(seen[0], sigma)
+    assert torch.equal(seen[0][0], numbers) and torch.equal(seen[0][1], idx_m)
+    assert seen[0][2] == 2
+    torch.testing.assert_close(seen[0][3], sigma)
 
 
 def test_training_noise_levels_follow_the_clipped_log_normal():
@@ -733,6 +748,10 @@ def test_interrupted_training_resumes_exactly_from_its_checkpoint(tmp_path, monk
     assert payload["config"]["training"] == training.as_dict()
     group = payload["state_dict"]["optimizer"]["param_groups"][0]  # the last step's rate
     assert group["lr"] == pytest.approx(pf.cosine_learning_rate(1e-2, 3 / 4))
+    model_file = str(pf.PseudoForceField(resumed, None, {}).save(tmp_path / "model.pt"))
+    with pytest.raises(CheckpointError, match="gpff-trainer"):  # not a trainer checkpoint
+        pf.train_pseudo_force_field(molecules, TINY, training, progress=False,
+                                    checkpoint=model_file)
 
 
 def test_loss_history_holds_the_mean_of_each_50_steps(monkeypatch):
@@ -766,7 +785,7 @@ def test_a_time_budget_ends_training_and_gradients_are_clipped(monkeypatch):
 
 
 def test_training_without_a_budget_or_with_a_nan_loss_is_a_clear_error(monkeypatch):
-    with pytest.raises(ValueError, match="give steps or minutes"):
+    with pytest.raises(ValueError, match="^give steps or minutes"):
         pf.train_pseudo_force_field(ethanol_set(), TINY,
                                     pf.TrainingConfig(steps=None, minutes=None), progress=False)
     monkeypatch.setattr(pf, "training_loss",
