@@ -346,11 +346,16 @@ def test_bad_formula_is_a_clear_error(formula):
 
 def test_bad_sampler_and_shape_without_prior_are_clear_errors():
     model = tiny_model()
-    with pytest.raises(ValueError, match="unknown sampler"):
+    with pytest.raises(ValueError, match="^unknown sampler 'euler'; choose one of dd, sdd, "
+                                         "ancestral, heun, stochastic-heun$"):
         model.generate("CH4", 1, sampler="euler")
+    with pytest.raises(ValueError, match="^unknown shape 'cube'; choose None or one of gmm, "
+                                         "sphere, disc, rod$"):
+        model.generate("CH4", 1, shape="cube")
     with pytest.raises(ValueError, match="shape prior"):
         model.generate("CH4", 1, shape="rod")
-    with pytest.raises(ValueError, match="need sampler 'dd' or 'sdd'"):
+    with pytest.raises(ValueError, match="^shape constraints \\(DD\\+shape\\) need sampler "
+                                         "'dd' or 'sdd'"):
         model.generate("CH4", 1, sampler="heun", shape="rod")
 
 
@@ -361,9 +366,10 @@ def prior_draw(seed: int, count: int, n_atoms: int) -> tuple[torch.Tensor, torch
 
 
 GENERATE_CASES = [
-    ("dd", False, {}, lambda d, x, rng: samplers.dd_sample(d, x, 5)),
+    ("dd", False, {"tolerance": 1e3}, lambda d, x, rng: samplers.dd_sample(d, x, 5)),
     ("dd", True, {"tolerance": 0.3},
      lambda d, x, rng: samplers.dd_sample(d, x, 5, tolerance=0.3)),
+    ("dd", True, {}, lambda d, x, rng: samplers.dd_sample(d, x, 5, tolerance=0.005)),
     ("sdd", False, {"noise_scale": 0.3},
      lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, noise_scale=0.3)),
     ("ancestral", True, {"sigma_min": 0.05, "rho": 5.0},
@@ -371,9 +377,9 @@ GENERATE_CASES = [
                                                  rho=5.0, adaptive=True)),
     ("heun", False, {}, lambda d, x, rng: samplers.heun_sample(
         d, x, 5, sigma_min=TINY.sigma_min, sigma_max=4.0)),
-    ("stochastic-heun", False, {"s_churn": 7.0},
+    ("stochastic-heun", False, {"s_churn": 0.6},
      lambda d, x, rng: samplers.stochastic_heun_sample(
-         d, x, 5, rng, sigma_min=TINY.sigma_min, sigma_max=4.0, s_churn=7.0)),
+         d, x, 5, rng, sigma_min=TINY.sigma_min, sigma_max=4.0, s_churn=0.6)),
 ]
 
 
@@ -411,8 +417,8 @@ def test_generate_uses_the_configured_noise_range_and_a_separate_prior_width():
         pf.generate_positions(model, numbers, 2, "dd", 3, False, None, seed=1, colour=1, size=2)
 
 
-@pytest.mark.parametrize("prior_sigma", [None, 0.5])
-def test_scaffold_prior_adds_noise_to_the_free_atoms_only(prior_sigma):
+@pytest.mark.parametrize(("sampler", "prior_sigma"), [("dd", None), ("dd", 0.5), ("sdd", 0.5)])
+def test_scaffold_prior_adds_noise_to_the_free_atoms_only(sampler, prior_sigma):
     """DD+scaffold: x = template + σ z on the free atoms (σ = prior_sigma, default 1 Å), no
     centring, and the fixed atoms are handed to the sampler."""
     template = molecule("CH3CH2OH")
@@ -420,13 +426,14 @@ def test_scaffold_prior_adds_noise_to_the_free_atoms_only(prior_sigma):
     fixed[:3] = True
     model = tiny_model()
     options = {} if prior_sigma is None else {"prior_sigma": prior_sigma}
-    run = pf.generate_positions(model, template.numbers, 2, "dd", 2, False, None, seed=3,
+    run = pf.generate_positions(model, template.numbers, 2, sampler, 2, False, None, seed=3,
                                 template=template, fixed=fixed, **options)
-    z, _ = prior_draw(3, 2, len(template))
+    z, rng = prior_draw(3, 2, len(template))
     start = torch.as_tensor(template.positions, dtype=torch.float32)
     x = start + (prior_sigma or 1.0) * z * torch.as_tensor(~fixed)[:, None]
-    expected = samplers.dd_sample(model.denoiser(torch.as_tensor(template.numbers).expand(2, -1)),
-                                  x, 2, fixed=fixed)
+    denoiser = model.denoiser(torch.as_tensor(template.numbers).expand(2, -1))
+    expected = (samplers.dd_sample(denoiser, x, 2, fixed=fixed) if sampler == "dd"
+                else samplers.sdd_sample(denoiser, x, 2, rng, fixed=fixed))
     assert torch.equal(run.x, expected.x)
 
 
@@ -500,7 +507,8 @@ def test_shape_prior_fits_each_atom_count_on_its_own():
     requested number of components (fewer when it has fewer molecules); the fit is seeded."""
     rng = np.random.default_rng(1)
     molecules = ([rng.normal(size=(3, 3))] + [rng.normal(size=(4, 3)) for _ in range(3)]
-                 + [rng.normal(size=(5, 3)) * [2, 1, 0.5] for _ in range(30)])
+                 + [rng.normal(size=(5, 3)) * [2, 1, 0.5] for _ in range(30)]
+                 + [rng.normal(size=(6, 3)) for _ in range(2)])
 
     class Set:
         n_atoms = np.array([len(m) for m in molecules])
@@ -514,6 +522,8 @@ def test_shape_prior_fits_each_atom_count_on_its_own():
                               molecules[0])).tolist()],
                           "covariances": [(1e-3 * np.eye(6)).tolist()]}
     assert len(prior["4"]["weights"]) == 3 and len(prior["5"]["weights"]) == 4
+    assert len(prior["6"]["weights"]) == 2  # two molecules: a mixture, not a point mass
+    assert len(pf.fit_shape_prior(Set())["5"]["weights"]) == 5  # the paper's 5 components
     assert min(np.linalg.eigvalsh(np.asarray(prior["5"]["covariances"])).ravel()) >= 1e-3
     assert pf.fit_shape_prior(Set(), components=4, seed=2, reg_covar=1e-3) == prior
 
@@ -675,6 +685,15 @@ def test_learning_rate_decays_by_a_half_cosine_to_five_percent():
     assert pf.cosine_learning_rate(1.0, 0.25) == pytest.approx(0.05 + 0.95 * (2 + 2**0.5) / 4)
 
 
+def test_budget_fraction_is_the_further_of_steps_and_time():
+    both = pf.TrainingConfig(steps=100, minutes=2.0)
+    assert pf.budget_fraction(both, 50, 30.0) == pytest.approx(0.5)  # steps ahead
+    assert pf.budget_fraction(both, 10, 90.0) == pytest.approx(0.75)  # time ahead
+    assert pf.budget_fraction(pf.TrainingConfig(steps=None, minutes=2.0), 10**6, 60.0) == (
+        pytest.approx(0.5))
+    assert pf.budget_fraction(pf.TrainingConfig(steps=8, minutes=None), 2, 10**6) == 0.25
+
+
 def test_ema_decay_warms_up_to_its_configured_value():
     assert pf.ema_decay_at(0, 0.999) == pytest.approx(0.1)
     assert pf.ema_decay_at(10, 0.999) == pytest.approx(11 / 20)
@@ -731,13 +750,18 @@ def test_interrupted_training_resumes_exactly_from_its_checkpoint(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         pf.train_pseudo_force_field(molecules, TINY, training, progress=False,
                                     validation=molecules, checkpoint=path)
-    assert trainer_checkpoint(path)["metadata"]["step"] == 3
+    stopped = trainer_checkpoint(path)
+    assert stopped["metadata"]["step"] == 3
+    save_checkpoint(path, stopped["config"], stopped["state_dict"],
+                    {**stopped["metadata"], "elapsed_s": 1000.0})  # as if it had run 1000 s
     monkeypatch.setattr(pf, "training_loss", real_loss)
     resumed, record = pf.train_pseudo_force_field(molecules, TINY, training, progress=False,
                                                   validation=molecules, checkpoint=path)
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
     assert record["steps"] == 4 == straight_record["steps"]
+    assert 1000.0 <= record["wall_time_s"] < 1100  # the time counts on from the checkpoint's
+    assert record["wall_time_s"] == round(record["wall_time_s"], 1)
     assert record["history"]["validation_step"] == [1, 2, 3, 4]
     assert record["history"] == straight_record["history"]
     assert record["history"]["validation_loss"][-1] == pytest.approx(
@@ -752,6 +776,15 @@ def test_interrupted_training_resumes_exactly_from_its_checkpoint(tmp_path, monk
     with pytest.raises(CheckpointError, match="gpff-trainer"):  # not a trainer checkpoint
         pf.train_pseudo_force_field(molecules, TINY, training, progress=False,
                                     checkpoint=model_file)
+
+
+def test_checkpoints_wait_for_their_period_and_the_last_step(tmp_path):
+    molecules = ethanol_set()
+    training = pf.TrainingConfig(steps=3, minutes=None, batch_size=2, checkpoint_minutes=60.0)
+    _, record = pf.train_pseudo_force_field(molecules, TINY, training, progress=False,
+                                            validation=molecules,
+                                            checkpoint=str(tmp_path / "run.ckpt"))
+    assert record["history"]["validation_step"] == [3]
 
 
 def test_loss_history_holds_the_mean_of_each_50_steps(monkeypatch):

@@ -299,10 +299,17 @@ def validation_loss(net: PseudoForceNet, molecules, seed: int = 0, batch_size: i
     return total / len(molecules)
 
 
-def cosine_learning_rate(base: float, budget_fraction: float) -> float:
-    """The learning rate after ``budget_fraction`` ∈ [0, 1] of the budget: a half cosine from
+def cosine_learning_rate(base: float, fraction: float) -> float:
+    """The learning rate after ``fraction`` ∈ [0, 1] of the budget: a half cosine from
     ``base`` down to 5 % of it (:class:`TrainingConfig`)."""
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * budget_fraction)))
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * fraction)))
+
+
+def budget_fraction(training: TrainingConfig, step: int, elapsed_s: float) -> float:
+    """The fraction of :class:`TrainingConfig`'s budget used after ``step`` steps and
+    ``elapsed_s`` seconds: of the steps or of the minutes, whichever is further along."""
+    return max(step / training.steps if training.steps else 0.0,
+               elapsed_s / (60 * training.minutes) if training.minutes else 0.0)
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -367,11 +374,6 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
         step, elapsed = payload["metadata"]["step"], payload["metadata"]["elapsed_s"]
         history = payload["metadata"]["history"]
 
-    def budget_used() -> float:
-        used = [step / training.steps if training.steps else 0.0,
-                elapsed / (60 * training.minutes) if training.minutes else 0.0]
-        return max(used)
-
     def save():
         if checkpoint is not None:
             if validation is not None:
@@ -384,13 +386,14 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
     bar = tqdm(total=training.steps, initial=step, disable=not progress, mininterval=2.0,
                desc="GPFF" if not config.time_conditioned else "EDM baseline")
     running, last_save, start = [], time.monotonic(), time.monotonic() - elapsed
-    while budget_used() < 1.0:
+    while budget_fraction(training, step, elapsed) < 1.0:
         rng = torch.Generator().manual_seed(training.seed * 1_000_003 + step)
         chosen = np.random.default_rng([training.seed, step]).integers(
             len(molecules), size=training.batch_size)
         numbers, positions, idx_m = molecule_batch(molecules, chosen)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(training.learning_rate, budget_used())
+            group["lr"] = cosine_learning_rate(training.learning_rate,
+                                               budget_fraction(training, step, elapsed))
         loss = training_loss(net, numbers, positions, idx_m, len(chosen), rng)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
