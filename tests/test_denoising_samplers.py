@@ -200,28 +200,39 @@ def test_dd_reaches_a_point_mass_in_one_step():
     assert run.nfe.tolist() == [2] * 5 and (run.sigma_hat == 0).all()
     first = noise_level(x, x0.expand_as(x))
     assert torch.allclose(first, (x - x0).flatten(1).norm(dim=1) / math.sqrt(21))
+    assert torch.allclose(noise_level(x[:1], x0[None]), first[:1])  # a batch of one sample
     spent = dd_sample(point_mass(x0), x, 10)  # no tolerance: the whole budget
     assert spent.nfe.tolist() == [10] * 5
 
 
 def test_dd_tolerance_masks_converged_samples():
-    """A contraction D(x) = x₀ + (x − x₀)/2 halves σ̂ per step: each sample stops at its own
-    step, and the denoiser only sees the rows still running."""
-    x0 = torch.zeros(4, 3, dtype=torch.float64)
-    x = torch.stack([torch.full((4, 3), 2.0**k, dtype=torch.float64) for k in (0, 3, 6)])
+    """A contraction D(x) = x/2 halves σ̂ per step: each sample stops at its own step, the
+    denoiser only sees the rows still running, and the callback reports step ``i``, the rows
+    evaluated (``active``) and the running ``nfe``. All values are powers of two, so σ̂ hits
+    the tolerance 2⁻⁷ exactly: σ̂ = tolerance is not converged (a sample stops after the first
+    evaluation with σ̂ < tolerance)."""
+    x = torch.stack([torch.full((4, 3), 2.0**e, dtype=torch.float64) for e in (0, 3, 6)])
     count = Counting(lambda y, sigma: 0.5 * y)
-    run = dd_sample(count, x - x0, 20, tolerance=1e-2)
-    # σ̂ of evaluation k = 0, 1, … is 2^(e−k−1): stop after the first with σ̂ < 10⁻², k = e + 6
-    assert run.nfe.tolist() == [7, 10, 13]
-    assert count.sizes == [3] * 7 + [2] * 3 + [1] * 3
+    seen = []
+    run = dd_sample(count, x, 20, tolerance=2.0**-7, callback=lambda info: seen.append(
+        (info["i"], info["active"].clone(), info["nfe"].clone())))
+    # σ̂ of evaluation k = 0, 1, … is 2^(e−k−1): the last one is k = e + 7 (σ̂ = 2⁻⁸)
+    assert run.nfe.tolist() == [8, 11, 14]
+    assert count.sizes == [3] * 8 + [2] * 3 + [1] * 3
     assert count.rows == int(run.nfe.sum())
-    assert (run.sigma_hat < 1e-2).all()
+    assert run.sigma_hat.tolist() == [2.0**-8] * 3
+    assert [i for i, _, _ in seen] == list(range(14))
+    for step, (_, active, nfe) in enumerate(seen):
+        assert torch.equal(active, run.nfe > step)
+        assert torch.equal(nfe, run.nfe.clamp(max=step + 1))
 
 
-def test_sdd_noise_decays_linearly_to_zero():
+@pytest.mark.parametrize("steps", [2, 5])
+def test_sdd_noise_decays_linearly_to_zero(steps):
     """SDD on a point mass: after step k the sample is x₀ + η_k z with η_k = η(K−1−k)/(K−1);
-    the last step is noise-free."""
-    atoms, batch, steps, eta = 30, 200, 5, 0.3
+    the last step is noise-free (K = 2: one noisy step, η_0 = η; χ² tests, false-failure rate
+    10⁻⁴ each)."""
+    atoms, batch, eta = 30, 200, 0.3
     x0, x, rng = _molecules(batch, atoms, 2.0, seed=4)
     spreads = []
     run = sdd_sample(point_mass(x0), x, steps, rng, noise_scale=eta,
@@ -233,6 +244,39 @@ def test_sdd_noise_decays_linearly_to_zero():
         assert low < spread / expected < high
     assert spreads[-1] == 0 and torch.equal(run.x, x0.expand_as(x))
     assert run.nfe.tolist() == [steps] * batch
+
+
+def test_sdd_without_noise_is_dd_and_dd_draws_nothing():
+    """η = 0 is allowed and is DD (Eq. 15 with every η_k = 0). DD is deterministic: it draws no
+    random numbers, so the global generator's state is untouched."""
+    x0, x, _ = _molecules(3, 4, 1.0, seed=18)
+    state = torch.get_rng_state()
+    dd = dd_sample(gaussian_denoiser(x0, 0.3), x, 4)
+    assert torch.equal(torch.get_rng_state(), state)
+    sdd = sdd_sample(gaussian_denoiser(x0, 0.3), x, 4, torch.Generator().manual_seed(0),
+                     noise_scale=0.0)
+    assert torch.equal(sdd.x, dd.x)
+
+
+def test_noise_and_denoiser_output_are_in_x_precision():
+    """(i) SDD with η = 1 on the point mass 0 makes the first step return the injected noise
+    itself (x₁ = x̂₀ + η₀ z = z, η₀ = η): it is N(0, 1) drawn in float64, not float32 numbers
+    (χ² test, false-failure rate 10⁻⁴). (ii) A float32 model's output is cast to x's dtype
+    before use: the run equals that of a float64 model returning the same values."""
+    first = []
+    sdd_sample(point_mass(torch.zeros(5, 3, dtype=torch.float64)),
+               torch.ones(400, 5, 3, dtype=torch.float64), 3, torch.Generator().manual_seed(0),
+               noise_scale=1.0, callback=lambda info: first.append(info["x"].clone()))
+    z = first[0]
+    assert z.dtype == torch.float64 and not torch.equal(z.float().double(), z)
+    low, high = _chi2_bounds(z.numel())
+    assert low < z.square().mean().item() < high
+    x0, x, _ = _molecules(4, 5, 1.0, seed=19)
+    model32 = lambda y, sigma: gaussian_denoiser(x0, 0.3)(y, sigma).float()
+    model64 = lambda y, sigma: model32(y, sigma).double()
+    runs = [sdd_sample(model, x, 4, torch.Generator().manual_seed(1), noise_scale=0.2).x
+            for model in (model32, model64)]
+    assert runs[0].dtype == torch.float64 and torch.equal(runs[0], runs[1])
 
 
 def test_samplers_draw_only_from_their_generator():
@@ -261,6 +305,7 @@ def test_defaults_are_edms_rho_and_the_papers_churn():
                 for name, p in inspect.signature(stochastic_heun_sample).parameters.items()}
     assert (defaults["s_churn"], defaults["s_tmin"], defaults["s_tmax"], defaults["s_noise"],
             defaults["churn_correction"]) == (60.0, 0.01, 15.0, 1.0, 0.5)
+    assert inspect.signature(sdd_sample).parameters["noise_scale"].default == 0.1  # η, Å
 
 
 @pytest.mark.parametrize("s_churn", [1.2, 60.0])
@@ -307,6 +352,39 @@ def test_stochastic_heun_adds_the_churn_noise_scaled_by_s_noise():
     expected = SIGMA_MAX**2 * ((1 + gamma) ** 2 - 1) * s_noise**2
     low, high = _chi2_bounds(batch * 15)
     assert low < seen[0].square().mean().item() / expected < high
+
+
+def test_adaptive_stochastic_heun_first_step_by_hand():
+    """Adaptive stochastic Heun (App. A.3), step 0 in float64 by hand, S_noise = 0 so x̂ = x:
+    evaluate D at σ̂⁺ = σ_max(1 + γ) (γ = S_churn/N_target), take σ̂ = ‖D − x‖/√d, adapt the
+    schedule to σ̂_pre = σ̂/(1 + γ)^λ (λ = 0.5, the default): σ_1 = (σ̂_pre^(1/ρ) − Δ_target)^ρ,
+    then Heun from σ̂ (not σ̂⁺) to σ_1: x' = x + (σ_1 − σ̂)(d + d')/2, d = (x − D)/σ̂,
+    d' = (x_E − D(x_E, σ_1))/σ_1 at x_E = x + (σ_1 − σ̂) d. Gaussian data, s = 2."""
+    s, n, target, rho = 2.0, 8, 3, 7.0
+    x = SIGMA_MAX * torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(25),
+                                dtype=torch.float64)
+    seen = []
+    stochastic_heun_sample(gaussian_denoiser(0.0, s), x, 2 * n, torch.Generator().manual_seed(0),
+                           sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, s_churn=1.2, s_tmin=0.0,
+                           s_tmax=math.inf, s_noise=0.0, adaptive=True, target_steps=target,
+                           callback=lambda info: seen.append(info))
+    gamma = 1.2 / target
+    raised = SIGMA_MAX * (1 + gamma)
+    denoised = s**2 / (s**2 + raised**2) * x
+    sigma_hat = (denoised - x).flatten(1).norm(dim=1) / math.sqrt(12)  # [B]
+    span = SIGMA_MAX ** (1 / rho) - SIGMA_MIN ** (1 / rho)
+    before = sigma_hat / (1 + gamma) ** 0.5
+    sigma_1 = (before ** (1 / rho) - span / (target - 1)) ** rho
+    assert (sigma_1 > SIGMA_MIN).all() and (sigma_1 < edm_sigmas(n, SIGMA_MIN, SIGMA_MAX)[1]).all()
+    h, level, estimate = ((sigma_1 - sigma_hat).reshape(-1, 1, 1), sigma_1.reshape(-1, 1, 1),
+                          sigma_hat.reshape(-1, 1, 1))
+    slope = (x - denoised) / estimate
+    euler = x + h * slope
+    slope_euler = (euler - s**2 / (s**2 + level**2) * euler) / level
+    first = seen[0]
+    assert torch.allclose(first["sigma_hat"], sigma_hat, rtol=1e-12)
+    assert torch.allclose(first["sigma_next"], sigma_1, rtol=1e-10)
+    assert torch.allclose(first["x"], x + h * 0.5 * (slope + slope_euler), rtol=1e-10)
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
@@ -394,7 +472,36 @@ def test_fixed_atoms_never_move(name, per_sample):
         assert torch.allclose(first[0], expected)
 
 
-def test_constraint_is_applied_before_each_step_and_respects_fixed_atoms():
+def test_noise_level_counts_the_free_coordinates_of_flat_samples():
+    """Samples may be flat, ``[B, D]`` with ``fixed`` over the D coordinates: with one free
+    coordinate, d = 1 and σ̂ = |x̂₀ − x| there (D(x) = x + 0.5: σ̂ = 0.5)."""
+    x = torch.tensor([[3.0, 1.0, 2.0], [0.0, 1.0, 2.0]], dtype=torch.float64)
+    run = dd_sample(lambda y, sigma: y + 0.5, x, 1, fixed=torch.tensor([True, False, True]))
+    assert run.sigma_hat.tolist() == [0.5, 0.5]
+    assert run.x[:, 1].tolist() == [1.5, 1.5] and torch.equal(run.x[:, ::2], x[:, ::2])
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_a_batch_of_one(name):
+    """Samples are independent: a batch of one sample runs like any other (point mass: it
+    reaches x₀ within the documented evaluations) and, for the deterministic samplers on
+    Gaussian data, gives its row of a larger batch's run (Heun's second evaluation included)."""
+    x0, x, _ = _molecules(3, 4, 2.0, seed=20)
+    sampler = _all_samplers()[name]
+    run = sampler(point_mass(x0), x[:1], 7, torch.Generator().manual_seed(0))
+    assert torch.allclose(run.x, x0[None], atol=1e-9) and run.nfe.shape == (1,)
+    if name in EXACT_NFE:
+        assert run.nfe.tolist() == [EXACT_NFE[name](7)]
+    if name in ("dd", "dd_tol", "heun", "heun_as"):
+        single, batch = (sampler(gaussian_denoiser(x0, 0.3), y, 7, None) for y in (x[:1], x))
+        assert torch.allclose(single.x, batch.x[:1], rtol=1e-12, atol=0.0)
+        assert torch.equal(single.nfe, batch.nfe[:1])
+
+
+@pytest.mark.parametrize("stochastic", [False, True])
+def test_constraint_is_applied_before_each_step_and_respects_fixed_atoms(stochastic):
+    """DD and SDD (here η = 0, so the expected positions are exact) apply ``constrain`` before
+    every step; the fixed atom is restored."""
     _, x, _ = _molecules(3, 8, 2.0, seed=9)
     fixed = torch.zeros(8, dtype=torch.bool)
     fixed[0] = True
@@ -405,8 +512,12 @@ def test_constraint_is_applied_before_each_step_and_respects_fixed_atoms():
         return y + 1.0  # moves every atom, including the fixed one
 
     seen = []
-    run = dd_sample(lambda y, sigma: (seen.append(y.clone()), y)[1], x, 3, constrain=constrain,
-                    fixed=fixed)
+    identity = lambda y, sigma: (seen.append(y.clone()), y)[1]
+    if stochastic:
+        run = sdd_sample(identity, x, 3, torch.Generator().manual_seed(0), noise_scale=0.0,
+                         constrain=constrain, fixed=fixed)
+    else:
+        run = dd_sample(identity, x, 3, constrain=constrain, fixed=fixed)
     assert steps == [0, 1, 2]
     assert torch.equal(seen[0][:, 1:], x[:, 1:] + 1.0)  # the denoiser sees constrained input
     assert torch.equal(run.x[:, 0], x[:, 0])  # the fixed atom stayed
@@ -442,6 +553,46 @@ def test_shape_constraint_sets_the_target_principal_variances():
     assert torch.allclose(half, 0.5 * (x + shape_constraint(x, target[0], 1.0)))
 
 
+def test_shape_constraint_fixed_points_and_a_diatomic():
+    """At s = 1 a sample whose principal variances already are τ is a fixed point (√(τ/λ) = 1:
+    x' = c + Y V Vᵀ = x). A list τ is taken in x's precision (variances exact to 10⁻¹²). A
+    diatomic (A = 2, the fewest atoms allowed) has one non-zero principal variance, (d/2)² for
+    the bond vector d: s = 1 makes it τ₁, i.e. d' = 2√τ₁ d/|d|, about the same centre (the
+    zero-variance directions are left alone up to rounding)."""
+    rng = torch.Generator().manual_seed(21)
+    x = torch.randn(3, 6, 3, generator=rng, dtype=torch.float64)
+    assert torch.allclose(shape_constraint(x, _principal_variances(x), 1.0), x, atol=1e-12)
+    target = [0.1, 0.3, 0.2]
+    assert torch.allclose(_principal_variances(shape_constraint(x, target, 1.0)),
+                          torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64), rtol=1e-12)
+    pair = torch.tensor([[[0.0, 0.0, 0.0], [1.0, 2.0, 2.0]]], dtype=torch.float64)  # |d| = 3
+    stretched = shape_constraint(pair, target, 1.0)[0]
+    bond = torch.tensor([1.0, 2.0, 2.0], dtype=torch.float64)
+    expected = bond / 2 + torch.outer(torch.tensor([-1.0, 1.0], dtype=torch.float64),
+                                      math.sqrt(0.3) * bond / 3)
+    assert torch.allclose(stretched, expected, atol=1e-6)
+
+
+def test_shape_constraint_floor_is_per_sample_and_scales_with_the_sample():
+    """A direction of variance λ below ε·tr C (machine ε, C the sample's own covariance) is
+    rescaled by √(τ/(ε tr C)) instead of √(τ/λ). The floor belongs to the sample, so the map
+    acts on each sample alone, and it scales like C: shape(c x, c² τ) = c shape(x, τ) also in
+    the floored direction. Here an axis-aligned, almost flat sample (z = ±10⁻¹⁰): C is
+    diagonal, its eigenvectors are the axes."""
+    flat = torch.tensor([[1.0, 0, 0], [-1.0, 0, 0], [0, 0.5, 0], [0, -0.5, 0], [0, 0, 1e-10],
+                         [0, 0, -1e-10]], dtype=torch.float64)
+    other = torch.randn(6, 3, generator=torch.Generator().manual_seed(22), dtype=torch.float64)
+    tau = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
+    c = 2.0**10
+    out = shape_constraint(torch.stack([flat, c * flat, other]),
+                           torch.stack([tau, c**2 * tau, tau]), 1.0)
+    assert torch.allclose(out[1], c * out[0], rtol=1e-12, atol=0.0)
+    assert torch.equal(out[2], shape_constraint(other[None], tau, 1.0)[0])
+    trace = (2 * 1.0 + 2 * 0.25 + 2 * 1e-20) / 6
+    floored = flat[:, 2] * math.sqrt(1.0 / (torch.finfo(torch.float64).eps * trace))
+    assert torch.allclose(out[0, :, 2], floored, rtol=1e-10, atol=0.0)
+
+
 def test_shape_constraint_is_rotation_and_translation_equivariant():
     rng = torch.Generator().manual_seed(12)
     x = torch.randn(4, 7, 3, generator=rng, dtype=torch.float64)
@@ -457,11 +608,15 @@ def test_shape_constraint_rejects_bad_input():
     x = torch.zeros(2, 4, 3)
     with pytest.raises(ValueError, match="strictness"):
         shape_constraint(x, [1.0, 1.0, 1.0], 1.5)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="^target_variances must be positive$"):
         shape_constraint(x, [1.0, 0.0, 1.0], 0.5)
-    with pytest.raises(ValueError, match=r"\[B, A, 3\]"):
-        shape_constraint(torch.zeros(4, 3), [1.0, 1.0, 1.0], 0.5)
-    with pytest.raises(ValueError, match="target_variances"):
+    for bad, shape in ((torch.zeros(4, 3), r"\(4, 3\)"), (torch.zeros(2, 1, 3), r"\(2, 1, 3\)"),
+                       (torch.zeros(2, 4, 4), r"\(2, 4, 4\)"), ([[0.0]], r"\(\)")):
+        with pytest.raises(ValueError, match=r"^x must be \[B, A, 3\] with at least 2 atoms, "
+                           rf"got {shape}$"):
+            shape_constraint(bad, [1.0, 1.0, 1.0], 0.5)
+    with pytest.raises(ValueError, match=r"^target_variances must be \[3\] or \[B, 3\] = "
+                       r"\[2, 3\], got \(3, 3\)$"):
         shape_constraint(x, torch.ones(3, 3), 0.5)
 
 
@@ -496,6 +651,86 @@ def test_adaptive_noise_estimate_tracks_the_schedule_for_an_exact_model(kind):
     expected = per_level * target - (per_level - 1)  # the target schedule's evaluations
     assert abs(run.nfe.double().mean().item() - expected) <= per_level
     assert torch.allclose(run.x, x0.expand_as(x), atol=1e-9)
+
+
+def _adaptive_plan(factors, n_levels, target, sigma_min, sigma_max, rho):
+    """The adaptive schedule (``_Levels``' docstring) in plain float64 Python, for a model
+    whose estimate at the planned level σ_i is σ̂_i = f_i σ_i: the pairs (σ_i, σ_{i+1})."""
+    u_max, u_min = sigma_max ** (1 / rho), sigma_min ** (1 / rho)
+    delta_target = (u_max - u_min) / (target - 1)
+    delta_slow = (u_max - u_min) / (n_levels - 1)
+    upper = edm_sigmas(n_levels, sigma_min, sigma_max, rho, dtype=torch.float64).tolist()
+    sigma, steps = sigma_max, []
+    for i, factor in enumerate(factors):
+        u_hat = (factor * sigma) ** (1 / rho)
+        delta = delta_target if i == 0 else max(
+            delta_target + sigma ** (1 / rho) - u_hat, delta_slow)
+        planned = u_hat - delta
+        nxt = min(planned**rho if planned >= u_min else 0.0, upper[i + 1])
+        steps.append((sigma, nxt))
+        sigma = nxt
+        if nxt == 0:
+            break
+    return steps
+
+
+def test_adaptive_schedule_follows_its_recursion():
+    """AS (``_Levels``), in ρ-space u = σ^(1/ρ): step 0 plans û_0 − Δ_target, step i ≥ 1 plans
+    û_i − max(Δ_target + u_i − û_i, Δ_slow), a level below σ_min becomes 0 and none exceeds
+    the fixed schedule's σ^max_{i+1}; Δ_target = (u_max − u_min)/(N_target − 1) with the
+    default N_target = ⌈N/2⌉ and Δ_slow = (u_max − u_min)/(N − 1). A scripted model,
+    D = x + f_i σ_i (σ̂_i = f_i σ_i), takes every branch: a fast step, a slow one (floored at
+    Δ_slow), a slower one (floored, then capped by σ^max_2), a fast one (Δ_target + u − û),
+    and the jump to 0. The callback reports each step's ``i``, levels, ``nfe`` and ``x``."""
+    factors = [0.5, 3.0, 4.0, 0.5, 0.5]
+    n, rho = 8, 5.0
+
+    def scripted(x, sigma):
+        return x + factors[len(seen)] * sigma.reshape(-1, 1, 1)
+
+    seen = []
+    x = SIGMA_MAX * torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(23),
+                                dtype=torch.float64)
+    run = ancestral_sample(scripted, x, n, torch.Generator().manual_seed(24),
+                           sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, rho=rho, adaptive=True,
+                           callback=lambda info: seen.append(
+                               (info["i"], info["sigma"].clone(), info["sigma_next"].clone(),
+                                info["nfe"].clone(), info["x"].clone())))
+    expected = _adaptive_plan(factors, n, (n + 1) // 2, SIGMA_MIN, SIGMA_MAX, rho)
+    assert len(seen) == len(expected) == 5
+    for step, ((i, sigma, sigma_next, nfe, _), (level, nxt)) in enumerate(zip(seen, expected)):
+        assert i == step and nfe.tolist() == [step + 1] * 2
+        assert sigma.tolist() == pytest.approx([level] * 2, rel=1e-9)
+        assert sigma_next.tolist() == pytest.approx([nxt] * 2, rel=1e-9)
+    assert torch.equal(seen[-1][-1], run.x) and run.nfe.tolist() == [5, 5]
+
+
+def test_ancestral_noise_stays_real_when_rounding_plans_above_the_estimate():
+    """σ_up = σ' √(1 − σ'²/σ̂²) needs σ' ≤ σ̂. With σ_min = σ_max (Δ = 0) the adaptive plan is
+    σ̂ itself up to the ρ-space round trip (σ̂^(1/ρ))^ρ, which can round above σ̂: the ratio
+    σ'/σ̂ is clamped at 1 and no sample turns NaN. One row per estimate σ̂ = 1 − k ulp (exact:
+    x = 0, D = x + σ̂, d = 1), k < 64."""
+    estimates = torch.ones(64, 1, dtype=torch.float64)
+    for k in range(1, 64):
+        estimates[k] = torch.nextafter(estimates[k - 1], torch.zeros(1, dtype=torch.float64))
+    first = []
+    ancestral_sample(lambda x, sigma: x + estimates[:len(x)], torch.zeros(64, 1,
+                     dtype=torch.float64), 2, torch.Generator().manual_seed(0), sigma_min=1.0,
+                     sigma_max=1.0, adaptive=True, target_steps=2,
+                     callback=lambda info: first.append(info["x"].clone()))
+    assert torch.isfinite(first[0]).all()
+
+
+def test_adaptive_level_at_sigma_min_is_kept():
+    """Only a planned level *below* σ_min becomes 0. With ρ = 1 and dyadic numbers the plan
+    is exact: from x = 0, D = x + 4 gives σ̂ = 4 = σ_max, and with N_target = 2 (Δ_target =
+    σ_max − σ_min) the plan is exactly σ_min = 1/4, still a level: a second step follows."""
+    levels = []
+    run = ancestral_sample(lambda x, sigma: x + 4.0, torch.zeros(1, 2, 3, dtype=torch.float64),
+                           2, torch.Generator().manual_seed(0), sigma_min=0.25, sigma_max=4.0,
+                           rho=1.0, adaptive=True, target_steps=2,
+                           callback=lambda info: levels.append(info["sigma_next"].item()))
+    assert levels == [0.25, 0.0] and run.nfe.tolist() == [2]
 
 
 @pytest.mark.parametrize("kind", ["ancestral", "heun", "stochastic_heun"])
@@ -536,25 +771,46 @@ def test_bad_input_raises():
         dd_sample(identity, x, 0)
     with pytest.raises(ValueError, match="nfe"):
         heun_sample(identity, x, 2.5, sigma_min=0.1, sigma_max=1.0)
-    with pytest.raises(ValueError, match="non-finite"):
+    with pytest.raises(ValueError, match=r"^x contains non-finite values \(NaN or inf\)$"):
         dd_sample(identity, torch.full((2, 3, 3), float("nan")), 3)
-    with pytest.raises(ValueError, match="batch"):
-        dd_sample(identity, torch.zeros(3), 3)
+    for bad in (torch.zeros(2, 3, 3, dtype=torch.int64), [[0.0, 1.0]]):
+        with pytest.raises(ValueError, match=r"^x must be a floating-point torch\.Tensor$"):
+            dd_sample(identity, bad, 3)
+    for bad in (torch.zeros(3), torch.zeros(0, 3, 3), torch.zeros(2, 0)):
+        with pytest.raises(ValueError, match=r"^x must be a non-empty batch \[B, \.\.\.\] of "):
+            dd_sample(identity, bad, 3)
     with pytest.raises(ValueError, match="fixed"):
         dd_sample(identity, x, 3, fixed=torch.zeros(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"^fixed must be a boolean mask, got dtype torch\.int64$"):
+        dd_sample(identity, x, 3, fixed=torch.zeros(3, dtype=torch.int64))
     with pytest.raises(ValueError, match="sigma_min"):
         ancestral_sample(identity, x, 3, rng, sigma_min=2.0, sigma_max=1.0)
     with pytest.raises(ValueError, match="tolerance"):
         dd_sample(identity, x, 3, tolerance=0.0)
-    with pytest.raises(ValueError, match="shaped like"):
+    with pytest.raises(ValueError, match=r"^the denoiser must return a tensor shaped like its "
+                       r"input \(2, 3, 3\), got torch\.Size\(\[1, 3, 3\]\)$"):
         dd_sample(lambda y, sigma: y[:1], x, 3)
-    with pytest.raises(TypeError, match="Generator"):
+    with pytest.raises(ValueError, match=r"shaped like its input \(2, 3, 3\), got <class 'list'>$"):
+        dd_sample(lambda y, sigma: [0.0], x, 3)
+    with pytest.raises(TypeError, match="^rng must be a torch.Generator, got int$"):
         sdd_sample(identity, x, 3, 0)
+    with pytest.raises(ValueError, match=r"^noise_scale must be >= 0, got -0\.1$"):
+        sdd_sample(identity, x, 3, rng, noise_scale=-0.1)
+    with pytest.raises(ValueError, match=r"^target_steps must be an integer >= 1, got 0$"):
+        heun_sample(identity, x, 4, sigma_min=0.1, sigma_max=1.0, adaptive=True, target_steps=0)
+    with pytest.raises(ValueError, match=r"^rho must be positive, got -1\.0$"):
+        heun_sample(identity, x, 4, sigma_min=0.1, sigma_max=1.0, rho=-1.0)
     for bad in ({"s_churn": -1.0}, {"s_noise": -0.1}, {"churn_correction": -0.5}):
         with pytest.raises(ValueError, match="^s_churn, s_noise and churn_correction must be"):
             stochastic_heun_sample(identity, x, 3, rng, sigma_min=0.1, sigma_max=1.0, **bad)
     stochastic_heun_sample(identity, x, 3, rng, sigma_min=0.1, sigma_max=1.0, s_churn=0.0,
                            s_noise=0.0, churn_correction=0.0)  # zero is allowed
+    # a sample of a single coordinate is a sample: D = x/2, one step
+    assert dd_sample(lambda y, sigma: 0.5 * y, torch.ones(2, 1), 1).x.tolist() == [[0.5]] * 2
+    # σ_min = σ_max is allowed: one level σ, then 0, gives D(x, σ) = x/(1 + σ²) for s = 1
+    one_level = ancestral_sample(gaussian_denoiser(0.0, 1.0), x + 1.0, 1, rng, sigma_min=2.0,
+                                 sigma_max=2.0)
+    assert torch.allclose(one_level.x, torch.full_like(x, 0.2))
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
