@@ -213,7 +213,8 @@ def hungarian_alignment(reference: np.ndarray, noisy: np.ndarray,
 def pseudo_force_targets(reference: Tensor, noisy: Tensor, numbers: Tensor, idx_m: Tensor,
                          align: bool = True) -> Tensor:
     """Pseudo-forces x₀ − x̃ ``[N, 3]`` (Eq. 8 with k = 1 eV/Å²) of a batch of molecules (flat
-    atoms, molecule of each atom ``idx_m``), after per-element Hungarian alignment of each noisy
+    atoms stored molecule after molecule, molecule of each atom ``idx_m`` = 0, 0, …, 1, …, as
+    :func:`molecule_batch` makes them), after per-element Hungarian alignment of each noisy
     molecule to its reference when ``align``."""
     if not align:
         return reference - noisy
