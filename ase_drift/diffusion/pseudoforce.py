@@ -387,14 +387,13 @@ def train_pseudo_force_field(molecules, config: PseudoForceConfig, training: Tra
     bar = tqdm(total=training.steps, initial=step, disable=not progress, mininterval=2.0,
                desc="GPFF" if not config.time_conditioned else "EDM baseline")
     running, last_save, start = [], time.monotonic(), time.monotonic() - elapsed
-    while budget_fraction(training, step, elapsed) < 1.0:
+    while (used := budget_fraction(training, step, elapsed)) < 1.0:
         rng = torch.Generator().manual_seed(training.seed * 1_000_003 + step)
         chosen = np.random.default_rng([training.seed, step]).integers(
             len(molecules), size=training.batch_size)
         numbers, positions, idx_m = molecule_batch(molecules, chosen)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_learning_rate(training.learning_rate,
-                                               budget_fraction(training, step, elapsed))
+            group["lr"] = cosine_learning_rate(training.learning_rate, used)
         loss = training_loss(net, numbers, positions, idx_m, len(chosen), rng)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at step {step}")
