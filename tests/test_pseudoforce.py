@@ -437,18 +437,23 @@ def test_scaffold_prior_adds_noise_to_the_free_atoms_only(sampler, prior_sigma):
     assert torch.equal(run.x, expected.x)
 
 
-def small_shape_prior(n_atoms: int) -> dict:
-    rng = np.random.default_rng(0)
-    molecules = [rng.normal(size=(n_atoms, 3)) * [1.5, 1.0, 0.6] for _ in range(40)]
-    sizes = np.full(40, n_atoms)
+def positions_set(molecules: list[np.ndarray]):
+    """A QM9-like set (``n_atoms``, ``set[m] -> (numbers, positions)``) of bare positions, all
+    :func:`pf.fit_shape_prior` reads."""
 
-    class Set:
-        n_atoms = sizes
+    class Positions:
+        n_atoms = np.array([len(m) for m in molecules])
 
         def __getitem__(self, m):
             return None, molecules[m]
 
-    return pf.fit_shape_prior(Set(), components=2, seed=0)
+    return Positions()
+
+
+def small_shape_prior(n_atoms: int) -> dict:
+    rng = np.random.default_rng(0)
+    molecules = [rng.normal(size=(n_atoms, 3)) * [1.5, 1.0, 0.6] for _ in range(40)]
+    return pf.fit_shape_prior(positions_set(molecules), components=2, seed=0)
 
 
 @pytest.mark.parametrize("sampler", ["dd", "sdd"])
@@ -509,23 +514,17 @@ def test_shape_prior_fits_each_atom_count_on_its_own():
     molecules = ([rng.normal(size=(3, 3))] + [rng.normal(size=(4, 3)) for _ in range(3)]
                  + [rng.normal(size=(5, 3)) * [2, 1, 0.5] for _ in range(30)]
                  + [rng.normal(size=(6, 3)) for _ in range(2)])
-
-    class Set:
-        n_atoms = np.array([len(m) for m in molecules])
-
-        def __getitem__(self, m):
-            return None, molecules[m]
-
-    prior = pf.fit_shape_prior(Set(), components=4, seed=2, reg_covar=1e-3)
+    prior = pf.fit_shape_prior(positions_set(molecules), components=4, seed=2, reg_covar=1e-3)
     assert prior["3"] == {"weights": [1.0],
                           "means": [pf.cholesky_log_vector(pf.principal_covariance(
                               molecules[0])).tolist()],
                           "covariances": [(1e-3 * np.eye(6)).tolist()]}
     assert len(prior["4"]["weights"]) == 3 and len(prior["5"]["weights"]) == 4
     assert len(prior["6"]["weights"]) == 2  # two molecules: a mixture, not a point mass
-    assert len(pf.fit_shape_prior(Set())["5"]["weights"]) == 5  # the paper's 5 components
+    assert len(pf.fit_shape_prior(positions_set(molecules))["5"]["weights"]) == 5  # the paper's 5 components
     assert min(np.linalg.eigvalsh(np.asarray(prior["5"]["covariances"])).ravel()) >= 1e-3
-    assert pf.fit_shape_prior(Set(), components=4, seed=2, reg_covar=1e-3) == prior
+    assert pf.fit_shape_prior(positions_set(molecules), components=4, seed=2,
+                              reg_covar=1e-3) == prior
 
 
 def test_formula_errors_name_what_is_wrong():
@@ -553,14 +552,7 @@ def test_shape_prior_reproduces_principal_variances_and_shapes_the_prior():
     rng = np.random.default_rng(0)
     scales = np.array([2.0, 1.0, 0.5])  # a prolate family of 6-atom "molecules"
     molecules = [rng.normal(size=(6, 3)) * scales for _ in range(400)]
-
-    class Set:
-        n_atoms = np.full(400, 6)
-
-        def __getitem__(self, m):
-            return None, molecules[m]
-
-    prior = pf.fit_shape_prior(Set(), seed=0)
+    prior = pf.fit_shape_prior(positions_set(molecules), seed=0)
     sampled = pf.sample_shape_covariances(prior, 6, 2000, np.random.default_rng(1))
     observed = np.mean([np.diag(pf.principal_covariance(m)) for m in molecules], axis=0)
     np.testing.assert_allclose(np.diagonal(sampled, axis1=1, axis2=2).mean(0), observed,
