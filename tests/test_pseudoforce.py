@@ -521,7 +521,8 @@ def test_shape_prior_fits_each_atom_count_on_its_own():
                           "covariances": [(1e-3 * np.eye(6)).tolist()]}
     assert len(prior["4"]["weights"]) == 3 and len(prior["5"]["weights"]) == 4
     assert len(prior["6"]["weights"]) == 2  # two molecules: a mixture, not a point mass
-    assert len(pf.fit_shape_prior(positions_set(molecules))["5"]["weights"]) == 5  # the paper's 5 components
+    default = pf.fit_shape_prior(positions_set(molecules))
+    assert len(default["5"]["weights"]) == 5  # the paper's 5 components
     assert min(np.linalg.eigvalsh(np.asarray(prior["5"]["covariances"])).ravel()) >= 1e-3
     assert pf.fit_shape_prior(positions_set(molecules), components=4, seed=2,
                               reg_covar=1e-3) == prior
