@@ -37,3 +37,23 @@ def test_validation_losses_are_summarised_per_training_noise_distribution():
     del record["stages"][0]["noise"], record["stages"][1]["noise"]
     assert validation_summary(record) == "5.00 (step 50) → 2.00 (step 300)"
     assert validation_summary({**record, "stages": None}) == "5.00 (step 50) → 2.00 (step 300)"
+
+
+def test_tuning_keeps_the_default_on_a_tie_and_reports_both_formula_sets():
+    from benchmarks.gpff_qm9 import best_setting, tuning_markdown
+
+    assert best_setting([({}, 0.3), ({"rho": 3.0}, 0.3), ({"rho": 5.0}, 0.2)]) == ({}, 0.3)
+    assert best_setting([({}, 0.1), ({"rho": 3.0}, 0.3)]) == ({"rho": 3.0}, 0.3)
+    results = {"setup": {"molecules_per_point": 96, "formulas": ["C7H10O2", "C7H11NO"]},
+               "points": {"GPFF ancestral @ 6": {"validity": 0.12}},
+               "tuning": {"formulas": ["C7H9NO", "C6H9NO2"], "search": {}, "chosen": {
+                   "GPFF ancestral @ 6": {"label": "GPFF ancestral", "nfe": 6,
+                                          "options": {"rho": 3.0, "sigma_max": 2.0},
+                                          "tuning_validity": 0.25,
+                                          "default_tuning_validity": 0.1, "validity": 0.21},
+                   "GPFF DD @ 4": {"label": "GPFF DD", "nfe": 4, "options": {},
+                                   "tuning_validity": 0.05, "default_tuning_validity": 0.05,
+                                   "validity": 0.04}}}}
+    rows = [line for line in tuning_markdown(results).splitlines() if line.startswith("| GPFF")]
+    assert rows == ["| GPFF ancestral | 6 | rho 3, sigma_max 2 | 0.25 (0.10) | 0.21 (0.12) |",
+                    "| GPFF DD | 4 | default | 0.05 (0.05) | 0.04 (–) |"]
