@@ -449,15 +449,16 @@ def diagnose(args) -> None:
     _, _, test = split(len(qm9), seed=0)
     (formula_name, _, formula), = pick_formulas(qm9, test, 1)
     path = ROOT / "benchmarks" / "results" / "gpff_diagnosis.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
     for item in args.diagnose:
         label, _, model_path = item.partition("=")
         if not model_path:
             raise SystemExit(f"--diagnose takes LABEL=MODEL.pt, got {item!r}")
         model = PseudoForceField.load(model_path)
-        results[label] = dict(diagnose_model(model, qm9, test, formula, args.seed),
-                              steps=model.metadata.get("training", {}).get("steps"),
-                              formula=formula_name)
+        entry = dict(diagnose_model(model, qm9, test, formula, args.seed),
+                     steps=model.metadata.get("training", {}).get("steps"), formula=formula_name)
+        # read just before writing: diagnoses of several models may run side by side
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[label] = entry
         write_json(path, results)
     table = diagnosis_markdown(results)
     print(table)
