@@ -439,6 +439,25 @@ def diagnose_model(model, qm9, test, formula, seed: int = 0, n: int = 64) -> dic
     return {"molecules": n, "force_error": force, "dd_from_qm9": drift, "generated": generated}
 
 
+#: (sampler, shape, NFE) of the model choice between training stages (:func:`selection_validity`)
+SELECTION_POINTS = (("sdd", "gmm", 6), ("sdd", None, 16), ("sdd", None, 256), ("dd", None, 256))
+SELECTION_PER_FORMULA = 48
+
+
+def selection_validity(model, formulas, seed: int,
+                       per_formula: int = SELECTION_PER_FORMULA) -> dict:
+    """Validity at :data:`SELECTION_POINTS` on ``formulas`` (the next two most frequent test
+    formulas after the benchmark's, and other seeds: the stages are chosen on these, so the
+    benchmark's figures are not what the choice was fitted to)."""
+    from ase_drift.metrics.chemistry import validity_fraction
+
+    result = {}
+    for sampler, shape, nfe in SELECTION_POINTS:
+        frames, _, _ = run_point(model, formulas, per_formula, sampler, nfe, False, shape, seed)
+        result[f"{sampler.upper()}{'+shape' if shape else ''} @ {nfe}"] = validity_fraction(frames)
+    return result
+
+
 def diagnose(args) -> None:
     """``--diagnose LABEL=MODEL.pt …``: :func:`diagnose_model` for each checkpoint, stored in
     ``benchmarks/results/gpff_diagnosis.json`` and written to the docs."""
@@ -447,7 +466,8 @@ def diagnose(args) -> None:
 
     qm9 = load_qm9()
     _, _, test = split(len(qm9), seed=0)
-    (formula_name, _, formula), = pick_formulas(qm9, test, 1)
+    chosen = pick_formulas(qm9, test, 4)
+    (formula_name, _, formula), selection_formulas = chosen[0], chosen[2:]
     path = ROOT / "benchmarks" / "results" / "gpff_diagnosis.json"
     for item in args.diagnose:
         label, _, model_path = item.partition("=")
@@ -455,7 +475,10 @@ def diagnose(args) -> None:
             raise SystemExit(f"--diagnose takes LABEL=MODEL.pt, got {item!r}")
         model = PseudoForceField.load(model_path)
         entry = dict(diagnose_model(model, qm9, test, formula, args.seed),
-                     steps=model.metadata.get("training", {}).get("steps"), formula=formula_name)
+                     steps=model.metadata.get("training", {}).get("steps"), formula=formula_name,
+                     selection=selection_validity(model, selection_formulas, args.seed + 100),
+                     selection_formulas=[f for f, _, _ in selection_formulas],
+                     selection_molecules=SELECTION_PER_FORMULA * len(selection_formulas))
         # read just before writing: diagnoses of several models may run side by side
         results = json.loads(path.read_text()) if path.exists() else {}
         results[label] = entry
@@ -494,6 +517,14 @@ def diagnosis_markdown(results: dict) -> str:
                          f"{run['sigma_hat_median']:.4f} Å (max {run['sigma_hat_max']:.4f})")
         lines.append(f"| {sampler.upper()}, 256 NFE, 32 × {first['formula']}: outcome, final σ̂ "
                      f"median | " + " | ".join(cells) + " |")
+    selected = [results[k] for k in labels if "selection" in results[k]]
+    for point in selected[0]["selection"] if selected else ():
+        cells = [f"{results[k]['selection'][point]:.2f}" if "selection" in results[k] else "–"
+                 for k in labels]
+        lines.append(f"| validity, {point.replace('@', 'at')} NFE, "
+                     f"{selected[0]['selection_molecules']} × "
+                     f"{' and '.join(selected[0]['selection_formulas'])} (the model choice) | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
