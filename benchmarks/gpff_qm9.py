@@ -233,7 +233,9 @@ def tune(args, results: dict, models: dict, formulas, tuning_formulas, per_formu
         for label, name, sampler, shape, grid in TUNING:
             if args.configs and label not in args.configs:
                 continue
-            model = models.setdefault(name, PseudoForceField.load_pretrained(name))
+            if name not in models:
+                models[name] = PseudoForceField.load_pretrained(name)
+            model = models[name]
             scores = []
             for options in grid:
                 key = f"{label} @ {nfe} {json.dumps(options, sort_keys=True)}"
