@@ -57,3 +57,24 @@ def test_tuning_keeps_the_default_on_a_tie_and_reports_both_formula_sets():
     rows = [line for line in tuning_markdown(results).splitlines() if line.startswith("| GPFF")]
     assert rows == ["| GPFF ancestral | 6 | rho 3, sigma_max 2 | 0.25 (0.10) | 0.21 (0.12) |",
                     "| GPFF DD | 4 | default | 0.05 (0.05) | 0.04 (–) |"]
+
+
+def test_diagnosis_table_shows_the_model_choice_where_it_was_measured():
+    from benchmarks.gpff_qm9 import diagnosis_markdown
+
+    def entry(steps, selection=None):
+        run = {"counts": {"valid": 30, "bond_orders": 2}, "sigma_hat_median": 0.001,
+               "sigma_hat_max": 0.002}
+        result = {"steps": steps, "molecules": 64, "formula": "C7H10O2",
+                  "force_error": {"0.0": {"rms": 0.01, "relative": None}},
+                  "dd_from_qm9": {"30": {"valid": 64, "rmsd": 0.09}},
+                  "generated": {"dd": run}}
+        if selection is not None:
+            result.update(selection=selection, selection_formulas=["C7H9NO", "C6H9NO2"],
+                          selection_molecules=96)
+        return result
+
+    table = diagnosis_markdown({"old": entry(10), "new": entry(20, {"SDD @ 256": 0.771})})
+    assert table.splitlines()[-1] == ("| validity, SDD at 256 NFE, 96 × C7H9NO and C6H9NO2 (the "
+                                      "model choice) | – | 0.77 |")
+    assert "model choice" not in diagnosis_markdown({"old": entry(10)})
