@@ -320,10 +320,19 @@ def training_table() -> str:
     return "\n".join(lines)
 
 
+def span(values) -> tuple[float, float]:
+    """[min, max] of ``values``, the bin range of the distribution JS."""
+    return float(np.min(values)), float(np.max(values))
+
+
 def distributions(results: dict, reference, args) -> None:
     """Max-pair-distance JS against QM9 (all generated molecules) and GFN2-xTB energy JS (valid
     ones, energies relative to each formula's mean QM9 energy) of the configurations of
-    :data:`DISTRIBUTION_CONFIGS` at the largest NFE."""
+    :data:`DISTRIBUTION_CONFIGS` at the largest NFE.
+
+    The bins span the QM9 reference's range and values beyond it count in the edge bins: on the
+    pooled range one molecule that lost an atom to 10⁴ Å would put every other one in a single
+    bin and the JS would read ≈ 0."""
     from ase_drift.metrics.chemistry import histogram_js, max_pair_distance
 
     nfe = max(results["setup"]["nfe"])
@@ -352,18 +361,19 @@ def distributions(results: dict, reference, args) -> None:
                                "molecules": len(reference)},
              f"QM9 noise floor ({size} vs the other test molecules)": {
                  "mpd_js": histogram_js(reference_mpd[part[:size]], reference_mpd[part[size:]],
-                                        bins=BINS),
+                                        bins=BINS, range=span(reference_mpd)),
                  "mpd_median": float(np.median(reference_mpd[part[:size]]))}}
     for label in DISTRIBUTION_CONFIGS:
         point = results["points"].get(f"{label} @ {nfe}")
         if point is None or "mpd" not in point:
             continue
         mpd = np.array(point["mpd"])
-        entry = {"mpd_js": histogram_js(mpd, reference_mpd, bins=BINS),
+        entry = {"mpd_js": histogram_js(mpd, reference_mpd, bins=BINS, range=span(reference_mpd)),
                  "mpd_median": float(np.median(mpd))}
         energies = relative(point["xtb"])
         if len(energies) >= 5:
-            entry.update(energy_js=histogram_js(energies, reference_relative, bins=BINS),
+            entry.update(energy_js=histogram_js(energies, reference_relative, bins=BINS,
+                                                range=span(reference_relative)),
                          energy_median_eV=float(np.median(energies)),
                          energy_molecules=len(energies))
         stats[label] = entry

@@ -78,3 +78,27 @@ def test_diagnosis_table_shows_the_model_choice_where_it_was_measured():
     assert table.splitlines()[-1] == ("| validity, SDD at 256 NFE, 96 × C7H9NO and C6H9NO2 (the "
                                       "model choice) | – | 0.77 |")
     assert "model choice" not in diagnosis_markdown({"old": entry(10)})
+
+
+def test_one_atom_flown_off_does_not_hide_a_shifted_max_pair_distance_distribution():
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ase import Atoms
+
+    from benchmarks.gpff_qm9 import distributions
+
+    rng = np.random.default_rng(0)
+    # two-atom "molecules": the max pair distance is the bond length
+    reference = [Atoms("H2", positions=[[0, 0, 0], [0, 0, d]]) for d in rng.normal(6.3, 0.3, 400)]
+    shifted = list(rng.normal(5.6, 0.3, 95))
+    results = {"setup": {"nfe": [256], "molecules_per_point": 96},
+               "reference_energies": {"formula": ["H2"] * 40, "energy": list(rng.normal(0, 1, 40))},
+               "points": {"GPFF DD @ 256": {"mpd": shifted + [9550.0],
+                                           "xtb": {"formula": [], "energy": []}},
+                          "GPFF SDD @ 256": {"mpd": shifted + [6.0],
+                                            "xtb": {"formula": [], "energy": []}}}}
+    distributions(results, reference, SimpleNamespace(seed=0, xtb=40))
+    stats = results["distributions"]
+    assert stats["GPFF DD"]["mpd_js"] > 0.3  # on the pooled range it was ≈ 0.004
+    assert stats["GPFF DD"]["mpd_js"] == pytest.approx(stats["GPFF SDD"]["mpd_js"], abs=0.02)
