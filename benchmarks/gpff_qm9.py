@@ -84,6 +84,13 @@ def pick_formulas(qm9, test: np.ndarray, count: int) -> list[tuple]:
     return [(f, by_formula[f], qm9[by_formula[f][0]][0]) for f in chosen]
 
 
+def held_out_formulas(qm9, test: np.ndarray, count: int) -> list[tuple]:
+    """The ``count`` formulas that follow the benchmark's ``count`` in :func:`pick_formulas`'s
+    order: training stages (``--diagnose``) and sampler settings (``--tune``) are chosen on
+    these, so the benchmark's figures are not what the choice was fitted to."""
+    return pick_formulas(qm9, test, 2 * count)[count:]
+
+
 def xtb_energies(frames) -> np.ndarray:
     """GFN2-xTB energies (eV) of molecules (tblite)."""
     from ase.calculators.calculator import CalculationFailed, InputError
@@ -136,7 +143,9 @@ def main(argv=None) -> None:
     parser.add_argument("--ethanol-steps", type=int, default=600)
     parser.add_argument("--diagnose", nargs="+", metavar="LABEL=MODEL.pt",
                         help="only the diagnosis of GPFF checkpoints (pseudo-force error against "
-                             "σ, DD from real QM9 geometries, failure classes at 256 NFE)")
+                             "σ, DD from real QM9 geometries, failure classes at 256 NFE, "
+                             "validity on the held-out formulas that training stages are "
+                             "chosen on)")
     parser.add_argument("--tune", type=int, nargs="+", metavar="NFE",
                         help="only the search of sampler settings (prior width, SDD noise, EDM "
                              "schedule) at these budgets: chosen on the next two most frequent "
@@ -173,8 +182,8 @@ def main(argv=None) -> None:
     results["reference"] = {"molecules": len(reference),
                             "validity": validity_fraction(reference)}
     if args.tune:
-        tune(args, results, models, formulas, pick_formulas(qm9, test, 2 * len(formulas))
-             [len(formulas):], per_formula, save)
+        tune(args, results, models, formulas, held_out_formulas(qm9, test, len(formulas)),
+             per_formula, save)
         table = tuning_markdown(results)
         print(table)
         if not args.no_docs:
@@ -220,10 +229,9 @@ def best_setting(scores: list[tuple[dict, float]]) -> tuple[dict, float]:
 
 def tune(args, results: dict, models: dict, formulas, tuning_formulas, per_formula: int,
          save) -> None:
-    """``--tune``: each grid of :data:`TUNING` at each budget on ``tuning_formulas`` (other
-    molecules' formulas than the benchmark's, so the choice is not fitted to the figures it is
-    judged by), then the best setting on the benchmark's ``formulas`` with the benchmark's
-    seeds; stored in ``results["tuning"]`` as measured (a rerun resumes)."""
+    """``--tune``: each grid of :data:`TUNING` at each budget on ``tuning_formulas``
+    (:func:`held_out_formulas`), then the best setting on the benchmark's ``formulas`` with the
+    benchmark's seeds; stored in ``results["tuning"]`` as measured (a rerun resumes)."""
     from ase_drift.diffusion.pseudoforce import PseudoForceField
     from ase_drift.metrics.chemistry import validity_fraction
 
@@ -321,8 +329,10 @@ def training_table() -> str:
 
 
 def span(values) -> tuple[float, float]:
-    """[min, max] of ``values``, the bin range of the distribution JS."""
-    return float(np.min(values)), float(np.max(values))
+    """[min, max] of ``values`` (±0.5 around a single value), the bin range of the distribution
+    JS."""
+    low, high = float(np.min(values)), float(np.max(values))
+    return (low, high) if high > low else (low - 0.5, low + 0.5)
 
 
 def distributions(results: dict, reference, args) -> None:
@@ -458,9 +468,8 @@ SELECTION_PER_FORMULA = 48
 
 def selection_validity(model, formulas, seed: int,
                        per_formula: int = SELECTION_PER_FORMULA) -> dict:
-    """Validity at :data:`SELECTION_POINTS` on ``formulas`` (the next two most frequent test
-    formulas after the benchmark's, and other seeds: the stages are chosen on these, so the
-    benchmark's figures are not what the choice was fitted to)."""
+    """Validity at :data:`SELECTION_POINTS` on ``formulas`` (:func:`held_out_formulas`; pass
+    other seeds than the benchmark's)."""
     from ase_drift.metrics.chemistry import validity_fraction
 
     result = {}
@@ -471,15 +480,16 @@ def selection_validity(model, formulas, seed: int,
 
 
 def diagnose(args) -> None:
-    """``--diagnose LABEL=MODEL.pt …``: :func:`diagnose_model` for each checkpoint, stored in
-    ``benchmarks/results/gpff_diagnosis.json`` and written to the docs."""
+    """``--diagnose LABEL=MODEL.pt …``: :func:`diagnose_model` and :func:`selection_validity`
+    for each checkpoint, stored in ``benchmarks/results/gpff_diagnosis.json`` and written to
+    the docs."""
     from ase_drift.datasets.qm9 import load_qm9, split
     from ase_drift.diffusion.pseudoforce import PseudoForceField
 
     qm9 = load_qm9()
     _, _, test = split(len(qm9), seed=0)
-    chosen = pick_formulas(qm9, test, 4)
-    (formula_name, _, formula), selection_formulas = chosen[0], chosen[2:]
+    (formula_name, _, formula), = pick_formulas(qm9, test, 1)
+    selection_formulas = held_out_formulas(qm9, test, args.formulas)
     path = ROOT / "benchmarks" / "results" / "gpff_diagnosis.json"
     for item in args.diagnose:
         label, _, model_path = item.partition("=")
