@@ -328,13 +328,6 @@ def training_table() -> str:
     return "\n".join(lines)
 
 
-def span(values) -> tuple[float, float]:
-    """[min, max] of ``values`` (±0.5 around a single value), the bin range of the distribution
-    JS."""
-    low, high = float(np.min(values)), float(np.max(values))
-    return (low, high) if high > low else (low - 0.5, low + 0.5)
-
-
 def distributions(results: dict, reference, args) -> None:
     """Max-pair-distance JS against QM9 (all generated molecules) and GFN2-xTB energy JS (valid
     ones, energies relative to each formula's mean QM9 energy) of the configurations of
@@ -343,10 +336,11 @@ def distributions(results: dict, reference, args) -> None:
     The bins span the QM9 reference's range and values beyond it count in the edge bins: on the
     pooled range one molecule that lost an atom to 10⁴ Å would put every other one in a single
     bin and the JS would read ≈ 0."""
-    from ase_drift.metrics.chemistry import histogram_js, max_pair_distance
+    from ase_drift.metrics.chemistry import histogram_js, max_pair_distance, sample_range
 
     nfe = max(results["setup"]["nfe"])
     reference_mpd = max_pair_distance(reference)
+    mpd_range = sample_range(reference_mpd)
     if "reference_energies" not in results:
         pick = np.random.default_rng(args.seed).choice(len(reference),
                                                        min(args.xtb, len(reference)),
@@ -371,19 +365,19 @@ def distributions(results: dict, reference, args) -> None:
                                "molecules": len(reference)},
              f"QM9 noise floor ({size} vs the other test molecules)": {
                  "mpd_js": histogram_js(reference_mpd[part[:size]], reference_mpd[part[size:]],
-                                        bins=BINS, range=span(reference_mpd)),
+                                        bins=BINS, range=mpd_range),
                  "mpd_median": float(np.median(reference_mpd[part[:size]]))}}
     for label in DISTRIBUTION_CONFIGS:
         point = results["points"].get(f"{label} @ {nfe}")
         if point is None or "mpd" not in point:
             continue
         mpd = np.array(point["mpd"])
-        entry = {"mpd_js": histogram_js(mpd, reference_mpd, bins=BINS, range=span(reference_mpd)),
+        entry = {"mpd_js": histogram_js(mpd, reference_mpd, bins=BINS, range=mpd_range),
                  "mpd_median": float(np.median(mpd))}
         energies = relative(point["xtb"])
         if len(energies) >= 5:
             entry.update(energy_js=histogram_js(energies, reference_relative, bins=BINS,
-                                                range=span(reference_relative)),
+                                                range=sample_range(reference_relative)),
                          energy_median_eV=float(np.median(energies)),
                          energy_molecules=len(energies))
         stats[label] = entry

@@ -220,6 +220,13 @@ def max_pair_distance(positions) -> np.ndarray | float:
     return np.linalg.norm(array[:, rows] - array[:, cols], axis=-1).max(axis=1)  # [N]
 
 
+def sample_range(values) -> tuple[float, float]:
+    """[min, max] of ``values`` (±0.5 around a single value): the bin range of
+    :func:`histogram_js`."""
+    low, high = float(np.min(values)), float(np.max(values))
+    return (low, high) if high > low else (low - 0.5, low + 0.5)
+
+
 def histogram_js(x, y, bins: int = 100, range: tuple[float, float] | None = None) -> float:
     """Jensen–Shannon divergence (nats; ≤ ln 2, reached by disjoint samples) between the
     distributions of two 1-D samples on ``bins`` shared equal bins (the paper's 100-bin JS of
@@ -234,8 +241,6 @@ def histogram_js(x, y, bins: int = 100, range: tuple[float, float] | None = None
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("samples must be finite")
     if range is None:
-        pooled = np.concatenate([x, y])
-        low, high = float(pooled.min()), float(pooled.max())
-        range = (low, high) if high > low else (low - 0.5, low + 0.5)
+        range = sample_range(np.concatenate([x, y]))
     return js_divergence(normalised_histogram(x, bins, range), normalised_histogram(y, bins,
                                                                                     range))
