@@ -243,3 +243,11 @@ def test_histogram_js_limits():
     assert histogram_js(x, y) < 0.02 < histogram_js(x, y + 1.0)
     with pytest.raises(ValueError, match="non-empty"):
         histogram_js([], x)
+
+
+def test_the_default_bin_range_spans_the_samples_and_widens_a_single_value():
+    from ase_drift.metrics.chemistry import sample_range
+
+    assert sample_range([3.0, -1.0, 2.0]) == (-1.0, 3.0)
+    assert sample_range([2.0, 2.0]) == (1.5, 2.5)
+    assert histogram_js([2.0, 2.0], [2.0]) == pytest.approx(0.0, abs=1e-12)
