@@ -336,12 +336,15 @@ def cmd_generate(args) -> int:
              else PseudoForceField.load_pretrained("qm9"))
     seed = fresh_seed() if args.seed is None else args.seed  # recorded: the run can be repeated
     start = time.perf_counter()
+    options = {name: value for name, value in (("step_size", args.step_size),
+                                               ("prior_sigma", args.prior_sigma))
+               if value is not None}
     frames = model.generate(args.formula, args.n, sampler=args.sampler, nfe=args.nfe,
-                            adaptive=args.adaptive, shape=args.shape, seed=seed)
+                            adaptive=args.adaptive, shape=args.shape, seed=seed, **options)
     elapsed = time.perf_counter() - start
     for atoms in frames:
         atoms.info.update(seed=seed, model_file=Path(args.model).name if args.model
-                          else "gpff-qm9.pt (shipped)")
+                          else "gpff-qm9.pt (shipped)", **options)
     _write_frames_atomically(frames, output)
     spent = sum(atoms.info["nfe"] for atoms in frames) / max(len(frames), 1)
     print(f"generated {args.n} x {args.formula} with {args.sampler} (mean {spent:.1f} network "
@@ -632,6 +635,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="adaptive steps from the predicted noise level (DD: stop at convergence)")
     p.add_argument("--shape", choices=("gmm", "rod", "disc", "sphere"),
                    help="DD+shape (dd/sdd only): the shape prior, or a target archetype")
+    p.add_argument("--step-size", type=float,
+                   help="dd/sdd: x <- x + STEP_SIZE * F, in (0, 2) (default 1, the paper's; "
+                        "the docs list the values tuned for the shipped model)")
+    p.add_argument("--prior-sigma", type=float,
+                   help="width of the Gaussian prior in Å (default: the model's sigma_max for "
+                        "an isotropic prior, 1 Å around a scaffold)")
     p.add_argument("--model", help="a saved GPFF (default: the shipped QM9 model)")
     p.add_argument("--seed", type=_seed,
                    help="repeat a run (default: a fresh seed, printed and stored in the output)")

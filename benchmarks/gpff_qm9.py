@@ -51,20 +51,35 @@ CONFIGS = [  # in the order they run: the key comparisons first
 DISTRIBUTION_CONFIGS = ("GPFF DD", "GPFF SDD", "GPFF SDD+shape", "GPFF stochastic Heun",
                         "EDM baseline stochastic Heun")
 #: Sampler settings searched by ``--tune`` (options of :meth:`PseudoForceField.generate`; the
-#: first of each grid is the default): (label, model, sampler, shape, grid).
+#: first of each grid is the default): (label, model, sampler, shape, grid at few NFE, grid at
+#: ``LARGE_BUDGET`` NFE or more, or None to skip those budgets). A point costs ~2.5 min at 256
+#: NFE, so large budgets search the DD step size λ alone.
 PRIOR_SIGMAS = (5.0, 3.0, 2.0, 1.5)
 NOISE_SCALES = (0.0, 0.2, 0.4)
+STEP_SIZES = (1.3, 1.6)
+LARGE_BUDGET = 64
+
+
+def with_step_sizes(grid: list[dict]) -> list[dict]:
+    """``grid`` followed by each of its settings with each of :data:`STEP_SIZES`."""
+    return [*grid, *({**options, "step_size": step} for step in STEP_SIZES for options in grid)]
+
+
 EDM_GRID = [{}, *({"sigma_max": s, "rho": r} for s in PRIOR_SIGMAS for r in (3.0, 7.0))]
+STEP_GRID = with_step_sizes([{}])
 TUNING = [
-    ("GPFF DD", "qm9", "dd", None, [{}, *({"prior_sigma": s} for s in PRIOR_SIGMAS)]),
+    ("GPFF DD", "qm9", "dd", None,
+     with_step_sizes([{}, *({"prior_sigma": s} for s in PRIOR_SIGMAS)]), STEP_GRID),
     ("GPFF SDD", "qm9", "sdd", None,
-     [{}, *({"noise_scale": e} for e in NOISE_SCALES),
-      *({"prior_sigma": s, "noise_scale": e} for s in PRIOR_SIGMAS for e in (0.1, *NOISE_SCALES))]),
+     with_step_sizes([{}, *({"noise_scale": e} for e in NOISE_SCALES),
+                      *({"prior_sigma": s, "noise_scale": e}
+                        for s in PRIOR_SIGMAS for e in (0.1, *NOISE_SCALES))]), STEP_GRID),
     ("GPFF SDD+shape", "qm9", "sdd", "gmm",
-     [{}, *({"noise_scale": e, "strictness": c} for e in (0.1, *NOISE_SCALES) for c in (0.5, 1.0)
-            if (e, c) != (0.1, 1.0))]),
-    ("GPFF ancestral", "qm9", "ancestral", None, EDM_GRID),
-    ("EDM baseline ancestral", "qm9-baseline", "ancestral", None, EDM_GRID),
+     with_step_sizes([{}, *({"noise_scale": e, "strictness": c}
+                            for e in (0.1, *NOISE_SCALES) for c in (0.5, 1.0)
+                            if (e, c) != (0.1, 1.0))]), STEP_GRID),
+    ("GPFF ancestral", "qm9", "ancestral", None, EDM_GRID, None),
+    ("EDM baseline ancestral", "qm9-baseline", "ancestral", None, EDM_GRID, None),
 ]
 #: Histogram bins of the JS divergences (the paper's 100 bins would be mostly empty with the
 #: quick run's few molecules).
@@ -238,8 +253,9 @@ def tune(args, results: dict, models: dict, formulas, tuning_formulas, per_formu
     tuning = results.setdefault("tuning", {"formulas": [f for f, _, _ in tuning_formulas],
                                            "search": {}, "chosen": {}})
     for nfe in args.tune:
-        for label, name, sampler, shape, grid in TUNING:
-            if args.configs and label not in args.configs:
+        for label, name, sampler, shape, few_nfe_grid, large_budget_grid in TUNING:
+            grid = few_nfe_grid if nfe < LARGE_BUDGET else large_budget_grid
+            if grid is None or (args.configs and label not in args.configs):
                 continue
             if name not in models:
                 models[name] = PseudoForceField.load_pretrained(name)

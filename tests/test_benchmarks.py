@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 
@@ -57,6 +59,18 @@ def test_tuning_keeps_the_default_on_a_tie_and_reports_both_formula_sets():
     rows = [line for line in tuning_markdown(results).splitlines() if line.startswith("| GPFF")]
     assert rows == ["| GPFF ancestral | 6 | rho 3, sigma_max 2 | 0.25 (0.10) | 0.21 (0.12) |",
                     "| GPFF DD | 4 | default | 0.05 (0.05) | 0.04 (–) |"]
+
+
+def test_tuning_grids_add_each_step_size_to_each_setting_after_the_default():
+    from benchmarks.gpff_qm9 import STEP_SIZES, TUNING, with_step_sizes
+
+    grid = [{}, {"prior_sigma": 2.0}]
+    assert with_step_sizes(grid) == [{}, {"prior_sigma": 2.0},
+                                     *({"step_size": s, **o} for s in STEP_SIZES for o in grid)]
+    for label, _, _, _, few_nfe, large_budget in TUNING:
+        assert few_nfe[0] == {} and (large_budget is None or large_budget[0] == {}), label
+        keys = [json.dumps(options, sort_keys=True) for options in few_nfe]
+        assert len(keys) == len(set(keys)), label
 
 
 def test_diagnosis_table_shows_the_model_choice_where_it_was_measured():

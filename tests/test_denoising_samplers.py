@@ -204,6 +204,31 @@ def test_dd_reaches_a_point_mass_in_one_step():
     assert spent.nfe.tolist() == [10] * 5
 
 
+@pytest.mark.parametrize("step_size", [0.5, 1.5])
+def test_step_size_contracts_a_point_mass_error_geometrically(step_size):
+    """x ← x + λ F(x) on a point mass: the error is (1 − λ)^k (x − x₀) after k steps, for DD
+    and noise-free SDD alike; σ̂ measures F itself, |1 − λ|^(K−1) times the first error."""
+    x0, x, rng = _molecules(4, 6, 2.0, seed=21)
+    seen = []
+    run = dd_sample(point_mass(x0), x, 5, step_size=step_size,
+                    callback=lambda info: seen.append(info["x"].clone()))
+    for k, positions in enumerate(seen, start=1):
+        assert torch.allclose(positions - x0, (1 - step_size) ** k * (x - x0))
+    first = noise_level(x, x0.expand_as(x))
+    assert torch.allclose(run.sigma_hat, abs(1 - step_size) ** 4 * first)
+    sdd = sdd_sample(point_mass(x0), x, 5, rng, noise_scale=0.0, step_size=step_size)
+    assert torch.equal(sdd.x, run.x)
+
+
+@pytest.mark.parametrize("step_size", [0.0, -0.5, 2.0, float("nan"), "1"])
+def test_step_size_outside_the_contracting_range_is_rejected(step_size):
+    x0, x, rng = _molecules(2, 3, 1.0, seed=22)
+    with pytest.raises(ValueError, match="step_size"):
+        dd_sample(point_mass(x0), x, 3, step_size=step_size)
+    with pytest.raises(ValueError, match="step_size"):
+        sdd_sample(point_mass(x0), x, 3, rng, step_size=step_size)
+
+
 def test_dd_tolerance_masks_converged_samples():
     """A contraction D(x) = x/2 halves σ̂ per step: each sample stops at its own step, the
     denoiser only sees the rows still running, and the callback reports step ``i``, the rows

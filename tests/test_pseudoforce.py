@@ -605,6 +605,28 @@ def test_cli_generate_writes_n_molecules_of_the_formula(tmp_path, capsys):
     assert code == 2 and "element" in capsys.readouterr().err
 
 
+def test_cli_generate_passes_the_step_size_and_prior_width(tmp_path, capsys):
+    import ase.io
+
+    path = tiny_model().save(tmp_path / "gpff.pt")
+    out = tmp_path / "out.extxyz"
+    code = main(["generate", "C3H8O", "-n", "2", "--sampler", "sdd", "--nfe", "3",
+                 "--step-size", "1.4", "--prior-sigma", "2", "--model", str(path),
+                 "--seed", "5", "-o", str(out)])
+    assert code == 0
+    frames = ase.io.read(out, index=":")
+    expected = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3,
+                                                       seed=5, step_size=1.4, prior_sigma=2.0)
+    for written, atoms in zip(frames, expected):
+        assert np.allclose(written.positions, atoms.positions, atol=1e-6)
+        assert written.info["step_size"] == 1.4 and written.info["prior_sigma"] == 2.0
+    default = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3, seed=5)
+    assert not np.allclose(default[0].positions, expected[0].positions, atol=1e-3)
+    code = main(["generate", "C3H8O", "-n", "1", "--step-size", "2.5", "--model", str(path),
+                 "-o", str(out)])
+    assert code == 2 and "step_size" in capsys.readouterr().err
+
+
 def test_conformer_sampler_trains_samples_and_round_trips(tmp_path):
     from ase_drift.data import Conformations
     from ase_drift.sampler import Sampler

@@ -698,7 +698,8 @@ class PseudoForceField:
                 or an archetype "rod", "disc", "sphere" (A.6: the mixture's total variance
                 split by :data:`SHAPE_TARGETS`).
             seed: seeds every random draw.
-            options: ``prior_sigma`` (Å), ``tolerance`` (DD), ``noise_scale`` (SDD),
+            options: ``prior_sigma`` (Å), ``tolerance`` (DD), ``step_size`` (DD and SDD,
+                default 1: the paper's x ← x̂₀), ``noise_scale`` (SDD),
                 ``strictness`` (DD+shape, default 1, decaying linearly to 0 over the steps),
                 ``rho``, ``sigma_min``, ``sigma_max``, ``s_churn``, ``batch_size`` (default 256).
         """
@@ -805,7 +806,8 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     strictness = float(options.pop("strictness", 1.0))
     tolerance = float(options.pop("tolerance", 0.005))
     rho = float(options.pop("rho", 7.0))
-    extra = {name: options.pop(name) for name in ("noise_scale", "s_churn") if name in options}
+    extra = {name: options.pop(name) for name in ("noise_scale", "step_size", "s_churn")
+             if name in options}
     if options:
         raise TypeError(f"unknown generate option(s): {', '.join(options)}")
     rng = torch.Generator().manual_seed(seed)
@@ -833,10 +835,12 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     denoiser = model.denoiser(torch.as_tensor(numbers).expand(count, -1))
     if sampler == "dd":
         return samplers.dd_sample(denoiser, x, nfe, tolerance=tolerance if adaptive else None,
-                                  constrain=constrain, fixed=fixed)
+                                  constrain=constrain, fixed=fixed,
+                                  **{k: v for k, v in extra.items() if k == "step_size"})
     if sampler == "sdd":
         return samplers.sdd_sample(denoiser, x, nfe, rng, constrain=constrain, fixed=fixed,
-                                   **{k: v for k, v in extra.items() if k == "noise_scale"})
+                                   **{k: v for k, v in extra.items()
+                                      if k in ("noise_scale", "step_size")})
     schedule = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho,
                 "adaptive": adaptive, "fixed": fixed}
     if sampler == "ancestral":

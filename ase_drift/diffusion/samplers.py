@@ -327,12 +327,15 @@ def _rows_view(values: Tensor, like: Tensor) -> Tensor:
 
 
 def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | None,
-                      noise_scale: float, rng: torch.Generator | None,
+                      step_size: float, noise_scale: float, rng: torch.Generator | None,
                       constrain: Constraint | None, fixed,
                       callback: DenoiseCallback | None) -> DenoiseRun:
     """The loop shared by :func:`dd_sample` and :func:`sdd_sample`."""
     _check_batch(x)
     nfe = _check_budget(nfe)
+    if not (isinstance(step_size, numbers.Real) and 0 < step_size < 2):
+        raise ValueError(f"step_size must be in (0, 2) (an exact pseudo-force contracts the "
+                         f"error by |1 - step_size| per step), got {step_size!r}")
     evaluate = _Evaluations(denoiser, x, fixed)
     x = x.clone()  # [B, ...]
     start = x.clone()  # positions the fixed atoms keep
@@ -346,10 +349,12 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
             x = torch.where(_rows_view(active, x), constrained, x)
         rows = active.nonzero().squeeze(1)  # [b]
         denoised, estimate = evaluate(x[rows], sigma_hat[rows], rows)
+        # Eq. 14, x ← x + λ F(x), written x̂₀ + (λ − 1) F so that λ = 1 gives x̂₀ exactly
+        moved = denoised + (step_size - 1) * (denoised - x[rows])
         if noise_scale > 0 and nfe > 1:  # SDD, Eq. 15: η_k = η (K − 1 − k)/(K − 1)
             eta = noise_scale * (nfe - 1 - step) / (nfe - 1)
-            denoised = denoised + eta * evaluate.noise(denoised, rows, rng)
-        x[rows] = denoised  # Eq. 14: x ← x + F(x) = x̂₀
+            moved = moved + eta * evaluate.noise(moved, rows, rng)
+        x[rows] = moved
         sigma_hat[rows] = estimate
         stepped = active.clone()
         if tolerance is not None:
@@ -363,12 +368,16 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
 
 
 def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | None = None,
-              constrain: Constraint | None = None, fixed=None,
+              step_size: float = 1.0, constrain: Constraint | None = None, fixed=None,
               callback: DenoiseCallback | None = None) -> DenoiseRun:
-    """Direct denoising (DD; GPFF paper Eqs. 13–14): x ← x̂₀ = x + F(x), repeated.
+    """Direct denoising (DD; GPFF paper Eqs. 13–14): x ← x + λ F(x), repeated; λ = 1 (the
+    paper's) moves to x̂₀ = x + F(x).
 
-    Near a minimum of the quadratic pseudo-PES one step lands on it (Eq. 13); from far away the
-    prediction is a blurred average, so DD iterates. A sample stops when the noise level
+    Near a minimum of the quadratic pseudo-PES one step of λ = 1 lands on it (Eq. 13); from far
+    away the prediction is a blurred average, so DD iterates. λ is the step of steepest descent
+    on the pseudo-PES: an exact pseudo-force contracts the error by |1 − λ| per step, and a
+    learned one that corrects only a fraction a of a small displacement (its linear response;
+    regression to the mean makes a < 1) contracts it fastest near λ = 1/a. A sample stops when the noise level
     estimate of its last evaluation σ̂ = ‖F‖/√d is below ``tolerance`` (the paper's force
     threshold, per coordinate: Eq. 14 on ‖F‖ reads σ̂ < ε/√d) — that evaluation's update is still
     applied — or when the budget ``nfe`` is spent. Detecting convergence costs an evaluation at
@@ -381,6 +390,7 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
         x: prior samples ``[B, ...]`` (e.g. ``[B, A, 3]`` in Å); not modified.
         nfe: budget of denoiser evaluations per sample (≥ 1).
         tolerance: stop a sample once σ̂ < ``tolerance`` (same unit as x); None runs the budget.
+        step_size: λ in (0, 2); σ̂ is measured on F, whatever λ.
         constrain: ``constrain(x [B, ...], step)``, applied before every step to the whole
             batch; only rows still running take the result (DD+shape: a closure over
             :func:`shape_constraint`).
@@ -392,19 +402,22 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
     """
     if tolerance is not None and not tolerance > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
-    return _direct_denoising(denoiser, x, nfe, tolerance=tolerance, noise_scale=0.0, rng=None,
-                             constrain=constrain, fixed=fixed, callback=callback)
+    return _direct_denoising(denoiser, x, nfe, tolerance=tolerance, step_size=step_size,
+                             noise_scale=0.0, rng=None, constrain=constrain, fixed=fixed,
+                             callback=callback)
 
 
 def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
-               noise_scale: float = 0.1, constrain: Constraint | None = None, fixed=None,
+               noise_scale: float = 0.1, step_size: float = 1.0,
+               constrain: Constraint | None = None, fixed=None,
                callback: DenoiseCallback | None = None) -> DenoiseRun:
     """Stochastic direct denoising (SDD; GPFF paper Eq. 15): exactly ``nfe`` steps
 
-        x_{k+1} = x̂₀(x_k) + η_k z_k,  z_k ~ N(0, I),  η_k = η (K − 1 − k)/(K − 1),  K = ``nfe``,
+        x_{k+1} = x_k + λ F(x_k) + η_k z_k,  z_k ~ N(0, I),  η_k = η (K − 1 − k)/(K − 1),
 
-    a linearly decaying noise scale from η = ``noise_scale`` (same unit as x) at the first step
-    to 0 at the last, so the returned samples are denoised outputs. (The paper's exact schedule
+    K = ``nfe``, a linearly decaying noise scale from η = ``noise_scale`` (same unit as x) at
+    the first step to 0 at the last; with the paper's λ = 1, x_k + F(x_k) = x̂₀(x_k) and the
+    returned samples are denoised outputs. (The paper's exact schedule
     was lost in extraction; this is the linear decay its prose describes, ending noise-free.
     η = 0.1 Å is a guess to tune per model.) No tolerance: the noise schedule fixes the steps.
 
@@ -412,6 +425,7 @@ def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
         denoiser, x, nfe, constrain, fixed, callback: as in :func:`dd_sample`.
         rng: generator of the injected noise.
         noise_scale: η ≥ 0, the first step's noise standard deviation per coordinate.
+        step_size: λ in (0, 2), as in :func:`dd_sample`.
 
     Returns:
         :class:`DenoiseRun` (``nfe`` equals the budget for every sample).
@@ -419,8 +433,9 @@ def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
     _check_rng(rng)
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
-    return _direct_denoising(denoiser, x, nfe, tolerance=None, noise_scale=float(noise_scale),
-                             rng=rng, constrain=constrain, fixed=fixed, callback=callback)
+    return _direct_denoising(denoiser, x, nfe, tolerance=None, step_size=step_size,
+                             noise_scale=float(noise_scale), rng=rng, constrain=constrain,
+                             fixed=fixed, callback=callback)
 
 
 def shape_constraint(x: Tensor, target_variances, strictness: float) -> Tensor:
