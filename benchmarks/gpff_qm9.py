@@ -53,7 +53,8 @@ DISTRIBUTION_CONFIGS = ("GPFF DD", "GPFF SDD", "GPFF SDD+shape", "GPFF stochasti
 #: Sampler settings searched by ``--tune`` (options of :meth:`PseudoForceField.generate`; the
 #: first of each grid is the default): (label, model, sampler, shape, grid at few NFE, grid at
 #: ``LARGE_BUDGET`` NFE or more, or None to skip those budgets). A point costs ~2.5 min at 256
-#: NFE, so large budgets search the DD step size λ alone.
+#: NFE, so large budgets search the DD step size λ alone, and for the isotropic prior with a
+#: narrow prior: λ > 1 from the wide default prior throws atoms out (see the docs).
 PRIOR_SIGMAS = (5.0, 3.0, 2.0, 1.5)
 NOISE_SCALES = (0.0, 0.2, 0.4)
 STEP_SIZES = (1.3, 1.6)
@@ -67,13 +68,15 @@ def with_step_sizes(grid: list[dict]) -> list[dict]:
 
 EDM_GRID = [{}, *({"sigma_max": s, "rho": r} for s in PRIOR_SIGMAS for r in (3.0, 7.0))]
 STEP_GRID = with_step_sizes([{}])
+NARROW_STEP_GRID = with_step_sizes([{}, {"prior_sigma": PRIOR_SIGMAS[-1]}])
 TUNING = [
     ("GPFF DD", "qm9", "dd", None,
-     with_step_sizes([{}, *({"prior_sigma": s} for s in PRIOR_SIGMAS)]), STEP_GRID),
+     with_step_sizes([{}, *({"prior_sigma": s} for s in PRIOR_SIGMAS)]), NARROW_STEP_GRID),
     ("GPFF SDD", "qm9", "sdd", None,
      with_step_sizes([{}, *({"noise_scale": e} for e in NOISE_SCALES),
                       *({"prior_sigma": s, "noise_scale": e}
-                        for s in PRIOR_SIGMAS for e in (0.1, *NOISE_SCALES))]), STEP_GRID),
+                        for s in PRIOR_SIGMAS for e in (0.1, *NOISE_SCALES))]),
+     NARROW_STEP_GRID),
     ("GPFF SDD+shape", "qm9", "sdd", "gmm",
      with_step_sizes([{}, *({"noise_scale": e, "strictness": c}
                             for e in (0.1, *NOISE_SCALES) for c in (0.5, 1.0)
@@ -151,6 +154,10 @@ def main(argv=None) -> None:
     parser.add_argument("--nfe", type=int, nargs="*",
                         help="budgets to run (default: all of the mode's; a later run with "
                              "other budgets adds to the same results)")
+    parser.add_argument("--options", type=json.loads, default={},
+                        help="sampler settings for every configuration run, as JSON options of "
+                             "generate (e.g. '{\"step_size\": 1.3}'); stored as points of their "
+                             "own, labelled with them")
     parser.add_argument("--no-docs", action="store_true")
     parser.add_argument("--ethanol", action="store_true",
                         help="only the single-molecule part: the QM9 GPFF fine-tuned on the "
@@ -209,16 +216,18 @@ def main(argv=None) -> None:
             continue
         if name not in models:
             models[name] = PseudoForceField.load_pretrained(name)
+        point_label = f"{label} {json.dumps(args.options, sort_keys=True)}" if args.options \
+            else label
         for nfe in run_nfes:
-            key = f"{label} @ {nfe}"
+            key = f"{point_label} @ {nfe}"
             if key in results["points"]:
                 continue
             frames, seconds, spent = run_point(models[name], formulas, per_formula, sampler,
-                                               nfe, adaptive, shape, args.seed)
-            point = {"label": label, "nfe_budget": nfe, "nfe_mean": spent,
+                                               nfe, adaptive, shape, args.seed, args.options)
+            point = {"label": point_label, "nfe_budget": nfe, "nfe_mean": spent,
                      "validity": validity_fraction(frames),
-                     "molecules_per_s": len(frames) / seconds}
-            if label in DISTRIBUTION_CONFIGS and nfe == max(nfes):
+                     "molecules_per_s": len(frames) / seconds, "options": args.options}
+            if point_label in DISTRIBUTION_CONFIGS and nfe == max(nfes):
                 point["mpd"] = max_pair_distance(frames).tolist()
                 valid = [a for a in frames if validity(a).valid][:args.xtb]
                 point["xtb"] = {"formula": [a.get_chemical_formula() for a in valid],
@@ -227,6 +236,9 @@ def main(argv=None) -> None:
             save()
             print(f"{key}: validity {point['validity']:.3f}, {point['molecules_per_s']:.1f} "
                   f"mol/s", flush=True)
+    if args.options:  # the tables show the default settings; these points are printed above
+        save()
+        return
     distributions(results, reference, args)
     save()
     table = markdown(results)
