@@ -431,6 +431,9 @@ def diagnose_model(model, qm9, test, formula, seed: int = 0, n: int = 64) -> dic
 
     * pseudo-force error against σ: RMS per coordinate (Å) of F_θ(x₀ + σε) − F (aligned
       targets, Eq. 8) and its norm relative to ‖F‖;
+    * linear response against σ: the fraction a = −⟨F_θ(x₀ + δ) − F_θ(x₀), δ⟩ / ‖δ‖² of a
+      displacement δ = σε (centred) that the field undoes (an exact one: 1 at small σ; DD's
+      step size λ contracts the error fastest near 1/a);
     * DD started at the real geometries (σ = 0): validity and Kabsch RMSD to the start after
       1, 3, 10, 30 steps (an exact field keeps them; a biased one drifts to its own fixed
       points);
@@ -446,13 +449,15 @@ def diagnose_model(model, qm9, test, formula, seed: int = 0, n: int = 64) -> dic
     rng = np.random.default_rng(seed)
     chosen = rng.choice(test, n, replace=False)
     force = {}
+    at_minimum = {}  # molecule -> F_θ(x₀) [A, 3]
     for sigma in DIAGNOSIS_SIGMAS:
-        rms, relative = [], []
+        rms, relative, response = [], [], []
         for m in chosen:
             numbers, x0 = qm9[m]
             x0 = x0 - x0.mean(0)
             eps = rng.normal(size=x0.shape)
-            noisy = x0 + sigma * (eps - eps.mean(0))
+            displacement = sigma * (eps - eps.mean(0))  # [A, 3]
+            noisy = x0 + displacement
             predicted = model.pseudo_forces(numbers, noisy)
             target = pseudo_force_targets(torch.as_tensor(x0), torch.as_tensor(noisy),
                                           torch.as_tensor(numbers),
@@ -460,8 +465,13 @@ def diagnose_model(model, qm9, test, formula, seed: int = 0, n: int = 64) -> dic
             rms.append(np.sqrt(((predicted - target) ** 2).mean()))
             if sigma > 0:
                 relative.append(np.linalg.norm(predicted - target) / np.linalg.norm(target))
+                if m not in at_minimum:
+                    at_minimum[m] = model.pseudo_forces(numbers, x0)
+                response.append(-np.sum((predicted - at_minimum[m]) * displacement)
+                                / np.sum(displacement**2))
         force[str(sigma)] = {"rms": float(np.median(rms)),
-                             "relative": float(np.median(relative)) if relative else None}
+                             "relative": float(np.median(relative)) if relative else None,
+                             "response": float(np.median(response)) if response else None}
     drift = {str(k): {"valid": 0, "rmsd": []} for k in DIAGNOSIS_DD_STEPS}
     for m in chosen:
         numbers, x0 = qm9[m]
@@ -546,6 +556,13 @@ def diagnosis_markdown(results: dict) -> str:
                                                      if error["relative"] is not None else ""))
         lines.append(f"| pseudo-force error at σ = {sigma} Å, RMS per coordinate (relative) | "
                      + " | ".join(cells) + " |")
+    for sigma in first["force_error"]:
+        cells = [f"{results[k]['force_error'][sigma]['response']:.2f}"
+                 if results[k]["force_error"][sigma].get("response") is not None else "–"
+                 for k in labels]
+        if any(cell != "–" for cell in cells):
+            lines.append(f"| fraction of a displacement of σ = {sigma} Å undone (linear "
+                         f"response; exact: 1) | " + " | ".join(cells) + " |")
     for steps in first["dd_from_qm9"]:
         cells = [f"{results[k]['dd_from_qm9'][steps]['valid']}/{results[k]['molecules']}, "
                  f"{results[k]['dd_from_qm9'][steps]['rmsd']:.3f} Å" for k in labels]

@@ -92,6 +92,15 @@ def test_diagnosis_table_shows_the_model_choice_where_it_was_measured():
     assert table.splitlines()[-1] == ("| validity, SDD at 256 NFE, 96 × C7H9NO and C6H9NO2 (the "
                                       "model choice) | – | 0.77 |")
     assert "model choice" not in diagnosis_markdown({"old": entry(10)})
+    assert "linear response" not in table  # measured by neither
+    new = entry(20)
+    new["force_error"]["0.1"] = {"rms": 0.05, "relative": 0.3, "response": 0.614}
+    old = entry(10)
+    old["force_error"]["0.1"] = {"rms": 0.06, "relative": 0.4}
+    rows = [line for line in diagnosis_markdown({"old": old, "new": new}).splitlines()
+            if "linear response" in line]
+    assert rows == [("| fraction of a displacement of σ = 0.1 Å undone (linear response; "
+                     "exact: 1) | – | 0.61 |")]
 
 
 def test_one_atom_flown_off_does_not_hide_a_shifted_max_pair_distance_distribution():
