@@ -562,7 +562,7 @@ def diagnosis_markdown(results: dict) -> str:
                  for k in labels]
         if any(cell != "–" for cell in cells):
             lines.append(f"| fraction of a displacement of σ = {sigma} Å undone (linear "
-                         f"response; exact: 1) | " + " | ".join(cells) + " |")
+                         f"response; an exact field: 1 at small σ) | " + " | ".join(cells) + " |")
     for steps in first["dd_from_qm9"]:
         cells = [f"{results[k]['dd_from_qm9'][steps]['valid']}/{results[k]['molecules']}, "
                  f"{results[k]['dd_from_qm9'][steps]['rmsd']:.3f} Å" for k in labels]

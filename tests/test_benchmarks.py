@@ -100,7 +100,7 @@ def test_diagnosis_table_shows_the_model_choice_where_it_was_measured():
     rows = [line for line in diagnosis_markdown({"old": old, "new": new}).splitlines()
             if "linear response" in line]
     assert rows == [("| fraction of a displacement of σ = 0.1 Å undone (linear response; "
-                     "exact: 1) | – | 0.61 |")]
+                     "an exact field: 1 at small σ) | – | 0.61 |")]
 
 
 def test_one_atom_flown_off_does_not_hide_a_shifted_max_pair_distance_distribution():
