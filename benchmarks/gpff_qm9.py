@@ -53,8 +53,8 @@ DISTRIBUTION_CONFIGS = ("GPFF DD", "GPFF SDD", "GPFF SDD+shape", "GPFF stochasti
 #: Sampler settings searched by ``--tune`` (options of :meth:`PseudoForceField.generate`; the
 #: first of each grid is the default): (label, model, sampler, shape, grid at few NFE, grid at
 #: ``LARGE_BUDGET`` NFE or more, or None to skip those budgets). A point costs ~2.5 min at 256
-#: NFE, so large budgets search the DD step size λ alone, and for the isotropic prior with a
-#: narrow prior: λ > 1 from the wide default prior throws atoms out (see the docs).
+#: NFE, so large budgets try the step size λ alone and, for the isotropic prior, also with the
+#: narrowest prior (λ > 1 from the wide default prior throws atoms out; see the docs).
 PRIOR_SIGMAS = (5.0, 3.0, 2.0, 1.5)
 NOISE_SCALES = (0.0, 0.2, 0.4)
 STEP_SIZES = (1.3, 1.6)

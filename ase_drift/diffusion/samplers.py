@@ -377,12 +377,13 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
     away the prediction is a blurred average, so DD iterates. λ is the step of steepest descent
     on the pseudo-PES: an exact pseudo-force contracts the error by |1 − λ| per step, and a
     learned one that corrects only a fraction a of a small displacement (its linear response;
-    regression to the mean makes a < 1) contracts it fastest near λ = 1/a. A sample stops when the noise level
-    estimate of its last evaluation σ̂ = ‖F‖/√d is below ``tolerance`` (the paper's force
-    threshold, per coordinate: Eq. 14 on ‖F‖ reads σ̂ < ε/√d) — that evaluation's update is still
-    applied — or when the budget ``nfe`` is spent. Detecting convergence costs an evaluation at
-    the converged point: on a point-mass data set DD reaches x₀ after one evaluation and stops
-    after the second (nfe 2).
+    regression to the mean makes a < 1) contracts it fastest near λ = 1/a.
+
+    A sample stops when the noise level estimate of its last evaluation σ̂ = ‖F‖/√d is below
+    ``tolerance`` (the paper's force threshold, per coordinate: Eq. 14 on ‖F‖ reads
+    σ̂ < ε/√d) — that evaluation's update is still applied — or when the budget ``nfe`` is
+    spent. Detecting convergence costs an evaluation at the converged point: on a point-mass
+    data set DD reaches x₀ after one evaluation and stops after the second (nfe 2).
 
     Args:
         denoiser: ``denoiser(x [b, ...], sigma [b]) -> x̂₀``; it receives the previous σ̂ (at
