@@ -337,6 +337,7 @@ def cmd_generate(args) -> int:
     seed = fresh_seed() if args.seed is None else args.seed  # recorded: the run can be repeated
     start = time.perf_counter()
     options = {name: value for name, value in (("step_size", args.step_size),
+                                               ("step_size_below", args.step_size_below),
                                                ("prior_sigma", args.prior_sigma))
                if value is not None}
     frames = model.generate(args.formula, args.n, sampler=args.sampler, nfe=args.nfe,
@@ -638,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size", type=float,
                    help="dd/sdd: x <- x + STEP_SIZE * F, in (0, 2) (default 1, the paper's; "
                         "the docs list the values tuned for the shipped model)")
+    p.add_argument("--step-size-below", type=float, metavar="Å",
+                   help="dd/sdd: apply --step-size only to steps whose noise estimate is below "
+                        "this (default: every step)")
     p.add_argument("--prior-sigma", type=float,
                    help="width of the Gaussian prior in Å (default: the model's sigma_max for "
                         "an isotropic prior, 1 Å around a scaffold)")

@@ -220,6 +220,31 @@ def test_step_size_contracts_a_point_mass_error_geometrically(step_size):
     assert torch.equal(sdd.x, run.x)
 
 
+def test_step_size_applies_per_sample_only_below_the_noise_level_given():
+    """D(x) = x/2 (σ̂ = x/2 for a constant x): with λ = 1.5 below σ̂ = 1, a sample steps
+    x → x/2 while its σ̂ ≥ 1 and x → x/4 once σ̂ < 1 (σ̂ = 1 is not below); each sample of the
+    batch by its own σ̂. Powers of two keep it exact."""
+    x = torch.stack([torch.full((3, 3), value, dtype=torch.float64) for value in (8.0, 1.0)])
+    seen = []
+    run = dd_sample(lambda y, sigma: 0.5 * y, x, 5, step_size=1.5, step_size_below=1.0,
+                    callback=lambda info: seen.append(info["x"][:, 0, 0].tolist()))
+    assert seen == [[4.0, 2.0**-2], [2.0, 2.0**-4], [1.0, 2.0**-6], [2.0**-2, 2.0**-8],
+                    [2.0**-4, 2.0**-10]]
+    assert run.sigma_hat.tolist() == [2.0**-3, 2.0**-9]
+    sdd = sdd_sample(lambda y, sigma: 0.5 * y, x, 5, torch.Generator().manual_seed(0),
+                     noise_scale=0.0, step_size=1.5, step_size_below=1.0)
+    assert torch.equal(sdd.x, run.x)
+
+
+@pytest.mark.parametrize("below", [0.0, -1.0, float("nan"), "1"])
+def test_step_size_below_must_be_a_positive_noise_level(below):
+    x0, x, rng = _molecules(2, 3, 1.0, seed=23)
+    with pytest.raises(ValueError, match="step_size_below"):
+        dd_sample(point_mass(x0), x, 3, step_size=1.2, step_size_below=below)
+    with pytest.raises(ValueError, match="step_size_below"):
+        sdd_sample(point_mass(x0), x, 3, rng, step_size=1.2, step_size_below=below)
+
+
 @pytest.mark.parametrize("step_size", [0.0, -0.5, 2.0, float("nan"), "1"])
 def test_step_size_outside_the_contracting_range_is_rejected(step_size):
     x0, x, rng = _molecules(2, 3, 1.0, seed=22)

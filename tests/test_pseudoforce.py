@@ -376,6 +376,10 @@ GENERATE_CASES = [
      lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, noise_scale=0.3)),
     ("sdd", False, {"step_size": 0.7},
      lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, step_size=0.7)),
+    ("dd", False, {"step_size": 1.4, "step_size_below": 1e-6},
+     lambda d, x, rng: samplers.dd_sample(d, x, 5, step_size=1.4, step_size_below=1e-6)),
+    ("sdd", False, {"step_size": 1.4, "step_size_below": 1e-6},
+     lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, step_size=1.4, step_size_below=1e-6)),
     ("ancestral", True, {"sigma_min": 0.05, "rho": 5.0},
      lambda d, x, rng: samplers.ancestral_sample(d, x, 5, rng, sigma_min=0.05, sigma_max=4.0,
                                                  rho=5.0, adaptive=True)),
@@ -615,15 +619,18 @@ def test_cli_generate_passes_the_step_size_and_prior_width(tmp_path, capsys):
     path = tiny_model().save(tmp_path / "gpff.pt")
     out = tmp_path / "out.extxyz"
     code = main(["generate", "C3H8O", "-n", "2", "--sampler", "sdd", "--nfe", "3",
-                 "--step-size", "1.4", "--prior-sigma", "2", "--model", str(path),
+                 "--step-size", "1.4", "--step-size-below", "1e-6", "--prior-sigma", "2",
+                 "--model", str(path),
                  "--seed", "5", "-o", str(out)])
     assert code == 0
     frames = ase.io.read(out, index=":")
     expected = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3,
-                                                       seed=5, step_size=1.4, prior_sigma=2.0)
+                                                       seed=5, step_size=1.4,
+                                                       step_size_below=1e-6, prior_sigma=2.0)
     for written, atoms in zip(frames, expected):
         assert np.allclose(written.positions, atoms.positions, atol=1e-6)
         assert written.info["step_size"] == 1.4 and written.info["prior_sigma"] == 2.0
+        assert written.info["step_size_below"] == 1e-6
     default = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3, seed=5)
     assert not np.allclose(default[0].positions, expected[0].positions, atol=1e-3)
     code = main(["generate", "C3H8O", "-n", "1", "--step-size", "2.5", "--model", str(path),

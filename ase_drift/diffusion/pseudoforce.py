@@ -698,8 +698,9 @@ class PseudoForceField:
                 or an archetype "rod", "disc", "sphere" (A.6: the mixture's total variance
                 split by :data:`SHAPE_TARGETS`).
             seed: seeds every random draw.
-            options: ``prior_sigma`` (Å), ``tolerance`` (DD), ``step_size`` (DD and SDD,
-                default 1: the paper's x ← x̂₀), ``noise_scale`` (SDD),
+            options: ``prior_sigma`` (Å), ``tolerance`` (DD), ``step_size`` and
+                ``step_size_below`` (DD and SDD; default λ = 1, the paper's x ← x̂₀),
+                ``noise_scale`` (SDD),
                 ``strictness`` (DD+shape, default 1, decaying linearly to 0 over the steps),
                 ``rho``, ``sigma_min``, ``sigma_max``, ``s_churn``, ``batch_size`` (default 256).
         """
@@ -764,6 +765,8 @@ def formula_numbers(formula: str) -> np.ndarray:
 
 
 SAMPLERS = ("dd", "sdd", "ancestral", "heun", "stochastic-heun")
+#: Options of :meth:`PseudoForceField.generate` passed to SDD; all but the first also to DD.
+DIRECT_DENOISING_OPTIONS = ("noise_scale", "step_size", "step_size_below")
 SHAPES = ("gmm", *SHAPE_TARGETS)
 #: Smallest relative principal variance of a shape target (the disc's third axis is 0 in
 #: A.6; hydrogens stick out of every plane and :func:`shape_constraint` needs τ > 0).
@@ -806,7 +809,7 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     strictness = float(options.pop("strictness", 1.0))
     tolerance = float(options.pop("tolerance", 0.005))
     rho = float(options.pop("rho", 7.0))
-    extra = {name: options.pop(name) for name in ("noise_scale", "step_size", "s_churn")
+    extra = {name: options.pop(name) for name in DIRECT_DENOISING_OPTIONS + ("s_churn",)
              if name in options}
     if options:
         raise TypeError(f"unknown generate option(s): {', '.join(options)}")
@@ -836,11 +839,12 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     if sampler == "dd":
         return samplers.dd_sample(denoiser, x, nfe, tolerance=tolerance if adaptive else None,
                                   constrain=constrain, fixed=fixed,
-                                  **{k: v for k, v in extra.items() if k == "step_size"})
+                                  **{k: v for k, v in extra.items()
+                                     if k in DIRECT_DENOISING_OPTIONS[1:]})
     if sampler == "sdd":
         return samplers.sdd_sample(denoiser, x, nfe, rng, constrain=constrain, fixed=fixed,
                                    **{k: v for k, v in extra.items()
-                                      if k in ("noise_scale", "step_size")})
+                                      if k in DIRECT_DENOISING_OPTIONS})
     schedule = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho,
                 "adaptive": adaptive, "fixed": fixed}
     if sampler == "ancestral":

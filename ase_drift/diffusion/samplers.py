@@ -327,7 +327,8 @@ def _rows_view(values: Tensor, like: Tensor) -> Tensor:
 
 
 def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | None,
-                      step_size: float, noise_scale: float, rng: torch.Generator | None,
+                      step_size: float, step_size_below: float | None, noise_scale: float,
+                      rng: torch.Generator | None,
                       constrain: Constraint | None, fixed,
                       callback: DenoiseCallback | None) -> DenoiseRun:
     """The loop shared by :func:`dd_sample` and :func:`sdd_sample`."""
@@ -336,6 +337,10 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
     if not (isinstance(step_size, numbers.Real) and 0 < step_size < 2):
         raise ValueError(f"step_size must be in (0, 2) (an exact pseudo-force contracts the "
                          f"error by |1 - step_size| per step), got {step_size!r}")
+    if step_size_below is not None and not (isinstance(step_size_below, numbers.Real)
+                                            and step_size_below > 0):
+        raise ValueError(f"step_size_below must be None or a positive noise level, got "
+                         f"{step_size_below!r}")
     evaluate = _Evaluations(denoiser, x, fixed)
     x = x.clone()  # [B, ...]
     start = x.clone()  # positions the fixed atoms keep
@@ -350,7 +355,10 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
         rows = active.nonzero().squeeze(1)  # [b]
         denoised, estimate = evaluate(x[rows], sigma_hat[rows], rows)
         # Eq. 14, x ← x + λ F(x), written x̂₀ + (λ − 1) F so that λ = 1 gives x̂₀ exactly
-        moved = denoised + (step_size - 1) * (denoised - x[rows])
+        steps = torch.full_like(estimate, step_size)  # [b] λ per sample
+        if step_size_below is not None:  # far from equilibrium x̂₀ is the posterior mean: λ = 1
+            steps = torch.where(estimate < step_size_below, steps, torch.ones_like(steps))
+        moved = denoised + _rows_view(steps - 1, denoised) * (denoised - x[rows])
         if noise_scale > 0 and nfe > 1:  # SDD, Eq. 15: η_k = η (K − 1 − k)/(K − 1)
             eta = noise_scale * (nfe - 1 - step) / (nfe - 1)
             moved = moved + eta * evaluate.noise(moved, rows, rng)
@@ -368,7 +376,8 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
 
 
 def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | None = None,
-              step_size: float = 1.0, constrain: Constraint | None = None, fixed=None,
+              step_size: float = 1.0, step_size_below: float | None = None,
+              constrain: Constraint | None = None, fixed=None,
               callback: DenoiseCallback | None = None) -> DenoiseRun:
     """Direct denoising (DD; GPFF paper Eqs. 13–14): x ← x + λ F(x), repeated; λ = 1 (the
     paper's) moves to x̂₀ = x + F(x).
@@ -377,7 +386,9 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
     away the prediction is a blurred average, so DD iterates. λ is the step of steepest descent
     on the pseudo-PES: an exact pseudo-force contracts the error by |1 − λ| per step, and a
     learned one that corrects only a fraction a of a small displacement (its linear response;
-    regression to the mean makes a < 1) contracts it fastest near λ = 1/a.
+    regression to the mean makes a < 1) contracts it fastest near λ = 1/a. That holds near
+    equilibrium only: far from it x̂₀ is the posterior mean, where λ = 1 is right and λ > 1
+    overshoots, so ``step_size_below`` can restrict λ to steps whose σ̂ is below it.
 
     A sample stops when the noise level estimate of its last evaluation σ̂ = ‖F‖/√d is below
     ``tolerance`` (the paper's force threshold, per coordinate: Eq. 14 on ‖F‖ reads
@@ -392,6 +403,8 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
         nfe: budget of denoiser evaluations per sample (≥ 1).
         tolerance: stop a sample once σ̂ < ``tolerance`` (same unit as x); None runs the budget.
         step_size: λ in (0, 2); σ̂ is measured on F, whatever λ.
+        step_size_below: apply λ only to a sample whose σ̂ of this evaluation is below it (same
+            unit as x), and step with λ = 1 above; None applies λ at every step.
         constrain: ``constrain(x [B, ...], step)``, applied before every step to the whole
             batch; only rows still running take the result (DD+shape: a closure over
             :func:`shape_constraint`).
@@ -404,13 +417,14 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
     if tolerance is not None and not tolerance > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
     return _direct_denoising(denoiser, x, nfe, tolerance=tolerance, step_size=step_size,
-                             noise_scale=0.0, rng=None, constrain=constrain, fixed=fixed,
-                             callback=callback)
+                             step_size_below=step_size_below, noise_scale=0.0, rng=None,
+                             constrain=constrain, fixed=fixed, callback=callback)
 
 
 def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
                noise_scale: float = 0.1, step_size: float = 1.0,
-               constrain: Constraint | None = None, fixed=None,
+               step_size_below: float | None = None, constrain: Constraint | None = None,
+               fixed=None,
                callback: DenoiseCallback | None = None) -> DenoiseRun:
     """Stochastic direct denoising (SDD; GPFF paper Eq. 15): exactly ``nfe`` steps
 
@@ -426,7 +440,7 @@ def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
         denoiser, x, nfe, constrain, fixed, callback: as in :func:`dd_sample`.
         rng: generator of the injected noise.
         noise_scale: η ≥ 0, the first step's noise standard deviation per coordinate.
-        step_size: λ in (0, 2), as in :func:`dd_sample`.
+        step_size, step_size_below: λ in (0, 2) and where it applies, as in :func:`dd_sample`.
 
     Returns:
         :class:`DenoiseRun` (``nfe`` equals the budget for every sample).
@@ -435,8 +449,8 @@ def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
     return _direct_denoising(denoiser, x, nfe, tolerance=None, step_size=step_size,
-                             noise_scale=float(noise_scale), rng=rng, constrain=constrain,
-                             fixed=fixed, callback=callback)
+                             step_size_below=step_size_below, noise_scale=float(noise_scale),
+                             rng=rng, constrain=constrain, fixed=fixed, callback=callback)
 
 
 def shape_constraint(x: Tensor, target_variances, strictness: float) -> Tensor:
