@@ -54,10 +54,12 @@ DISTRIBUTION_CONFIGS = ("GPFF DD", "GPFF SDD", "GPFF SDD+shape", "GPFF stochasti
 #: first of each grid is the default): (label, model, sampler, shape, grid at few NFE, grid at
 #: ``LARGE_BUDGET`` NFE or more, or None to skip those budgets). A point costs ~2.5 min at 256
 #: NFE, so large budgets try the step size λ alone and, for the isotropic prior, also with the
-#: narrowest prior (λ > 1 from the wide default prior throws atoms out; see the docs).
+#: narrowest prior or applied only below σ̂ = ``STEP_SIZE_BELOW`` (λ > 1 from the wide default
+#: prior throws atoms out; see the docs).
 PRIOR_SIGMAS = (5.0, 3.0, 2.0, 1.5)
 NOISE_SCALES = (0.0, 0.2, 0.4)
 STEP_SIZES = (1.3, 1.6)
+STEP_SIZE_BELOW = (1.0, 0.3)
 LARGE_BUDGET = 64
 
 
@@ -68,15 +70,17 @@ def with_step_sizes(grid: list[dict]) -> list[dict]:
 
 EDM_GRID = [{}, *({"sigma_max": s, "rho": r} for s in PRIOR_SIGMAS for r in (3.0, 7.0))]
 STEP_GRID = with_step_sizes([{}])
-NARROW_STEP_GRID = with_step_sizes([{}, {"prior_sigma": PRIOR_SIGMAS[-1]}])
+ISOTROPIC_STEP_GRID = [*with_step_sizes([{}, {"prior_sigma": PRIOR_SIGMAS[-1]}]),
+                       *({"step_size": step, "step_size_below": below}
+                         for below in STEP_SIZE_BELOW for step in STEP_SIZES)]
 TUNING = [
     ("GPFF DD", "qm9", "dd", None,
-     with_step_sizes([{}, *({"prior_sigma": s} for s in PRIOR_SIGMAS)]), NARROW_STEP_GRID),
+     with_step_sizes([{}, *({"prior_sigma": s} for s in PRIOR_SIGMAS)]), ISOTROPIC_STEP_GRID),
     ("GPFF SDD", "qm9", "sdd", None,
      with_step_sizes([{}, *({"noise_scale": e} for e in NOISE_SCALES),
                       *({"prior_sigma": s, "noise_scale": e}
                         for s in PRIOR_SIGMAS for e in (0.1, *NOISE_SCALES))]),
-     NARROW_STEP_GRID),
+     ISOTROPIC_STEP_GRID),
     ("GPFF SDD+shape", "qm9", "sdd", "gmm",
      with_step_sizes([{}, *({"noise_scale": e, "strictness": c}
                             for e in (0.1, *NOISE_SCALES) for c in (0.5, 1.0)
