@@ -5,7 +5,9 @@ and generation speed.
 
     python -m benchmarks.gpff_qm9 --quick     # 64 molecules per point, NFE 4 … 256 (< 30 min)
     python -m benchmarks.gpff_qm9             # 1,000 molecules per point, all NFE (hours)
-    python -m benchmarks.gpff_qm9 --quick -n 96 --tune 6   # sampler settings at 6 NFE
+    python -m benchmarks.gpff_qm9 --quick -n 96 --tune 6 256   # sampler settings at 6, 256 NFE
+    python -m benchmarks.gpff_qm9 --quick -n 480 --configs "GPFF SDD+shape" --nfe 256 \
+        --options '{"step_size": 1.6}'    # one configuration with other settings
 
 Molecules: the ``--formulas`` most frequent formulas of QM9's test split (the split of
 :mod:`ase_drift.datasets.qm9`; the models never saw these molecules; default 2: C7H10O2 and
