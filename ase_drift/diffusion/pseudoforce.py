@@ -765,8 +765,9 @@ def formula_numbers(formula: str) -> np.ndarray:
 
 
 SAMPLERS = ("dd", "sdd", "ancestral", "heun", "stochastic-heun")
-#: Options of :meth:`PseudoForceField.generate` passed to SDD; all but the first also to DD.
-DIRECT_DENOISING_OPTIONS = ("noise_scale", "step_size", "step_size_below")
+#: Options of :meth:`PseudoForceField.generate` passed on to DD and to SDD.
+DD_OPTIONS = ("step_size", "step_size_below")
+SDD_OPTIONS = ("noise_scale", *DD_OPTIONS)
 SHAPES = ("gmm", *SHAPE_TARGETS)
 #: Smallest relative principal variance of a shape target (the disc's third axis is 0 in
 #: A.6; hydrogens stick out of every plane and :func:`shape_constraint` needs τ > 0).
@@ -809,8 +810,7 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     strictness = float(options.pop("strictness", 1.0))
     tolerance = float(options.pop("tolerance", 0.005))
     rho = float(options.pop("rho", 7.0))
-    extra = {name: options.pop(name) for name in DIRECT_DENOISING_OPTIONS + ("s_churn",)
-             if name in options}
+    extra = {name: options.pop(name) for name in (*SDD_OPTIONS, "s_churn") if name in options}
     if options:
         raise TypeError(f"unknown generate option(s): {', '.join(options)}")
     rng = torch.Generator().manual_seed(seed)
@@ -839,12 +839,10 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     if sampler == "dd":
         return samplers.dd_sample(denoiser, x, nfe, tolerance=tolerance if adaptive else None,
                                   constrain=constrain, fixed=fixed,
-                                  **{k: v for k, v in extra.items()
-                                     if k in DIRECT_DENOISING_OPTIONS[1:]})
+                                  **{k: v for k, v in extra.items() if k in DD_OPTIONS})
     if sampler == "sdd":
         return samplers.sdd_sample(denoiser, x, nfe, rng, constrain=constrain, fixed=fixed,
-                                   **{k: v for k, v in extra.items()
-                                      if k in DIRECT_DENOISING_OPTIONS})
+                                   **{k: v for k, v in extra.items() if k in SDD_OPTIONS})
     schedule = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho,
                 "adaptive": adaptive, "fixed": fixed}
     if sampler == "ancestral":
