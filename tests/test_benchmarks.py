@@ -125,3 +125,23 @@ def test_one_atom_flown_off_does_not_hide_a_shifted_max_pair_distance_distributi
     stats = results["distributions"]
     assert stats["GPFF DD"]["mpd_js"] > 0.3  # on the pooled range it was ≈ 0.004
     assert stats["GPFF DD"]["mpd_js"] == pytest.approx(stats["GPFF SDD"]["mpd_js"], abs=0.02)
+
+
+def test_noise_floor_splits_a_reference_smaller_than_a_point():
+    # 10,000 molecules per point against 1,151 test molecules: the floor compares half of them
+    # with the other half instead of failing on an empty other side
+    from types import SimpleNamespace
+
+    import numpy as np
+    from ase import Atoms
+
+    from benchmarks.gpff_qm9 import distributions
+
+    rng = np.random.default_rng(1)
+    reference = [Atoms("H2", positions=[[0, 0, 0], [0, 0, d]]) for d in rng.normal(6.3, 0.3, 101)]
+    results = {"setup": {"nfe": [6], "molecules_per_point": 10_000}, "points": {},
+               "reference_energies": {"formula": ["H2"] * 40, "energy": list(rng.normal(0, 1, 40))}}
+    distributions(results, reference, SimpleNamespace(seed=0, xtb=40))
+    floor, = (v for k, v in results["distributions"].items() if k.startswith("QM9 noise floor"))
+    assert "QM9 noise floor (50 vs the other test molecules)" in results["distributions"]
+    assert 0 <= floor["mpd_js"] < 0.2
