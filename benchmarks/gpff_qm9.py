@@ -6,6 +6,8 @@ and generation speed.
     python -m benchmarks.gpff_qm9 --quick     # 64 molecules per point, NFE 4 … 256 (< 30 min)
     python -m benchmarks.gpff_qm9             # 1,000 molecules per point, all NFE (hours)
     python -m benchmarks.gpff_qm9 --quick -n 96 --tune 6 256   # sampler settings at 6, 256 NFE
+    python -m benchmarks.gpff_qm9 --quick -n 96 --tune 6 --tune-n 960 \
+        --results benchmarks/results/gpff_qm9_tune960.json   # 960 molecules per setting
     python -m benchmarks.gpff_qm9 --quick -n 480 --configs "GPFF SDD+shape" --nfe 256 \
         --options '{"step_size": 1.6}'    # one configuration with other settings
 
@@ -178,6 +180,9 @@ def main(argv=None) -> None:
                         help="only the search of sampler settings (prior width, SDD noise, EDM "
                              "schedule) at these budgets: chosen on the next two most frequent "
                              "test formulas, then measured on the benchmark's")
+    parser.add_argument("--tune-n", type=int,
+                        help=f"molecules per setting of --tune below {LARGE_BUDGET} NFE, where "
+                             "a point costs seconds (default: -n)")
     args = parser.parse_args(argv)
     if args.ethanol:
         return ethanol(args)
@@ -210,8 +215,10 @@ def main(argv=None) -> None:
     results["reference"] = {"molecules": len(reference),
                             "validity": validity_fraction(reference)}
     if args.tune:
+        few_nfe_per_formula = max(1, (args.tune_n or n) // len(formulas))
         tune(args, results, models, formulas, held_out_formulas(qm9, test, len(formulas)),
-             per_formula, save)
+             {"few_nfe": few_nfe_per_formula * len(formulas),
+              "large_budget": per_formula * len(formulas)}, save)
         table = tuning_markdown(results)
         print(table)
         if not args.no_docs:
@@ -260,21 +267,29 @@ def best_setting(scores: list[tuple[dict, float]]) -> tuple[dict, float]:
     return max(scores, key=lambda item: item[1])
 
 
-def tune(args, results: dict, models: dict, formulas, tuning_formulas, per_formula: int,
+def tune(args, results: dict, models: dict, formulas, tuning_formulas, molecules: dict,
          save) -> None:
     """``--tune``: each grid of :data:`TUNING` at each budget on ``tuning_formulas``
-    (:func:`held_out_formulas`), then the best setting on the benchmark's ``formulas`` with the
-    benchmark's seeds; stored in ``results["tuning"]`` as measured (a rerun resumes)."""
+    (:func:`held_out_formulas`), then the best setting and the default on the benchmark's
+    ``formulas`` with the benchmark's seeds; stored in ``results["tuning"]`` as measured (a
+    rerun resumes). ``molecules``: per setting, ``{"few_nfe": below LARGE_BUDGET,
+    "large_budget": at it and above}``; a results file keeps the counts it was tuned with."""
     from ase_drift.diffusion.pseudoforce import PseudoForceField
     from ase_drift.metrics.chemistry import validity_fraction
 
     tuning = results.setdefault("tuning", {"formulas": [f for f, _, _ in tuning_formulas],
                                            "search": {}, "chosen": {}})
+    stored = tuning.setdefault("molecules", molecules)
+    if stored != molecules:
+        raise SystemExit(f"{args.results} was tuned with {stored} molecules per setting, not "
+                         f"{molecules}: pass another --results")
     for nfe in args.tune:
         for label, name, sampler, shape, few_nfe_grid, large_budget_grid in TUNING:
-            grid = few_nfe_grid if nfe < LARGE_BUDGET else large_budget_grid
+            few_nfe = nfe < LARGE_BUDGET
+            grid = few_nfe_grid if few_nfe else large_budget_grid
             if grid is None or (args.configs and label not in args.configs):
                 continue
+            per_formula = molecules["few_nfe" if few_nfe else "large_budget"] // len(formulas)
             if name not in models:
                 models[name] = PseudoForceField.load_pretrained(name)
             model = models[name]
@@ -292,10 +307,14 @@ def tune(args, results: dict, models: dict, formulas, tuning_formulas, per_formu
             if tuning["chosen"].get(key, {}).get("options") != options:
                 frames, seconds, _ = run_point(model, formulas, per_formula, sampler, nfe, False,
                                                shape, args.seed, options)
+                chosen = validity_fraction(frames)
+                default = chosen if options == grid[0] else validity_fraction(run_point(
+                    model, formulas, per_formula, sampler, nfe, False, shape, args.seed,
+                    grid[0])[0])
                 tuning["chosen"][key] = {"label": label, "nfe": nfe, "options": options,
                                          "tuning_validity": score,
                                          "default_tuning_validity": scores[0][1],
-                                         "validity": validity_fraction(frames),
+                                         "validity": chosen, "default_validity": default,
                                          "molecules_per_s": len(frames) / seconds}
                 save()
             chosen = tuning["chosen"][key]
@@ -305,16 +324,21 @@ def tune(args, results: dict, models: dict, formulas, tuning_formulas, per_formu
 
 def tuning_markdown(results: dict) -> str:
     """The ``--tune`` results: per sampler and budget the chosen setting, its validity on the
-    tuning formulas against the default's, and on the benchmark formulas against the
-    benchmark's default point."""
+    tuning formulas against the default's, and on the benchmark formulas against the default
+    measured beside it (or, in results from before it was, the benchmark's default point)."""
     tuning = results["tuning"]
-    lines = [(f"Settings chosen on {', '.join(tuning['formulas'])} "
-              f"({results['setup']['molecules_per_point']} molecules per setting), then measured "
+    size = results["setup"]["molecules_per_point"]
+    molecules = tuning.get("molecules", {"few_nfe": size, "large_budget": size})
+    counts = (f"{molecules['few_nfe']} molecules per setting" if len(set(molecules.values())) == 1
+              else f"{molecules['few_nfe']} molecules per setting below {LARGE_BUDGET} NFE, "
+                   f"{molecules['large_budget']} from {LARGE_BUDGET} on")
+    lines = [(f"Settings chosen on {', '.join(tuning['formulas'])} ({counts}), then measured "
               f"on the benchmark's {', '.join(results['setup']['formulas'])} with its seeds:"), "",
              ("| sampler | NFE | chosen setting | tuning: chosen (default) | benchmark: chosen "
               "(default) |"), "|---|---:|---|---:|---:|"]
     for key, chosen in tuning["chosen"].items():
-        default = results["points"].get(key, {}).get("validity")
+        default = chosen.get("default_validity",
+                             results["points"].get(key, {}).get("validity"))
         setting = ", ".join(f"{k} {v:g}" for k, v in chosen["options"].items()) or "default"
         lines.append(f"| {chosen['label']} | {chosen['nfe']} | {setting} | "
                      f"{chosen['tuning_validity']:.2f} ({chosen['default_tuning_validity']:.2f}) "

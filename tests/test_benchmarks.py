@@ -145,3 +145,67 @@ def test_noise_floor_splits_a_reference_smaller_than_a_point():
     floor, = (v for k, v in results["distributions"].items() if k.startswith("QM9 noise floor"))
     assert "QM9 noise floor (50 vs the other test molecules)" in results["distributions"]
     assert 0 <= floor["mpd_js"] < 0.2
+
+
+def test_tuning_table_states_both_sample_sizes_and_the_default_measured_beside_the_choice():
+    from benchmarks.gpff_qm9 import LARGE_BUDGET, tuning_markdown
+
+    results = {"setup": {"molecules_per_point": 96, "formulas": ["C7H10O2", "C7H11NO"]},
+               "points": {"GPFF DD @ 6": {"validity": 0.12}},
+               "tuning": {"formulas": ["C7H9NO", "C6H9NO2"], "search": {},
+                          "molecules": {"few_nfe": 960, "large_budget": 96}, "chosen": {
+                              "GPFF DD @ 6": {"label": "GPFF DD", "nfe": 6,
+                                              "options": {"step_size": 1.3},
+                                              "tuning_validity": 0.25,
+                                              "default_tuning_validity": 0.18,
+                                              "validity": 0.21, "default_validity": 0.16}}}}
+    table = tuning_markdown(results)
+    assert (f"(960 molecules per setting below {LARGE_BUDGET} NFE, 96 from {LARGE_BUDGET} on)"
+            in table)
+    assert "| GPFF DD | 6 | step_size 1.3 | 0.25 (0.18) | 0.21 (0.16) |" in table
+
+
+def test_tuning_refuses_results_tuned_with_other_sample_sizes(tmp_path):
+    from types import SimpleNamespace
+
+    from benchmarks.gpff_qm9 import tune
+
+    results = {"tuning": {"formulas": [], "search": {}, "chosen": {},
+                          "molecules": {"few_nfe": 96, "large_budget": 96}}}
+    args = SimpleNamespace(results=str(tmp_path / "r.json"), tune=[6], configs=None, seed=0)
+    with pytest.raises(SystemExit, match="tuned with .*96.* not .*960.*another --results"):
+        tune(args, results, {}, [], [], {"few_nfe": 960, "large_budget": 96}, lambda: None)
+
+
+def test_tuning_searches_few_nfe_budgets_with_their_own_sample_size(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import ase_drift.metrics.chemistry
+    from benchmarks import gpff_qm9
+
+    calls = []
+
+    def fake_run_point(model, formulas, per_formula, sampler, nfe, adaptive, shape, seed,
+                       options=None):
+        calls.append((formulas[0][0], per_formula, nfe, options.get("step_size", 1.0)))
+        return [options.get("step_size", 1.0)], 1.0, nfe
+
+    monkeypatch.setattr(gpff_qm9, "run_point", fake_run_point)
+    monkeypatch.setattr(ase_drift.metrics.chemistry, "validity_fraction", lambda f: f[0] / 2)
+    monkeypatch.setattr(gpff_qm9, "TUNING", [("GPFF DD", "qm9", "dd", None,
+                                              [{}, {"step_size": 1.3}], [{}, {"step_size": 0.5}])])
+    results = {}
+    args = SimpleNamespace(results=str(tmp_path / "r.json"), tune=[6, gpff_qm9.LARGE_BUDGET],
+                           configs=None, seed=0)
+    formulas, tuning_formulas = ([(f, [], []) for f in pair] for pair in (("A", "B"), ("C", "D")))
+    gpff_qm9.tune(args, results, {"qm9": None}, formulas, tuning_formulas,
+                  {"few_nfe": 960, "large_budget": 96}, lambda: None)
+    few = gpff_qm9.LARGE_BUDGET
+    assert calls == [("C", 480, 6, 1.0), ("C", 480, 6, 1.3),  # search, then chosen and default
+                     ("A", 480, 6, 1.3), ("A", 480, 6, 1.0),
+                     ("C", 48, few, 1.0), ("C", 48, few, 0.5), ("A", 48, few, 1.0)]
+    chosen = results["tuning"]["chosen"]
+    assert chosen["GPFF DD @ 6"]["options"] == {"step_size": 1.3}
+    assert (chosen["GPFF DD @ 6"]["validity"], chosen["GPFF DD @ 6"]["default_validity"]) == \
+        (0.65, 0.5)
+    assert chosen[f"GPFF DD @ {few}"]["default_validity"] == 0.5
