@@ -307,14 +307,15 @@ def tune(args, results: dict, models: dict, formulas, tuning_formulas, molecules
             if tuning["chosen"].get(key, {}).get("options") != options:
                 frames, seconds, _ = run_point(model, formulas, per_formula, sampler, nfe, False,
                                                shape, args.seed, options)
-                chosen = validity_fraction(frames)
-                default = chosen if options == grid[0] else validity_fraction(run_point(
-                    model, formulas, per_formula, sampler, nfe, False, shape, args.seed,
-                    grid[0])[0])
+                validity = validity_fraction(frames)
+                default_validity = validity if options == grid[0] else validity_fraction(
+                    run_point(model, formulas, per_formula, sampler, nfe, False, shape,
+                              args.seed, grid[0])[0])
                 tuning["chosen"][key] = {"label": label, "nfe": nfe, "options": options,
                                          "tuning_validity": score,
                                          "default_tuning_validity": scores[0][1],
-                                         "validity": chosen, "default_validity": default,
+                                         "validity": validity,
+                                         "default_validity": default_validity,
                                          "molecules_per_s": len(frames) / seconds}
                 save()
             chosen = tuning["chosen"][key]
