@@ -200,12 +200,12 @@ def test_tuning_searches_few_nfe_budgets_with_their_own_sample_size(monkeypatch,
     formulas, tuning_formulas = ([(f, [], []) for f in pair] for pair in (("A", "B"), ("C", "D")))
     gpff_qm9.tune(args, results, {"qm9": None}, formulas, tuning_formulas,
                   {"few_nfe": 960, "large_budget": 96}, lambda: None)
-    few = gpff_qm9.LARGE_BUDGET
+    large = gpff_qm9.LARGE_BUDGET
     assert calls == [("C", 480, 6, 1.0), ("C", 480, 6, 1.3),  # search, then chosen and default
                      ("A", 480, 6, 1.3), ("A", 480, 6, 1.0),
-                     ("C", 48, few, 1.0), ("C", 48, few, 0.5), ("A", 48, few, 1.0)]
+                     ("C", 48, large, 1.0), ("C", 48, large, 0.5), ("A", 48, large, 1.0)]
     chosen = results["tuning"]["chosen"]
     assert chosen["GPFF DD @ 6"]["options"] == {"step_size": 1.3}
     assert (chosen["GPFF DD @ 6"]["validity"], chosen["GPFF DD @ 6"]["default_validity"]) == \
         (0.65, 0.5)
-    assert chosen[f"GPFF DD @ {few}"]["default_validity"] == 0.5
+    assert chosen[f"GPFF DD @ {large}"]["default_validity"] == 0.5
