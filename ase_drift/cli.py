@@ -338,6 +338,8 @@ def cmd_generate(args) -> int:
     start = time.perf_counter()
     options = {name: value for name, value in (("step_size", args.step_size),
                                                ("step_size_below", args.step_size_below),
+                                               ("max_overshoot", args.max_overshoot),
+                                               ("target_steps", args.target_steps),
                                                ("prior_sigma", args.prior_sigma))
                if value is not None}
     frames = model.generate(args.formula, args.n, sampler=args.sampler, nfe=args.nfe,
@@ -642,6 +644,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step-size-below", type=float, metavar="Å",
                    help="dd/sdd: apply --step-size only to steps whose noise estimate is below "
                         "this (default: every step)")
+    p.add_argument("--max-overshoot", type=float, metavar="Å",
+                   help="dd/sdd: the farthest an atom's step may go past the predicted "
+                        "equilibrium when --step-size > 1 (default: no cap)")
+    p.add_argument("--target-steps", type=_positive_int,
+                   help="--adaptive ancestral/heun/stochastic-heun: levels of the adaptive "
+                        "schedule's target (default: half the budget's)")
     p.add_argument("--prior-sigma", type=float,
                    help="width of the Gaussian prior in Å (default: the model's sigma_max for "
                         "an isotropic prior, 1 Å around a scaffold)")

@@ -63,6 +63,10 @@ DISTRIBUTION_CONFIGS = ("GPFF DD", "GPFF SDD", "GPFF SDD+shape", "GPFF stochasti
 PRIOR_SIGMAS = (5.0, 3.0, 2.0, 1.5)
 NOISE_SCALES = (0.0, 0.2, 0.4)
 STEP_SIZES = (1.3, 1.6)
+#: DD+shape (η = 0, strictness 1) at few NFE: longer steps with each atom's overshoot past x̂₀
+#: capped (``max_overshoot``, Å), against the atoms λ > 1.6 throws out.
+OVERSHOOT_STEP_SIZES = (1.6, 1.7, 1.8)
+MAX_OVERSHOOTS = (0.1, 0.2, 0.3)
 STEP_SIZE_BELOW = (1.0, 0.3)
 LARGE_BUDGET = 64
 
@@ -86,9 +90,11 @@ TUNING = [
                         for s in PRIOR_SIGMAS for e in (0.1, *NOISE_SCALES))]),
      ISOTROPIC_STEP_GRID),
     ("GPFF SDD+shape", "qm9", "sdd", "gmm",
-     with_step_sizes([{}, *({"noise_scale": e, "strictness": c}
+     [*with_step_sizes([{}, *({"noise_scale": e, "strictness": c}
                             for e in (0.1, *NOISE_SCALES) for c in (0.5, 1.0)
-                            if (e, c) != (0.1, 1.0))]), STEP_GRID),
+                            if (e, c) != (0.1, 1.0))]),
+      *({"noise_scale": 0.0, "strictness": 1.0, "step_size": step, "max_overshoot": cap}
+        for step in OVERSHOOT_STEP_SIZES for cap in MAX_OVERSHOOTS)], STEP_GRID),
     ("GPFF ancestral", "qm9", "ancestral", None, EDM_GRID, None),
     ("EDM baseline ancestral", "qm9-baseline", "ancestral", None, EDM_GRID, None),
 ]

@@ -380,11 +380,15 @@ GENERATE_CASES = [
      lambda d, x, rng: samplers.dd_sample(d, x, 5, step_size=1.4, step_size_below=1e-6)),
     ("sdd", False, {"step_size": 1.4, "step_size_below": 1e-6},
      lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, step_size=1.4, step_size_below=1e-6)),
+    ("sdd", False, {"step_size": 1.6, "max_overshoot": 0.05},
+     lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, step_size=1.6, max_overshoot=0.05)),
     ("ancestral", True, {"sigma_min": 0.05, "rho": 5.0},
      lambda d, x, rng: samplers.ancestral_sample(d, x, 5, rng, sigma_min=0.05, sigma_max=4.0,
                                                  rho=5.0, adaptive=True)),
     ("heun", False, {}, lambda d, x, rng: samplers.heun_sample(
         d, x, 5, sigma_min=TINY.sigma_min, sigma_max=4.0)),
+    ("heun", True, {"target_steps": 3}, lambda d, x, rng: samplers.heun_sample(
+        d, x, 5, sigma_min=TINY.sigma_min, sigma_max=4.0, adaptive=True, target_steps=3)),
     ("stochastic-heun", False, {"s_churn": 0.6},
      lambda d, x, rng: samplers.stochastic_heun_sample(
          d, x, 5, rng, sigma_min=TINY.sigma_min, sigma_max=4.0, s_churn=0.6)),
@@ -423,6 +427,10 @@ def test_generate_uses_the_configured_noise_range_and_a_separate_prior_width():
         model.denoiser(torch.as_tensor(numbers).expand(2, -1)), x, 3).x)
     with pytest.raises(TypeError, match="^unknown generate option\\(s\\): colour, size"):
         pf.generate_positions(model, numbers, 2, "dd", 3, False, None, seed=1, colour=1, size=2)
+    for sampler, adaptive in (("heun", False), ("dd", True)):
+        with pytest.raises(ValueError, match="target_steps .* needs adaptive=True and an EDM"):
+            pf.generate_positions(model, numbers, 2, sampler, 3, adaptive, None, seed=1,
+                                  target_steps=2)
 
 
 @pytest.mark.parametrize(("sampler", "prior_sigma"), [("dd", None), ("dd", 0.5), ("sdd", 0.5)])
@@ -620,22 +628,39 @@ def test_cli_generate_passes_the_step_size_and_prior_width(tmp_path, capsys):
     out = tmp_path / "out.extxyz"
     code = main(["generate", "C3H8O", "-n", "2", "--sampler", "sdd", "--nfe", "3",
                  "--step-size", "1.4", "--step-size-below", "1e-6", "--prior-sigma", "2",
+                 "--max-overshoot", "0.3",
                  "--model", str(path),
                  "--seed", "5", "-o", str(out)])
     assert code == 0
     frames = ase.io.read(out, index=":")
     expected = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3,
                                                        seed=5, step_size=1.4,
-                                                       step_size_below=1e-6, prior_sigma=2.0)
+                                                       step_size_below=1e-6, prior_sigma=2.0,
+                                                       max_overshoot=0.3)
     for written, atoms in zip(frames, expected):
         assert np.allclose(written.positions, atoms.positions, atol=1e-6)
         assert written.info["step_size"] == 1.4 and written.info["prior_sigma"] == 2.0
-        assert written.info["step_size_below"] == 1e-6
+        assert written.info["step_size_below"] == 1e-6 and written.info["max_overshoot"] == 0.3
     default = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3, seed=5)
     assert not np.allclose(default[0].positions, expected[0].positions, atol=1e-3)
     code = main(["generate", "C3H8O", "-n", "1", "--step-size", "2.5", "--model", str(path),
                  "-o", str(out)])
     assert code == 2 and "step_size" in capsys.readouterr().err
+
+
+def test_cli_generate_passes_the_adaptive_target_schedule(tmp_path):
+    import ase.io
+
+    path = tiny_model().save(tmp_path / "gpff.pt")
+    out = tmp_path / "out.extxyz"
+    code = main(["generate", "C3H8O", "-n", "2", "--sampler", "heun", "--adaptive", "--nfe",
+                 "8", "--target-steps", "4", "--model", str(path), "--seed", "5", "-o", str(out)])
+    assert code == 0
+    expected = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="heun", nfe=8,
+                                                       adaptive=True, seed=5, target_steps=4)
+    for written, atoms in zip(ase.io.read(out, index=":"), expected):
+        assert np.allclose(written.positions, atoms.positions, atol=1e-6)
+        assert written.info["target_steps"] == 4
 
 
 def test_conformer_sampler_trains_samples_and_round_trips(tmp_path):

@@ -698,11 +698,14 @@ class PseudoForceField:
                 or an archetype "rod", "disc", "sphere" (A.6: the mixture's total variance
                 split by :data:`SHAPE_TARGETS`).
             seed: seeds every random draw.
-            options: ``prior_sigma`` (Å), ``tolerance`` (DD), ``step_size`` and
-                ``step_size_below`` (DD and SDD; default λ = 1, the paper's x ← x̂₀),
+            options: ``prior_sigma`` (Å), ``tolerance`` (DD), ``step_size``,
+                ``step_size_below`` and ``max_overshoot`` (Å) (DD and SDD; default λ = 1, the
+                paper's x ← x̂₀),
                 ``noise_scale`` (SDD),
                 ``strictness`` (DD+shape, default 1, decaying linearly to 0 over the steps),
-                ``rho``, ``sigma_min``, ``sigma_max``, ``s_churn``, ``batch_size`` (default 256).
+                ``rho``, ``sigma_min``, ``sigma_max``, ``s_churn``, ``target_steps`` (adaptive
+                EDM samplers: the levels of AS's target schedule, default half the budget's),
+                ``batch_size`` (default 256).
         """
         from ase import Atoms
         from ase.constraints import FixAtoms
@@ -764,9 +767,10 @@ def formula_numbers(formula: str) -> np.ndarray:
     return np.array([atomic_numbers[s] for s, c in counts.items() for _ in range(c)])
 
 
-SAMPLERS = ("dd", "sdd", "ancestral", "heun", "stochastic-heun")
+EDM_SAMPLERS = ("ancestral", "heun", "stochastic-heun")
+SAMPLERS = ("dd", "sdd", *EDM_SAMPLERS)
 #: Options of :meth:`PseudoForceField.generate` passed on to DD and to SDD.
-DD_OPTIONS = ("step_size", "step_size_below")
+DD_OPTIONS = ("step_size", "step_size_below", "max_overshoot")
 SDD_OPTIONS = ("noise_scale", *DD_OPTIONS)
 SHAPES = ("gmm", *SHAPE_TARGETS)
 #: Smallest relative principal variance of a shape target (the disc's third axis is 0 in
@@ -810,6 +814,10 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     strictness = float(options.pop("strictness", 1.0))
     tolerance = float(options.pop("tolerance", 0.005))
     rho = float(options.pop("rho", 7.0))
+    target_steps = options.pop("target_steps", None)
+    if target_steps is not None and not (adaptive and sampler in EDM_SAMPLERS):
+        raise ValueError("target_steps is the adaptive schedule's target: it needs "
+                         "adaptive=True and an EDM sampler (ancestral, heun, stochastic-heun)")
     extra = {name: options.pop(name) for name in (*SDD_OPTIONS, "s_churn") if name in options}
     if options:
         raise TypeError(f"unknown generate option(s): {', '.join(options)}")
@@ -844,7 +852,7 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
         return samplers.sdd_sample(denoiser, x, nfe, rng, constrain=constrain, fixed=fixed,
                                    **{k: v for k, v in extra.items() if k in SDD_OPTIONS})
     schedule = {"sigma_min": sigma_min, "sigma_max": sigma_max, "rho": rho,
-                "adaptive": adaptive, "fixed": fixed}
+                "adaptive": adaptive, "target_steps": target_steps, "fixed": fixed}
     if sampler == "ancestral":
         return samplers.ancestral_sample(denoiser, x, nfe, rng, **schedule)
     if sampler == "heun":

@@ -327,7 +327,8 @@ def _rows_view(values: Tensor, like: Tensor) -> Tensor:
 
 
 def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | None,
-                      step_size: float, step_size_below: float | None, noise_scale: float,
+                      step_size: float, step_size_below: float | None,
+                      max_overshoot: float | None, noise_scale: float,
                       rng: torch.Generator | None,
                       constrain: Constraint | None, fixed,
                       callback: DenoiseCallback | None) -> DenoiseRun:
@@ -341,6 +342,10 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
                                             and step_size_below > 0):
         raise ValueError(f"step_size_below must be None or a positive noise level, got "
                          f"{step_size_below!r}")
+    if max_overshoot is not None and not (isinstance(max_overshoot, numbers.Real)
+                                          and max_overshoot > 0):
+        raise ValueError(f"max_overshoot must be None or a positive length, got "
+                         f"{max_overshoot!r}")
     evaluate = _Evaluations(denoiser, x, fixed)
     x = x.clone()  # [B, ...]
     start = x.clone()  # positions the fixed atoms keep
@@ -358,7 +363,12 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
         steps = torch.full_like(estimate, step_size)  # [b] λ per sample
         if step_size_below is not None:  # far from equilibrium x̂₀ is the posterior mean: λ = 1
             steps = torch.where(estimate < step_size_below, steps, torch.ones_like(steps))
-        moved = denoised + _rows_view(steps - 1, denoised) * (denoised - x[rows])
+        overshoot = _rows_view(steps - 1, denoised) * (denoised - x[rows])  # [b, ...]
+        if max_overshoot is not None:  # a trust radius per atom on the extrapolation
+            length = overshoot.norm(dim=-1, keepdim=True)  # [b, ..., 1]
+            overshoot = overshoot * (max_overshoot / length.clamp_min(
+                torch.finfo(x.dtype).tiny)).clamp(max=1)
+        moved = denoised + overshoot
         if noise_scale > 0 and nfe > 1:  # SDD, Eq. 15: η_k = η (K − 1 − k)/(K − 1)
             eta = noise_scale * (nfe - 1 - step) / (nfe - 1)
             moved = moved + eta * evaluate.noise(moved, rows, rng)
@@ -377,7 +387,7 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
 
 def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | None = None,
               step_size: float = 1.0, step_size_below: float | None = None,
-              constrain: Constraint | None = None, fixed=None,
+              max_overshoot: float | None = None, constrain: Constraint | None = None, fixed=None,
               callback: DenoiseCallback | None = None) -> DenoiseRun:
     """Direct denoising (DD; GPFF paper Eqs. 13–14): x ← x + λ F(x), repeated; λ = 1 (the
     paper's) moves to x̂₀ = x + F(x).
@@ -388,7 +398,10 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
     learned one that corrects only a fraction a of a small displacement (its linear response;
     regression to the mean makes a < 1) contracts it fastest near λ = 1/a. That holds near
     equilibrium only: far from it x̂₀ is the posterior mean, where λ = 1 is right and λ > 1
-    overshoots, so ``step_size_below`` can restrict λ to steps whose σ̂ is below it.
+    overshoots, so ``step_size_below`` can restrict λ to steps whose σ̂ is below it, and
+    ``max_overshoot`` caps, per atom, how far a step goes past x̂₀: an atom whose F is large is
+    far from its place even when the molecule's σ̂ is small, and extrapolating it throws it
+    out of the molecule.
 
     A sample stops when the noise level estimate of its last evaluation σ̂ = ‖F‖/√d is below
     ``tolerance`` (the paper's force threshold, per coordinate: Eq. 14 on ‖F‖ reads
@@ -405,6 +418,9 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
         step_size: λ in (0, 2); σ̂ is measured on F, whatever λ.
         step_size_below: apply λ only to a sample whose σ̂ of this evaluation is below it (same
             unit as x), and step with λ = 1 above; None applies λ at every step.
+        max_overshoot: the largest length of an atom's (λ − 1) F, the part of its step
+            beyond x̂₀ (same unit as x; a longer one is shortened, its direction kept): a trust
+            radius per atom (a row of the last axis) on the extrapolation. None: no cap.
         constrain: ``constrain(x [B, ...], step)``, applied before every step to the whole
             batch; only rows still running take the result (DD+shape: a closure over
             :func:`shape_constraint`).
@@ -417,14 +433,15 @@ def dd_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: float | Non
     if tolerance is not None and not tolerance > 0:
         raise ValueError(f"tolerance must be positive, got {tolerance}")
     return _direct_denoising(denoiser, x, nfe, tolerance=tolerance, step_size=step_size,
-                             step_size_below=step_size_below, noise_scale=0.0, rng=None,
+                             step_size_below=step_size_below, max_overshoot=max_overshoot,
+                             noise_scale=0.0, rng=None,
                              constrain=constrain, fixed=fixed, callback=callback)
 
 
 def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
                noise_scale: float = 0.1, step_size: float = 1.0,
-               step_size_below: float | None = None, constrain: Constraint | None = None,
-               fixed=None,
+               step_size_below: float | None = None, max_overshoot: float | None = None,
+               constrain: Constraint | None = None, fixed=None,
                callback: DenoiseCallback | None = None) -> DenoiseRun:
     """Stochastic direct denoising (SDD; GPFF paper Eq. 15): exactly ``nfe`` steps
 
@@ -440,7 +457,8 @@ def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
         denoiser, x, nfe, constrain, fixed, callback: as in :func:`dd_sample`.
         rng: generator of the injected noise.
         noise_scale: η ≥ 0, the first step's noise standard deviation per coordinate.
-        step_size, step_size_below: λ in (0, 2) and where it applies, as in :func:`dd_sample`.
+        step_size, step_size_below, max_overshoot: λ in (0, 2), where it applies and the cap
+            per atom on its extrapolation, as in :func:`dd_sample`.
 
     Returns:
         :class:`DenoiseRun` (``nfe`` equals the budget for every sample).
@@ -449,7 +467,8 @@ def sdd_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.Generator, *,
     if not noise_scale >= 0:
         raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
     return _direct_denoising(denoiser, x, nfe, tolerance=None, step_size=step_size,
-                             step_size_below=step_size_below, noise_scale=float(noise_scale),
+                             step_size_below=step_size_below, max_overshoot=max_overshoot,
+                             noise_scale=float(noise_scale),
                              rng=rng, constrain=constrain, fixed=fixed, callback=callback)
 
 
