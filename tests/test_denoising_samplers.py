@@ -453,7 +453,9 @@ def test_adaptive_stochastic_heun_first_step_by_hand():
     evaluate D at σ̂⁺ = σ_max(1 + γ) (γ = S_churn/N_target), take σ̂ = ‖D − x‖/√d, adapt the
     schedule to σ̂_pre = σ̂/(1 + γ)^λ (λ = 0.5, the default): σ_1 = (σ̂_pre^(1/ρ) − Δ_target)^ρ,
     then Heun from σ̂ (not σ̂⁺) to σ_1: x' = x + (σ_1 − σ̂)(d + d')/2, d = (x − D)/σ̂,
-    d' = (x_E − D(x_E, σ_1))/σ_1 at x_E = x + (σ_1 − σ̂) d. Gaussian data, s = 2."""
+    d' = (x_E − D(x_E, σ_1))/σ̂_E at x_E = x + (σ_1 − σ̂) d, with σ̂_E = ‖D(x_E) − x_E‖/√d the
+    Euler point's own estimate (an adaptive run's every level is estimated). Gaussian data,
+    s = 2."""
     s, n, target, rho = 2.0, 8, 3, 7.0
     x = SIGMA_MAX * torch.randn(3, 4, 3, generator=torch.Generator().manual_seed(25),
                                 dtype=torch.float64)
@@ -474,7 +476,10 @@ def test_adaptive_stochastic_heun_first_step_by_hand():
                           sigma_hat.reshape(-1, 1, 1))
     slope = (x - denoised) / estimate
     euler = x + h * slope
-    slope_euler = (euler - s**2 / (s**2 + level**2) * euler) / level
+    force_euler = s**2 / (s**2 + level**2) * euler - euler
+    estimate_euler = force_euler.flatten(1).norm(dim=1).reshape(-1, 1, 1) / math.sqrt(12)
+    assert not torch.allclose(estimate_euler, level, rtol=1e-3)  # the two slopes differ
+    slope_euler = -force_euler / estimate_euler
     first = seen[0]
     assert torch.allclose(first["sigma_hat"], sigma_hat, rtol=1e-12)
     assert torch.allclose(first["sigma_next"], sigma_1, rtol=1e-10)

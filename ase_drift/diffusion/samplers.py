@@ -630,17 +630,23 @@ def _edm_run(evaluate: _Evaluations, x: Tensor, levels: _Levels, step_fn,
 
 
 def _heun_update(evaluate: _Evaluations, x: Tensor, denoised: Tensor, sigma: Tensor,
-                 sigma_next: Tensor, rows: Tensor) -> Tensor:
+                 sigma_next: Tensor, rows: Tensor, adaptive: bool) -> Tensor:
     """EDM Algorithm 1, lines 5–8: the Euler step from σ to σ', then, where σ' > 0, the
     trapezoidal correction x' = x + (σ' − σ)(d + d')/2 with d = (x − D(x, σ))/σ and
-    d' = (x_E − D(x_E, σ'))/σ' at the Euler point x_E (a second evaluation)."""
+    d' = (x_E − D(x_E, σ'))/σ_E at the Euler point x_E (a second evaluation).
+
+    σ_E is the level of x_E: the planned σ', or in adaptive runs, as for every other level
+    there, its estimate σ̂_E (Eq. 18). A step that falls short of its plan (σ̂_E ≫ σ', common
+    after AS's long steps) would otherwise divide a force of size σ̂_E by σ' and throw atoms
+    out of the molecule; for an exact model σ̂_E = σ' and the two agree."""
     x_next = _denoising_step(x, denoised, sigma, sigma_next)  # [b, ...]
     second = (sigma_next > 0).nonzero().squeeze(1)  # [b']
     if len(second) > 0:
         x_euler, level = x_next[second], sigma_next[second]
-        denoised_euler, _ = evaluate(x_euler, level, rows[second])
+        denoised_euler, estimate_euler = evaluate(x_euler, level, rows[second])
         slope = (x[second] - denoised[second]) / _rows_view(sigma[second], x_euler)
-        slope_euler = (x_euler - denoised_euler) / _rows_view(level, x_euler)
+        level_euler = estimate_euler.clamp_min(torch.finfo(x.dtype).tiny) if adaptive else level
+        slope_euler = (x_euler - denoised_euler) / _rows_view(level_euler, x_euler)
         x_next[second] = x[second] + _rows_view(level - sigma[second], x_euler) * 0.5 * (
             slope + slope_euler)
     return x_next
@@ -725,7 +731,8 @@ def heun_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, sigma_min: float,
 
     Adaptive (AS): each step starts from the estimate σ̂ (Eq. 18) of its first evaluation and
     steps to the level the adaptive schedule plans (:class:`_Levels`); the corrector's second
-    evaluation uses the planned level.
+    evaluation is called with the planned level, and its slope divides by that evaluation's
+    estimate σ̂_E (see ``_heun_update``).
 
     Args:
         denoiser, x, nfe, sigma_min, sigma_max, rho, adaptive, target_steps, fixed, callback:
@@ -741,8 +748,8 @@ def heun_sample(denoiser: Denoiser, x: Tensor, nfe: int, *, sigma_min: float,
         denoised, estimate = evaluate(x, sigma, rows)
         current = estimate if adaptive else sigma
         sigma_next = levels.next(i, current, rows)
-        return (_heun_update(evaluate, x, denoised, current, sigma_next, rows), estimate,
-                sigma_next)
+        return (_heun_update(evaluate, x, denoised, current, sigma_next, rows, adaptive),
+                estimate, sigma_next)
 
     return _edm_run(evaluate, x, levels, step, callback)
 
@@ -795,7 +802,7 @@ def stochastic_heun_sample(denoiser: Denoiser, x: Tensor, nfe: int, rng: torch.G
         current = estimate if adaptive else raised
         before = estimate / (1 + gamma) ** churn_correction if adaptive else sigma
         sigma_next = levels.next(i, before, rows)
-        return (_heun_update(evaluate, x_hat, denoised, current, sigma_next, rows), estimate,
-                sigma_next)
+        return (_heun_update(evaluate, x_hat, denoised, current, sigma_next, rows, adaptive),
+                estimate, sigma_next)
 
     return _edm_run(evaluate, x, levels, step, callback)
