@@ -239,12 +239,13 @@ def test_step_size_applies_per_sample_only_below_the_noise_level_given():
 @pytest.mark.parametrize("step_size", [1.5, 0.5])
 def test_max_overshoot_shortens_each_atoms_step_beyond_the_prediction(step_size):
     """x ← x̂₀ + (λ − 1) F with each atom's (λ − 1) F cut to length m, direction kept: on a point
-    mass x₀ = 0, an atom at (−4, 0, 0) (|λ − 1| F = 2) lands at ±(1, 0, 0) with m = 1, one at
-    (0, −0.2, 0) (0.1 < m) at (0, ±0.1, 0), whatever the sign of λ − 1; λ = 1 is x̂₀ itself."""
+    mass x₀ = 0, an atom at (−2.4, −3.2, 0) (|λ − 1| F = 2) lands at ±(0.6, 0.8, 0) with m = 1,
+    one at (−0.12, −0.16, 0) (0.1 < m) at ±(0.06, 0.08, 0), whatever the sign of λ − 1 (the
+    length is each atom's, not each coordinate's over the atoms); λ = 1 is x̂₀ itself."""
     x0 = torch.zeros(1, 2, 3, dtype=torch.float64)
-    x = torch.tensor([[[-4.0, 0.0, 0.0], [0.0, -0.2, 0.0]]], dtype=torch.float64)
+    x = torch.tensor([[[-2.4, -3.2, 0.0], [-0.12, -0.16, 0.0]]], dtype=torch.float64)
     sign = 1.0 if step_size > 1 else -1.0
-    expected = sign * torch.tensor([[[1.0, 0.0, 0.0], [0.0, 0.1, 0.0]]], dtype=torch.float64)
+    expected = sign * torch.tensor([[[0.6, 0.8, 0.0], [0.06, 0.08, 0.0]]], dtype=torch.float64)
     run = dd_sample(point_mass(x0), x, 1, step_size=step_size, max_overshoot=1.0)
     assert torch.allclose(run.x, expected)
     sdd = sdd_sample(point_mass(x0), x, 1, torch.Generator().manual_seed(0), noise_scale=0.0,
