@@ -256,22 +256,14 @@ def test_max_overshoot_shortens_each_atoms_step_beyond_the_prediction(step_size)
     assert torch.equal(dd_sample(point_mass(x0), x, 1, max_overshoot=1e-3).x, x0)
 
 
-@pytest.mark.parametrize("cap", [0.0, -1.0, float("nan"), "1"])
-def test_max_overshoot_must_be_a_positive_length(cap):
-    x0, x, rng = _molecules(2, 3, 1.0, seed=24)
-    with pytest.raises(ValueError, match="max_overshoot"):
-        dd_sample(point_mass(x0), x, 3, step_size=1.2, max_overshoot=cap)
-    with pytest.raises(ValueError, match="max_overshoot"):
-        sdd_sample(point_mass(x0), x, 3, rng, step_size=1.2, max_overshoot=cap)
-
-
-@pytest.mark.parametrize("below", [0.0, -1.0, float("nan"), "1"])
-def test_step_size_below_must_be_a_positive_noise_level(below):
+@pytest.mark.parametrize("option", ["step_size_below", "max_overshoot"])
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), "1"])
+def test_noise_level_and_overshoot_cap_must_be_positive(option, value):
     x0, x, rng = _molecules(2, 3, 1.0, seed=23)
-    with pytest.raises(ValueError, match="step_size_below"):
-        dd_sample(point_mass(x0), x, 3, step_size=1.2, step_size_below=below)
-    with pytest.raises(ValueError, match="step_size_below"):
-        sdd_sample(point_mass(x0), x, 3, rng, step_size=1.2, step_size_below=below)
+    with pytest.raises(ValueError, match=option):
+        dd_sample(point_mass(x0), x, 3, step_size=1.2, **{option: value})
+    with pytest.raises(ValueError, match=option):
+        sdd_sample(point_mass(x0), x, 3, rng, step_size=1.2, **{option: value})
 
 
 @pytest.mark.parametrize("step_size", [0.0, -0.5, 2.0, float("nan"), "1"])
