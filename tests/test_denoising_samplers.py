@@ -544,6 +544,18 @@ def test_budget_is_counted_exactly_and_never_exceeded(name, budget):
 
 
 @pytest.mark.parametrize("name", SAMPLERS)
+def test_samples_keep_their_precision_whatever_the_denoiser_returns(name):
+    """A float32 batch stays float32 (samples, σ̂ and callbacks) under a float64 denoiser."""
+    x0, x, _ = _molecules(3, 4, 2.0, seed=9)
+    seen = []
+    run = _all_samplers(callback=lambda info: seen.append(info["x"].dtype))[name](
+        lambda y, sigma: point_mass(x0)(y, sigma).double(), x.float(), 5,
+        torch.Generator().manual_seed(0))
+    assert run.x.dtype == run.sigma_hat.dtype == torch.float32
+    assert seen and set(seen) == {torch.float32}
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
 @pytest.mark.parametrize("per_sample", [False, True])
 def test_fixed_atoms_never_move(name, per_sample):
     """DD+scaffold: fixed atoms keep their positions bit for bit, the others reach x₀."""

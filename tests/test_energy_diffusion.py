@@ -345,9 +345,53 @@ def test_denoise_keeps_coarse_structure_and_forgets_it_at_t_start_1(trained):
         model.denoise(np.full((1, 4, 3), np.nan), 0.1)
 
 
-def test_reverse_sampler_rejects_bad_times():
-    with pytest.raises(ValueError, match="decreasing"):
-        reverse_sde_sample(lambda x, t: x, torch.zeros(2, 1), [0.5, 1.0], SDE.drift, SDE.beta,
+@pytest.mark.parametrize("probability_flow", [False, True])
+def test_reverse_sampler_steps_by_hand(probability_flow):
+    """Each Euler–Maruyama step, in float64 by hand from a float32 batch on a float64 grid
+    ending at t = 0: x' = x − (f(x, t) − w g²(t) s(x, t)) dt + √(g² dt) z, w = 1 (SDE, the
+    default, z from ``rng``) or ½ (probability flow, no noise); the callback sees every step
+    and the batch keeps its dtype."""
+    x = torch.tensor([[0.5, -1.0], [2.0, 0.25]], dtype=torch.float32)
+    times = torch.tensor([0.8, 0.3, 0.0], dtype=F64)
+
+    def score(y, t):  # [B] times, a time-dependent linear score
+        return -y * (1 + t)[:, None]
+
+    seen = []
+    options = {"probability_flow": True} if probability_flow else {}
+    out = reverse_sde_sample(score, x, times, SDE.drift, SDE.beta,
+                             torch.Generator().manual_seed(7), callback=seen.append, **options)
+    assert out.dtype == torch.float32
+    draws = torch.Generator().manual_seed(7)
+    expected = x.clone()
+    for i, (t, t_next) in enumerate(zip(times[:-1].float(), times[1:].float())):
+        dt, g2 = t - t_next, SDE.beta(t)
+        weight = 0.5 * g2 if probability_flow else g2
+        expected = expected - (SDE.drift(expected, t) + weight * expected * (1 + t)) * dt
+        if not probability_flow:
+            expected = expected + (g2 * dt).sqrt() * torch.randn(x.shape, generator=draws)
+        assert set(seen[i]) == {"x", "i", "t", "t_next"} and seen[i]["i"] == i
+        assert float(seen[i]["t"]) == float(t) and float(seen[i]["t_next"]) == float(t_next)
+        assert torch.allclose(seen[i]["x"], expected, atol=1e-6)
+    assert len(seen) == 2 and torch.allclose(out, expected, atol=1e-6)
+    asked = []
+    reverse_sde_sample(score, x, times, SDE.drift, SDE.beta, None, **options,
+                       noise_sampler=lambda t, t_next: asked.append((float(t), float(t_next)))
+                       or torch.zeros_like(x))
+    steps = [(float(t), float(t_next)) for t, t_next in zip(times[:-1].float(), times[1:].float())]
+    assert asked == ([] if probability_flow else steps)
+
+
+@pytest.mark.parametrize(("times", "message"), [
+    ([0.5, 1.0], "^times must be strictly decreasing and non-negative$"),
+    ([1.0, 1.0, 0.5], "strictly decreasing"),
+    ([1.0, 0.5, -0.1], "non-negative"),
+    ([1.0], r"at least 2 entries, got shape \(1,\)$"),
+    ([[1.0, 0.5], [0.4, 0.3]], r"1-D sequence .* got shape \(2, 2\)$"),
+])
+def test_reverse_sampler_rejects_bad_times(times, message):
+    with pytest.raises(ValueError, match=message):
+        reverse_sde_sample(lambda x, t: x, torch.zeros(2, 1), times, SDE.drift, SDE.beta,
                            torch.Generator())
 
 
