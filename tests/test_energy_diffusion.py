@@ -385,6 +385,7 @@ def test_reverse_sampler_steps_by_hand(probability_flow):
 @pytest.mark.parametrize(("times", "message"), [
     ([0.5, 1.0], "^times must be strictly decreasing and non-negative$"),
     ([1.0, 1.0, 0.5], "strictly decreasing"),
+    ([1.0, 0.3, 0.5, 0.0], "strictly decreasing"),
     ([1.0, 0.5, -0.1], "non-negative"),
     ([1.0], r"at least 2 entries, got shape \(1,\)$"),
     ([[1.0, 0.5], [0.4, 0.3]], r"1-D sequence .* got shape \(2, 2\)$"),
