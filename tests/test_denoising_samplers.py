@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 
 import pytest
 import torch
@@ -256,13 +257,15 @@ def test_max_overshoot_shortens_each_atoms_step_beyond_the_prediction(step_size)
     assert torch.equal(dd_sample(point_mass(x0), x, 1, max_overshoot=1e-3).x, x0)
 
 
-@pytest.mark.parametrize("option", ["step_size_below", "max_overshoot"])
+@pytest.mark.parametrize(("option", "what"), [("step_size_below", "noise level"),
+                                              ("max_overshoot", "length")])
 @pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), "1"])
-def test_noise_level_and_overshoot_cap_must_be_positive(option, value):
+def test_noise_level_and_overshoot_cap_must_be_positive(option, what, value):
     x0, x, rng = _molecules(2, 3, 1.0, seed=23)
-    with pytest.raises(ValueError, match=option):
+    message = f"^{option} must be None or a positive {what}, got {re.escape(repr(value))}$"
+    with pytest.raises(ValueError, match=message):
         dd_sample(point_mass(x0), x, 3, step_size=1.2, **{option: value})
-    with pytest.raises(ValueError, match=option):
+    with pytest.raises(ValueError, match=message):
         sdd_sample(point_mass(x0), x, 3, rng, step_size=1.2, **{option: value})
 
 

@@ -265,6 +265,11 @@ def _check_rng(rng) -> None:
         raise TypeError(f"rng must be a torch.Generator, got {type(rng).__name__}")
 
 
+def _check_optional_positive(name: str, value, what: str) -> None:
+    if value is not None and not (isinstance(value, numbers.Real) and value > 0):
+        raise ValueError(f"{name} must be None or a positive {what}, got {value!r}")
+
+
 def _free_mask(fixed, x: Tensor) -> Tensor | None:
     """``fixed`` (``[A]`` or ``[B, A]``, True = fixed) as a mask of movable entries
     broadcastable to ``x`` (``[B, A, 1, ...]``), or None."""
@@ -338,14 +343,8 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
     if not (isinstance(step_size, numbers.Real) and 0 < step_size < 2):
         raise ValueError(f"step_size must be in (0, 2) (an exact pseudo-force contracts the "
                          f"error by |1 - step_size| per step), got {step_size!r}")
-    if step_size_below is not None and not (isinstance(step_size_below, numbers.Real)
-                                            and step_size_below > 0):
-        raise ValueError(f"step_size_below must be None or a positive noise level, got "
-                         f"{step_size_below!r}")
-    if max_overshoot is not None and not (isinstance(max_overshoot, numbers.Real)
-                                          and max_overshoot > 0):
-        raise ValueError(f"max_overshoot must be None or a positive length, got "
-                         f"{max_overshoot!r}")
+    _check_optional_positive("step_size_below", step_size_below, "noise level")
+    _check_optional_positive("max_overshoot", max_overshoot, "length")
     evaluate = _Evaluations(denoiser, x, fixed)
     x = x.clone()  # [B, ...]
     start = x.clone()  # positions the fixed atoms keep
