@@ -339,6 +339,7 @@ def cmd_generate(args) -> int:
     options = {name: value for name, value in (("step_size", args.step_size),
                                                ("step_size_below", args.step_size_below),
                                                ("max_overshoot", args.max_overshoot),
+                                               ("max_step_ratio", args.max_step_ratio),
                                                ("target_steps", args.target_steps),
                                                ("prior_sigma", args.prior_sigma))
                if value is not None}
@@ -647,6 +648,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-overshoot", type=float, metavar="Å",
                    help="dd/sdd: the farthest an atom's step may go past the predicted "
                         "equilibrium when --step-size > 1 (default: no cap)")
+    p.add_argument("--max-step-ratio", type=float,
+                   help="any sampler: the longest step of an atom to the predicted equilibrium, "
+                        "in units of the molecule's current radius of gyration (default: no "
+                        "limit)")
     p.add_argument("--target-steps", type=_positive_int,
                    help="--adaptive ancestral/heun/stochastic-heun: levels of the adaptive "
                         "schedule's target (default: half the budget's)")

@@ -30,6 +30,7 @@ from ase_drift.diffusion.samplers import (
     noise_level,
     sdd_sample,
     shape_constraint,
+    size_trust_region,
     stochastic_heun_sample,
 )
 from ase_drift.diffusion.schedules import edm_sigmas
@@ -255,6 +256,36 @@ def test_max_overshoot_shortens_each_atoms_step_beyond_the_prediction(step_size)
     uncapped = dd_sample(point_mass(x0), x, 1, step_size=step_size)
     assert torch.allclose(uncapped.x, (step_size - 1) * (x0 - x))
     assert torch.equal(dd_sample(point_mass(x0), x, 1, max_overshoot=1e-3).x, x0)
+
+
+def test_size_trust_region_shortens_each_atoms_step_to_a_multiple_of_the_radius():
+    """x̂₀ − x per atom cut to length c·R, direction kept, R the sample's radius of gyration
+    about its centroid: atoms at (0, 0, 0) and (2, 0, 0) (R = 1; shifted, R stays 1) with
+    steps (0, 3, 4) and (0.3, 0.4, 0) and c = 2: the first (length 5) becomes (0, 1.2, 1.6), the
+    second (0.5 < 2) stays; the same steps on atoms 4 Å apart (R = 2) give (0, 2.4, 3.2)."""
+    x = torch.tensor([[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]],
+                      [[0.0, 0.0, 0.0], [4.0, 0.0, 0.0]]], dtype=torch.float64) + 5.0
+    steps = torch.tensor([[0.0, 3.0, 4.0], [0.3, 0.4, 0.0]], dtype=torch.float64)
+    seen = []
+
+    def denoiser(x, sigma):
+        seen.append(sigma)
+        return x + steps
+
+    sigma = torch.tensor([0.7, 0.2], dtype=torch.float64)
+    denoised = size_trust_region(denoiser, 2.0)(x, sigma)
+    expected = torch.tensor([[[0.0, 1.2, 1.6], [0.3, 0.4, 0.0]],
+                             [[0.0, 2.4, 3.2], [0.3, 0.4, 0.0]]], dtype=torch.float64)
+    torch.testing.assert_close(denoised - x, expected, rtol=0, atol=1e-12)
+    assert seen[0] is sigma and denoised.dtype == torch.float64
+    assert torch.equal(size_trust_region(denoiser, 10.0)(x, sigma), x + steps)
+
+
+@pytest.mark.parametrize("ratio", [0.0, -1.0, float("nan"), "1", None])
+def test_size_trust_region_needs_a_positive_ratio(ratio):
+    with pytest.raises(ValueError, match=f"^max_step_ratio must be a positive number, got "
+                                         f"{re.escape(repr(ratio))}$"):
+        size_trust_region(lambda x, sigma: x, ratio)
 
 
 @pytest.mark.parametrize(("option", "what"), [("step_size_below", "noise level"),

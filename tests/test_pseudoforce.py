@@ -382,6 +382,8 @@ GENERATE_CASES = [
      lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, step_size=1.4, step_size_below=1e-6)),
     ("sdd", False, {"step_size": 1.6, "max_overshoot": 0.05},
      lambda d, x, rng: samplers.sdd_sample(d, x, 5, rng, step_size=1.6, max_overshoot=0.05)),
+    ("dd", False, {"max_step_ratio": 0.01}, lambda d, x, rng: samplers.dd_sample(
+        samplers.size_trust_region(d, 0.01), x, 5)),
     ("ancestral", True, {"sigma_min": 0.05, "rho": 5.0},
      lambda d, x, rng: samplers.ancestral_sample(d, x, 5, rng, sigma_min=0.05, sigma_max=4.0,
                                                  rho=5.0, adaptive=True)),
@@ -628,7 +630,7 @@ def test_cli_generate_passes_the_step_size_and_prior_width(tmp_path, capsys):
     out = tmp_path / "out.extxyz"
     code = main(["generate", "C3H8O", "-n", "2", "--sampler", "sdd", "--nfe", "3",
                  "--step-size", "1.4", "--step-size-below", "1e-6", "--prior-sigma", "2",
-                 "--max-overshoot", "0.3",
+                 "--max-overshoot", "0.3", "--max-step-ratio", "0.05",
                  "--model", str(path),
                  "--seed", "5", "-o", str(out)])
     assert code == 0
@@ -636,11 +638,12 @@ def test_cli_generate_passes_the_step_size_and_prior_width(tmp_path, capsys):
     expected = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3,
                                                        seed=5, step_size=1.4,
                                                        step_size_below=1e-6, prior_sigma=2.0,
-                                                       max_overshoot=0.3)
+                                                       max_overshoot=0.3, max_step_ratio=0.05)
     for written, atoms in zip(frames, expected):
         assert np.allclose(written.positions, atoms.positions, atol=1e-6)
         assert written.info["step_size"] == 1.4 and written.info["prior_sigma"] == 2.0
         assert written.info["step_size_below"] == 1e-6 and written.info["max_overshoot"] == 0.3
+        assert written.info["max_step_ratio"] == 0.05
     default = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3, seed=5)
     assert not np.allclose(default[0].positions, expected[0].positions, atol=1e-3)
     code = main(["generate", "C3H8O", "-n", "1", "--step-size", "2.5", "--model", str(path),

@@ -705,6 +705,8 @@ class PseudoForceField:
                 ``strictness`` (DD+shape, default 1, decaying linearly to 0 over the steps),
                 ``rho``, ``sigma_min``, ``sigma_max``, ``s_churn``, ``target_steps`` (adaptive
                 EDM samplers: the levels of AS's target schedule, default half the budget's),
+                ``max_step_ratio`` (any sampler: each atom's step to x̂₀ at most this many
+                times the molecule's current radius of gyration; default no limit),
                 ``batch_size`` (default 256).
         """
         from ase import Atoms
@@ -815,6 +817,7 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     tolerance = float(options.pop("tolerance", 0.005))
     rho = float(options.pop("rho", 7.0))
     target_steps = options.pop("target_steps", None)
+    max_step_ratio = options.pop("max_step_ratio", None)
     if target_steps is not None and not (adaptive and sampler in EDM_SAMPLERS):
         raise ValueError("target_steps is the adaptive schedule's target: it needs "
                          "adaptive=True and an EDM sampler (ancestral, heun, stochastic-heun)")
@@ -844,6 +847,8 @@ def generate_positions(model: PseudoForceField, numbers: np.ndarray, count: int,
     if fixed is None:
         x = x - x.mean(1, keepdim=True)
     denoiser = model.denoiser(torch.as_tensor(numbers).expand(count, -1))
+    if max_step_ratio is not None:
+        denoiser = samplers.size_trust_region(denoiser, max_step_ratio)
     if sampler == "dd":
         return samplers.dd_sample(denoiser, x, nfe, tolerance=tolerance if adaptive else None,
                                   constrain=constrain, fixed=fixed,

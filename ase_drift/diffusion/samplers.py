@@ -226,6 +226,39 @@ class DenoiseRun(NamedTuple):
     """``[B]``: the last noise level estimate σ̂ = ‖x̂₀ − x‖/√d of each sample."""
 
 
+def size_trust_region(denoiser: Denoiser, max_step_ratio: float) -> Denoiser:
+    """The ``denoiser`` with a trust region scaled by the sample's size: each atom's step
+    x̂₀ − x is shortened (its direction kept) to at most ``max_step_ratio`` × R, where
+    R = (mean over atoms of ‖x_i − x̄‖²)^½ is the sample's radius of gyration (unweighted,
+    about its centroid x̄).
+
+    Denoising moves an atom by a few times the sample's size at most: inwards from a wide prior,
+    outwards from a compact start. Far outside the training data (atoms nearly on top of each
+    other after an over-relaxed step) a network can return steps of 10⁹ Å that throw a sample
+    out of its range for good; a trust region in units of R stops that and leaves every
+    plausible step alone. Samplers then see the capped x̂₀ everywhere, σ̂ included.
+
+    Args:
+        denoiser: ``denoiser(x [B, A, 3], sigma [B]) -> x̂₀``, atoms on the second axis.
+        max_step_ratio: > 0, the longest step of an atom in units of R.
+
+    Returns:
+        A :data:`Denoiser` of the same signature.
+    """
+    if not (isinstance(max_step_ratio, numbers.Real) and max_step_ratio > 0):
+        raise ValueError(f"max_step_ratio must be a positive number, got {max_step_ratio!r}")
+
+    def capped(x: Tensor, sigma: Tensor) -> Tensor:
+        step = denoiser(x, sigma) - x  # [B, A, 3]
+        radius = (x - x.mean(dim=1, keepdim=True)).pow(2).sum(dim=-1).mean(dim=-1).sqrt()  # [B]
+        length = step.norm(dim=-1, keepdim=True)  # [B, A, 1]
+        scale = (max_step_ratio * radius[:, None, None]
+                 / length.clamp_min(torch.finfo(length.dtype).tiny)).clamp(max=1)
+        return x + step * scale
+
+    return capped
+
+
 def noise_level(x: Tensor, denoised: Tensor, n_coords: Tensor | float | None = None) -> Tensor:
     """The GPFF noise-level estimate (paper's Eq. 18) σ̂ = ‖x̂₀ − x‖ / √d per sample ``[B]``.
 
