@@ -226,6 +226,13 @@ class DenoiseRun(NamedTuple):
     """``[B]``: the last noise level estimate σ̂ = ‖x̂₀ − x‖/√d of each sample."""
 
 
+def _cap_lengths(vectors: Tensor, limit) -> Tensor:
+    """``vectors`` ``[..., 3]`` with each vector shortened to at most ``limit`` (a number or a
+    tensor broadcasting to ``[..., 1]``), its direction kept."""
+    length = vectors.norm(dim=-1, keepdim=True)  # [..., 1]
+    return vectors * (limit / length.clamp_min(torch.finfo(length.dtype).tiny)).clamp(max=1)
+
+
 def size_trust_region(denoiser: Denoiser, max_step_ratio: float) -> Denoiser:
     """The ``denoiser`` with a trust region scaled by the sample's size: each atom's step
     x̂₀ − x is shortened (its direction kept) to at most ``max_step_ratio`` × R, where
@@ -251,10 +258,7 @@ def size_trust_region(denoiser: Denoiser, max_step_ratio: float) -> Denoiser:
     def capped(x: Tensor, sigma: Tensor) -> Tensor:
         step = denoiser(x, sigma) - x  # [B, A, 3]
         radius = (x - x.mean(dim=1, keepdim=True)).pow(2).sum(dim=-1).mean(dim=-1).sqrt()  # [B]
-        length = step.norm(dim=-1, keepdim=True)  # [B, A, 1]
-        scale = (max_step_ratio * radius[:, None, None]
-                 / length.clamp_min(torch.finfo(length.dtype).tiny)).clamp(max=1)
-        return x + step * scale
+        return x + _cap_lengths(step, max_step_ratio * radius[:, None, None])
 
     return capped
 
@@ -397,9 +401,7 @@ def _direct_denoising(denoiser: Denoiser, x: Tensor, nfe: int, *, tolerance: flo
             steps = torch.where(estimate < step_size_below, steps, torch.ones_like(steps))
         overshoot = _rows_view(steps - 1, denoised) * (denoised - x[rows])  # [b, ...]
         if max_overshoot is not None:  # a trust radius per atom on the extrapolation
-            length = overshoot.norm(dim=-1, keepdim=True)  # [b, ..., 1]
-            overshoot = overshoot * (max_overshoot / length.clamp_min(
-                torch.finfo(x.dtype).tiny)).clamp(max=1)
+            overshoot = _cap_lengths(overshoot, max_overshoot)
         moved = denoised + overshoot
         if noise_scale > 0 and nfe > 1:  # SDD, Eq. 15: η_k = η (K − 1 − k)/(K − 1)
             eta = noise_scale * (nfe - 1 - step) / (nfe - 1)
