@@ -238,6 +238,38 @@ def test_predicted_vectors_are_rotation_equivariant_and_translation_invariant(ti
     torch.testing.assert_close(out.sum(1), torch.zeros(1, 3), atol=1e-5, rtol=0)  # no net force
 
 
+def test_baseline_denoiser_is_edm_preconditioning_with_sigma_floored_at_sigma_min():
+    """x̂₀ = c_skip x + c_out v(x, σ), c_skip = σd²/(σ²+σd²), c_out = σ σd/√(σ²+σd²), with σ
+    floored at sigma_min; the first len(x) rows of numbers; x's dtype kept."""
+    model = tiny_model(time_conditioned=True)
+    numbers = torch.tensor([[6, 8, 1, 1], [6, 8, 1, 1], [6, 8, 1, 1]])
+    x = torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    sigma = torch.tensor([0.001, 0.7], dtype=torch.float64)
+    out = model.denoiser(numbers)(x, sigma)
+    floored = torch.tensor([model.config.sigma_min, 0.7])  # [2]
+    sd = model.config.sigma_data
+    c_skip = (sd**2 / (floored**2 + sd**2))[:, None, None]
+    c_out = (floored * sd / (floored**2 + sd**2).sqrt())[:, None, None]
+    velocity = model._network(numbers[:2], x, floored)  # [2, 4, 3]
+    assert out.dtype == velocity.dtype == torch.float64
+    torch.testing.assert_close(out, c_skip * x + c_out * velocity, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(velocity, model._network(numbers[:2], x, floored * 3))
+
+
+def test_check_numbers_returns_int64_and_names_unknown_elements():
+    model = tiny_model()
+    checked = model.check_numbers(np.array([6, 8], dtype=np.int32))  # two atoms are enough
+    assert checked.dtype == np.int64 and checked.tolist() == [6, 8]
+    unchecked = pf.PseudoForceField(model.net, None, {})  # no element list: anything goes
+    assert unchecked.check_numbers([92, 1]).tolist() == [92, 1]
+    with pytest.raises(ValueError, match=r"^element\(s\) S, Cl not among the model's elements "
+                                         r"\(H, C, N, O, F\)$"):
+        model.check_numbers([6, 17, 16, 1])
+    for bad in ([6], [[6, 1], [1, 1]]):
+        with pytest.raises(ValueError, match="at least 2 atoms"):
+            model.check_numbers(bad)
+
+
 def test_calculator_forces_are_the_models_pseudo_forces_and_energy_is_quadratic():
     model = tiny_model()
     atoms = molecule("CH3CH2OH")
