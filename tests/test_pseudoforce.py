@@ -319,8 +319,26 @@ def test_fix_atoms_hold_under_fire_with_the_calculator():
 
 
 def test_baseline_is_not_a_force_field():
-    with pytest.raises(ValueError, match="not a force field"):
+    with pytest.raises(ValueError, match=r"^the time-conditioned diffusion baseline needs a "
+                                         r"noise level: it is not a force field \(only a GPFF is\)$"):
         tiny_model(time_conditioned=True).pseudo_forces([6, 1], [[0, 0, 0], [1.0, 0, 0]])
+
+
+def test_pseudo_forces_of_a_batch_are_those_of_each_molecule_in_float64():
+    model = tiny_model()
+    atoms = molecule("CH3CH2OH")
+    batch = atoms.positions[None] + np.random.default_rng(0).normal(0, 0.1, (3, len(atoms), 3))
+    forces = model.pseudo_forces(atoms.numbers, batch)  # [3, A, 3]
+    assert forces.shape == batch.shape and forces.dtype == np.float64
+    for positions, expected in zip(batch, forces):
+        single = model.pseudo_forces(atoms.numbers, positions.astype(np.float32))
+        assert single.shape == positions.shape and single.dtype == np.float64
+        np.testing.assert_allclose(single, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(forces[0], forces[1])
+    bad = batch.copy()
+    bad[1, 2, 0] = np.nan
+    with pytest.raises(ValueError, match=r"^positions contain NaN or inf$"):
+        model.pseudo_forces(atoms.numbers, bad)
 
 
 # ---- generation
