@@ -252,7 +252,7 @@ def size_trust_region(denoiser: Denoiser, max_step_ratio: float) -> Denoiser:
     Returns:
         A :data:`Denoiser` of the same signature.
     """
-    if not (isinstance(max_step_ratio, numbers.Real) and max_step_ratio > 0):
+    if not _is_positive(max_step_ratio):
         raise ValueError(f"max_step_ratio must be a positive number, got {max_step_ratio!r}")
 
     def capped(x: Tensor, sigma: Tensor) -> Tensor:
@@ -302,8 +302,12 @@ def _check_rng(rng) -> None:
         raise TypeError(f"rng must be a torch.Generator, got {type(rng).__name__}")
 
 
+def _is_positive(value) -> bool:
+    return isinstance(value, numbers.Real) and value > 0
+
+
 def _check_optional_positive(name: str, value, what: str) -> None:
-    if value is not None and not (isinstance(value, numbers.Real) and value > 0):
+    if value is not None and not _is_positive(value):
         raise ValueError(f"{name} must be None or a positive {what}, got {value!r}")
 
 
