@@ -238,6 +238,61 @@ def test_predicted_vectors_are_rotation_equivariant_and_translation_invariant(ti
     torch.testing.assert_close(out.sum(1), torch.zeros(1, 3), atol=1e-5, rtol=0)  # no net force
 
 
+def test_radial_basis_is_gaussians_in_log_distance_spaced_by_their_width():
+    rbf = pf.LogGaussianRBF(5, 0.5, 8.0)
+    centres = np.linspace(np.log(0.5), np.log(8.0), 5)
+    width = centres[1] - centres[0]
+    d = torch.tensor([[0.5], [1.3], [8.0], [0.0]])  # [E, 1]
+    out = rbf(d)
+    assert out.shape == (4, 1, 5) and rbf.n_rbf == 5
+    log_d = np.log([0.5, 1.3, 8.0, 1e-6])[:, None]  # d = 0 counts as 1e-6 Å
+    expected = np.exp(-0.5 * ((log_d - centres) / width) ** 2)
+    expected[0.5 * ((log_d - centres) / width) ** 2 >= 30.0] = 0.0  # exact zeros, no denormals
+    np.testing.assert_allclose(out[:, 0].double().numpy(), expected, rtol=1e-5, atol=0)
+    assert out[3, 0, 1:].eq(0).all() and out[0, 0, 0] == 1  # far tails are exact zeros
+
+
+def test_noise_embedding_is_a_network_of_sines_and_cosines_of_log_sigma():
+    torch.manual_seed(0)
+    embedding = pf.NoiseEmbedding(n_features=6, n_frequencies=3)
+    sigma = torch.tensor([0.02, 1.0, 7.5])
+    phase = sigma.log()[:, None] * torch.tensor([0.5, 1.0, 1.5])  # [N, 3]
+    expected = embedding.net(torch.cat([phase.sin(), phase.cos()], -1))
+    out = embedding(torch.zeros(3, 6), {"sigma": sigma})
+    assert out.shape == (3, 6)
+    torch.testing.assert_close(out, expected)
+
+
+def test_molecule_mean_broadcasts_each_molecules_mean_to_its_atoms():
+    values = torch.tensor([[1.0, 0, 0], [3, 2, 0], [5, 5, 5], [0, 1, 2], [1, 0, 4]])
+    idx_m = torch.tensor([0, 0, 1, 1, 1])
+    expected = torch.tensor([[2.0, 1, 0]] * 2 + [[2.0, 2, 11 / 3]] * 3)
+    torch.testing.assert_close(pf.molecule_mean(values, idx_m, 2), expected)
+
+
+@pytest.mark.parametrize("time_conditioned", [False, True])
+def test_a_batch_of_molecules_is_each_molecule_on_its_own(time_conditioned):
+    net = tiny_model(time_conditioned).net
+    water, methane = molecule("H2O"), molecule("CH4")
+    numbers = torch.as_tensor(np.concatenate([water.numbers, methane.numbers]))
+    positions = torch.as_tensor(np.concatenate([water.positions, 1.2 * methane.positions]),
+                                dtype=torch.float32)
+    idx_m = torch.tensor([0] * 3 + [1] * 5)
+    sigma = torch.tensor([0.3, 2.0]) if time_conditioned else None
+    both = net(numbers, positions, idx_m, 2, sigma)
+    for m, rows in enumerate((slice(0, 3), slice(3, 8))):
+        alone = net(numbers[rows], positions[rows], torch.zeros(rows.stop - rows.start,
+                                                                 dtype=torch.long), 1,
+                    None if sigma is None else sigma[m:m + 1])
+        torch.testing.assert_close(both[rows], alone, atol=1e-5, rtol=1e-4)
+    if time_conditioned:  # the level matters, and only the molecule's own
+        other = net(numbers, positions, idx_m, 2, torch.tensor([0.3, 0.05]))
+        torch.testing.assert_close(other[:3], both[:3], atol=1e-5, rtol=1e-4)
+        assert (other[3:] - both[3:]).abs().max() > 1e-4
+        with pytest.raises(ValueError, match="the time-conditioned baseline needs the noise"):
+            net(numbers, positions, idx_m, 2)
+
+
 def test_baseline_denoiser_is_edm_preconditioning_with_sigma_floored_at_sigma_min():
     """x̂₀ = c_skip x + c_out v(x, σ), c_skip = σd²/(σ²+σd²), c_out = σ σd/√(σ²+σd²), with σ
     floored at sigma_min; the first len(x) rows of numbers; x's dtype kept."""
