@@ -209,3 +209,49 @@ def test_tuning_searches_few_nfe_budgets_with_their_own_sample_size(monkeypatch,
     assert (chosen["GPFF DD @ 6"]["validity"], chosen["GPFF DD @ 6"]["default_validity"]) == \
         (0.65, 0.5)
     assert chosen[f"GPFF DD @ {large}"]["default_validity"] == 0.5
+
+
+def _chunk(seed, formula, valid, n=100, **settings):
+    base = {"sampler": "sdd", "shape": None, "nfe": 256, "options": {}, "per_formula": n}
+    return {**base, **settings, "seed": seed, "formula": formula, "n": n, "seconds": 2.0,
+            "counts": {"valid": valid, "bond_orders": n - valid - 1, "fragments": 1}}
+
+
+def test_confirmation_counts_whole_seeds_with_the_wilson_interval_at_its_level():
+    import numpy as np
+    from scipy.stats import norm
+
+    from benchmarks.gpff_confirm import summarise
+
+    rows = [_chunk(100, "A", 95), _chunk(100, "B", 90), _chunk(101, "B", 80),
+            _chunk(102, "A", 97), _chunk(102, "B", 93), _chunk(103, "A", 10)]
+    result = summarise(rows, ["A", "B"], level=0.975, target=0.90)
+    assert result["seeds"] == [100, 102] and result["incomplete_seeds"] == [101, 103]
+    assert (result["n"], result["valid"]) == (400, 375)
+    assert result["per_formula"]["A"] == {"n": 200, "valid": 192, "validity": 0.96}
+    assert result["counts"]["fragments"] == 4
+    assert result["molecules_per_s_one_thread"] == pytest.approx(400 / 8.0)
+    p, n, z = 375 / 400, 400, norm.ppf(1 - 0.025 / 2)
+    centre = (p + z**2 / (2 * n)) / (1 + z**2 / n)
+    half = z / (1 + z**2 / n) * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
+    np.testing.assert_allclose(result["wilson"], [centre - half, centre + half], rtol=1e-9)
+    assert result["met_beyond_chance"] == (centre - half >= 0.90)
+    assert summarise(rows, ["A", "B"], 0.975, target=round(centre - half, 6) - 1e-6)[
+        "met_beyond_chance"]
+    assert not summarise(rows, ["A", "B"], 0.975, target=round(centre - half, 6) + 1e-6)[
+        "met_beyond_chance"]
+
+
+def test_confirmation_refuses_mixed_settings_repeated_chunks_and_no_whole_seed(tmp_path):
+    from benchmarks.gpff_confirm import read_chunks, summarise
+
+    with pytest.raises(ValueError, match="seed 101 has two chunks of A"):
+        summarise([_chunk(101, "A", 90), _chunk(101, "A", 91)], ["A", "B"], 0.95, 0.9)
+    with pytest.raises(ValueError, match="no seed has a chunk of every formula"):
+        summarise([_chunk(101, "A", 90)], ["A", "B"], 0.95, 0.9)
+    (tmp_path / "X_w0.jsonl").write_text(json.dumps(_chunk(100, "A", 90)) + "\n")
+    (tmp_path / "X_w1.jsonl").write_text(json.dumps(_chunk(101, "A", 90, nfe=64)) + "\n")
+    (tmp_path / "Y_w0.jsonl").write_text(json.dumps(_chunk(100, "B", 90)) + "\n")
+    with pytest.raises(ValueError, match=r"chunks of 'X' differ in nfe \(seed 101\)"):
+        read_chunks("X", tmp_path)
+    assert [row["formula"] for row in read_chunks("Y", tmp_path)] == ["B"]
