@@ -713,6 +713,35 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
         pf.PseudoForceField.load(tmp_path / "other.pt")
 
 
+def test_checkpoint_keeps_metadata_and_refuses_non_finite_or_mismatched_weights(tmp_path):
+    model = tiny_model(time_conditioned=True)
+    model.metadata = {"elements": ELEMENTS, "training": {"steps": 3}}
+    loaded = pf.PseudoForceField.load(model.save(tmp_path / "baseline.pt"))
+    assert loaded.metadata == model.metadata and loaded.shape_prior is None  # kind kept apart
+    assert loaded.config.time_conditioned and loaded.kind == "gpff"
+    x = torch.as_tensor(molecule("CH4").positions[None], dtype=torch.float32)
+    numbers = torch.as_tensor(molecule("CH4").numbers[None])
+    torch.testing.assert_close(loaded.denoiser(numbers)(x, torch.tensor([0.4])),
+                               model.denoiser(numbers)(x, torch.tensor([0.4])), rtol=0, atol=0)
+    broken = tiny_model()
+    with torch.no_grad():
+        next(broken.net.parameters())[0] = float("nan")
+    with pytest.raises(ValueError, match=r"not saving PseudoForceField\(GPFF, PaiNN 16x2, "
+                                         r"elements \[1, 6, 7, 8, 9\]\): its weights are not finite"):
+        broken.save(tmp_path / "nan.pt")
+    assert not (tmp_path / "nan.pt").exists()
+    path = tiny_model().save(tmp_path / "gpff.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["model"]["n_features"] = 8  # weights of a 16-feature net
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="mismatch.pt: weights do not fit the stored "
+                                              "configuration"):
+        pf.PseudoForceField.load(tmp_path / "mismatch.pt")
+    with pytest.raises(ValueError, match=r"unknown pretrained model 'qm7'; available: qm9, "
+                                         r"qm9-baseline"):
+        pf.PseudoForceField.load_pretrained("qm7")
+
+
 def test_cli_generate_writes_n_molecules_of_the_formula(tmp_path, capsys):
     import ase.io
 
