@@ -332,6 +332,9 @@ def test_calculator_forces_are_the_models_pseudo_forces_and_energy_is_quadratic(
     expected = model.pseudo_forces(atoms.numbers, atoms.positions)
     np.testing.assert_allclose(atoms.get_forces(), expected, rtol=1e-6, atol=1e-7)
     assert atoms.get_potential_energy() == pytest.approx(0.5 * (expected**2).sum())
+    assert atoms.calc.results["free_energy"] == atoms.calc.results["energy"]
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+    assert atoms.calc.results["sigma_hat"] == pytest.approx(np.sqrt((expected**2).mean()))
     gpff = model.denoiser(torch.as_tensor(atoms.numbers[None]))
     x = torch.as_tensor(atoms.positions[None])
     np.testing.assert_allclose((gpff(x, torch.ones(1)) - x)[0].numpy(), expected, atol=1e-6)
