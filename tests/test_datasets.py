@@ -174,3 +174,53 @@ def test_noise_mean_is_refused_without_a_model_to_train_further(capsys):
         main(["--noise-mean", "-1.2", "--minutes", "0.01"])
     assert "--noise-mean changes the noise of a further stage: it needs --init" in (
         capsys.readouterr().err)
+
+
+def test_training_script_writes_both_models_with_records_and_trains_a_further_stage(
+        tmp_path, monkeypatch):
+    # a stand-in for QM9 (2,600 jittered small molecules: the split's validation part needs
+    # 256), so the script's bookkeeping is tested in seconds
+    import json
+
+    from ase.build import molecule
+
+    from ase_drift.datasets import make_gpff_qm9
+    from ase_drift.datasets.qm9 import QM9
+    from ase_drift.diffusion.pseudoforce import PseudoForceField
+
+    rng = np.random.default_rng(0)
+    shapes = [molecule(name) for name in ("H2O", "CH4", "NH3", "CH3OH")]
+    frames = [shapes[m % 4] for m in range(2600)]
+    sizes = [len(a) for a in frames]
+    qm9 = QM9(np.concatenate([a.numbers for a in frames]),
+              np.concatenate([a.positions + rng.normal(0, 0.05, a.positions.shape)
+                              for a in frames]),
+              np.concatenate([[0], np.cumsum(sizes)]), np.arange(2600))
+    monkeypatch.setattr(make_gpff_qm9, "load_qm9", lambda: qm9)
+    tiny = ["--subset", "64", "--features", "8", "--interactions", "1", "--rbf", "8",
+            "--workdir", str(tmp_path / "work")]
+    make_gpff_qm9.main([*tiny, "--minutes", "0.003", "--baseline-minutes", "0.003",
+                        "--output", str(tmp_path / "g.pt"),
+                        "--baseline-output", str(tmp_path / "b.pt")])
+    gpff, baseline = (PseudoForceField.load(tmp_path / f"{n}.pt") for n in "gb")
+    record = json.loads((tmp_path / "g.json").read_text())
+    assert gpff.shape_prior is not None and baseline.shape_prior is None
+    assert baseline.config.time_conditioned and not gpff.config.time_conditioned
+    assert gpff.config.n_features == 8 and record["model"] == gpff.config.as_dict()
+    assert gpff.metadata["elements"] == [1, 6, 7, 8]
+    assert gpff.metadata["training"]["steps"] == record["steps"] > 0
+    assert record["subset"].startswith("64 molecules drawn uniformly from the 2080 training")
+
+    make_gpff_qm9.main([*tiny, "--init", str(tmp_path / "g.pt"), "--minutes", "0.003",
+                        "--baseline-minutes", "0", "--noise-mean", "-1.2", "--seed", "5",
+                        "--features", "64", "--output", str(tmp_path / "g2.pt"),
+                        "--baseline-output", str(tmp_path / "b2.pt")])
+    further = PseudoForceField.load(tmp_path / "g2.pt")
+    record2 = json.loads((tmp_path / "g2.json").read_text())
+    assert further.config == replace(gpff.config, p_mean=-1.2)  # the network is the init's
+    first, second = record2["stages"]
+    assert first["steps"] == record["steps"]
+    assert second["initial"] == "g.pt" and second["from_step"] == record["steps"]
+    assert second["training"]["seed"] == 5 + 1  # stage 1 draws new batches and noise
+    assert record2["steps"] == record["steps"] + second["steps"]
+    assert not (tmp_path / "b2.pt").exists()  # --baseline-minutes 0: no baseline
