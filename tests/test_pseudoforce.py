@@ -242,14 +242,23 @@ def test_radial_basis_is_gaussians_in_log_distance_spaced_by_their_width():
     rbf = pf.LogGaussianRBF(5, 0.5, 8.0)
     centres = np.linspace(np.log(0.5), np.log(8.0), 5)
     width = centres[1] - centres[0]
-    d = torch.tensor([[0.5], [1.3], [8.0], [0.0]])  # [E, 1]
+    far = 0.5 * np.exp(width * np.sqrt(61.0))  # ≈ 112 Å: exponent 30.5 for the first centre
+    d = torch.tensor([[0.5], [1.3], [8.0], [0.0], [far]])  # [E, 1]
     out = rbf(d)
-    assert out.shape == (4, 1, 5) and rbf.n_rbf == 5
-    log_d = np.log([0.5, 1.3, 8.0, 1e-6])[:, None]  # d = 0 counts as 1e-6 Å
+    assert out.shape == (5, 1, 5) and rbf.n_rbf == 5
+    log_d = np.log([0.5, 1.3, 8.0, 1e-6, far])[:, None]  # d = 0 counts as 1e-6 Å
     expected = np.exp(-0.5 * ((log_d - centres) / width) ** 2)
     expected[0.5 * ((log_d - centres) / width) ** 2 >= 30.0] = 0.0  # exact zeros, no denormals
     np.testing.assert_allclose(out[:, 0].double().numpy(), expected, rtol=1e-5, atol=0)
-    assert out[3, 0, 1:].eq(0).all() and out[0, 0, 0] == 1  # far tails are exact zeros
+    assert out[3, 0].eq(0).all() and out[4, 0, 0] == 0 and out[4, 0, 1] > 0
+    assert out[0, 0, 0] == 1
+
+
+def test_every_pair_of_a_molecule_lies_inside_the_cutoff():
+    # all pairs are edges, and the cosine cutoff sits at twice the radial basis' largest
+    # distance (600 Å by default), so it weighs no pair of a molecule to zero
+    config = pf.PseudoForceConfig(n_features=8, n_interactions=1, n_rbf=4, rbf_max=50.0)
+    assert pf.PseudoForceNet(config).painn.cutoff_fn.cutoff.item() == 100.0
 
 
 def test_noise_embedding_is_a_network_of_sines_and_cosines_of_log_sigma():
@@ -268,6 +277,8 @@ def test_molecule_mean_broadcasts_each_molecules_mean_to_its_atoms():
     idx_m = torch.tensor([0, 0, 1, 1, 1])
     expected = torch.tensor([[2.0, 1, 0]] * 2 + [[2.0, 2, 11 / 3]] * 3)
     torch.testing.assert_close(pf.molecule_mean(values, idx_m, 2), expected)
+    # a third molecule without atoms changes nothing
+    torch.testing.assert_close(pf.molecule_mean(values, idx_m, 3), expected)
 
 
 @pytest.mark.parametrize("time_conditioned", [False, True])
@@ -289,7 +300,8 @@ def test_a_batch_of_molecules_is_each_molecule_on_its_own(time_conditioned):
         other = net(numbers, positions, idx_m, 2, torch.tensor([0.3, 0.05]))
         torch.testing.assert_close(other[:3], both[:3], atol=1e-5, rtol=1e-4)
         assert (other[3:] - both[3:]).abs().max() > 1e-4
-        with pytest.raises(ValueError, match="the time-conditioned baseline needs the noise"):
+        with pytest.raises(ValueError, match="^the time-conditioned baseline needs the noise "
+                                             "level sigma$"):
             net(numbers, positions, idx_m, 2)
 
 
@@ -423,8 +435,8 @@ def test_the_shipped_models_load_with_their_training_records():
         assert model.metadata["training"]["steps"] == record["steps"] > 0
         assert model.config.time_conditioned == (kind == "baseline")
         assert (model.shape_prior is not None) == (kind == "gpff")
-    frames = pf.PseudoForceField.load_pretrained("qm9").generate("C3H8O", 2, sampler="dd", nfe=8,
-                                                                  seed=0)
+    frames = pf.PseudoForceField.load_pretrained().generate("C3H8O", 2, sampler="dd", nfe=8,
+                                                             seed=0)  # the default is the GPFF
     assert [a.get_chemical_formula() for a in frames] == ["C3H8O"] * 2
 
 
