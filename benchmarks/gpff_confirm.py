@@ -102,7 +102,7 @@ def summary_markdown(tag: str, summary: dict) -> str:
     lines.append(f"| **all** (seeds {summary['seeds'][0]}–{summary['seeds'][-1]}, "
                  f"{len(summary['seeds'])}) | **{summary['n']:,}** | "
                  f"**{summary['validity']:.3f}** | **{low:.3f}–{high:.3f}** |")
-    return "\n".join(lines) + (f"\n\n≥ {summary['target']} beyond chance: {verdict}; "
+    return "\n".join(lines) + (f"\n\n≥ {summary['target']:.2f} beyond chance: {verdict}; "
                                f"failures {json.dumps(summary['counts'])}")
 
 
