@@ -117,13 +117,20 @@ def run(args) -> None:
     until = datetime.fromisoformat(args.until) if args.until else None
     path = Path(args.chunks) / f"{args.tag}_w{args.worker}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    done = {(row["seed"], row["formula"]) for row in read_chunks(args.tag, args.chunks)}
+    settings = {"sampler": args.sampler, "shape": args.shape, "nfe": args.nfe,
+                "options": args.options, "per_formula": args.per_formula}
+    done = set()
+    for row in read_chunks(args.tag, args.chunks):
+        differing = [name for name in SETTINGS if row[name] != settings[name]]
+        if differing:
+            raise ValueError(f"{args.tag!r} already holds chunks of another {', '.join(differing)}"
+                             f" ({', '.join(repr(row[name]) for name in differing)}): resume it "
+                             f"with the same settings or use another tag")
+        done.add((row["seed"], row["formula"]))
     qm9 = load_qm9()
     _, _, test = split(len(qm9), seed=0)
     formulas = pick_formulas(qm9, test, 2)
     model = PseudoForceField.load_pretrained("qm9")
-    settings = {"sampler": args.sampler, "shape": args.shape, "nfe": args.nfe,
-                "options": args.options, "per_formula": args.per_formula}
     seed = args.first_seed + args.worker
     for _ in range(args.seeds):
         for k, (formula, _, numbers) in enumerate(formulas):

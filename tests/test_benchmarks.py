@@ -243,7 +243,7 @@ def test_confirmation_counts_whole_seeds_with_the_wilson_interval_at_its_level()
 
 
 def test_confirmation_refuses_mixed_settings_repeated_chunks_and_no_whole_seed(tmp_path):
-    from benchmarks.gpff_confirm import read_chunks, summarise
+    from benchmarks.gpff_confirm import main, read_chunks, summarise
 
     with pytest.raises(ValueError, match="seed 101 has two chunks of A"):
         summarise([_chunk(101, "A", 90), _chunk(101, "A", 91)], ["A", "B"], 0.95, 0.9)
@@ -255,3 +255,7 @@ def test_confirmation_refuses_mixed_settings_repeated_chunks_and_no_whole_seed(t
     with pytest.raises(ValueError, match=r"chunks of 'X' differ in nfe \(seed 101\)"):
         read_chunks("X", tmp_path)
     assert [row["formula"] for row in read_chunks("Y", tmp_path)] == ["B"]
+    with pytest.raises(ValueError, match=r"'Y' already holds chunks of another nfe \(256\): "
+                                         r"resume it with the same settings"):
+        main(["run", "--tag", "Y", "--nfe", "64", "--first-seed", "0", "--chunks",
+              str(tmp_path)])
