@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -40,12 +39,27 @@ def chunk_files(tag: str, directory: Path = CHUNKS) -> list[Path]:
     return sorted(Path(directory).glob(f"{tag}_w*.jsonl"))
 
 
+def differing_settings(row: dict, reference: dict) -> list[str]:
+    """The :data:`SETTINGS` in which chunk ``row`` differs from ``reference``."""
+    return [name for name in SETTINGS if row[name] != reference[name]]
+
+
+def benchmark_formulas() -> list[tuple]:
+    """The QM9 benchmark's formulas, as :func:`benchmarks.gpff_qm9.pick_formulas` gives them."""
+    from ase_drift.datasets.qm9 import load_qm9, split
+    from benchmarks.gpff_qm9 import pick_formulas
+
+    qm9 = load_qm9()
+    _, _, test = split(len(qm9), seed=0)
+    return pick_formulas(qm9, test, 2)
+
+
 def read_chunks(tag: str, directory: Path = CHUNKS) -> list[dict]:
     """Every chunk of ``tag`` (all workers); ValueError if they disagree on a setting."""
     rows = [json.loads(line) for path in chunk_files(tag, directory)
             for line in path.read_text().splitlines() if line.strip()]
     for row in rows[1:]:
-        differing = [name for name in SETTINGS if row[name] != rows[0][name]]
+        differing = differing_settings(row, rows[0])
         if differing:
             raise ValueError(f"chunks of {tag!r} differ in {', '.join(differing)} (seed "
                              f"{row['seed']}): one tag is one setting")
@@ -107,12 +121,9 @@ def summary_markdown(tag: str, summary: dict) -> str:
 
 
 def run(args) -> None:
-    from ase import Atoms
-
-    from ase_drift.datasets.qm9 import load_qm9, split
     from ase_drift.diffusion.pseudoforce import PseudoForceField
     from ase_drift.metrics.chemistry import validity_counts
-    from benchmarks.gpff_qm9 import pick_formulas
+    from benchmarks.gpff_qm9 import run_point
 
     until = datetime.fromisoformat(args.until) if args.until else None
     path = Path(args.chunks) / f"{args.tag}_w{args.worker}.jsonl"
@@ -121,29 +132,28 @@ def run(args) -> None:
                 "options": args.options, "per_formula": args.per_formula}
     done = set()
     for row in read_chunks(args.tag, args.chunks):
-        differing = [name for name in SETTINGS if row[name] != settings[name]]
+        differing = differing_settings(row, settings)
         if differing:
             raise ValueError(f"{args.tag!r} already holds chunks of another {', '.join(differing)}"
                              f" ({', '.join(repr(row[name]) for name in differing)}): resume it "
                              f"with the same settings or use another tag")
         done.add((row["seed"], row["formula"]))
-    qm9 = load_qm9()
-    _, _, test = split(len(qm9), seed=0)
-    formulas = pick_formulas(qm9, test, 2)
+    formulas = benchmark_formulas()
     model = PseudoForceField.load_pretrained("qm9")
     seed = args.first_seed + args.worker
     for _ in range(args.seeds):
-        for k, (formula, _, numbers) in enumerate(formulas):
+        for k, entry in enumerate(formulas):
+            formula = entry[0]
             if until is not None and datetime.now() >= until:
                 return
             if (seed, formula) in done:
                 continue
-            start = time.perf_counter()
-            frames = model.generate(Atoms(numbers=numbers), args.per_formula,
-                                    sampler=args.sampler, nfe=args.nfe, shape=args.shape,
-                                    seed=seed + 1000 * k, **args.options)
+            # formula k of the benchmark's seed S is seeded S + 1000 k, as in gpff_qm9
+            frames, seconds, _ = run_point(model, [entry], args.per_formula, args.sampler,
+                                           args.nfe, False, args.shape, seed + 1000 * k,
+                                           args.options)
             row = {**settings, "seed": seed, "formula": formula, "n": len(frames),
-                   "counts": validity_counts(frames), "seconds": time.perf_counter() - start}
+                   "counts": validity_counts(frames), "seconds": seconds}
             with path.open("a") as stream:  # one whole line per chunk: resumable
                 stream.write(json.dumps(row) + "\n")
             print(f"seed {seed} {formula}: {row['counts']['valid']}/{row['n']} valid "
@@ -152,12 +162,7 @@ def run(args) -> None:
 
 
 def summary(args) -> None:
-    from ase_drift.datasets.qm9 import load_qm9, split
-    from benchmarks.gpff_qm9 import pick_formulas
-
-    qm9 = load_qm9()
-    _, _, test = split(len(qm9), seed=0)
-    formulas = [formula for formula, _, _ in pick_formulas(qm9, test, 2)]
+    formulas = [formula for formula, _, _ in benchmark_formulas()]
     result = summarise(read_chunks(args.tag, args.chunks), formulas, args.level, args.target)
     print(summary_markdown(args.tag, result))
     if args.write:
