@@ -458,6 +458,55 @@ def test_fixed_atoms_of_a_scaffold_do_not_move_in_generate():
             assert isinstance(atoms.constraints[0], FixAtoms)
 
 
+@pytest.mark.parametrize(("sampler", "adaptive", "shape"),
+                         [("sdd", False, None), ("heun", True, None), ("dd", True, "disc")])
+def test_generate_is_batches_of_generate_positions_seeded_by_their_first_index(sampler,
+                                                                               adaptive, shape):
+    """Molecules start..start+B−1 are one :func:`pf.generate_positions` run seeded
+    seed + start, each centred, in the formula's order; ``info`` records the run."""
+    model = tiny_model()
+    model.shape_prior = small_shape_prior(4)
+    numbers = pf.formula_numbers("CH2O")
+    options = {"noise_scale": 0.3} if sampler == "sdd" else {}
+    frames = model.generate("CH2O", 5, sampler=sampler, nfe=4, adaptive=adaptive, shape=shape,
+                            seed=11, batch_size=2, **options)
+    assert len(frames) == 5
+    for start, count in ((0, 2), (2, 2), (4, 1)):
+        run = pf.generate_positions(model, numbers, count, sampler, 4, adaptive, shape,
+                                    seed=11 + start, **options)
+        for k in range(count):
+            atoms = frames[start + k]
+            positions = run.x[k].double().numpy()
+            np.testing.assert_array_equal(atoms.numbers, numbers)
+            np.testing.assert_allclose(atoms.positions, positions - positions.mean(0),
+                                       rtol=0, atol=1e-12)
+            assert atoms.info == {"sampler": sampler, "nfe": int(run.nfe[k]),
+                                  "sigma_hat": float(run.sigma_hat[k]), "adaptive": adaptive,
+                                  "shape": shape or "none"}
+            assert type(atoms.info["nfe"]) is int and not atoms.constraints
+
+
+def test_generate_refuses_a_bad_count_and_constraints_other_than_fix_atoms():
+    from ase.constraints import FixBondLength
+
+    model = tiny_model()
+    for n in (-1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match=f"^n must be a non-negative integer, got {n!r}$"):
+            model.generate("CH4", n)
+    assert model.generate("CH4", 0) == [] and len(model.generate("CH4", np.int64(1))) == 1
+    template = molecule("CH3OH")
+    template.set_constraint([FixAtoms(indices=[0]), FixBondLength(0, 1)])
+    with pytest.raises(ValueError, match=r"^generate keeps FixAtoms constraints only, not "
+                                         r"\['FixBondLengths'\]$"):
+        model.generate(template, 1)
+    template.set_constraint(FixAtoms(indices=[]))  # no fixed atom: the centred prior
+    free = model.generate(template, 2, sampler="dd", nfe=2, seed=3)
+    expected = model.generate("COH4", 2, sampler="dd", nfe=2, seed=3)
+    assert [a.get_chemical_symbols() for a in free] == [list(template.symbols)] * 2
+    np.testing.assert_array_equal(free[1].positions, expected[1].positions)
+    assert not free[0].constraints
+
+
 @pytest.mark.parametrize("formula", ["C4Xx", "", "C2H6Si"])
 def test_bad_formula_is_a_clear_error(formula):
     with pytest.raises(ValueError, match="element|formula"):
@@ -832,6 +881,88 @@ def test_conformer_sampler_trains_samples_and_round_trips(tmp_path):
     loaded = pf.ConformerSampler.load(sampler.save(tmp_path / "conformers.pt"))
     np.testing.assert_array_equal(loaded.sample_positions(5, seed=1), positions)
     assert [a.get_chemical_formula() for a in loaded.sample(ethanol, 2, seed=0)] == ["C2H6O"] * 2
+
+
+def test_train_conformers_trains_on_each_frame_as_a_molecule(monkeypatch):
+    """Each conformation is one reference molecule; defaults: 2,000 steps of the default
+    network, or the base's network and configuration; the elements are the molecule's and
+    the base's; the record, frame count and temperature go into the metadata."""
+    from ase_drift.data import Conformations
+
+    calls = []
+
+    def fake_training(molecules, config, training, progress, initial):
+        calls.append((molecules, config, training, progress, initial))
+        return pf.PseudoForceNet(TINY), {"steps": 7, "wall_time_s": 1.5, "history": [1.0]}
+
+    monkeypatch.setattr(pf, "train_pseudo_force_field", fake_training)
+    ethanol = molecule("CH3CH2OH")
+    frames = ethanol.positions + 0.05 * np.random.default_rng(0).normal(size=(3, 9, 3))
+    data = Conformations(ethanol.numbers, frames, temperature_K=450.0)
+    sampler = pf.PseudoForceField.train_conformers(data, progress=False)
+    molecules, config, training, progress, initial = calls[-1]
+    assert len(molecules) == 3 and np.array_equal(molecules.index, np.arange(3))
+    for m in range(3):
+        np.testing.assert_array_equal(molecules[m][0], ethanol.numbers)
+        np.testing.assert_array_equal(molecules[m][1], frames[m].astype(np.float32))
+    assert training == pf.TrainingConfig(steps=2000, minutes=None)
+    assert config == pf.PseudoForceConfig() and progress is False and initial is None
+    assert sampler.field.metadata == {"elements": [1, 6, 8]}
+    assert sampler.sampling == {"sampler": "stochastic-heun", "nfe": 64}
+    assert sampler.metadata == {"numbers": ethanol.numbers.tolist(),
+                                "training": {"steps": 7, "wall_time_s": 1.5},
+                                "training_frames": 3, "fine_tuned": False,
+                                "temperature_K": 450.0, "units": {"positions": "Å"}}
+    np.testing.assert_array_equal(sampler.numbers, ethanol.numbers)
+
+    base = tiny_model()
+    base.metadata["elements"] = [1, 6, 7]
+    short = pf.TrainingConfig(steps=2, minutes=None)
+    tuned = pf.PseudoForceField.train_conformers(data, short, base=base, sampler="sdd", nfe=9,
+                                                 noise_scale=0.2)
+    _, config, training, progress, initial = calls[-1]
+    assert config == TINY and training == short and progress is True and initial is base.net
+    assert tuned.field.metadata == {"elements": [1, 6, 7, 8]}
+    assert tuned.metadata["fine_tuned"] is True
+    assert tuned.sampling == {"sampler": "sdd", "nfe": 9, "noise_scale": 0.2}
+    other = replace(TINY, n_rbf=8)
+    pf.PseudoForceField.train_conformers(data, short, other, base=base)
+    assert calls[-1][1] == other
+
+
+def test_conformer_sampler_batches_are_seeded_generate_positions_runs_centred(tmp_path):
+    """Each batch of n is one :func:`pf.generate_positions` run of the stored settings (call
+    options override them), seeded by a draw from the sampler's generator, centred."""
+    numbers = pf.formula_numbers("CH2O")
+    sampling = {"sampler": "sdd", "nfe": 3, "noise_scale": 0.3}
+    sampler = pf.ConformerSampler(tiny_model(), numbers, sampling,
+                                  {"numbers": numbers.tolist(), "temperature_K": 300.0})
+    sampler.field.metadata["elements"] = [1, 6, 8]
+    sampler.batch_size = 2
+    assert repr(sampler) == "ConformerSampler(CH2O, GPFF, sdd 3 NFE)"
+    cases = ((sampling, {}, "sdd", 3, False, {"noise_scale": 0.3}),
+             ({"sampler": "sdd", "nfe": 3}, {"nfe": 2, "sampler": "dd", "adaptive": True},
+              "dd", 2, True, {}))
+    for stored, options, name, nfe, adaptive, extra in cases:
+        sampler.sampling = stored
+        positions = sampler.sample_positions(3, seed=4, **options)
+        rng = torch.Generator().manual_seed(4)
+        expected = []
+        for count in (2, 1):
+            seed = int(torch.randint(0, 2**62, (1,), generator=rng))
+            run = pf.generate_positions(sampler.field, numbers, count, name, nfe, adaptive, None,
+                                        seed, **extra)
+            expected.append((run.x - run.x.mean(1, keepdim=True)).numpy())
+        assert positions.dtype == np.float32
+        np.testing.assert_array_equal(positions, np.concatenate(expected))
+        assert sampler.sampling == stored  # options of one call are not kept
+    sampler.sampling = sampling
+    loaded = pf.ConformerSampler.load(sampler.save(tmp_path / "conformers.pt"))
+    assert loaded.sampling == sampling and loaded.temperature_K == 300.0
+    assert loaded.metadata == {"numbers": numbers.tolist(), "temperature_K": 300.0}
+    assert loaded.field.metadata["elements"] == [1, 6, 8]
+    assert loaded.field.config == TINY and loaded.kind == "gpff-conformers"
+    np.testing.assert_array_equal(loaded.numbers, numbers)
 
 
 def test_ase_drift_load_reads_both_gpff_kinds_in_a_fresh_process(tmp_path):
