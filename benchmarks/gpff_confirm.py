@@ -5,8 +5,10 @@ A setting chosen on the held-out formulas (``gpff_qm9 --tune``, ``--diagnose``) 
 on the benchmark's own formulas with seeds no earlier run used. Each chunk is what
 ``python -m benchmarks.gpff_qm9 --quick -n 2P --seed S --configs … --nfe K --options …`` makes
 for one seed S (P molecules of each formula, formula k seeded S + 1000 k), so a chunk can be
-re-run by the benchmark script itself. Chunks go to a JSON-lines file per worker; an interrupted
-run resumes where it stopped, and several workers (one thread each) split the seeds.
+re-run by the benchmark script itself. Chunks go to a JSON-lines file per worker under
+``benchmarks/results/gpff_confirm/`` (tracked: commit them as they come and a run resumes on a
+fresh checkout too); an interrupted run resumes where it stopped, and several workers (one thread
+each) split the seeds.
 
     python -m benchmarks.gpff_confirm run --tag A --shape gmm --first-seed 100 \\
         --options '{"step_size": 1.6, "max_overshoot": 0.2, "max_step_ratio": 3.0}' \\
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, write_json
 
-CHUNKS = ROOT / "bench_out" / "gpff_confirm"
+CHUNKS = ROOT / "benchmarks" / "results" / "gpff_confirm"
 RESULTS = ROOT / "benchmarks" / "results" / "gpff_qm9_confirmations.json"
 #: what every chunk of one tag must share
 SETTINGS = ("sampler", "shape", "nfe", "options", "per_formula")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -486,6 +487,21 @@ def test_generate_is_batches_of_generate_positions_seeded_by_their_first_index(s
             assert type(atoms.info["nfe"]) is int and not atoms.constraints
 
 
+def test_generate_defaults_to_dd_at_64_nfe_with_fixed_steps_in_batches_of_256(monkeypatch):
+    calls, seeds = [], []
+    real = pf.generate_positions
+
+    def spy(model, numbers, count, sampler, nfe, adaptive, shape, seed, **options):
+        calls.append((count, sampler, nfe, adaptive, shape))
+        seeds.append(seed)
+        return real(model, numbers, count, sampler, 1, adaptive, shape, seed, **options)
+
+    monkeypatch.setattr(pf, "generate_positions", spy)
+    frames = tiny_model().generate("CH2O", 257)
+    assert len(frames) == 257 and seeds[1] == seeds[0] + 256  # a fresh seed when none given
+    assert calls == [(256, "dd", 64, False, None), (1, "dd", 64, False, None)]
+
+
 def test_generate_refuses_a_bad_count_and_constraints_other_than_fix_atoms():
     from ase.constraints import FixBondLength
 
@@ -759,6 +775,15 @@ def test_shape_prior_reproduces_principal_variances_and_shapes_the_prior():
 # ---- files and the command line
 
 
+def test_a_field_is_frozen_for_inference_and_its_repr_names_its_kind():
+    """Generation never trains the field: its weights need no gradients; repr names GPFF or
+    the EDM baseline, the network's size and the elements."""
+    for time_conditioned, kind in ((False, "GPFF"), (True, "EDM baseline")):
+        model = tiny_model(time_conditioned)
+        assert not any(p.requires_grad for p in model.net.parameters())
+        assert repr(model) == f"PseudoForceField({kind}, PaiNN 16x2, elements {ELEMENTS})"
+
+
 def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     model = tiny_model()
     model.shape_prior = {"5": {"weights": [1.0], "means": [[0.0] * 6],
@@ -928,6 +953,10 @@ def test_train_conformers_trains_on_each_frame_as_a_molecule(monkeypatch):
     other = replace(TINY, n_rbf=8)
     pf.PseudoForceField.train_conformers(data, short, other, base=base)
     assert calls[-1][1] == other
+    # any object with numbers and positions will do; its numbers become int64
+    plain = SimpleNamespace(numbers=ethanol.numbers.astype(np.int32), positions=frames)
+    assert pf.PseudoForceField.train_conformers(plain, short).metadata["temperature_K"] is None
+    assert calls[-1][0].numbers.dtype == np.int64
 
 
 def test_conformer_sampler_batches_are_seeded_generate_positions_runs_centred(tmp_path):
@@ -940,9 +969,11 @@ def test_conformer_sampler_batches_are_seeded_generate_positions_runs_centred(tm
     sampler.field.metadata["elements"] = [1, 6, 8]
     sampler.batch_size = 2
     assert repr(sampler) == "ConformerSampler(CH2O, GPFF, sdd 3 NFE)"
+    assert sampler.scale == 1.0 and sampler.config is sampler.field.config  # positions in Å
     cases = ((sampling, {}, "sdd", 3, False, {"noise_scale": 0.3}),
              ({"sampler": "sdd", "nfe": 3}, {"nfe": 2, "sampler": "dd", "adaptive": True},
-              "dd", 2, True, {}))
+              "dd", 2, True, {}),
+             ({"sampler": "heun", "nfe": 4}, {}, "heun", 4, False, {}))  # fixed steps unless set
     for stored, options, name, nfe, adaptive, extra in cases:
         sampler.sampling = stored
         positions = sampler.sample_positions(3, seed=4, **options)
@@ -963,6 +994,11 @@ def test_conformer_sampler_batches_are_seeded_generate_positions_runs_centred(tm
     assert loaded.field.metadata["elements"] == [1, 6, 8]
     assert loaded.field.config == TINY and loaded.kind == "gpff-conformers"
     np.testing.assert_array_equal(loaded.numbers, numbers)
+    payload = torch.load(tmp_path / "conformers.pt", weights_only=True)
+    payload["config"]["model"]["n_features"] = 8  # weights of a 16-feature net
+    torch.save(payload, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="mismatch.pt: weights do not fit"):
+        pf.ConformerSampler.load(tmp_path / "mismatch.pt")
 
 
 def test_ase_drift_load_reads_both_gpff_kinds_in_a_fresh_process(tmp_path):
