@@ -905,6 +905,5 @@ class ConformerSampler(TemplateSampler):
     @classmethod
     def from_checkpoint(cls, payload: dict, path) -> ConformerSampler:
         field = PseudoForceField.from_checkpoint(payload, path)
-        metadata = {k: v for k, v in payload["metadata"].items()
-                    if k not in ("kind", "shape_prior", "elements")}
+        metadata = {k: v for k, v in payload["metadata"].items() if k not in ("kind", "elements")}
         return cls(field, metadata["numbers"], payload["config"]["sampling"], metadata)
