@@ -340,6 +340,7 @@ def cmd_generate(args) -> int:
                                                ("step_size_below", args.step_size_below),
                                                ("max_overshoot", args.max_overshoot),
                                                ("max_step_ratio", args.max_step_ratio),
+                                               ("noise_scale", args.noise_scale),
                                                ("target_steps", args.target_steps),
                                                ("prior_sigma", args.prior_sigma))
                if value is not None}
@@ -652,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="any sampler: the longest step of an atom to the predicted equilibrium, "
                         "in units of the molecule's current radius of gyration (default: no "
                         "limit)")
+    p.add_argument("--noise-scale", type=float, metavar="Å",
+                   help="sdd: the first step's noise per coordinate, decaying linearly to 0 "
+                        "(default 0.1 Å; the docs' 256-NFE setting uses 0.2)")
     p.add_argument("--target-steps", type=_positive_int,
                    help="--adaptive ancestral/heun/stochastic-heun: levels of the adaptive "
                         "schedule's target (default: half the budget's)")

@@ -853,7 +853,7 @@ def test_cli_generate_passes_the_step_size_and_prior_width(tmp_path, capsys):
     out = tmp_path / "out.extxyz"
     code = main(["generate", "C3H8O", "-n", "2", "--sampler", "sdd", "--nfe", "3",
                  "--step-size", "1.4", "--step-size-below", "1e-6", "--prior-sigma", "2",
-                 "--max-overshoot", "0.3", "--max-step-ratio", "0.05",
+                 "--max-overshoot", "0.3", "--max-step-ratio", "0.05", "--noise-scale", "0.25",
                  "--model", str(path),
                  "--seed", "5", "-o", str(out)])
     assert code == 0
@@ -861,11 +861,13 @@ def test_cli_generate_passes_the_step_size_and_prior_width(tmp_path, capsys):
     expected = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3,
                                                        seed=5, step_size=1.4,
                                                        step_size_below=1e-6, prior_sigma=2.0,
-                                                       max_overshoot=0.3, max_step_ratio=0.05)
+                                                       max_overshoot=0.3, max_step_ratio=0.05,
+                                                       noise_scale=0.25)
     for written, atoms in zip(frames, expected):
         assert np.allclose(written.positions, atoms.positions, atol=1e-6)
         assert written.info["step_size"] == 1.4 and written.info["prior_sigma"] == 2.0
         assert written.info["step_size_below"] == 1e-6 and written.info["max_overshoot"] == 0.3
+        assert written.info["noise_scale"] == 0.25
         assert written.info["max_step_ratio"] == 0.05
     default = pf.PseudoForceField.load(path).generate("C3H8O", 2, sampler="sdd", nfe=3, seed=5)
     assert not np.allclose(default[0].positions, expected[0].positions, atol=1e-3)
