@@ -784,6 +784,15 @@ def test_a_field_is_frozen_for_inference_and_its_repr_names_its_kind():
         assert repr(model) == f"PseudoForceField({kind}, PaiNN 16x2, elements {ELEMENTS})"
 
 
+def with_mismatched_weights(path):
+    """A copy of the checkpoint at ``path`` (``mismatch.pt`` beside it) whose stored
+    configuration asks for an 8-feature network while the weights are of the 16-feature one."""
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["model"]["n_features"] = 8
+    torch.save(payload, path.parent / "mismatch.pt")
+    return path.parent / "mismatch.pt"
+
+
 def test_checkpoint_round_trip_and_clear_errors(tmp_path):
     model = tiny_model()
     model.shape_prior = {"5": {"weights": [1.0], "means": [[0.0] * 6],
@@ -819,13 +828,10 @@ def test_checkpoint_keeps_metadata_and_refuses_non_finite_or_mismatched_weights(
                                          r"elements \[1, 6, 7, 8, 9\]\): its weights are not finite"):
         broken.save(tmp_path / "nan.pt")
     assert not (tmp_path / "nan.pt").exists()
-    path = tiny_model().save(tmp_path / "gpff.pt")
-    payload = torch.load(path, weights_only=True)
-    payload["config"]["model"]["n_features"] = 8  # weights of a 16-feature net
-    torch.save(payload, tmp_path / "mismatch.pt")
+    mismatch = with_mismatched_weights(tiny_model().save(tmp_path / "gpff.pt"))
     with pytest.raises(CheckpointError, match="mismatch.pt: weights do not fit the stored "
                                               "configuration"):
-        pf.PseudoForceField.load(tmp_path / "mismatch.pt")
+        pf.PseudoForceField.load(mismatch)
     with pytest.raises(ValueError, match=r"unknown pretrained model 'qm7'; available: qm9, "
                                          r"qm9-baseline"):
         pf.PseudoForceField.load_pretrained("qm7")
@@ -996,11 +1002,8 @@ def test_conformer_sampler_batches_are_seeded_generate_positions_runs_centred(tm
     assert loaded.field.metadata["elements"] == [1, 6, 8]
     assert loaded.field.config == TINY and loaded.kind == "gpff-conformers"
     np.testing.assert_array_equal(loaded.numbers, numbers)
-    payload = torch.load(tmp_path / "conformers.pt", weights_only=True)
-    payload["config"]["model"]["n_features"] = 8  # weights of a 16-feature net
-    torch.save(payload, tmp_path / "mismatch.pt")
     with pytest.raises(CheckpointError, match="mismatch.pt: weights do not fit"):
-        pf.ConformerSampler.load(tmp_path / "mismatch.pt")
+        pf.ConformerSampler.load(with_mismatched_weights(tmp_path / "conformers.pt"))
 
 
 def test_ase_drift_load_reads_both_gpff_kinds_in_a_fresh_process(tmp_path):
